@@ -1,0 +1,153 @@
+"""The backend contract every broker implements.
+
+A backend moves opaque bytes; decoding envelopes is the worker's job, so messages written by
+other systems (queue -> HTTP) travel through the same contract.
+- `publish` returns only once the broker has durably accepted the message (the HTTP 202 waits on it).
+- `consume` yields `Delivery` objects, driven by the broker, until `close()` ends it.
+- Every delivery is settled exactly once: `ack`, `nack(delay_s)` or `dead_letter(reason)`.
+  One never settled comes back after its lease (at-least-once).
+- Dead letters go to the ordinary queue `dead_letter_queue(queue)`, readable with `consume`.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, ClassVar, Self
+
+from openhqm.constants import DEFAULT_PRIORITY
+from openhqm.errors import AlreadySettled
+
+if TYPE_CHECKING:
+    from openhqm.config import Settings
+
+
+class Support(enum.StrEnum):
+    NATIVE = "native"
+    EMULATED = "emulated"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Facts about a backend that the core and the contract suite read (never marketing)."""
+
+    priority: Support = Support.NONE
+    delay: Support = Support.NONE
+    ordering_key: Support = Support.NONE
+    dead_letter: Support = Support.EMULATED
+    lease_extension: bool = False
+    durable: bool = True
+    shared_between_processes: bool = True
+    max_message_bytes: int | None = None
+    max_delay_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str = "ok"
+
+
+class Delivery(ABC):
+    """One received message. Settle it exactly once; a second settle raises AlreadySettled."""
+
+    def __init__(self, queue: str, body: bytes, *, attempt: int, message_id: str, key: str | None = None):
+        self.queue = queue
+        self.body = body
+        self.attempt = attempt
+        self.message_id = message_id
+        self.key = key
+        self.settled: str | None = None
+
+    def _settle(self, how: str) -> None:
+        if self.settled is not None:
+            raise AlreadySettled(f"delivery {self.message_id} was already settled by {self.settled}")
+        self.settled = how
+
+    async def ack(self) -> None:
+        self._settle("ack")
+        await self._ack()
+
+    async def nack(self, delay_s: float | None = None) -> None:
+        """Return the message for redelivery, after `delay_s` seconds when given."""
+        self._settle("nack")
+        await self._nack(delay_s)
+
+    async def dead_letter(self, reason: str) -> None:
+        self._settle("dead_letter")
+        await self._dead_letter(reason)
+
+    async def extend_lease(self, seconds: float) -> None:
+        """Keep the message invisible to others for `seconds` more (no-op where unsupported)."""
+
+    @abstractmethod
+    async def _ack(self) -> None: ...
+
+    @abstractmethod
+    async def _nack(self, delay_s: float | None) -> None: ...
+
+    @abstractmethod
+    async def _dead_letter(self, reason: str) -> None: ...
+
+
+class Backend(ABC):
+    """A broker connection. Construct with Settings; `async with backend:` connects and closes."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def display_url(self) -> str:
+        """Where this backend points, with any password masked."""
+        return self.name
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Idempotent; ends every open consume() iterator."""
+
+    @abstractmethod
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        delay_s: float | None = None,
+        key: str | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        """Return once the broker has durably accepted the message."""
+
+    @abstractmethod
+    def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]: ...
+
+    @abstractmethod
+    async def depth(self, queue: str) -> int:
+        """Messages ready or waiting in `queue` (for metrics and autoscaling)."""
+
+    @abstractmethod
+    async def health(self) -> Health:
+        """Never raises; returns within a short timeout."""
+
+    async def purge(self, queue: str) -> int:
+        """Remove every message from `queue`; returns how many where the broker tells."""
+        raise NotImplementedError(f"backend {self.name!r} cannot purge queues")
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,215 @@
+"""Embedded durable default: a SQLite file in WAL mode under `data_dir`, no services needed.
+
+URL: `queue.type: sqlite`; the file is `<data_dir>/openhqm.db`. Options: `queue.sqlite.synchronous`
+(`normal`: survives process crashes and kill -9; `full`: also survives power loss, slower),
+`queue.sqlite.lease_s` (visibility timeout), `queue.sqlite.poll_interval_s`.
+Supports: priority (native: ORDER BY), delay (native: available_at), ordering key (emulated: only
+the oldest message of a key is deliverable), dead letters (native: rows move to `<queue>.dlq`),
+lease extension. Consumers in the publishing process are woken at once; consumers in other
+processes notice commits through `PRAGMA data_version`, because SQLite cannot push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
+from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
+from openhqm.envelope import new_id
+from openhqm.sqlite_db import SQLiteDB, data_version, shared_db
+
+if TYPE_CHECKING:
+    from openhqm.config import Settings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue_messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    available_at REAL NOT NULL,
+    leased_until REAL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    key TEXT,
+    body BLOB NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_messages_ready ON queue_messages (queue, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS queue_messages_key ON queue_messages (queue, key, seq) WHERE key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS queue_messages_due ON queue_messages (queue, available_at);
+"""
+
+_FETCH = """
+UPDATE queue_messages SET leased_until = :lease_until, deliveries = deliveries + 1
+WHERE seq IN (
+    SELECT seq FROM queue_messages AS m
+    WHERE m.queue = :queue AND m.available_at <= :now
+      AND (m.leased_until IS NULL OR m.leased_until <= :now)
+      AND (m.key IS NULL OR m.seq = (
+          SELECT MIN(k.seq) FROM queue_messages AS k WHERE k.queue = m.queue AND k.key = m.key))
+    ORDER BY m.priority DESC, m.seq
+    LIMIT :limit)
+RETURNING seq, message_id, priority, deliveries, key, body
+"""
+
+# Messages that are due but held back by their ordering key are woken by the ack, not by time.
+_NEXT_DUE = """
+SELECT MIN(MAX(available_at, COALESCE(leased_until, 0))) FROM queue_messages
+WHERE queue = ? AND MAX(available_at, COALESCE(leased_until, 0)) > ?
+"""
+
+
+class SQLiteDelivery(Delivery):
+    def __init__(self, backend: SQLiteBackend, queue: str, row: tuple[Any, ...]) -> None:
+        seq, message_id, _priority, deliveries, key, body = row
+        super().__init__(queue, body, attempt=deliveries, message_id=message_id, key=key)
+        self._backend = backend
+        self._seq = seq
+
+    def _mine(self) -> tuple[int, int]:
+        # The delivery count fences settles: after the lease ran out and the message went to
+        # another consumer, this (late) settle matches no row and changes nothing.
+        return self._seq, self.attempt
+
+    async def _ack(self) -> None:
+        await self._backend._db.run(lambda c: c.execute(
+            "DELETE FROM queue_messages WHERE seq = ? AND deliveries = ?", self._mine()))
+        if self.key is not None:
+            self._backend._db.notify(self.queue)
+
+    async def _nack(self, delay_s: float | None) -> None:
+        available_at = time.time() + (delay_s or 0)
+        await self._backend._db.run(lambda c: c.execute(
+            "UPDATE queue_messages SET leased_until = NULL, available_at = ? WHERE seq = ? AND deliveries = ?",
+            (available_at, *self._mine())))
+        self._backend._db.notify(self.queue)
+
+    async def _dead_letter(self, reason: str) -> None:
+        dlq = dead_letter_queue(self.queue)
+        await self._backend._db.run(lambda c: c.execute(
+            "UPDATE queue_messages SET queue = ?, leased_until = NULL, available_at = ?, deliveries = 0,"
+            " reason = ? WHERE seq = ? AND deliveries = ?", (dlq, time.time(), reason, *self._mine())))
+        self._backend._db.notify(dlq)
+
+    async def extend_lease(self, seconds: float) -> None:
+        await self._backend._db.run(lambda c: c.execute(
+            "UPDATE queue_messages SET leased_until = ? WHERE seq = ? AND deliveries = ?",
+            (time.time() + seconds, *self._mine())))
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+    capabilities = Capabilities(
+        priority=Support.NATIVE, delay=Support.NATIVE, ordering_key=Support.EMULATED,
+        dead_letter=Support.NATIVE, lease_extension=True, durable=True, shared_between_processes=True,
+    )
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        options = settings.queue.sqlite
+        self.path = settings.data_dir / "openhqm.db"
+        self.lease_s = options.lease_s
+        self.poll_interval_s = options.poll_interval_s
+        self._db: SQLiteDB = shared_db(self.path, options.synchronous)
+        self._connected = False
+        self._closed = asyncio.Event()
+
+    @property
+    def display_url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        await self._db.apply_schema(SCHEMA)
+        self._db.acquire()
+        self._connected = True
+        self._closed.clear()
+
+    async def close(self) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        self._closed.set()
+        for event in list(self._db._events.values()):
+            event.set()
+        self._db.release()
+
+    async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
+                      delay_s: float | None = None, key: str | None = None,
+                      message_id: str | None = None) -> None:
+        row = (queue, message_id or new_id(), priority, time.time() + (delay_s or 0), key, body)
+        await self._db.run(lambda c: c.execute(
+            "INSERT INTO queue_messages (queue, message_id, priority, available_at, key, body)"
+            " VALUES (?, ?, ?, ?, ?, ?)", row))
+        self._db.notify(queue)
+
+    def _fetch(self, conn: sqlite3.Connection, queue: str, limit: int) -> tuple[list[Any], float | None]:
+        now = time.time()
+        rows = conn.execute(_FETCH, {"queue": queue, "now": now, "lease_until": now + self.lease_s,
+                                     "limit": limit}).fetchall()
+        if rows:
+            rows.sort(key=lambda r: (-r[2], r[0]))
+            return rows, None
+        next_due: float | None = conn.execute(_NEXT_DUE, (queue, now)).fetchone()[0]
+        return rows, next_due
+
+    async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
+        event = self._db.event(queue)
+        watch = self._db.watch_connection()
+        try:
+            version = data_version(watch)
+            while not self._closed.is_set():
+                event.clear()
+                rows, next_due = await self._db.run(lambda c: self._fetch(c, queue, prefetch))
+                for row in rows:
+                    yield SQLiteDelivery(self, queue, row)
+                if not rows:
+                    version = await self._wait(event, watch, version, next_due)
+        finally:
+            watch.close()
+
+    async def _wait(self, event: asyncio.Event, watch: sqlite3.Connection, version: int,
+                    next_due: float | None) -> int:
+        """Sleep until this process publishes, another process commits, or a delay falls due."""
+        while not self._closed.is_set():
+            timeout = self.poll_interval_s
+            if next_due is not None:
+                timeout = min(timeout, max(0.0, next_due - time.time()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await event.wait()
+                    return version
+            if next_due is not None and time.time() >= next_due:
+                return version
+            current = data_version(watch)
+            if current != version:
+                return current
+        return version
+
+    async def depth(self, queue: str) -> int:
+        now = time.time()
+        count: int = await self._db.run(lambda c: c.execute(
+            "SELECT COUNT(*) FROM queue_messages WHERE queue = ? AND (leased_until IS NULL OR leased_until <= ?)",
+            (queue, now)).fetchone()[0])
+        return count
+
+    async def health(self) -> Health:
+        if not self._connected:
+            return Health(False, "sqlite backend is not connected")
+        try:
+            async with asyncio.timeout(2):
+                await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
+        except Exception as exc:
+            return Health(False, f"sqlite: {exc}")
+        return Health(True)
+
+    async def purge(self, queue: str) -> int:
+        count: int = await self._db.run(
+            lambda c: c.execute("DELETE FROM queue_messages WHERE queue = ?", (queue,)).rowcount)
+        return count

@@ -1,0 +1,314 @@
+"""Settings: one typed object, from defaults < YAML file < OPENHQM_* environment < CLI flags.
+
+Unknown keys are errors everywhere (a typo must not pass silently), except environment variables
+without `__`, which Kubernetes injects for a service named openhqm (OPENHQM_PORT, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
+from openhqm.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * MiB, gt=0)
+    max_wait_s: float = Field(60.0, ge=0)
+    retry_after_s: int = Field(1, ge=0)
+    instance_id: str | None = None
+
+
+class SQLiteQueueSettings(Section):
+    synchronous: Literal["normal", "full"] = "normal"
+    lease_s: float = Field(30.0, gt=0)
+    poll_interval_s: float = Field(0.005, gt=0, description="cross-process wake-up check; SQLite cannot push")
+
+
+class RedisQueueSettings(Section):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    lease_s: float = Field(30.0, gt=0)
+    maxlen: int = Field(1_000_000, gt=0)
+
+
+class RabbitMQSettings(Section):
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "openhqm-workers"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+
+
+class SQSSettings(Section):
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    queue_name: str | None = None
+    visibility_timeout_s: int = Field(30, gt=0)
+
+
+class NATSSettings(Section):
+    url: SecretStr = SecretStr("nats://127.0.0.1:4222")
+    ack_wait_s: float = Field(30.0, gt=0)
+    max_deliver: int = Field(20, gt=0)
+
+
+class MQTTSettings(Section):
+    url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
+    share_group: str = "openhqm"
+
+
+class PubSubSettings(Section):
+    project_id: str = "openhqm"
+    emulator_host: str | None = None
+
+
+class EventHubsSettings(Section):
+    connection_string: SecretStr | None = None
+    eventhub_name: str | None = None
+    checkpoint_store: str | None = None
+
+
+class QueueSettings(Section):
+    type: str = "sqlite"
+    request_queue: str = DEFAULT_REQUEST_QUEUE
+    response_queue: str = DEFAULT_RESPONSE_QUEUE
+    sqlite: SQLiteQueueSettings = SQLiteQueueSettings()
+    redis: RedisQueueSettings = RedisQueueSettings()
+    rabbitmq: RabbitMQSettings = RabbitMQSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    sqs: SQSSettings = SQSSettings()
+    nats: NATSSettings = NATSSettings()
+    mqtt: MQTTSettings = MQTTSettings()
+    pubsub: PubSubSettings = PubSubSettings()
+    eventhubs: EventHubsSettings = EventHubsSettings()
+    options: dict[str, Any] = Field(default_factory=dict, description="for third-party backends")
+
+
+class ResultsRedisSettings(Section):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+
+class ResultsPostgresSettings(Section):
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+class ResultsSettings(Section):
+    type: str = "sqlite"
+    ttl_s: float = Field(86400.0, gt=0)
+    cleanup_interval_s: float = Field(60.0, gt=0)
+    redis: ResultsRedisSettings = ResultsRedisSettings()
+    postgres: ResultsPostgresSettings = ResultsPostgresSettings()
+
+
+class RetrySettings(Section):
+    max_attempts: int = Field(3, ge=1)
+    base_delay_s: float = Field(1.0, ge=0)
+    max_delay_s: float = Field(60.0, ge=0)
+
+
+class WorkerSettings(Section):
+    concurrency: int = Field(16, ge=1)
+    prefetch: int = Field(32, ge=1)
+    shutdown_timeout_s: float = Field(30.0, ge=0)
+    default_handler: str = "echo"
+    default_timeout_s: float = Field(300.0, gt=0)
+    max_timeout_s: float = Field(3600.0, gt=0)
+    retry: RetrySettings = RetrySettings()
+    app: str | None = Field(None, description="module:attribute of an OpenHQM app whose handlers to load")
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: Literal["json", "console", "auto"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("./openhqm-data")
+    server: ServerSettings = ServerSettings()
+    queue: QueueSettings = QueueSettings()
+    results: ResultsSettings = ResultsSettings()
+    worker: WorkerSettings = WorkerSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (CLI flags, YAML merged beneath them by load_settings) beats the environment.
+        return (init_settings, env_settings)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute(value: Any, where: str) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in YAML strings, so secrets can stay in the environment."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable ${{{name}}} is not set")
+
+    return _VAR.sub(replace, value)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    substituted: dict[str, Any] = _substitute(data, "")
+    return substituted
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _known_paths(model: type[BaseModel], prefix: str = "") -> dict[str, type[BaseModel] | None]:
+    paths: dict[str, type[BaseModel] | None] = {}
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths[path] = annotation
+            paths.update(_known_paths(annotation, path + "__"))
+        else:
+            paths[path] = None
+    return paths
+
+
+def check_environment(environ: dict[str, str] | None = None) -> None:
+    """Reject OPENHQM_A__B variables that name no setting: they are typos, not Kubernetes noise."""
+    environ = dict(os.environ) if environ is None else environ
+    known = _known_paths(Settings)
+    for name in environ:
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX) :].lower()
+        parts = path.split("__")
+        # A value inside a free-form mapping (queue.options, proxy endpoints) cannot be checked here.
+        if any(known.get("__".join(parts[:i])) is None and "__".join(parts[:i]) in known
+               for i in range(1, len(parts))):
+            continue
+        if path not in known:
+            hint = difflib.get_close_matches(path, known, n=1)
+            suggestion = f"; did you mean {ENV_PREFIX}{hint[0].upper()}?" if hint else ""
+            raise ConfigError(f"environment variable {name} names no setting{suggestion}")
+
+
+def _describe(error: Any, source: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting '{loc}'"
+    value: Any = source
+    for part in error["loc"]:
+        value = value.get(part) if isinstance(value, dict) else None
+    env_name = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
+    where = ""
+    if value is None and env_name in os.environ:
+        value, where = os.environ[env_name], f" from {env_name}"
+    secret = any(word in loc for word in ("secret", "password", "token", "key", "url", "dsn"))
+    shown = f" (got {value!r}{where})" if value is not None and not secret else where
+    return f"setting '{loc}'{shown}: {error['msg']}"
+
+
+def load_settings(config_file: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build Settings from every source, raising ConfigError that names the key, value and problem."""
+    check_environment()
+    path = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
+    file_data = read_yaml(Path(path)) if path else {}
+    init = _deep_merge(file_data, overrides or {})
+    try:
+        return Settings(**init)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e, init) for e in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+SECRET_MASK = "**********"
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL for display, as kombu's as_uri(mask=...) does."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1" + SECRET_MASK + "@", url)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret masked."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            return mask_url(secret) if "://" in secret else SECRET_MASK
+        if isinstance(value, BaseModel):
+            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    result: dict[str, Any] = walk(settings)
+    return result

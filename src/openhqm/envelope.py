@@ -1,0 +1,97 @@
+"""Envelope: the one message model for everything that crosses a queue.
+
+Encoded with msgpack (msgspec): compact, fast and binary safe, so bodies travel as raw bytes.
+A result travels back to the listener as a `Reply` on the response queue.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import msgspec
+
+from openhqm.constants import DEFAULT_PRIORITY, ENVELOPE_VERSION
+from openhqm.errors import OpenHQMError
+
+
+class UndecodableMessage(OpenHQMError):
+    """A queued message is not an envelope of a version we understand."""
+
+
+def new_id() -> str:
+    """A random, URL-safe id with 144 bits of entropy."""
+    return secrets.token_urlsafe(18)
+
+
+class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str = msgspec.field(default_factory=new_id)
+    correlation_id: str = ""
+    session_id: str | None = None
+    client_id: str | None = None
+    reply_to: str | None = None
+    priority: int = DEFAULT_PRIORITY
+    created_at: float = msgspec.field(default_factory=time.time)
+    not_before: float | None = None
+    deadline: float | None = None
+    expires_at: float | None = None
+    timeout_s: float | None = None
+    attempt: int = 1
+    handler: str | None = None
+    endpoint: str | None = None
+    method: str | None = None
+    path: str | None = None
+    query: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    body: bytes = b""
+    content_type: str | None = None
+    traceparent: str | None = None
+    callback_url: str | None = None
+    raw: bool = False
+    v: int = ENVELOPE_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.correlation_id:
+            self.correlation_id = self.id
+
+
+class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a worker sends back on the response queue when a request reaches a terminal state."""
+
+    correlation_id: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    attempts: int = 1
+    processing_time_ms: float | None = None
+    completed_at: float = msgspec.field(default_factory=time.time)
+    started_at: float | None = None
+    raw_response: bytes | None = None
+    v: int = ENVELOPE_VERSION
+
+
+_envelope_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+_reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+
+def encode(message: Envelope | Reply) -> bytes:
+    return _envelope_encoder.encode(message)
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    try:
+        envelope = _envelope_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UndecodableMessage(f"not an openhqm envelope: {exc}") from exc
+    if envelope.v > ENVELOPE_VERSION:
+        raise UndecodableMessage(f"envelope version {envelope.v} is newer than {ENVELOPE_VERSION}")
+    return envelope
+
+
+def decode_reply(data: bytes) -> Reply:
+    try:
+        return _reply_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UndecodableMessage(f"not an openhqm reply: {exc}") from exc
