@@ -1,0 +1,152 @@
+"""ResultStore: the lifecycle and result of every request, and the dead-letter index.
+
+Lifecycle: PENDING | SCHEDULED -> PROCESSING (<-> RETRY) -> COMPLETED | FAILED | CANCELLED | EXPIRED.
+A terminal record never changes again, so replayed or duplicated replies are harmless.
+`wait()` is woken by events: at once for changes made through this store object, and by the
+store's own change feed (`_watch`) for changes made by other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from openhqm.backends.base import Health
+from openhqm.constants import TERMINAL, Status
+
+
+class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    correlation_id: str
+    status: str = Status.PENDING
+    submitted_at: float = msgspec.field(default_factory=time.time)
+    updated_at: float = msgspec.field(default_factory=time.time)
+    completed_at: float | None = None
+    attempts: int = 0
+    processing_time_ms: float | None = None
+    result: Any = None
+    error: str | None = None
+    raw_response: bytes | None = None
+    session_id: str | None = None
+    client_id: str | None = None
+    target: str | None = None
+    not_before: float | None = None
+    callback_url: str | None = None
+    callback_error: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class DeadLetterRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    correlation_id: str
+    queue: str
+    reason: str
+    attempts: int
+    last_error: str | None
+    dead_lettered_at: float
+    body: bytes = b""
+
+
+class ResultStore(ABC):
+    name: str = "abstract"
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def create(self, record: RequestRecord) -> None:
+        """Insert a new record; its correlation_id must be new."""
+
+    @abstractmethod
+    async def delete(self, correlation_id: str) -> None:
+        """Remove a record (used to undo a submit whose publish failed)."""
+
+    @abstractmethod
+    async def get(self, correlation_id: str) -> RequestRecord | None: ...
+
+    @abstractmethod
+    async def _transition(self, correlation_id: str, changes: dict[str, Any],
+                          allowed_from: Iterable[str] | None) -> RequestRecord | None:
+        """Apply `changes` if the current status is in `allowed_from` (None: any non-terminal)."""
+
+    @abstractmethod
+    async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]: ...
+
+    @abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """How many records there are per status."""
+
+    @abstractmethod
+    async def cleanup(self, older_than: float) -> int:
+        """Delete terminal records completed before `older_than` (epoch seconds); returns how many."""
+
+    @abstractmethod
+    async def add_dead_letter(self, record: DeadLetterRecord) -> None: ...
+
+    @abstractmethod
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]: ...
+
+    @abstractmethod
+    async def take_dead_letter(self, dead_letter_id: str) -> DeadLetterRecord | None:
+        """Remove and return one entry (for replay)."""
+
+    @abstractmethod
+    async def purge_dead_letters(self) -> int: ...
+
+    @abstractmethod
+    async def health(self) -> Health: ...
+
+    async def transition(self, correlation_id: str, status: Status, *,
+                         allowed_from: Iterable[str] | None = None, **fields: Any) -> RequestRecord | None:
+        """Move a record to `status`; returns the new record, or None when the move is not allowed."""
+        now = time.time()
+        changes = {"status": str(status), "updated_at": now, **fields}
+        if status in TERMINAL:
+            changes.setdefault("completed_at", now)
+        record = await self._transition(correlation_id, changes, allowed_from)
+        if record is not None and record.terminal:
+            self._wake(correlation_id)
+        return record
+
+    async def wait(self, correlation_id: str, timeout_s: float) -> RequestRecord | None:
+        """The record once terminal, or as it is after `timeout_s`; None if unknown."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(correlation_id, set()).add(future)
+        try:
+            record = await self.get(correlation_id)  # read after registering: no missed wake-up
+            if record is None or record.terminal or timeout_s <= 0:
+                return record
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await future
+            except TimeoutError:
+                pass
+            return await self.get(correlation_id)
+        finally:
+            waiters = self._waiters.get(correlation_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[correlation_id]
+
+    def _wake(self, correlation_id: str) -> None:
+        for future in self._waiters.get(correlation_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    @property
+    def waited_ids(self) -> list[str]:
+        return list(self._waiters)

@@ -1,0 +1,82 @@
+"""In-process result store for tests and single-process use; nothing survives a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from openhqm.backends.base import Health
+from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+
+
+class MemoryResultStore(ResultStore):
+    name = "memory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._records: dict[str, RequestRecord] = {}
+        self._dead: dict[str, DeadLetterRecord] = {}
+
+    async def connect(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def create(self, record: RequestRecord) -> None:
+        if record.correlation_id in self._records:
+            raise KeyError(f"request {record.correlation_id} exists")
+        self._records[record.correlation_id] = record
+
+    async def delete(self, correlation_id: str) -> None:
+        self._records.pop(correlation_id, None)
+
+    async def get(self, correlation_id: str) -> RequestRecord | None:
+        return self._records.get(correlation_id)
+
+    async def _transition(self, correlation_id: str, changes: dict[str, Any],
+                          allowed_from: Iterable[str] | None) -> RequestRecord | None:
+        record = self._records.get(correlation_id)
+        if record is None:
+            return None
+        if (record.terminal if allowed_from is None else record.status not in set(allowed_from)):
+            return None
+        updated = msgspec.structs.replace(record, **changes)
+        self._records[correlation_id] = updated
+        return updated
+
+    async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
+        records = [r for r in self._records.values() if r.session_id == session_id]
+        return sorted(records, key=lambda r: r.submitted_at)[:limit]
+
+    async def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self._records.values():
+            counts[record.status] = counts.get(record.status, 0) + 1
+        return counts
+
+    async def cleanup(self, older_than: float) -> int:
+        old = [cid for cid, r in self._records.items()
+               if r.terminal and (r.completed_at or r.updated_at) < older_than]
+        for cid in old:
+            del self._records[cid]
+        return len(old)
+
+    async def add_dead_letter(self, record: DeadLetterRecord) -> None:
+        self._dead[record.id] = record
+
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
+        return sorted(self._dead.values(), key=lambda d: d.dead_lettered_at)[:limit]
+
+    async def take_dead_letter(self, dead_letter_id: str) -> DeadLetterRecord | None:
+        return self._dead.pop(dead_letter_id, None)
+
+    async def purge_dead_letters(self) -> int:
+        count = len(self._dead)
+        self._dead.clear()
+        return count
+
+    async def health(self) -> Health:
+        return Health(True)

@@ -1,0 +1,174 @@
+"""SQLite result store in `<data_dir>/openhqm.db`, sharing the queue's writer thread and commits.
+
+Other processes' changes (a second listener replica) are noticed through `PRAGMA data_version`,
+checked every `watch_interval_s` only while someone waits: SQLite has no change notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from openhqm.backends.base import Health
+from openhqm.constants import TERMINAL
+from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.sqlite_db import SQLiteDB, data_version, shared_db
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    correlation_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    session_id TEXT,
+    submitted_at REAL NOT NULL,
+    completed_at REAL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_session ON requests (session_id, submitted_at) WHERE session_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at) WHERE completed_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    dead_lettered_at REAL NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_record = msgspec.msgpack.Decoder(RequestRecord).decode
+_decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
+_TERMINAL = tuple(str(s) for s in TERMINAL)
+
+
+class SQLiteResultStore(ResultStore):
+    name = "sqlite"
+
+    def __init__(self, path: Path, *, synchronous: str = "normal", watch_interval_s: float = 0.02) -> None:
+        super().__init__()
+        self._db: SQLiteDB = shared_db(path, synchronous)
+        self._watch_interval_s = watch_interval_s
+        self._watcher: asyncio.Task[None] | None = None
+        self._connected = False
+
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        await self._db.apply_schema(SCHEMA)
+        self._db.acquire()
+        self._connected = True
+        self._watcher = asyncio.create_task(self._watch(), name="openhqm-store-watch")
+
+    async def close(self) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        self._db.release()
+
+    async def _watch(self) -> None:
+        """Wake waiters whose request another process finished."""
+        conn = self._db.watch_connection()
+        try:
+            version = data_version(conn)
+            while True:
+                await asyncio.sleep(self._watch_interval_s)
+                if not self._waiters:
+                    continue
+                current = data_version(conn)
+                if current == version:
+                    continue
+                version = current
+                ids = self.waited_ids
+                marks = ",".join("?" * len(ids))
+                rows = conn.execute(
+                    f"SELECT correlation_id FROM requests WHERE correlation_id IN ({marks})"
+                    f" AND status IN ({','.join('?' * len(_TERMINAL))})", (*ids, *_TERMINAL)).fetchall()
+                for (cid,) in rows:
+                    self._wake(cid)
+        finally:
+            conn.close()
+
+    async def create(self, record: RequestRecord) -> None:
+        row = (record.correlation_id, record.status, record.session_id, record.submitted_at,
+               record.completed_at, _encode(record))
+        await self._db.run(lambda c: c.execute(
+            "INSERT INTO requests (correlation_id, status, session_id, submitted_at, completed_at, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)", row))
+
+    async def delete(self, correlation_id: str) -> None:
+        await self._db.run(lambda c: c.execute("DELETE FROM requests WHERE correlation_id = ?",
+                                               (correlation_id,)))
+
+    async def get(self, correlation_id: str) -> RequestRecord | None:
+        row = await self._db.run(lambda c: c.execute(
+            "SELECT data FROM requests WHERE correlation_id = ?", (correlation_id,)).fetchone())
+        return _decode_record(row[0]) if row else None
+
+    async def _transition(self, correlation_id: str, changes: dict[str, Any],
+                          allowed_from: Iterable[str] | None) -> RequestRecord | None:
+        allowed = None if allowed_from is None else set(allowed_from)
+
+        def op(conn: sqlite3.Connection) -> RequestRecord | None:
+            row = conn.execute("SELECT data FROM requests WHERE correlation_id = ?",
+                               (correlation_id,)).fetchone()
+            if row is None:
+                return None
+            record = _decode_record(row[0])
+            if record.terminal if allowed is None else record.status not in allowed:
+                return None
+            updated = msgspec.structs.replace(record, **changes)
+            conn.execute("UPDATE requests SET status = ?, completed_at = ?, data = ? WHERE correlation_id = ?",
+                         (updated.status, updated.completed_at, _encode(updated), correlation_id))
+            return updated
+
+        return await self._db.run(op)
+
+    async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
+        rows = await self._db.run(lambda c: c.execute(
+            "SELECT data FROM requests WHERE session_id = ? ORDER BY submitted_at LIMIT ?",
+            (session_id, limit)).fetchall())
+        return [_decode_record(r[0]) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._db.run(lambda c: c.execute(
+            "SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
+        return {status: count for status, count in rows}
+
+    async def cleanup(self, older_than: float) -> int:
+        count: int = await self._db.run(lambda c: c.execute(
+            "DELETE FROM requests WHERE completed_at IS NOT NULL AND completed_at < ?", (older_than,)).rowcount)
+        return count
+
+    async def add_dead_letter(self, record: DeadLetterRecord) -> None:
+        await self._db.run(lambda c: c.execute(
+            "INSERT OR REPLACE INTO dead_letters (id, dead_lettered_at, data) VALUES (?, ?, ?)",
+            (record.id, record.dead_lettered_at, _encode(record))))
+
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
+        rows = await self._db.run(lambda c: c.execute(
+            "SELECT data FROM dead_letters ORDER BY dead_lettered_at LIMIT ?", (limit,)).fetchall())
+        return [_decode_dead(r[0]) for r in rows]
+
+    async def take_dead_letter(self, dead_letter_id: str) -> DeadLetterRecord | None:
+        row = await self._db.run(lambda c: c.execute(
+            "DELETE FROM dead_letters WHERE id = ? RETURNING data", (dead_letter_id,)).fetchone())
+        return _decode_dead(row[0]) if row else None
+
+    async def purge_dead_letters(self) -> int:
+        count: int = await self._db.run(lambda c: c.execute("DELETE FROM dead_letters").rowcount)
+        return count
+
+    async def health(self) -> Health:
+        try:
+            async with asyncio.timeout(2):
+                await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
+        except Exception as exc:
+            return Health(False, f"sqlite store: {exc}")
+        return Health(True)

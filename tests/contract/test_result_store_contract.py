@@ -1,0 +1,158 @@
+"""The result-store contract, run against every store target in `store_targets/`."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import pkgutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from openhqm.constants import Status
+from openhqm.results import DeadLetterRecord, RequestRecord, ResultStore, create_store
+from tests.contract import store_targets
+
+TARGETS = sorted((importlib.import_module(f"{store_targets.__name__}.{i.name}")
+                  for i in pkgutil.iter_modules(store_targets.__path__)), key=lambda m: m.NAME)
+
+StoreFactory = Callable[[], Awaitable[ResultStore]]
+
+
+@pytest.fixture(params=TARGETS, ids=[m.NAME for m in TARGETS])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    target: ModuleType = request.param
+    settings = await target.make_settings(tmp_path)
+    opened: list[ResultStore] = []
+    shared: list[ResultStore] = []
+
+    async def factory() -> ResultStore:
+        if shared and not target.CROSS_PROCESS:
+            return shared[0]
+        store = create_store(settings)
+        await store.connect()
+        opened.append(store)
+        shared.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> ResultStore:
+    return await make_store()
+
+
+def new_record(**fields: object) -> RequestRecord:
+    return RequestRecord(correlation_id=uuid.uuid4().hex, **fields)  # type: ignore[arg-type]
+
+
+async def test_created_record_is_read_back(store: ResultStore) -> None:
+    record = new_record(session_id="s1")
+    await store.create(record)
+    got = await store.get(record.correlation_id)
+    assert got is not None and got.status == Status.PENDING and got.session_id == "s1"
+    assert await store.get("nope") is None
+
+
+async def test_terminal_record_never_changes_again(store: ResultStore) -> None:
+    record = new_record()
+    await store.create(record)
+    done = await store.transition(record.correlation_id, Status.COMPLETED, result={"ok": 1}, attempts=1)
+    assert done is not None and done.completed_at is not None
+    assert await store.transition(record.correlation_id, Status.FAILED, error="late") is None
+    got = await store.get(record.correlation_id)
+    assert got is not None and got.status == Status.COMPLETED and got.result == {"ok": 1}
+
+
+async def test_transition_respects_allowed_from(store: ResultStore) -> None:
+    record = new_record()
+    await store.create(record)
+    assert await store.transition(record.correlation_id, Status.CANCELLED,
+                                  allowed_from=[Status.PROCESSING]) is None
+    assert await store.transition(record.correlation_id, Status.CANCELLED,
+                                  allowed_from=[Status.PENDING]) is not None
+
+
+async def test_waiter_is_woken_when_the_record_becomes_terminal(store: ResultStore) -> None:
+    record = new_record()
+    await store.create(record)
+    waiter = asyncio.ensure_future(store.wait(record.correlation_id, timeout_s=30))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await store.transition(record.correlation_id, Status.COMPLETED, result="r")
+    got = await asyncio.wait_for(waiter, 10)
+    assert got is not None and got.status == Status.COMPLETED
+
+
+async def test_waiter_on_another_store_instance_is_woken(make_store: StoreFactory) -> None:
+    first, second = await make_store(), await make_store()
+    record = new_record()
+    await first.create(record)
+    waiter = asyncio.ensure_future(second.wait(record.correlation_id, timeout_s=30))
+    await asyncio.sleep(0.05)
+    await first.transition(record.correlation_id, Status.FAILED, error="boom")
+    got = await asyncio.wait_for(waiter, 10)
+    assert got is not None and got.status == Status.FAILED
+
+
+async def test_wait_returns_the_pending_record_after_its_timeout(store: ResultStore) -> None:
+    record = new_record()
+    await store.create(record)
+    got = await store.wait(record.correlation_id, timeout_s=0.2)
+    assert got is not None and got.status == Status.PENDING
+    assert await store.wait("unknown", timeout_s=0.1) is None
+
+
+async def test_cleanup_removes_exactly_the_old_terminal_records(store: ResultStore) -> None:
+    old, fresh, pending = new_record(), new_record(), new_record()
+    for r in (old, fresh, pending):
+        await store.create(r)
+    await store.transition(old.correlation_id, Status.COMPLETED, completed_at=time.time() - 100)
+    await store.transition(fresh.correlation_id, Status.COMPLETED)
+    assert await store.cleanup(older_than=time.time() - 50) == 1
+    assert await store.get(old.correlation_id) is None
+    assert await store.get(fresh.correlation_id) is not None
+    assert await store.get(pending.correlation_id) is not None
+
+
+async def test_session_lists_its_requests_in_submit_order(store: ResultStore) -> None:
+    session = uuid.uuid4().hex
+    ids = []
+    for i in range(3):
+        r = new_record(session_id=session, submitted_at=1000.0 + i)
+        ids.append(r.correlation_id)
+        await store.create(r)
+    assert [r.correlation_id for r in await store.list_session(session)] == ids
+
+
+async def test_counts_group_by_status(store: ResultStore) -> None:
+    before = await store.counts()
+    r = new_record()
+    await store.create(r)
+    after = await store.counts()
+    assert after.get("PENDING", 0) == before.get("PENDING", 0) + 1
+
+
+async def test_dead_letters_are_listed_taken_and_purged(store: ResultStore) -> None:
+    await store.purge_dead_letters()
+    for i in range(2):
+        await store.add_dead_letter(DeadLetterRecord(
+            id=f"d{i}", correlation_id=f"c{i}", queue="q", reason="handler failed", attempts=3,
+            last_error="ValueError: x", dead_lettered_at=time.time() + i, body=b"\x00\x01"))
+    listed = await store.list_dead_letters()
+    assert [d.id for d in listed] == ["d0", "d1"]
+    taken = await store.take_dead_letter("d0")
+    assert taken is not None and taken.body == b"\x00\x01"
+    assert await store.take_dead_letter("d0") is None
+    assert await store.purge_dead_letters() == 1
+
+
+async def test_health_is_ok(store: ResultStore) -> None:
+    assert (await store.health()).ok
