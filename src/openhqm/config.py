@@ -49,6 +49,9 @@ class RedisQueueSettings(Section):
 
 class RabbitMQSettings(Section):
     url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    reconnect_interval_s: float = Field(2.0, gt=0, description="pause between reconnect attempts")
+    publish_timeout_s: float = Field(10.0, gt=0, description="wait for a reconnect plus the broker's confirm")
 
 
 class KafkaSettings(Section):
@@ -107,10 +110,13 @@ class QueueSettings(Section):
 
 class ResultsRedisSettings(Section):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    prefix: str = Field("openhqm", min_length=1, description="namespace of every key and the pub/sub channel")
 
 
 class ResultsPostgresSettings(Section):
     dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    table: str = Field("openhqm_requests", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,49}$",
+                       description="request table; also names <table>_dead_letters and the NOTIFY channel")
 
 
 class ResultsSettings(Section):
@@ -135,6 +141,7 @@ class WorkerSettings(Section):
     default_timeout_s: float = Field(300.0, gt=0)
     max_timeout_s: float = Field(3600.0, gt=0)
     retry: RetrySettings = RetrySettings()
+    health_port: int | None = Field(None, ge=0, le=65535, description="worker /health, /ready, /metrics")
     app: str | None = Field(None, description="module:attribute of an OpenHQM app whose handlers to load")
 
 

@@ -48,6 +48,7 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     content_type: str | None = None
     traceparent: str | None = None
     callback_url: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     raw: bool = False
     v: int = ENVELOPE_VERSION
 

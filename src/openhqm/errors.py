@@ -9,6 +9,8 @@
     ├── RequestRejected                     a client's request is invalid (carries the 4xx status)
     ├── NotFound (RequestRejected)          unknown, expired or foreign id (404)
     ├── Conflict (RequestRejected)          the request is in a state that forbids it (409)
+    ├── TargetFailed                        a handler or HTTP backend failed (retryable or not)
+    ├── TargetDeferred                      not tried now (circuit open): requeue without counting a try
     ├── Retry                               raised by handlers on purpose: try again after delay_s
     └── DeadLetter                          raised by handlers on purpose: give up now, with a reason
 
@@ -63,6 +65,21 @@ class NotFound(RequestRejected):
 
 class Conflict(RequestRejected):
     status = 409
+
+
+class TargetFailed(OpenHQMError):
+    def __init__(self, message: str, *, retryable: bool = True, retry_after_s: float | None = None,
+                 max_age_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.max_age_s = max_age_s
+
+
+class TargetDeferred(OpenHQMError):
+    def __init__(self, message: str, *, delay_s: float) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
 
 
 class Retry(OpenHQMError):

@@ -162,17 +162,28 @@ class SQLiteBackend(Backend):
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
         event = self._db.event(queue)
         watch = self._db.watch_connection()
+        unyielded: list[Any] = []
         try:
             version = data_version(watch)
             while not self._closed.is_set():
                 event.clear()
                 rows, next_due = await self._db.run(lambda c: self._fetch(c, queue, prefetch))
-                for row in rows:
-                    yield SQLiteDelivery(self, queue, row)
+                unyielded = list(rows)
+                while unyielded:
+                    yield SQLiteDelivery(self, queue, unyielded.pop(0))
                 if not rows:
                     version = await self._wait(event, watch, version, next_due)
         finally:
             watch.close()
+            if unyielded and self._connected:
+                # Prefetched but never handed out (the consumer stopped): release them at once
+                # instead of letting them wait out their lease.
+                await self._release(unyielded)
+
+    async def _release(self, rows: list[Any]) -> None:
+        fences = [(row[0], row[3]) for row in rows]
+        await self._db.run(lambda c: c.executemany(
+            "UPDATE queue_messages SET leased_until = NULL WHERE seq = ? AND deliveries = ?", fences))
 
     async def _wait(self, event: asyncio.Event, watch: sqlite3.Connection, version: int,
                     next_due: float | None) -> int:

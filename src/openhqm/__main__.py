@@ -1,0 +1,3 @@
+from openhqm.cli import main
+
+main()

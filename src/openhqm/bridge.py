@@ -1,0 +1,212 @@
+"""The listener's operations on requests, independent of HTTP: submit, read, wait, cancel, replay.
+
+A submit writes the store record first and publishes second; if the broker refuses, the record is
+removed again, so a client that gets 503 leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from openhqm import metrics
+from openhqm.app import OpenHQM
+from openhqm.backends.base import Backend
+from openhqm.constants import Status
+from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode, new_id
+from openhqm.errors import BackendUnavailable, Conflict, NotFound, OpenHQMError, RequestRejected
+from openhqm.logging import get_logger
+from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.routing import Routing
+
+log = get_logger("openhqm.listener")
+
+_CANCELLABLE = (Status.PENDING, Status.SCHEDULED, Status.RETRY)
+
+
+@dataclass
+class Submission:
+    """A validated request to queue (built by the HTTP layer from JSON or a raw sidecar request)."""
+
+    body: bytes
+    content_type: str | None = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    handler: str | None = None
+    endpoint: str | None = None
+    method: str | None = None
+    path: str | None = None
+    query: str | None = None
+    priority: int = 5
+    timeout_s: float | None = None
+    not_before: float | None = None
+    expires_at: float | None = None
+    session_id: str | None = None
+    client_id: str | None = None
+    callback_url: str | None = None
+    traceparent: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Bridge:
+    def __init__(self, app: OpenHQM, backend: Backend, store: ResultStore, router: Routing) -> None:
+        self.app = app
+        self.router = router
+        self.settings = app.settings
+        self.backend = backend
+        self.store = store
+        self.request_queue = self.settings.queue.request_queue
+        self.response_queue = self.settings.queue.response_queue
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def submit(self, sub: Submission) -> RequestRecord:
+        envelope = Envelope(
+            session_id=sub.session_id, client_id=sub.client_id, reply_to=self.response_queue,
+            priority=sub.priority, not_before=sub.not_before, expires_at=sub.expires_at, timeout_s=sub.timeout_s,
+            handler=sub.handler, endpoint=sub.endpoint, method=sub.method, path=sub.path, query=sub.query,
+            headers=sub.headers, body=sub.body, content_type=sub.content_type, traceparent=sub.traceparent,
+            callback_url=sub.callback_url, metadata=sub.metadata)
+        now = time.time()
+        scheduled = sub.not_before is not None and sub.not_before > now
+        record = RequestRecord(
+            correlation_id=envelope.correlation_id, status=Status.SCHEDULED if scheduled else Status.PENDING,
+            submitted_at=now, updated_at=now, session_id=sub.session_id, client_id=sub.client_id,
+            target=sub.endpoint or sub.handler, not_before=sub.not_before, callback_url=sub.callback_url)
+        await self.store.create(record)
+        try:
+            await self.backend.publish(
+                self.request_queue, encode(envelope), priority=sub.priority,
+                delay_s=max(0.0, sub.not_before - now) if scheduled and sub.not_before else None,
+                key=sub.session_id if self.ordered else None, message_id=envelope.id)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self.store.delete(record.correlation_id)
+            if isinstance(exc, OpenHQMError) and not isinstance(exc, BackendUnavailable):
+                raise
+            raise BackendUnavailable(f"the queue did not accept the request: {exc}") from exc
+        metrics.SUBMITTED.labels(self.request_queue).inc()
+        log.info("request queued", correlation_id=record.correlation_id, session_id=sub.session_id,
+                 endpoint=sub.endpoint or sub.handler)
+        return record
+
+    @property
+    def ordered(self) -> bool:
+        return getattr(self.settings, "ordering", "none") == "session"
+
+    async def get(self, correlation_id: str, client_id: str | None = None) -> RequestRecord:
+        record = await self.store.get(correlation_id)
+        return self._visible(record, correlation_id, client_id)
+
+    async def wait(self, correlation_id: str, timeout_s: float, client_id: str | None = None) -> RequestRecord:
+        record = await self.store.wait(correlation_id, min(timeout_s, self.settings.server.max_wait_s))
+        return self._visible(record, correlation_id, client_id)
+
+    @staticmethod
+    def _visible(record: RequestRecord | None, correlation_id: str, client_id: str | None) -> RequestRecord:
+        # Another client's request answers exactly like a missing one: no existence leak.
+        if record is None or (client_id is not None and record.client_id not in (None, client_id)):
+            raise NotFound(f"no request with id {correlation_id!r}")
+        return record
+
+    async def cancel(self, correlation_id: str, client_id: str | None = None) -> RequestRecord:
+        await self.get(correlation_id, client_id)
+        record = await self.store.transition(correlation_id, Status.CANCELLED, allowed_from=_CANCELLABLE,
+                                             error="cancelled by the client")
+        if record is not None:
+            log.info("request cancelled", correlation_id=correlation_id)
+            return record
+        current = await self.get(correlation_id, client_id)
+        raise Conflict(f"request {correlation_id} cannot be cancelled: it is {current.status}")
+
+    async def apply_reply(self, reply: Reply) -> RequestRecord | None:
+        status = Status(reply.status)
+        return await self.store.transition(
+            reply.correlation_id, status, result=reply.result, error=reply.error, attempts=reply.attempts,
+            processing_time_ms=reply.processing_time_ms, raw_response=reply.raw_response,
+            completed_at=reply.completed_at)
+
+    async def consume_replies(self) -> None:
+        """Store each worker reply and wake whoever waits for it; ack only after it is stored."""
+        backoff_s = 0.1
+        while True:
+            try:
+                async for delivery in self.backend.consume(self.response_queue, prefetch=64):
+                    backoff_s = 0.1
+                    try:
+                        reply = decode_reply(delivery.body)
+                    except UndecodableMessage as exc:
+                        log.warning("undecodable reply dead-lettered", error=str(exc))
+                        await delivery.dead_letter(str(exc))
+                        continue
+                    await self.apply_reply(reply)
+                    await delivery.ack()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reply consumer failed; retrying", error=str(exc), retry_in_s=backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    async def replay(self, dead_letter_id: str) -> RequestRecord:
+        entry = await self.store.take_dead_letter(dead_letter_id)
+        if entry is None:
+            raise NotFound(f"no dead letter with id {dead_letter_id!r}")
+        try:
+            original = decode_envelope(entry.body)
+        except UndecodableMessage:
+            original = Envelope(body=entry.body, raw=True)
+        sub = Submission(body=original.body, content_type=original.content_type, headers=original.headers,
+                         handler=original.handler, endpoint=original.endpoint, method=original.method,
+                         path=original.path, query=original.query, priority=original.priority,
+                         timeout_s=original.timeout_s, session_id=original.session_id,
+                         client_id=original.client_id, callback_url=original.callback_url,
+                         metadata={**original.metadata, "replay_of": entry.correlation_id or entry.id})
+        try:
+            return await self.submit(sub)
+        except Exception:
+            await self.store.add_dead_letter(entry)  # put it back: replay is all or nothing
+            raise
+
+    def check_callback_url(self, url: str) -> None:
+        callbacks = getattr(self.settings, "callbacks", None)
+        if callbacks is None or not callbacks.enabled:
+            raise RequestRejected("metadata.callback_url: callbacks are disabled (callbacks.enabled: false)")
+
+    def raw_response(self, record: RequestRecord) -> Response:
+        """The backend's own status, headers and body, for `?format=raw`."""
+        result = record.result if isinstance(record.result, dict) else {}
+        if record.raw_response is None or "status_code" not in result:
+            raise RequestRejected(f"request {record.correlation_id} has no raw HTTP response "
+                                  "(it was not forwarded to an HTTP endpoint)", status=406)
+        return Response(record.raw_response, status_code=int(result["status_code"]),
+                        headers=dict(result.get("headers") or {}))
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
+        return await self.store.list_dead_letters(limit)
+
+    async def purge_dead_letters(self) -> int:
+        return await self.store.purge_dead_letters()
+
+    async def cleanup_forever(self) -> None:
+        interval = self.settings.results.cleanup_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                removed = await self.store.cleanup(time.time() - self.settings.results.ttl_s)
+                if removed:
+                    log.info("expired results removed", count=removed)
+            except Exception as exc:
+                log.warning("cleanup failed", error=str(exc))
+
+
+def json_body(payload: Any) -> bytes:
+    return orjson.dumps(payload)
+
+
+__all__ = ["Bridge", "Submission", "json_body", "new_id"]

@@ -1,0 +1,77 @@
+"""create_app(): wires settings, backend, store and routes; the lifespan is the one place that
+starts and stops them, in a stated order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from openhqm.app import OpenHQM
+from openhqm.backends import create_backend
+from openhqm.bridge import Bridge
+from openhqm.errors import BackendUnavailable, RequestRejected
+from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
+from openhqm.http.routes import ops_router, router
+from openhqm.logging import get_logger
+from openhqm.results import create_store
+from openhqm.routing import Routing
+from openhqm.worker.pool import WorkerPool
+from openhqm.worker.runner import build_pool
+
+log = get_logger("openhqm.listener")
+
+
+def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
+    settings = app.settings
+    backend = create_backend(settings)
+    store = create_store(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        await backend.connect()
+        await store.connect()
+        routing = Routing(app.handlers, settings.worker.default_handler)
+        bridge = Bridge(app, backend, store, routing)
+        api.state.bridge = bridge
+        tasks = [asyncio.create_task(bridge.consume_replies(), name="openhqm-replies"),
+                 asyncio.create_task(bridge.cleanup_forever(), name="openhqm-cleanup")]
+        pool: WorkerPool | None = None
+        if run_workers:
+            pool = build_pool(app, backend, store)
+            pool.start()
+        log.info("listener ready", queue=backend.display_url, results=store.name, workers=run_workers)
+        try:
+            yield
+        finally:
+            # Workers drain first (their replies still need the broker), then the reply consumer
+            # stops, then connections close.
+            if pool is not None:
+                await pool.stop(settings.worker.shutdown_timeout_s)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await store.close()
+            await backend.close()
+
+    api = FastAPI(title="OpenHQM", version="0.1.0", lifespan=lifespan,
+                  description="HTTP to message-queue bridge: submit, poll, long-poll, Prefer: wait.")
+    api.include_router(router)
+    api.include_router(ops_router)
+    api.add_exception_handler(RequestRejected, _rejected)
+    api.add_exception_handler(BackendUnavailable, _unavailable)
+    api.add_middleware(MetricsMiddleware)
+    api.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    return api
+
+
+async def _rejected(request: Request, exc: Any) -> JSONResponse:
+    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+
+async def _unavailable(request: Request, exc: Any) -> JSONResponse:
+    return JSONResponse({"detail": f"queue unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})

@@ -1,0 +1,221 @@
+"""The API routes: parse, call the Bridge, shape the answer. No queue or store logic here."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from openhqm import metrics
+from openhqm.bridge import Bridge, Submission, json_body
+from openhqm.errors import RequestRejected
+from openhqm.http.prefer import parse_prefer
+from openhqm.http.schemas import (
+    DeadLetterEntry,
+    ErrorResponse,
+    ReplayResponse,
+    ResultResponse,
+    StatusResponse,
+    SubmitRequest,
+    SubmitResponse,
+)
+from openhqm.results.base import RequestRecord
+from openhqm.timefmt import parse_rfc3339, rfc3339
+
+router = APIRouter()
+ops_router = APIRouter()
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+    413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+def bridge(request: Request) -> Bridge:
+    found: Bridge = request.app.state.bridge
+    return found
+
+
+def client_id(request: Request) -> str | None:
+    """The authenticated client, when client access control is on (set by the auth dependency)."""
+    value: str | None = getattr(request.state, "client_id", None)
+    return value
+
+
+BridgeDep = Annotated[Bridge, Depends(bridge)]
+ClientDep = Annotated[str | None, Depends(client_id)]
+
+
+def result_json(record: RequestRecord) -> dict[str, Any]:
+    return {
+        "correlation_id": record.correlation_id, "status": record.status, "result": record.result,
+        "error": record.error, "submitted_at": rfc3339(record.submitted_at),
+        "completed_at": rfc3339(record.completed_at), "processing_time_ms": record.processing_time_ms,
+        "attempts": record.attempts,
+    }
+
+
+def status_json(record: RequestRecord) -> dict[str, Any]:
+    return {
+        "correlation_id": record.correlation_id, "status": record.status,
+        "submitted_at": rfc3339(record.submitted_at), "updated_at": rfc3339(record.updated_at),
+        "completed_at": rfc3339(record.completed_at), "attempts": record.attempts, "error": record.error,
+        "session_id": record.session_id,
+    }
+
+
+def accepted(request: Request, record: RequestRecord, bridge: Bridge) -> JSONResponse:
+    """202 pointing at the result: the asynchronous request-reply pattern generic pollers follow."""
+    location = str(request.url_for("get_response", correlation_id=record.correlation_id).path)
+    return JSONResponse(
+        {"correlation_id": record.correlation_id, "status": record.status,
+         "submitted_at": rfc3339(record.submitted_at)},
+        status_code=202,
+        headers={"Location": location, "Retry-After": str(bridge.settings.server.retry_after_s)})
+
+
+def finished(record: RequestRecord) -> JSONResponse:
+    return JSONResponse(result_json(record), status_code=200)
+
+
+def _schedule(meta: Any) -> tuple[float | None, float | None]:
+    now = time.time()
+    not_before = None
+    if meta.delay_s is not None and meta.run_at is not None:
+        raise RequestRejected("metadata.delay_s and metadata.run_at exclude each other")
+    if meta.delay_s:
+        not_before = now + meta.delay_s
+    if meta.run_at is not None:
+        try:
+            not_before = parse_rfc3339(meta.run_at)
+        except ValueError as exc:
+            raise RequestRejected(f"metadata.run_at: {exc}") from None
+    expires_at = None
+    if meta.expires_at is not None:
+        try:
+            expires_at = parse_rfc3339(meta.expires_at)
+        except ValueError as exc:
+            raise RequestRejected(f"metadata.expires_at: {exc}") from None
+    return not_before, expires_at
+
+
+def build_submission(body: SubmitRequest, bridge: Bridge, *, session_header: str | None,
+                     traceparent: str | None, client: str | None) -> Submission:
+    meta = body.metadata
+    extra = dict(meta.model_extra or {})
+    router_ = bridge.router
+    endpoint, handler = router_.choose(meta.endpoint, meta.handler, payload=body.payload, headers=body.headers)
+    not_before, expires_at = _schedule(meta)
+    if meta.callback_url is not None:
+        bridge.check_callback_url(meta.callback_url)
+    return Submission(
+        body=json_body(body.payload), headers=body.headers, handler=handler, endpoint=endpoint,
+        priority=meta.priority if isinstance(meta.priority, int) else 5,
+        timeout_s=meta.timeout_s or meta.timeout, not_before=not_before, expires_at=expires_at,
+        session_id=meta.session_id or session_header, client_id=client, callback_url=meta.callback_url,
+        traceparent=traceparent, metadata=extra)
+
+
+@router.post("/api/v1/submit", status_code=202, response_model=SubmitResponse,
+             responses={200: {"model": ResultResponse}, **ERRORS})
+async def submit(
+    body: SubmitRequest, request: Request, bridge: BridgeDep, client: ClientDep,
+    prefer: Annotated[list[str] | None, Header()] = None,
+    x_session_id: Annotated[str | None, Header()] = None,
+    traceparent: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Queue a request. `Prefer: wait=N` answers 200 with the result if it completes within N s."""
+    preferences = parse_prefer(prefer or [])
+    submission = build_submission(body, bridge, session_header=x_session_id, traceparent=traceparent,
+                                  client=client)
+    record = await bridge.submit(submission)
+    if preferences.wait_s and not preferences.respond_async:
+        done = await bridge.wait(record.correlation_id, preferences.wait_s, client)
+        if done.terminal:
+            response = finished(done)
+            response.headers["Preference-Applied"] = f"wait={preferences.wait_s:g}"
+            return response
+        record = done
+    return accepted(request, record, bridge)
+
+
+@router.get("/api/v1/status/{correlation_id}", response_model=StatusResponse, responses=ERRORS)
+async def get_status(correlation_id: str, bridge: BridgeDep, client: ClientDep) -> dict[str, Any]:
+    return status_json(await bridge.get(correlation_id, client))
+
+
+@router.get("/api/v1/response/{correlation_id}", response_model=ResultResponse,
+            responses={202: {"model": StatusResponse}, **ERRORS})
+async def get_response(
+    correlation_id: str, request: Request, bridge: BridgeDep, client: ClientDep,
+    wait: Annotated[float | None, Query(ge=0, description="long-poll up to this many seconds")] = None,
+    format: Annotated[str | None, Query(pattern="^(json|raw)$")] = None,
+) -> Response:
+    """202 (with Retry-After) until the request is terminal; then 200 with the result JSON."""
+    if wait:
+        record = await bridge.wait(correlation_id, wait, client)
+    else:
+        record = await bridge.get(correlation_id, client)
+    if not record.terminal:
+        response = JSONResponse(status_json(record), status_code=202)
+        response.headers["Retry-After"] = str(bridge.settings.server.retry_after_s)
+        return response
+    if format == "raw":
+        return bridge.raw_response(record)
+    return finished(record)
+
+
+@router.delete("/api/v1/requests/{correlation_id}", response_model=StatusResponse, responses=ERRORS)
+async def cancel(correlation_id: str, bridge: BridgeDep, client: ClientDep) -> dict[str, Any]:
+    """Cancel a request that has not started; 409 once it runs or has finished."""
+    return status_json(await bridge.cancel(correlation_id, client))
+
+
+@router.get("/api/v1/dlq", response_model=list[DeadLetterEntry])
+async def list_dead_letters(bridge: BridgeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                            ) -> list[dict[str, Any]]:
+    return [dead_letter_json(d) for d in await bridge.dead_letters(limit)]
+
+
+def dead_letter_json(d: Any) -> dict[str, Any]:
+    return {"id": d.id, "correlation_id": d.correlation_id, "reason": d.reason, "attempts": d.attempts,
+            "last_error": d.last_error, "dead_lettered_at": rfc3339(d.dead_lettered_at), "queue": d.queue}
+
+
+@router.post("/api/v1/dlq/{dead_letter_id}/replay", response_model=ReplayResponse, status_code=202,
+             responses=ERRORS)
+async def replay_dead_letter(dead_letter_id: str, bridge: BridgeDep) -> dict[str, Any]:
+    """Queue a dead letter again as a new request; the answer names the new correlation id."""
+    entries = {d.id: d for d in await bridge.dead_letters(1000)}
+    original = entries.get(dead_letter_id)
+    record = await bridge.replay(dead_letter_id)
+    return {"id": dead_letter_id, "correlation_id": record.correlation_id, "status": record.status,
+            "replayed_from": original.correlation_id if original else ""}
+
+
+@router.delete("/api/v1/dlq")
+async def purge_dead_letters(bridge: BridgeDep) -> dict[str, int]:
+    return {"purged": await bridge.purge_dead_letters()}
+
+
+@ops_router.get("/health")
+async def health() -> dict[str, str]:
+    """Alive: the process answers. Says nothing about the broker (see /ready)."""
+    return {"status": "ok"}
+
+
+@ops_router.get("/ready", responses={503: {"model": ErrorResponse}})
+async def ready(bridge: BridgeDep) -> Response:
+    """Ready when the broker and the result store both answer within their timeouts."""
+    broker, store = await bridge.backend.health(), await bridge.store.health()
+    checks = {"queue": {"ok": broker.ok, "detail": broker.detail}, "results": {"ok": store.ok, "detail": store.detail}}
+    failing = [name for name, check in checks.items() if not check["ok"]]
+    body = {"status": "ready" if not failing else f"not ready: {', '.join(failing)} unavailable", "checks": checks}
+    return JSONResponse(body, status_code=503 if failing else 200)
+
+
+@ops_router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

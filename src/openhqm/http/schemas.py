@@ -1,0 +1,99 @@
+"""Request and response models: they validate input and give the OpenAPI document at /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from openhqm.constants import MAX_PRIORITY, PRIORITY_NAMES
+
+
+class Metadata(BaseModel):
+    """Known keys are typed; any other key is kept and handed to the handler unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    endpoint: str | None = None
+    handler: str | None = None
+    priority: int | str | None = None
+    timeout_s: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, description="the original OpenHQM name of timeout_s")
+    session_id: str | None = Field(None, max_length=256)
+    delay_s: float | None = Field(None, ge=0)
+    run_at: str | None = None
+    expires_at: str | None = None
+    callback_url: str | None = Field(None, max_length=2048)
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if value.upper() in PRIORITY_NAMES:
+                return PRIORITY_NAMES[value.upper()]
+            if not value.strip().lstrip("-").isdigit():
+                names = ", ".join(PRIORITY_NAMES)
+                raise ValueError(f"priority {value!r} is neither a number 0-{MAX_PRIORITY} nor one of {names}")
+            value = int(value)
+        if not 0 <= value <= MAX_PRIORITY:
+            raise ValueError(f"priority {value} is outside 0-{MAX_PRIORITY}")
+        return value
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    payload: Any = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=Metadata)
+
+
+class SubmitResponse(BaseModel):
+    correlation_id: str
+    status: str
+    submitted_at: str | None
+
+
+class ResultResponse(BaseModel):
+    correlation_id: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    submitted_at: str | None = None
+    completed_at: str | None = None
+    processing_time_ms: float | None = None
+    attempts: int = 0
+
+
+class StatusResponse(BaseModel):
+    correlation_id: str
+    status: str
+    submitted_at: str | None = None
+    updated_at: str | None = None
+    completed_at: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    session_id: str | None = None
+
+
+class DeadLetterEntry(BaseModel):
+    id: str
+    correlation_id: str
+    reason: str
+    attempts: int
+    last_error: str | None
+    dead_lettered_at: str | None
+    queue: str
+
+
+class ReplayResponse(BaseModel):
+    id: str
+    correlation_id: str
+    status: str
+    replayed_from: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[Any]

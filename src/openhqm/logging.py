@@ -1,0 +1,56 @@
+"""structlog setup: JSON lines (or a console view on a terminal), correlation ids, secret redaction."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from openhqm.config import LoggingSettings
+
+_SECRET_KEYS = re.compile(r"(authorization|cookie|password|secret|token|api[_-]?key|client_secret)", re.I)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
+MASK = "**********"
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Mask values under secret-looking keys and passwords inside URLs, wherever they appear."""
+    for key, value in list(event.items()):
+        if _SECRET_KEYS.search(key) and value is not None:
+            event[key] = MASK
+        elif isinstance(value, str) and "://" in value:
+            event[key] = _URL_PASSWORD.sub(r"\1" + MASK + "@", value)
+        elif isinstance(value, dict):
+            event[key] = {k: (MASK if _SECRET_KEYS.search(str(k)) else v) for k, v in value.items()}
+    return event
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    use_json = settings.format == "json" or (settings.format == "auto" and not sys.stderr.isatty())
+    renderer: Any = (structlog.processors.JSONRenderer() if use_json
+                     else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    level = logging.getLevelName(settings.level)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    for noisy in ("uvicorn.access",):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,35 @@
+"""Every Prometheus metric openhqm exports, with bounded labels (route templates, queue and endpoint names)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+HTTP_REQUESTS = Counter("openhqm_http_requests", "HTTP requests answered by the listener",
+                        ["route", "method", "status"], registry=REGISTRY)
+HTTP_DURATION = Histogram("openhqm_http_request_duration_seconds", "Listener request duration",
+                          ["route", "method"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+QUEUE_DEPTH = Gauge("openhqm_queue_depth", "Messages waiting in a queue", ["queue"], registry=REGISTRY)
+QUEUE_OLDEST_AGE = Gauge("openhqm_queue_oldest_age_seconds", "Age of the oldest unfinished request",
+                         ["queue"], registry=REGISTRY)
+MESSAGES = Counter("openhqm_messages", "Messages handled by workers, by outcome",
+                   ["queue", "outcome"], registry=REGISTRY)
+PROCESSING_DURATION = Histogram("openhqm_processing_duration_seconds", "Handler or forward duration",
+                                ["queue"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+INFLIGHT = Gauge("openhqm_inflight", "Messages being processed now", ["queue"], registry=REGISTRY)
+UPSTREAM_REQUESTS = Counter("openhqm_upstream_requests", "Calls to HTTP backends",
+                            ["endpoint", "status_class"], registry=REGISTRY)
+UPSTREAM_DURATION = Histogram("openhqm_upstream_duration_seconds", "HTTP backend call duration",
+                              ["endpoint"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+CIRCUIT_STATE = Gauge("openhqm_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                      ["endpoint"], registry=REGISTRY)
+RESULTS = Gauge("openhqm_results", "Requests in the result store, by status", ["status"], registry=REGISTRY)
+WORKER_CONCURRENCY = Gauge("openhqm_worker_concurrency", "Current size of the worker pool", registry=REGISTRY)
+SUBMITTED = Counter("openhqm_submitted", "Requests accepted by the listener", ["queue"], registry=REGISTRY)
+
+
+def status_class(status: int | None) -> str:
+    return f"{status // 100}xx" if status else "error"

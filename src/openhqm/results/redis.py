@@ -1,0 +1,377 @@
+"""Redis result store (`results.type: redis`), for API replicas that share one Redis.
+
+Settings: `results.redis.url` (redis:// or rediss://), `results.redis.prefix` (namespace of every key).
+Keys, all under `<prefix>:`:
+
+    req:<id>          hash  d = msgpack record, s = status, v = version, sess = session id
+    counts            hash  status -> number of records
+    session:<sid>     zset  ids of one session, scored by submitted_at
+    done              zset  msgpack [id, status, session?] of terminal records, scored by completed_at
+    dead / dead:order hash id -> msgpack dead letter / zset of ids by dead_lettered_at
+
+Every write is one Lua script, so a record, its counters and indexes change together. A transition
+reads the record, applies the changes in Python, and writes back only if the version is unchanged
+(compare-and-set, retried on conflict). A record that becomes terminal is published on channel
+`<prefix>:done`; each store holds one subscription and wakes its waiters. After a reconnect it
+re-checks every waited id, so a publish missed while disconnected still wakes the waiter.
+Terminal records also get a Redis TTL of `results.ttl_s` as a safety net; `cleanup()` fixes the
+counters and indexes of records that expired that way. Scripts build keys from the prefix, so
+Redis Cluster is not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
+
+from openhqm.backends.base import Health
+from openhqm.constants import TERMINAL
+from openhqm.errors import BackendError, BackendUnavailable
+from openhqm.logging import get_logger
+from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+
+if TYPE_CHECKING:
+    from openhqm.config import Settings
+
+log = get_logger("openhqm.results")
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_record = msgspec.msgpack.Decoder(RequestRecord).decode
+_decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
+
+CAS_ATTEMPTS = 100
+CLEANUP_BATCH = 500
+CLEANUP_MAX_BATCHES = 1000
+SUBSCRIBE_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 2.0
+RECONNECT_BACKOFF_S = (0.1, 5.0)
+
+_LUA_COMMON = "local TERMINAL = {" + ", ".join(f"{s}=true" for s in sorted(TERMINAL)) + "}\n" + """
+local function done_member(cid, status, sess)
+  if sess then return cmsgpack.pack({cid, status, sess}) end
+  return cmsgpack.pack({cid, status})
+end
+local function finish(key, cid, status, sess, score, ttl_ms, channel)
+  redis.call('ZADD', KEYS[3], score, done_member(cid, status, sess))
+  redis.call('PEXPIRE', key, ttl_ms)
+  redis.call('PUBLISH', channel, cid)
+end
+"""
+
+# KEYS: req, counts, done[, session]  ARGV: data, status, id, done score, ttl ms, channel, submitted_at[, sid]
+_CREATE = _LUA_COMMON + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local sess = ARGV[8]
+redis.call('HSET', KEYS[1], 'd', ARGV[1], 's', ARGV[2], 'v', 1)
+if sess then
+  redis.call('HSET', KEYS[1], 'sess', sess)
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[3])
+end
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+if TERMINAL[ARGV[2]] then finish(KEYS[1], ARGV[3], ARGV[2], sess, ARGV[4], ARGV[5], ARGV[6]) end
+return 1
+"""
+
+# KEYS: req, counts, done  ARGV: expected version, data, status, id, done score, ttl ms, channel
+_TRANSITION = _LUA_COMMON + """
+local cur = redis.call('HMGET', KEYS[1], 's', 'v', 'sess')
+if not cur[1] then return -1 end
+if cur[2] ~= ARGV[1] then return 0 end
+local old, new, sess = cur[1], ARGV[3], cur[3]
+redis.call('HSET', KEYS[1], 'd', ARGV[2], 's', new)
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HINCRBY', KEYS[2], old, -1)
+redis.call('HINCRBY', KEYS[2], new, 1)
+if TERMINAL[old] then redis.call('ZREM', KEYS[3], done_member(ARGV[4], old, sess)) end
+if TERMINAL[new] then finish(KEYS[1], ARGV[4], new, sess, ARGV[5], ARGV[6], ARGV[7]) end
+return 1
+"""
+
+# KEYS: req, counts, done  ARGV: id, prefix
+_DELETE = _LUA_COMMON + """
+local cur = redis.call('HMGET', KEYS[1], 's', 'sess')
+if not cur[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HINCRBY', KEYS[2], cur[1], -1)
+if cur[2] then redis.call('ZREM', ARGV[2] .. ':session:' .. cur[2], ARGV[1]) end
+if TERMINAL[cur[1]] then redis.call('ZREM', KEYS[3], done_member(ARGV[1], cur[1], cur[2])) end
+return 1
+"""
+
+# KEYS: req (unused), counts, done  ARGV: older_than, batch size, prefix
+# A record that its Redis TTL already removed still has its index entry here, so counts heal too.
+_CLEANUP = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(members) do
+  local entry = cmsgpack.unpack(member)
+  redis.call('DEL', ARGV[3] .. ':req:' .. entry[1])
+  redis.call('HINCRBY', KEYS[2], entry[2], -1)
+  if entry[3] then redis.call('ZREM', ARGV[3] .. ':session:' .. entry[3], entry[1]) end
+end
+if #members > 0 then redis.call('ZREM', KEYS[3], unpack(members)) end
+return #members
+"""
+
+# KEYS: dead, dead:order  ARGV: id
+_TAKE_DEAD = """
+local data = redis.call('HGET', KEYS[1], ARGV[1])
+if not data then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return data
+"""
+
+_PURGE_DEAD = """
+local n = redis.call('HLEN', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+return n
+"""
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@contextlib.contextmanager
+def _mapped(action: str) -> Iterator[None]:
+    """The one place where redis-py errors become openhqm errors."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise BackendUnavailable(f"redis result store: {action}: {exc}") from exc
+    except RedisError as exc:
+        raise BackendError(f"redis result store: {action}: {exc}") from exc
+
+
+def create(settings: Settings) -> RedisResultStore:
+    section = settings.results.redis
+    return RedisResultStore(section.url.get_secret_value(), prefix=section.prefix,
+                            ttl_s=settings.results.ttl_s)
+
+
+class RedisResultStore(ResultStore):
+    name = "redis"
+
+    def __init__(self, url: str, *, prefix: str = "openhqm", ttl_s: float = 86400.0) -> None:
+        super().__init__()
+        self._url = url
+        self._prefix = prefix
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._channel = f"{prefix}:done"
+        self._counts_key, self._done_key = f"{prefix}:counts", f"{prefix}:done"
+        self._dead_key, self._dead_order_key = f"{prefix}:dead", f"{prefix}:dead:order"
+        self.listener_name = f"openhqm-results-{uuid.uuid4().hex[:12]}"  # CLIENT LIST name of the subscriber
+        self._client: aioredis.Redis | None = None
+        self._listener_client: aioredis.Redis | None = None
+        self._pubsub: Any = None  # redis.asyncio.client.PubSub, which redis-py leaves untyped
+        self._listener: asyncio.Task[None] | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    @property
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BackendUnavailable("redis result store is not connected; call connect() first")
+        return self._client
+
+    def _req_key(self, correlation_id: str) -> str:
+        return f"{self._prefix}:req:{correlation_id}"
+
+    async def _run(self, action: str, lua: str, keys: list[str], args: list[EncodableT]) -> Any:
+        """Run a script by its SHA (EVALSHA), loading it on first use."""
+        script = self._scripts.get(lua)
+        if script is None:
+            script = self._scripts[lua] = self._redis.register_script(lua)
+        with _mapped(action):
+            return await script(keys=keys, args=args)
+
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+        client = aioredis.from_url(self._url)
+        listener_client = aioredis.from_url(self._url, client_name=self.listener_name, socket_keepalive=True)
+        pubsub: Any = listener_client.pubsub()
+        try:
+            with _mapped("connect"):
+                await client.ping()
+                await pubsub.subscribe(self._channel)
+                # Wait for the confirmation: a wait() that starts after connect() cannot miss a publish.
+                confirmed = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+            if confirmed is None or confirmed["type"] != "subscribe":
+                raise BackendUnavailable(f"redis result store: no confirmation of SUBSCRIBE {self._channel}")
+        except BaseException:
+            await pubsub.aclose()
+            await listener_client.aclose()
+            await client.aclose()
+            raise
+        self._client, self._listener_client, self._pubsub = client, listener_client, pubsub
+        self._listener = asyncio.create_task(self._listen(), name="openhqm-redis-store-listen")
+
+    async def close(self) -> None:
+        if self._client is None:
+            return
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._pubsub.aclose()
+        if self._listener_client is not None:
+            await self._listener_client.aclose()
+        await self._client.aclose()
+        self._client = self._listener_client = self._pubsub = self._listener = None
+        self._scripts.clear()
+
+    async def _listen(self) -> None:
+        """Wake waiters from the done channel; redis-py resubscribes on reconnect, then we re-check."""
+        backoff_s, recheck = RECONNECT_BACKOFF_S[0], False
+        while True:
+            try:
+                if recheck:
+                    await self._wake_finished()
+                    recheck = False
+                message = await self._pubsub.get_message(timeout=None)
+            except Exception as exc:  # redis-py already retried; back off, then reconnect
+                log.warning("result store subscription lost; reconnecting", error=str(exc),
+                            retry_in_s=backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_S[1])
+                continue
+            if message is None:
+                continue
+            backoff_s = RECONNECT_BACKOFF_S[0]
+            if message["type"] == "message":
+                self._wake(message["data"].decode())
+            elif message["type"] == "subscribe":
+                recheck = True  # (re)subscribed: publishes sent while we were away are lost
+
+    async def _wake_finished(self) -> None:
+        ids = self.waited_ids
+        if not ids:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.hget(self._req_key(cid), "s")
+            statuses = await pipe.execute()
+        for cid, status in zip(ids, statuses, strict=True):
+            if status is not None and status.decode() in TERMINAL:
+                self._wake(cid)
+
+    def _done_score(self, record: RequestRecord) -> str:
+        return repr(record.completed_at if record.completed_at is not None else record.updated_at)
+
+    async def create(self, record: RequestRecord) -> None:
+        cid = record.correlation_id
+        keys = [self._req_key(cid), self._counts_key, self._done_key]
+        args: list[EncodableT] = [_encode(record), record.status, cid, self._done_score(record),
+                                   str(self._ttl_ms), self._channel, repr(record.submitted_at)]
+        if record.session_id is not None:
+            keys.append(f"{self._prefix}:session:{record.session_id}")
+            args.append(record.session_id)
+        if not await self._run("create", _CREATE, keys, args):
+            raise KeyError(f"request {cid} exists")
+
+    async def delete(self, correlation_id: str) -> None:
+        keys = [self._req_key(correlation_id), self._counts_key, self._done_key]
+        await self._run("delete", _DELETE, keys, [correlation_id, self._prefix])
+
+    async def get(self, correlation_id: str) -> RequestRecord | None:
+        with _mapped("get"):
+            data = await self._redis.hget(self._req_key(correlation_id), "d")
+        return None if data is None else _decode_record(_bytes(data))
+
+    async def _transition(self, correlation_id: str, changes: dict[str, Any],
+                          allowed_from: Iterable[str] | None) -> RequestRecord | None:
+        allowed = None if allowed_from is None else {str(s) for s in allowed_from}
+        key = self._req_key(correlation_id)
+        keys = [key, self._counts_key, self._done_key]
+        for _ in range(CAS_ATTEMPTS):
+            with _mapped("transition"):
+                data, version = await self._redis.hmget(key, ["d", "v"])
+            if data is None or version is None:
+                return None
+            record = _decode_record(_bytes(data))
+            if record.terminal if allowed is None else record.status not in allowed:
+                return None
+            updated = msgspec.structs.replace(record, **changes)
+            outcome = await self._run("transition", _TRANSITION, keys, [
+                version, _encode(updated), updated.status, correlation_id, self._done_score(updated),
+                str(self._ttl_ms), self._channel])
+            if outcome == 1:
+                return updated
+            if outcome == -1:
+                return None
+            # 0: another writer changed the record since we read it; read it again.
+        raise BackendError(f"redis result store: request {correlation_id} kept changing during "
+                           f"{CAS_ATTEMPTS} transition attempts")
+
+    async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
+        with _mapped("list_session"):
+            ids = await self._redis.zrange(f"{self._prefix}:session:{session_id}", 0, limit - 1)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for cid in ids:
+                    pipe.hget(self._req_key(_text(cid)), "d")
+                rows = await pipe.execute()
+        return [_decode_record(row) for row in rows if row is not None]
+
+    async def counts(self) -> dict[str, int]:
+        with _mapped("counts"):
+            raw = await self._redis.hgetall(self._counts_key)
+        counts = {_text(status): int(count) for status, count in raw.items()}
+        return {status: count for status, count in counts.items() if count > 0}
+
+    async def cleanup(self, older_than: float) -> int:
+        keys = [self._req_key(""), self._counts_key, self._done_key]
+        removed = 0
+        for _ in range(CLEANUP_MAX_BATCHES):  # bounded; the rest waits for the next cleanup
+            batch = int(await self._run("cleanup", _CLEANUP, keys,
+                                        [repr(older_than), str(CLEANUP_BATCH), self._prefix]))
+            removed += batch
+            if batch < CLEANUP_BATCH:
+                break
+        return removed
+
+    async def add_dead_letter(self, record: DeadLetterRecord) -> None:
+        with _mapped("add_dead_letter"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._dead_key, record.id, _encode(record))
+                pipe.zadd(self._dead_order_key, {record.id: record.dead_lettered_at})
+                await pipe.execute()
+
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
+        with _mapped("list_dead_letters"):
+            ids = await self._redis.zrange(self._dead_order_key, 0, limit - 1)
+            rows = await self._redis.hmget(self._dead_key, [_text(i) for i in ids]) if ids else []
+        return [_decode_dead(_bytes(row)) for row in rows if row is not None]
+
+    async def take_dead_letter(self, dead_letter_id: str) -> DeadLetterRecord | None:
+        data = await self._run("take_dead_letter", _TAKE_DEAD, [self._dead_key, self._dead_order_key],
+                               [dead_letter_id])
+        return None if data is None else _decode_dead(data)
+
+    async def purge_dead_letters(self) -> int:
+        keys = [self._dead_key, self._dead_order_key]
+        return int(await self._run("purge_dead_letters", _PURGE_DEAD, keys, []))
+
+    async def health(self) -> Health:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await self._redis.ping()
+        except Exception as exc:
+            return Health(False, f"redis store: {type(exc).__name__}: {exc}")
+        if self._listener is None or self._listener.done():
+            return Health(False, "redis store: the completion listener is not running")
+        return Health(True)

@@ -1,0 +1,1 @@
+"""The worker pool: consume, dispatch to a handler or an HTTP endpoint, reply, settle."""

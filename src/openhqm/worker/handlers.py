@@ -1,0 +1,111 @@
+"""Handlers: plain async or sync functions registered by name, called with a `Job`."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from openhqm.config import RetrySettings
+from openhqm.envelope import Envelope
+from openhqm.errors import DeadLetter, RequestRejected
+
+
+@dataclass
+class Job:
+    """What a handler receives: the decoded payload plus the request's context."""
+
+    envelope: Envelope
+    attempt: int
+
+    @property
+    def correlation_id(self) -> str:
+        return self.envelope.correlation_id
+
+    @property
+    def session_id(self) -> str | None:
+        return self.envelope.session_id
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.envelope.headers
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.envelope.metadata
+
+    @property
+    def body(self) -> bytes:
+        return self.envelope.body
+
+    @property
+    def payload(self) -> Any:
+        """The JSON payload; raw bodies that are not JSON come through as bytes."""
+        if not self.envelope.body:
+            return None
+        try:
+            return orjson.loads(self.envelope.body)
+        except orjson.JSONDecodeError:
+            if self.envelope.raw:
+                return self.envelope.body
+            raise DeadLetter("payload is not valid JSON") from None
+
+
+HandlerFunc = Callable[[Job], Any] | Callable[[Job], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Handler:
+    name: str
+    func: HandlerFunc
+    retry: RetrySettings | None = None
+    timeout_s: float | None = None
+    is_async: bool = field(default=False)
+
+    async def __call__(self, job: Job) -> Any:
+        if self.is_async:
+            return await self.func(job)  # type: ignore[misc]
+        # Sync handlers run in the default thread pool so they never block the event loop.
+        return await asyncio.to_thread(self.func, job)
+
+
+def echo(job: Job) -> Any:
+    """Built-in: returns the payload unchanged."""
+    return job.payload
+
+
+async def _echo(job: Job) -> Any:
+    return echo(job)
+
+
+class HandlerRegistry:
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self.register("echo", _echo)
+
+    def register(self, name: str, func: HandlerFunc, *, retry: RetrySettings | None = None,
+                 timeout_s: float | None = None) -> Handler:
+        handler = Handler(name, func, retry, timeout_s, is_async=inspect.iscoroutinefunction(func))
+        self._handlers[name] = handler
+        return handler
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def get(self, name: str) -> Handler:
+        try:
+            return self._handlers[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._handlers, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RequestRejected(
+                f"unknown handler '{name}'{hint} valid handlers: {', '.join(self.names)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._handlers

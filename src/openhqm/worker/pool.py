@@ -1,0 +1,133 @@
+"""The worker pool: up to `concurrency` jobs at once from one queue, and an orderly drain.
+
+Shutdown order (SIGTERM): stop taking messages, let in-flight jobs finish within
+`worker.shutdown_timeout_s`, then return what is still running to the queue. Connections close
+last, after every delivery is settled, so nothing fetched is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from openhqm import metrics
+from openhqm.backends.base import Backend, Delivery
+from openhqm.logging import get_logger
+from openhqm.worker.processor import Processor
+
+log = get_logger("openhqm.worker")
+
+
+class WorkerPool:
+    def __init__(self, processor: Processor, *, concurrency: int, prefetch: int, lease_s: float | None = None):
+        self.processor = processor
+        self.backend: Backend = processor.backend
+        self.queue = processor.queue
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.lease_s = lease_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._jobs: dict[asyncio.Task[None], Delivery] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._intake: asyncio.Task[None] | None = None
+        self.last_activity = asyncio.get_event_loop().time()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def start(self) -> None:
+        metrics.WORKER_CONCURRENCY.set(self.concurrency)
+        self._intake = asyncio.create_task(self._take_messages(), name=f"openhqm-intake-{self.queue}")
+
+    async def _take_messages(self) -> None:
+        backoff_s = 0.1
+        while True:
+            try:
+                deliveries = self.backend.consume(self.queue, prefetch=self.prefetch)
+                async for delivery in deliveries:
+                    backoff_s = 0.1
+                    await self._slots.acquire()
+                    self._spawn(delivery)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The broker went away: keep trying, with a bounded backoff, until it is back.
+                log.warning("consume failed; retrying", queue=self.queue, error=str(exc), retry_in_s=backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    def _spawn(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._run(delivery))
+        self._jobs[task] = delivery
+        self._idle.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._jobs.pop(task, None)
+        self._slots.release()
+        self.last_activity = asyncio.get_event_loop().time()
+        if not self._jobs:
+            self._idle.set()
+
+    async def _run(self, delivery: Delivery) -> None:
+        keepalive = self._keep_lease(delivery)
+        try:
+            await self.processor.process(delivery)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.processor.give_back(delivery))
+            raise
+        except Exception:
+            log.exception("unexpected error while processing; returning the message to the queue")
+            await self.processor.give_back(delivery)
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
+
+    def _keep_lease(self, delivery: Delivery) -> asyncio.Task[None] | None:
+        """Extend the lease while a long job runs, so no other worker takes the message meanwhile."""
+        if not self.lease_s or not self.backend.capabilities.lease_extension:
+            return None
+        lease_s = self.lease_s
+
+        async def extend() -> None:
+            while True:
+                await asyncio.sleep(lease_s / 3)
+                with contextlib.suppress(Exception):
+                    await delivery.extend_lease(lease_s)
+
+        return asyncio.create_task(extend())
+
+    async def stop(self, timeout_s: float) -> None:
+        if self._intake is not None:
+            self._intake.cancel()  # 1. no new messages
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._intake
+        if self._jobs:  # 2. in-flight jobs finish within the timeout
+            log.info("draining", in_flight=len(self._jobs), timeout_s=timeout_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._idle.wait()
+        remaining = list(self._jobs)
+        for task in remaining:  # 3. the rest goes back to the queue (see _run)
+            task.cancel()
+        if remaining:
+            log.warning("returned unfinished jobs to the queue", count=len(remaining))
+            await asyncio.gather(*remaining, return_exceptions=True)
+
+    def resize(self, concurrency: int) -> None:
+        """Grow or shrink the pool; shrinking takes effect as running jobs finish."""
+        delta = concurrency - self.concurrency
+        self.concurrency = concurrency
+        metrics.WORKER_CONCURRENCY.set(concurrency)
+        if delta > 0:
+            for _ in range(delta):
+                self._slots.release()
+        elif delta < 0:
+            asyncio.create_task(self._shrink(-delta))
+
+    async def _shrink(self, count: int) -> None:
+        for _ in range(count):
+            await self._slots.acquire()

@@ -1,0 +1,214 @@
+"""What happens to one delivery: decode, skip if cancelled or expired, run, reply, settle.
+
+The reply reaches the broker before the request is acked, so a crash in between repeats the work
+(at-least-once) but never loses the result. Dead letters are recorded in the result store, the one
+index that list/inspect/replay use; if that write fails the broker's own `.dlq` queue takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from openhqm import metrics
+from openhqm.app import OpenHQM
+from openhqm.backends.base import Backend, Delivery
+from openhqm.config import RetrySettings
+from openhqm.constants import Status
+from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, encode, new_id
+from openhqm.errors import DeadLetter, Retry
+from openhqm.logging import get_logger
+from openhqm.results.base import DeadLetterRecord, ResultStore
+from openhqm.worker.handlers import Job
+from openhqm.worker.retry import decide
+from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed
+
+log = get_logger("openhqm.worker")
+
+_RUNNABLE = (Status.PENDING, Status.SCHEDULED, Status.RETRY, Status.PROCESSING)
+
+
+@dataclass
+class Failure:
+    error: str
+    retryable: bool = True
+    retry_after_s: float | None = None
+    retry: RetrySettings | None = None
+    max_age_s: float | None = None
+
+
+class Processor:
+    def __init__(self, app: OpenHQM, backend: Backend, store: ResultStore, target: Target, queue: str) -> None:
+        self.app = app
+        self.backend = backend
+        self.store = store
+        self.target = target
+        self.queue = queue
+        self.settings = app.settings.worker
+
+    async def process(self, delivery: Delivery) -> None:
+        try:
+            envelope = decode_envelope(delivery.body)
+        except UndecodableMessage as exc:
+            if not self.target.accepts_raw:
+                await self._dead_letter(delivery, None, f"undecodable message: {exc}", delivery.attempt, None)
+                return
+            envelope = Envelope(id=delivery.message_id, body=delivery.body, raw=True)
+        attempt = envelope.attempt + delivery.attempt - 1
+        structlog.contextvars.bind_contextvars(
+            correlation_id=envelope.correlation_id, session_id=envelope.session_id, attempt=attempt,
+            endpoint=envelope.endpoint or envelope.handler)
+        try:
+            await self._process(delivery, envelope, attempt)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    async def _process(self, delivery: Delivery, envelope: Envelope, attempt: int) -> None:
+        now = time.time()
+        if envelope.not_before is not None and envelope.not_before > now + 0.01:
+            # Only reached where the broker's own delay is shorter than asked (e.g. SQS's 900 s cap).
+            await delivery.nack(delay_s=envelope.not_before - now)
+            return
+        if envelope.expires_at is not None and envelope.expires_at < now:
+            await self._finish(delivery, envelope, Reply(correlation_id=envelope.correlation_id,
+                               status=Status.EXPIRED, error="expired before it started", attempts=attempt - 1))
+            return
+        if not await self._claim(envelope, attempt):
+            log.info("skipped: request is no longer runnable")
+            await delivery.ack()
+            return
+        job = Job(envelope, attempt)
+        started = time.perf_counter()
+        metrics.INFLIGHT.labels(self.queue).inc()
+        try:
+            outcome = await self._run(job)
+        except TargetDeferred as exc:
+            await self._defer(delivery, envelope, attempt, exc.delay_s, str(exc))
+            return
+        except (DeadLetter, Retry, TargetFailed, TimeoutError, Exception) as exc:
+            failure = self._failure(exc, job)
+            await self._failed(delivery, envelope, attempt, failure)
+            return
+        finally:
+            metrics.INFLIGHT.labels(self.queue).dec()
+            metrics.PROCESSING_DURATION.labels(self.queue).observe(time.perf_counter() - started)
+        reply = Reply(correlation_id=envelope.correlation_id, status=Status.COMPLETED, result=outcome.result,
+                      raw_response=outcome.raw_response, attempts=attempt, started_at=now,
+                      processing_time_ms=round((time.perf_counter() - started) * 1000, 3))
+        await self._finish(delivery, envelope, reply)
+        metrics.MESSAGES.labels(self.queue, "completed").inc()
+
+    async def _claim(self, envelope: Envelope, attempt: int) -> bool:
+        """Mark PROCESSING; False when the request was cancelled or already finished."""
+        if envelope.raw:
+            return True
+        record = await self.store.transition(envelope.correlation_id, Status.PROCESSING,
+                                             allowed_from=_RUNNABLE, attempts=attempt)
+        if record is not None:
+            return True
+        # Unknown to this store (another system's message, or a store this worker cannot see): run it.
+        return await self.store.get(envelope.correlation_id) is None
+
+    async def _run(self, job: Job) -> Outcome:
+        timeout_s = min(job.envelope.timeout_s or self.target.timeout_s(job) or self.settings.default_timeout_s,
+                        self.settings.max_timeout_s)
+        middleware = self.app.middleware
+        for mw in middleware:
+            await mw.before(job)
+        try:
+            async with asyncio.timeout(timeout_s):
+                outcome = await self.target.run(job)
+        except TimeoutError:
+            error = TimeoutError(f"timed out after {timeout_s:g} s")
+            for mw in reversed(middleware):
+                await mw.on_error(job, error)
+            raise error from None
+        except BaseException as exc:
+            for mw in reversed(middleware):
+                await mw.on_error(job, exc)
+            raise
+        for mw in reversed(middleware):
+            await mw.after(job, outcome.result)
+        return outcome
+
+    def _failure(self, exc: BaseException, job: Job) -> Failure:
+        policy = self.target.retry_policy(job)
+        if isinstance(exc, DeadLetter):
+            return Failure(f"DeadLetter: {exc}", retryable=False)
+        if isinstance(exc, Retry):
+            return Failure(f"Retry: {exc}", retry_after_s=exc.delay_s, retry=policy)
+        if isinstance(exc, TargetFailed):
+            return Failure(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s, retry=policy,
+                           max_age_s=exc.max_age_s)
+        if isinstance(exc, TimeoutError):
+            return Failure(f"TimeoutError: {exc}", retry=policy)
+        log.exception("handler raised", exc_info=exc)
+        return Failure(f"{type(exc).__name__}: {exc}", retry=policy)
+
+    async def _failed(self, delivery: Delivery, envelope: Envelope, attempt: int, failure: Failure) -> None:
+        policy = failure.retry or self.settings.retry
+        decision = decide(attempt, max_attempts=policy.max_attempts, base_delay_s=policy.base_delay_s,
+                          max_delay_s=policy.max_delay_s, retry_after_s=failure.retry_after_s,
+                          age_s=time.time() - envelope.created_at, max_age_s=failure.max_age_s)
+        if failure.retryable and decision.retry:
+            await self._retry(delivery, envelope, attempt, failure.error, decision.delay_s)
+            return
+        reason = "handler gave up" if not failure.retryable else f"failed after {attempt} attempt(s)"
+        await self._dead_letter(delivery, envelope, reason, attempt, failure.error)
+
+    async def _retry(self, delivery: Delivery, envelope: Envelope, attempt: int, error: str, delay_s: float) -> None:
+        log.info("retry scheduled", delay_s=round(delay_s, 3), error=error)
+        if not envelope.raw:
+            await self.store.transition(envelope.correlation_id, Status.RETRY, error=error, attempts=attempt)
+        await delivery.nack(delay_s=delay_s)
+        metrics.MESSAGES.labels(self.queue, "retried").inc()
+
+    async def _defer(self, delivery: Delivery, envelope: Envelope, attempt: int, delay_s: float, why: str) -> None:
+        """Put the message back without counting a try (e.g. the endpoint's circuit is open)."""
+        log.info("deferred", delay_s=round(delay_s, 3), reason=why)
+        again = Envelope(**{**_fields(envelope), "attempt": attempt})
+        await self.backend.publish(self.queue, encode(again), priority=envelope.priority, delay_s=delay_s,
+                                   key=delivery.key, message_id=new_id())
+        await delivery.ack()
+
+    async def _dead_letter(self, delivery: Delivery, envelope: Envelope | None, reason: str, attempt: int,
+                           last_error: str | None) -> None:
+        correlation_id = envelope.correlation_id if envelope else ""
+        log.warning("dead-lettered", reason=reason, last_error=last_error)
+        record = DeadLetterRecord(id=new_id(), correlation_id=correlation_id, queue=self.queue, reason=reason,
+                                  attempts=attempt, last_error=last_error, dead_lettered_at=time.time(),
+                                  body=delivery.body)
+        metrics.MESSAGES.labels(self.queue, "dead_lettered").inc()
+        try:
+            await self.store.add_dead_letter(record)
+        except Exception:
+            log.exception("result store refused the dead letter; using the broker's dead-letter queue")
+            await delivery.dead_letter(reason)
+            return
+        if envelope is not None:
+            await self._finish(delivery, envelope, Reply(
+                correlation_id=correlation_id, status=Status.FAILED, error=last_error or reason, attempts=attempt))
+            metrics.MESSAGES.labels(self.queue, "failed").inc()
+        else:
+            await delivery.ack()
+
+    async def _finish(self, delivery: Delivery, envelope: Envelope, reply: Reply) -> None:
+        """Publish the reply (durably accepted) and only then ack the request."""
+        if envelope.reply_to:
+            await self.backend.publish(envelope.reply_to, encode(reply), priority=envelope.priority)
+        await delivery.ack()
+
+    async def give_back(self, delivery: Delivery) -> None:
+        """Return an unfinished delivery to the queue (shutdown): it runs again elsewhere."""
+        if delivery.settled is None:
+            with contextlib.suppress(Exception):
+                await delivery.nack()
+
+
+def _fields(envelope: Envelope) -> dict[str, Any]:
+    return {name: getattr(envelope, name) for name in envelope.__struct_fields__}

@@ -1,0 +1,56 @@
+"""`openhqm worker` as a process: signals, drain, and the small health/metrics port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+from openhqm.app import OpenHQM
+from openhqm.backends import create_backend
+from openhqm.logging import get_logger
+from openhqm.results import create_store
+from openhqm.worker.runner import build_pool
+
+log = get_logger("openhqm.worker")
+
+
+async def run_worker(app: OpenHQM) -> None:
+    settings = app.settings
+    backend = create_backend(settings)
+    store = create_store(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now; unsettled messages return after their lease")
+            os._exit(1)
+        log.info("signal received: draining", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    await backend.connect()
+    await store.connect()
+    pool = build_pool(app, backend, store)
+    health = None
+    if settings.worker.health_port:
+        from openhqm.worker.health import serve_health
+
+        health = asyncio.create_task(serve_health(settings, backend, store, pool))
+    pool.start()
+    log.info("worker ready", queue=backend.display_url, concurrency=pool.concurrency)
+    try:
+        await stop.wait()
+    finally:
+        await pool.stop(settings.worker.shutdown_timeout_s)
+        if health is not None:
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
+        await store.close()
+        await backend.close()
+        log.info("worker stopped")

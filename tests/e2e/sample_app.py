@@ -1,0 +1,39 @@
+"""Handlers used by the end-to-end tests (loaded through worker.app)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from openhqm import OpenHQM
+from openhqm.errors import DeadLetter
+from openhqm.worker.handlers import Job
+
+app = OpenHQM()
+
+
+@app.handler("record")
+async def record(job: Job) -> Any:
+    """Appends the correlation id to a log so tests can count how often each request ran."""
+    delay = float(job.payload.get("sleep_s", 0)) if isinstance(job.payload, dict) else 0
+    if delay:
+        await asyncio.sleep(delay)
+    log = Path(os.environ["OPENHQM_TEST_RUN_LOG"])
+    with log.open("a") as f:
+        f.write(job.correlation_id + "\n")
+    return job.payload
+
+
+@app.handler("flaky")
+def flaky(job: Job) -> Any:
+    """Fails while the marker file named in the payload exists (a sync handler, run in a thread)."""
+    if Path(job.payload["marker"]).exists():
+        raise RuntimeError("marker present")
+    return "recovered"
+
+
+@app.handler("give_up")
+async def give_up(job: Job) -> Any:
+    raise DeadLetter("input can never succeed")

@@ -1,0 +1,155 @@
+"""The HTTP API of a real `openhqm serve` process on the embedded SQLite default."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.processes import OpenHQMProcess
+
+
+def submit(server: OpenHQMProcess, payload: object, metadata: dict[str, object] | None = None,
+           headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(f"{server.url}/api/v1/submit", json={"payload": payload, "metadata": metadata or {}},
+                      headers=headers, timeout=30)
+
+
+def test_submit_answers_202_with_location_then_long_poll_returns_the_result(server: OpenHQMProcess) -> None:
+    response = submit(server, {"n": 1})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] in ("PENDING", "PROCESSING", "COMPLETED")
+    assert response.headers["Retry-After"] == "1"
+    location = response.headers["Location"]
+    assert location == f"/api/v1/response/{body['correlation_id']}"
+    result = httpx.get(f"{server.url}{location}", params={"wait": 10}, timeout=30)
+    assert result.status_code == 200
+    assert result.json()["status"] == "COMPLETED"
+    assert result.json()["result"] == {"n": 1}
+    assert set(result.json()) == {"correlation_id", "status", "result", "error", "submitted_at",
+                                  "completed_at", "processing_time_ms", "attempts"}
+
+
+def test_prefer_wait_returns_the_result_inline(server: OpenHQMProcess) -> None:
+    response = submit(server, [1, "two", None], headers={"Prefer": "wait=10"})
+    assert response.status_code == 200
+    assert response.json()["result"] == [1, "two", None]
+    assert response.json()["attempts"] == 1
+    assert response.headers["Preference-Applied"] == "wait=10"
+
+
+def test_prefer_wait_answers_202_when_the_request_takes_longer(server: OpenHQMProcess) -> None:
+    response = submit(server, {"sleep_s": 1.5}, {"handler": "record"}, headers={"Prefer": "wait=0.2"})
+    assert response.status_code == 202
+    assert "Location" in response.headers
+
+
+def test_status_reports_the_lifecycle(server: OpenHQMProcess) -> None:
+    cid = submit(server, "x", headers={"Prefer": "wait=10"}).json()["correlation_id"]
+    status = httpx.get(f"{server.url}/api/v1/status/{cid}").json()
+    assert status["status"] == "COMPLETED" and status["attempts"] == 1
+
+
+def test_unknown_id_answers_404(server: OpenHQMProcess) -> None:
+    for path in ("/api/v1/status/nope", "/api/v1/response/nope", "/api/v1/response/nope?wait=0.1"):
+        response = httpx.get(server.url + path)
+        assert response.status_code == 404
+        assert "nope" in response.json()["detail"]
+
+
+def test_scheduled_request_can_be_cancelled_and_never_runs(server: OpenHQMProcess) -> None:
+    response = submit(server, {"cancel": True}, {"handler": "record", "delay_s": 1.0})
+    cid = response.json()["correlation_id"]
+    assert response.json()["status"] == "SCHEDULED"
+    cancelled = httpx.delete(f"{server.url}/api/v1/requests/{cid}")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
+    time.sleep(2.0)  # past the delay: the worker has had its chance to (wrongly) run it
+    assert cid not in (server.data_dir / "runs.log").read_text() if (server.data_dir / "runs.log").exists() \
+        else True
+    final = httpx.get(f"{server.url}/api/v1/response/{cid}")
+    assert final.status_code == 200 and final.json()["status"] == "CANCELLED"
+
+
+def test_cancelling_a_finished_request_answers_409(server: OpenHQMProcess) -> None:
+    cid = submit(server, 1, headers={"Prefer": "wait=10"}).json()["correlation_id"]
+    response = httpx.delete(f"{server.url}/api/v1/requests/{cid}")
+    assert response.status_code == 409
+    assert "COMPLETED" in response.json()["detail"]
+
+
+def test_body_over_the_limit_answers_413(server: OpenHQMProcess) -> None:
+    response = submit(server, "x" * 10_000)
+    assert response.status_code == 413
+    assert "max_body_bytes" in response.json()["detail"]
+
+
+def test_chunked_body_over_the_limit_answers_413(server: OpenHQMProcess) -> None:
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"payload": "'
+        for _ in range(100):
+            yield b"x" * 100
+        yield b'"}'
+
+    response = httpx.post(f"{server.url}/api/v1/submit", content=chunks(),
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_malformed_json_answers_422_naming_where(server: OpenHQMProcess) -> None:
+    response = httpx.post(f"{server.url}/api/v1/submit", content=b'{"payload": ',
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "body"
+
+
+def test_invalid_priority_answers_422_naming_the_field(server: OpenHQMProcess) -> None:
+    response = submit(server, 1, {"priority": "SOMETIMES"})
+    assert response.status_code == 422
+    assert "priority" in str(response.json()["detail"])
+
+
+def test_unknown_handler_answers_400_listing_valid_ones(server: OpenHQMProcess) -> None:
+    response = submit(server, 1, {"handler": "recrod"})
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "recrod" in detail and "record" in detail and "echo" in detail
+
+
+def test_failing_request_is_dead_lettered_and_replay_runs_it_again(server: OpenHQMProcess) -> None:
+    marker = server.data_dir / "flaky-marker"
+    marker.write_text("fail")
+    failed = submit(server, {"marker": str(marker)}, {"handler": "flaky"}, headers={"Prefer": "wait=20"})
+    assert failed.status_code == 200
+    body = failed.json()
+    assert body["status"] == "FAILED" and body["attempts"] == 2
+    assert "marker present" in body["error"]
+    entries = [e for e in httpx.get(f"{server.url}/api/v1/dlq").json()
+               if e["correlation_id"] == body["correlation_id"]]
+    assert len(entries) == 1
+    entry = entries[0]
+    assert set(entry) >= {"id", "correlation_id", "reason", "attempts", "last_error", "dead_lettered_at"}
+    assert entry["attempts"] == 2 and "marker present" in entry["last_error"]
+    marker.unlink()
+    replay = httpx.post(f"{server.url}/api/v1/dlq/{entry['id']}/replay")
+    assert replay.status_code == 202
+    new_id = replay.json()["correlation_id"]
+    assert replay.json()["replayed_from"] == body["correlation_id"]
+    result = httpx.get(f"{server.url}/api/v1/response/{new_id}", params={"wait": 20}, timeout=30).json()
+    assert result["status"] == "COMPLETED" and result["result"] == "recovered"
+    assert httpx.post(f"{server.url}/api/v1/dlq/{entry['id']}/replay").status_code == 404
+
+
+def test_handler_that_gives_up_is_dead_lettered_without_retries(server: OpenHQMProcess) -> None:
+    body = submit(server, 1, {"handler": "give_up"}, headers={"Prefer": "wait=20"}).json()
+    assert body["status"] == "FAILED" and body["attempts"] == 1
+    assert "never succeed" in body["error"]
+
+
+def test_health_ready_and_metrics_answer(server: OpenHQMProcess) -> None:
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/ready")
+    assert ready.status_code == 200 and ready.json()["checks"]["queue"]["ok"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'openhqm_http_requests_total{method="POST",route="/api/v1/submit"' in metrics
+    assert "/api/v1/response/{correlation_id}" in metrics
