@@ -1,0 +1,40 @@
+"""Two listener replicas and one worker process sharing one SQLite data_dir."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import SAMPLE_ENV
+from tests.processes import OpenHQMProcess
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[tuple[OpenHQMProcess, OpenHQMProcess]]:
+    env = {**SAMPLE_ENV, "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log")}
+    first = OpenHQMProcess("listener", tmp_path, env, log_name="listener-a").start()
+    second = OpenHQMProcess("listener", tmp_path, env, log_name="listener-b").start()
+    worker = OpenHQMProcess("worker", tmp_path, env).start()
+    yield first, second
+    for process in (worker, first, second):
+        process.stop()
+
+
+def test_prefer_wait_and_long_poll_succeed_on_either_replica(
+    replicas: tuple[OpenHQMProcess, OpenHQMProcess],
+) -> None:
+    first, second = replicas
+    for n in range(10):
+        for submit_to, poll_on in ((first, second), (second, first)):
+            inline = httpx.post(f"{submit_to.url}/api/v1/submit", json={"payload": {"n": n}},
+                                headers={"Prefer": "wait=20"}, timeout=30)
+            assert inline.status_code == 200 and inline.json()["result"] == {"n": n}
+            queued = httpx.post(f"{submit_to.url}/api/v1/submit",
+                                json={"payload": {"n": n, "sleep_s": 0.05}, "metadata": {"handler": "record"}})
+            cid = queued.json()["correlation_id"]
+            polled = httpx.get(f"{poll_on.url}/api/v1/response/{cid}", params={"wait": 20}, timeout=30)
+            assert polled.status_code == 200
+            assert polled.json()["status"] == "COMPLETED"
