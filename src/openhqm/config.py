@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
 from openhqm.errors import ConfigError
+from openhqm.forward.settings import CallbackSettings, ProxySettings
 
 MiB = 1024 * 1024
 
@@ -44,7 +45,8 @@ class SQLiteQueueSettings(Section):
 class RedisQueueSettings(Section):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     lease_s: float = Field(30.0, gt=0)
-    maxlen: int = Field(1_000_000, gt=0)
+    maxlen: int = Field(1_000_000, gt=0, description="publish refuses once a queue holds this many messages")
+    max_connections: int = Field(64, gt=0, description="pool for commands; each consume() adds one blocking")
 
 
 class RabbitMQSettings(Section):
@@ -56,11 +58,19 @@ class RabbitMQSettings(Section):
 
 class KafkaSettings(Section):
     bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "openhqm-workers"
+    group_id: str = Field("openhqm-workers", description="consumer group prefix: queue Q uses '<group_id>.Q'")
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    session_timeout_s: float = Field(45.0, gt=0, description="a silent consumer leaves the group after this")
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+    rebalance_grace_s: float = Field(10.0, ge=0, description="rebalance waits for in-flight settles")
+    request_timeout_s: float = Field(40.0, gt=0)
+    create_topics: bool = Field(True, description="create <queue>, <queue>.delay, <queue>.dlq when missing")
+    topic_partitions: int = Field(4, ge=1, description="partitions of the topics openhqm creates")
+    topic_replication_factor: int | None = Field(None, ge=1, description="default: min(3, brokers)")
+    max_buffered: int = Field(1000, ge=1, description="held back by key order or delay")
 
 
 class SQSSettings(Section):
@@ -78,18 +88,36 @@ class NATSSettings(Section):
 
 class MQTTSettings(Section):
     url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
-    share_group: str = "openhqm"
+    share_group: str = Field("openhqm", description="workers subscribe as $share/<share_group>/<topic>")
+    client_id: str | None = Field(
+        None, description="stable, one per worker process; sessions '<client_id>-<queue>-<n>'")
+    topic_prefix: str = Field("openhqm", description="queue Q is the topic '<topic_prefix>/Q'")
+    session_expiry_s: int | None = Field(
+        None, ge=1, le=0xFFFFFFFE, description="broker drops an absent session after this; None: never")
+    create_session_on_publish: bool = Field(
+        False, description="a publish nobody subscribes to creates session '<client_id>-<queue>-0' for it")
+    max_held: int = Field(256, ge=1, le=60_000, description="delayed messages a consumer holds until due")
+    timeout_s: float = Field(10.0, gt=0, description="connect, subscribe and publish (PUBACK) timeout")
+    keepalive_s: int = Field(30, ge=5, le=65535)
 
 
 class PubSubSettings(Section):
     project_id: str = "openhqm"
-    emulator_host: str | None = None
+    emulator_host: str | None = Field(None, description="host:port; else PUBSUB_EMULATOR_HOST; else Google")
+    ack_deadline_s: int = Field(60, ge=10, le=600, description="lease per extension; crash: redelivery after")
+    max_delivery_attempts: int = Field(
+        100, ge=5, le=100, description="subscription dead-letter policy (also makes Pub/Sub count attempts)")
+    timeout_s: float = Field(30.0, gt=0, description="admin and publish calls")
 
 
 class EventHubsSettings(Section):
     connection_string: SecretStr | None = None
-    eventhub_name: str | None = None
-    checkpoint_store: str | None = None
+    eventhub_name: str | None = Field(None, description="if set, must equal queue.request_queue")
+    checkpoint_store: str | None = Field(None, description="only 'kafka' (consumer-group committed offsets)")
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="instead of <namespace>.servicebus.windows.net:9093 (tests: a local Kafka)")
+    security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = Field(
+        "SASL_SSL", description="PLAINTEXT only for a local Kafka standing in for Event Hubs")
 
 
 class QueueSettings(Section):
@@ -169,6 +197,8 @@ class Settings(BaseSettings):
     results: ResultsSettings = ResultsSettings()
     worker: WorkerSettings = WorkerSettings()
     logging: LoggingSettings = LoggingSettings()
+    proxy: ProxySettings = ProxySettings()
+    callbacks: CallbackSettings = CallbackSettings()
 
     @classmethod
     def settings_customise_sources(

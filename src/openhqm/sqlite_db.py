@@ -1,21 +1,20 @@
-"""One SQLite connection per database file and process, on its own thread, with group commit.
+"""One SQLite connection per database file and process, with group commit on the event loop.
 
-Every operation is a function of the connection. The thread takes all operations waiting, runs them
-in one transaction (each inside a savepoint, so one failure spoils no other), commits once and
-hands back the results. Under load this turns hundreds of commits into one, and the event loop
-never blocks on the disk. The queue backend and the result store share the connection when they
-share a file, so a submit's store row and queue row often land in the same commit.
+Every operation is a function of the connection. Operations issued during one turn of the event
+loop are run together in one transaction (each inside a savepoint, so one failure spoils no other)
+and committed once. Under load this turns hundreds of commits into one. The work runs on the loop
+thread itself: in WAL mode with synchronous=NORMAL a commit does not fsync and takes tens of
+microseconds, far less than handing each operation to a thread and back (measured: a writer thread
+made a round trip 30x slower, because every hop waits for the GIL). The queue backend and the
+result store share the connection when they share a file, so their rows land in the same commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,45 +23,18 @@ from openhqm.errors import BackendUnavailable, ConfigError
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
 
-_STOP = object()
-_BATCH_MAX = 512
+_BATCH_MAX = 1024
 
 
 class SQLiteDB:
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
         self.path = path
         self.synchronous = synchronous
-        self._ops: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Operation, asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
         self._users = 0
-        self._lock = threading.Lock()
         self._events: dict[str, asyncio.Event] = {}
-
-    def event(self, topic: str) -> asyncio.Event:
-        """An in-process signal for `topic` (a queue name), set when this process changes it."""
-        if topic not in self._events:
-            self._events[topic] = asyncio.Event()
-        return self._events[topic]
-
-    def notify(self, topic: str) -> None:
-        if topic in self._events:
-            self._events[topic].set()
-
-    async def apply_schema(self, script: str) -> None:
-        """Create tables on a connection of its own: executescript commits, so not in a batch."""
-
-        def apply() -> None:
-            conn = self._open()
-            try:
-                conn.executescript(script)
-            finally:
-                conn.close()
-
-        await asyncio.to_thread(apply)
-
-    def watch_connection(self) -> sqlite3.Connection:
-        """A separate read connection for `data_version` checks from the event loop thread."""
-        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -78,54 +50,44 @@ class SQLiteDB:
         return conn
 
     def acquire(self) -> None:
-        with self._lock:
-            self._users += 1
-            if self._thread is None:
-                conn = self._open()
-                self._thread = threading.Thread(target=self._run, args=(conn,), name="openhqm-sqlite",
-                                                daemon=True)
-                self._thread.start()
+        self._users += 1
+        if self._conn is None:
+            self._conn = self._open()
 
     def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users > 0 or self._thread is None:
-                return
-            thread, self._thread = self._thread, None
-        self._ops.put(_STOP)
-        thread.join()
+        self._users -= 1
+        if self._users > 0 or self._conn is None:
+            return
+        if self._pending:
+            self._flush()
+        self._conn.close()
+        self._conn = None
         _DATABASES.pop((str(self.path), self.synchronous), None)
 
     async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None:
+        if self._conn is None:
             raise BackendUnavailable(f"SQLite database {self.path} is closed")
-        future: Future[T] = Future()
-        self._ops.put((op, future))
-        return await asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((op, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
 
-    def _run(self, conn: sqlite3.Connection) -> None:
-        stop = False
-        while not stop:
-            batch = [self._ops.get()]
-            while len(batch) < _BATCH_MAX:
-                try:
-                    batch.append(self._ops.get_nowait())
-                except queue.Empty:
-                    break
-            if _STOP in batch:
-                stop = True
-                batch = [item for item in batch if item is not _STOP]
-            if batch:
-                self._run_batch(conn, batch)
-        conn.close()
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending and self._conn is not None:
+            batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
+            self._run_batch(self._conn, batch)
 
     @staticmethod
-    def _run_batch(conn: sqlite3.Connection, batch: list[tuple[Operation, Future[Any]]]) -> None:
-        outcomes: list[tuple[Future[Any], bool, Any]] = []
+    def _run_batch(conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, future in batch:
-                if not future.set_running_or_notify_cancel():
+                if future.cancelled():
                     continue  # its caller gave up before it ran
                 conn.execute("SAVEPOINT op")
                 try:
@@ -140,12 +102,37 @@ class SQLiteDB:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             error = BackendUnavailable(f"SQLite commit failed: {exc}")
-            outcomes = [(future, False, error) for _, future in batch if future.running()]
+            outcomes = [(future, False, error) for _, future in batch]
         for future, ok, value in outcomes:
+            if future.done():
+                continue
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+
+    def event(self, topic: str) -> asyncio.Event:
+        """An in-process signal for `topic` (a queue name), set when this process changes it."""
+        if topic not in self._events:
+            self._events[topic] = asyncio.Event()
+        return self._events[topic]
+
+    def notify(self, topic: str) -> None:
+        if topic in self._events:
+            self._events[topic].set()
+
+    def apply_schema(self, script: str) -> None:
+        """Create tables on a connection of its own: executescript commits, so not in a batch."""
+
+        conn = self._open()
+        try:
+            conn.executescript(script)
+        finally:
+            conn.close()
+
+    def watch_connection(self) -> sqlite3.Connection:
+        """A separate read connection for `data_version` checks from the event loop thread."""
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
 
 
 _DATABASES: dict[tuple[str, str], SQLiteDB] = {}

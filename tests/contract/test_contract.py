@@ -36,7 +36,8 @@ async def test_acked_message_is_not_delivered_again(backend: Backend, queue: str
     async with Receiver(backend, queue) as receiver:
         await (await receiver.next()).ack()
         assert await receiver.nothing_within(1.5)
-    assert await backend.depth(queue) == 0
+    if backend.capabilities.depth:
+        assert await backend.depth(queue) == 0
 
 
 async def test_settling_twice_raises_already_settled(backend: Backend, queue: str) -> None:
@@ -124,6 +125,8 @@ async def test_dead_lettered_message_lands_in_the_dead_letter_queue(backend: Bac
 
 
 async def test_depth_counts_waiting_messages(backend: Backend, queue: str) -> None:
+    if not backend.capabilities.depth:
+        pytest.skip(f"{backend.name} cannot count waiting messages (documented)")
     for i in range(3):
         await backend.publish(queue, b"%d" % i)
     assert await backend.depth(queue) == 3

@@ -44,6 +44,9 @@ class Capabilities:
     shared_between_processes: bool = True
     max_message_bytes: int | None = None
     max_delay_s: float | None = None
+    # False where the broker cannot count what it holds (MQTT, the Pub/Sub emulator): depth() raises
+    # NotImplementedError instead of answering 0.
+    depth: bool = True
 
 
 @dataclass(frozen=True)

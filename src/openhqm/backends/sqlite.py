@@ -126,7 +126,7 @@ class SQLiteBackend(Backend):
     async def connect(self) -> None:
         if self._connected:
             return
-        await self._db.apply_schema(SCHEMA)
+        self._db.apply_schema(SCHEMA)
         self._db.acquire()
         self._connected = True
         self._closed.clear()

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -36,13 +36,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from openhqm.backends.base import Health
+from openhqm.config import Settings, mask_url
 from openhqm.constants import TERMINAL
-from openhqm.errors import BackendError, BackendUnavailable
+from openhqm.errors import BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
+from openhqm.results import redis_lua as lua
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
-
-if TYPE_CHECKING:
-    from openhqm.config import Settings
 
 log = get_logger("openhqm.results")
 
@@ -56,88 +55,6 @@ CLEANUP_MAX_BATCHES = 1000
 SUBSCRIBE_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_S = (0.1, 5.0)
-
-_LUA_COMMON = "local TERMINAL = {" + ", ".join(f"{s}=true" for s in sorted(TERMINAL)) + "}\n" + """
-local function done_member(cid, status, sess)
-  if sess then return cmsgpack.pack({cid, status, sess}) end
-  return cmsgpack.pack({cid, status})
-end
-local function finish(key, cid, status, sess, score, ttl_ms, channel)
-  redis.call('ZADD', KEYS[3], score, done_member(cid, status, sess))
-  redis.call('PEXPIRE', key, ttl_ms)
-  redis.call('PUBLISH', channel, cid)
-end
-"""
-
-# KEYS: req, counts, done[, session]  ARGV: data, status, id, done score, ttl ms, channel, submitted_at[, sid]
-_CREATE = _LUA_COMMON + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local sess = ARGV[8]
-redis.call('HSET', KEYS[1], 'd', ARGV[1], 's', ARGV[2], 'v', 1)
-if sess then
-  redis.call('HSET', KEYS[1], 'sess', sess)
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[3])
-end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-if TERMINAL[ARGV[2]] then finish(KEYS[1], ARGV[3], ARGV[2], sess, ARGV[4], ARGV[5], ARGV[6]) end
-return 1
-"""
-
-# KEYS: req, counts, done  ARGV: expected version, data, status, id, done score, ttl ms, channel
-_TRANSITION = _LUA_COMMON + """
-local cur = redis.call('HMGET', KEYS[1], 's', 'v', 'sess')
-if not cur[1] then return -1 end
-if cur[2] ~= ARGV[1] then return 0 end
-local old, new, sess = cur[1], ARGV[3], cur[3]
-redis.call('HSET', KEYS[1], 'd', ARGV[2], 's', new)
-redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HINCRBY', KEYS[2], old, -1)
-redis.call('HINCRBY', KEYS[2], new, 1)
-if TERMINAL[old] then redis.call('ZREM', KEYS[3], done_member(ARGV[4], old, sess)) end
-if TERMINAL[new] then finish(KEYS[1], ARGV[4], new, sess, ARGV[5], ARGV[6], ARGV[7]) end
-return 1
-"""
-
-# KEYS: req, counts, done  ARGV: id, prefix
-_DELETE = _LUA_COMMON + """
-local cur = redis.call('HMGET', KEYS[1], 's', 'sess')
-if not cur[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HINCRBY', KEYS[2], cur[1], -1)
-if cur[2] then redis.call('ZREM', ARGV[2] .. ':session:' .. cur[2], ARGV[1]) end
-if TERMINAL[cur[1]] then redis.call('ZREM', KEYS[3], done_member(ARGV[1], cur[1], cur[2])) end
-return 1
-"""
-
-# KEYS: req (unused), counts, done  ARGV: older_than, batch size, prefix
-# A record that its Redis TTL already removed still has its index entry here, so counts heal too.
-_CLEANUP = """
-local members = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, member in ipairs(members) do
-  local entry = cmsgpack.unpack(member)
-  redis.call('DEL', ARGV[3] .. ':req:' .. entry[1])
-  redis.call('HINCRBY', KEYS[2], entry[2], -1)
-  if entry[3] then redis.call('ZREM', ARGV[3] .. ':session:' .. entry[3], entry[1]) end
-end
-if #members > 0 then redis.call('ZREM', KEYS[3], unpack(members)) end
-return #members
-"""
-
-# KEYS: dead, dead:order  ARGV: id
-_TAKE_DEAD = """
-local data = redis.call('HGET', KEYS[1], ARGV[1])
-if not data then return false end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return data
-"""
-
-_PURGE_DEAD = """
-local n = redis.call('HLEN', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
-return n
-"""
-
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
@@ -191,19 +108,23 @@ class RedisResultStore(ResultStore):
     def _req_key(self, correlation_id: str) -> str:
         return f"{self._prefix}:req:{correlation_id}"
 
-    async def _run(self, action: str, lua: str, keys: list[str], args: list[EncodableT]) -> Any:
+    async def _run(self, action: str, source: str, keys: list[str], args: list[EncodableT]) -> Any:
         """Run a script by its SHA (EVALSHA), loading it on first use."""
-        script = self._scripts.get(lua)
+        script = self._scripts.get(source)
         if script is None:
-            script = self._scripts[lua] = self._redis.register_script(lua)
+            script = self._scripts[source] = self._redis.register_script(source)
         with _mapped(action):
             return await script(keys=keys, args=args)
 
     async def connect(self) -> None:
         if self._client is not None:
             return
-        client = aioredis.from_url(self._url)
-        listener_client = aioredis.from_url(self._url, client_name=self.listener_name, socket_keepalive=True)
+        try:
+            client = aioredis.from_url(self._url)
+            listener_client = aioredis.from_url(self._url, client_name=self.listener_name,
+                                                socket_keepalive=True)
+        except ValueError as exc:
+            raise ConfigError(f"results.redis.url {mask_url(self._url)!r}: {exc}") from exc
         pubsub: Any = listener_client.pubsub()
         try:
             with _mapped("connect"):
@@ -281,12 +202,12 @@ class RedisResultStore(ResultStore):
         if record.session_id is not None:
             keys.append(f"{self._prefix}:session:{record.session_id}")
             args.append(record.session_id)
-        if not await self._run("create", _CREATE, keys, args):
+        if not await self._run("create", lua.CREATE, keys, args):
             raise KeyError(f"request {cid} exists")
 
     async def delete(self, correlation_id: str) -> None:
         keys = [self._req_key(correlation_id), self._counts_key, self._done_key]
-        await self._run("delete", _DELETE, keys, [correlation_id, self._prefix])
+        await self._run("delete", lua.DELETE, keys, [correlation_id, self._prefix])
 
     async def get(self, correlation_id: str) -> RequestRecord | None:
         with _mapped("get"):
@@ -307,7 +228,7 @@ class RedisResultStore(ResultStore):
             if record.terminal if allowed is None else record.status not in allowed:
                 return None
             updated = msgspec.structs.replace(record, **changes)
-            outcome = await self._run("transition", _TRANSITION, keys, [
+            outcome = await self._run("transition", lua.TRANSITION, keys, [
                 version, _encode(updated), updated.status, correlation_id, self._done_score(updated),
                 str(self._ttl_ms), self._channel])
             if outcome == 1:
@@ -319,6 +240,8 @@ class RedisResultStore(ResultStore):
                            f"{CAS_ATTEMPTS} transition attempts")
 
     async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
+        if limit <= 0:
+            return []
         with _mapped("list_session"):
             ids = await self._redis.zrange(f"{self._prefix}:session:{session_id}", 0, limit - 1)
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -334,10 +257,10 @@ class RedisResultStore(ResultStore):
         return {status: count for status, count in counts.items() if count > 0}
 
     async def cleanup(self, older_than: float) -> int:
-        keys = [self._req_key(""), self._counts_key, self._done_key]
+        keys = [self._counts_key, self._done_key]
         removed = 0
         for _ in range(CLEANUP_MAX_BATCHES):  # bounded; the rest waits for the next cleanup
-            batch = int(await self._run("cleanup", _CLEANUP, keys,
+            batch = int(await self._run("cleanup", lua.CLEANUP, keys,
                                         [repr(older_than), str(CLEANUP_BATCH), self._prefix]))
             removed += batch
             if batch < CLEANUP_BATCH:
@@ -352,19 +275,21 @@ class RedisResultStore(ResultStore):
                 await pipe.execute()
 
     async def list_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
+        if limit <= 0:
+            return []
         with _mapped("list_dead_letters"):
             ids = await self._redis.zrange(self._dead_order_key, 0, limit - 1)
             rows = await self._redis.hmget(self._dead_key, [_text(i) for i in ids]) if ids else []
         return [_decode_dead(_bytes(row)) for row in rows if row is not None]
 
     async def take_dead_letter(self, dead_letter_id: str) -> DeadLetterRecord | None:
-        data = await self._run("take_dead_letter", _TAKE_DEAD, [self._dead_key, self._dead_order_key],
+        data = await self._run("take_dead_letter", lua.TAKE_DEAD, [self._dead_key, self._dead_order_key],
                                [dead_letter_id])
         return None if data is None else _decode_dead(data)
 
     async def purge_dead_letters(self) -> int:
         keys = [self._dead_key, self._dead_order_key]
-        return int(await self._run("purge_dead_letters", _PURGE_DEAD, keys, []))
+        return int(await self._run("purge_dead_letters", lua.PURGE_DEAD, keys, []))
 
     async def health(self) -> Health:
         try:
@@ -374,4 +299,6 @@ class RedisResultStore(ResultStore):
             return Health(False, f"redis store: {type(exc).__name__}: {exc}")
         if self._listener is None or self._listener.done():
             return Health(False, "redis store: the completion listener is not running")
+        if not getattr(self._pubsub.connection, "is_connected", False):
+            return Health(False, "redis store: the completion subscription is down; reconnecting")
         return Health(True)

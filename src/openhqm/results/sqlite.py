@@ -57,7 +57,7 @@ class SQLiteResultStore(ResultStore):
     async def connect(self) -> None:
         if self._connected:
             return
-        await self._db.apply_schema(SCHEMA)
+        self._db.apply_schema(SCHEMA)
         self._db.acquire()
         self._connected = True
         self._watcher = asyncio.create_task(self._watch(), name="openhqm-store-watch")

@@ -44,20 +44,29 @@ class WorkerPool:
     async def _take_messages(self) -> None:
         backoff_s = 0.1
         while True:
+            deliveries = self.backend.consume(self.queue, prefetch=self.prefetch)
             try:
-                deliveries = self.backend.consume(self.queue, prefetch=self.prefetch)
-                async for delivery in deliveries:
-                    backoff_s = 0.1
+                while True:
+                    # A free slot first, then a message: a message is never held while waiting.
                     await self._slots.acquire()
+                    try:
+                        delivery = await anext(deliveries)
+                    except BaseException:
+                        self._slots.release()
+                        raise
+                    backoff_s = 0.1
                     self._spawn(delivery)
+            except StopAsyncIteration:
                 return
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 # The broker went away: keep trying, with a bounded backoff, until it is back.
                 log.warning("consume failed; retrying", queue=self.queue, error=str(exc), retry_in_s=backoff_s)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
+            finally:
+                # Closing the iterator lets the backend hand back what it prefetched.
+                with contextlib.suppress(Exception):
+                    await deliveries.aclose()  # type: ignore[attr-defined]
 
     def _spawn(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._run(delivery))

@@ -1,0 +1,347 @@
+"""PostgreSQL result store (`results.type: postgres`), for API replicas that share one database.
+
+Settings: `results.postgres.dsn` (postgresql://user:password@host:port/db) and `results.postgres.table`
+(default `openhqm_requests`; dead letters go to `<table>_dead_letters`). `connect()` creates both
+tables and their indexes if missing, and adds a column for any RequestRecord field the table lacks.
+Each record field is a column (values of no plain SQL type, such as `result`, are msgpack bytea), so a
+transition is one `UPDATE ... WHERE status = ANY(allowed) RETURNING *`: atomic without locks or retries.
+The same statement calls `pg_notify('<table>', id)` when the record becomes terminal; NOTIFY is
+delivered at commit. Each store keeps one LISTEN connection (outside its pool), reopens it with
+bounded backoff when it drops, and then re-checks every waited id, so a notification sent while it
+was disconnected still wakes the waiter. Cleanup is one DELETE of terminal rows by completion time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from openhqm.backends.base import Health
+from openhqm.config import Settings, mask_url
+from openhqm.constants import TERMINAL
+from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.logging import get_logger
+from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+
+log = get_logger("openhqm.results")
+
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 10
+HEALTH_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 5.0
+LISTENER_CHECK_INTERVAL_S = 30.0  # how often an idle LISTEN connection is probed (half-open TCP)
+RECONNECT_BACKOFF_S = (0.1, 5.0)
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_any = msgspec.msgpack.Decoder().decode
+_decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
+_TERMINAL = sorted(str(s) for s in TERMINAL)
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in _TERMINAL)  # constants from code, inlined for the partial index
+_PLAIN_TYPES = {msgspec.inspect.StrType: "text", msgspec.inspect.FloatType: "double precision",
+                msgspec.inspect.IntType: "bigint", msgspec.inspect.BytesType: "bytea"}
+
+
+def _column_types() -> tuple[dict[str, str], frozenset[str]]:
+    """SQL type per RequestRecord field, and the fields stored as msgpack because no SQL type fits."""
+    columns: dict[str, str] = {}
+    packed: set[str] = set()
+    info = msgspec.inspect.type_info(RequestRecord)
+    if not isinstance(info, msgspec.inspect.StructType):
+        raise TypeError("RequestRecord must be a msgspec Struct")
+    for field in info.fields:
+        kind = field.type
+        if isinstance(kind, msgspec.inspect.UnionType):
+            others = [t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType)]
+            kind = others[0] if len(others) == 1 else kind
+        sql = _PLAIN_TYPES.get(type(kind))
+        if sql is None:
+            packed.add(field.name)
+        columns[field.name] = sql or "bytea"
+    return columns, frozenset(packed)
+
+
+COLUMNS, PACKED = _column_types()
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _to_row(name: str, value: Any) -> Any:
+    return _encode(value) if name in PACKED and value is not None else value
+
+
+def _to_record(row: asyncpg.Record) -> RequestRecord:
+    fields = {name: (_decode_any(value) if name in PACKED else value)
+              for name, value in row.items() if name in COLUMNS and value is not None}
+    return RequestRecord(**fields)
+
+
+@contextlib.contextmanager
+def _mapped(action: str) -> Iterator[None]:
+    """The one place where asyncpg errors become openhqm errors."""
+    try:
+        yield
+    except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+            asyncpg.TooManyConnectionsError, asyncpg.exceptions.OperatorInterventionError) as exc:
+        raise BackendUnavailable(f"postgres result store: {action}: {exc}") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise BackendError(f"postgres result store: {action}: {exc}") from exc
+
+
+def create(settings: Settings) -> PostgresResultStore:
+    section = settings.results.postgres
+    return PostgresResultStore(section.dsn.get_secret_value(), table=section.table)
+
+
+class PostgresResultStore(ResultStore):
+    name = "postgres"
+
+    def __init__(self, dsn: str, *, table: str = "openhqm_requests") -> None:
+        super().__init__()
+        self._dsn = dsn
+        self._channel = table
+        self._table, self._dead = _quote(table), _quote(f"{table}_dead_letters")
+        self._index = {kind: _quote(f"{table}_{kind}") for kind in ("session", "done", "status")}
+        self._pool: asyncpg.Pool | None = None
+        self._listen_conn: asyncpg.Connection | None = None
+        self._listen_lost = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def _db(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise BackendUnavailable("postgres result store is not connected; call connect() first")
+        return self._pool
+
+    @property
+    def listener_pid(self) -> int | None:
+        """Server process id of the LISTEN connection (what pg_terminate_backend takes)."""
+        conn = self._listen_conn
+        return None if conn is None or conn.is_closed() else int(conn.get_server_pid())
+
+    async def connect(self) -> None:
+        if self._pool is not None:
+            return
+        with _mapped("connect"):
+            try:
+                pool = await asyncpg.create_pool(self._dsn, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE)
+            except asyncpg.ClientConfigurationError as exc:
+                raise ConfigError(f"results.postgres.dsn {mask_url(self._dsn)!r}: {exc}") from exc
+            try:
+                await self._create_schema(pool)
+                self._pool = pool
+                await self._open_listener()
+            except BaseException:
+                self._pool = None
+                await pool.close()
+                raise
+        self._supervisor = asyncio.create_task(self._supervise(), name="openhqm-postgres-store-listen")
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._listen_conn is not None:
+            self._listen_conn.terminate()  # only LISTENs; nothing to finish
+        pool, self._pool, self._listen_conn, self._supervisor = self._pool, None, None, None
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await pool.close()  # waits for connections in use to be released
+        except TimeoutError:
+            pool.terminate()
+
+    async def _create_schema(self, pool: asyncpg.Pool) -> None:
+        t = self._table
+        columns = ", ".join(f"{_quote(name)} {sql}" for name, sql in COLUMNS.items()
+                            if name != "correlation_id")
+        async with pool.acquire() as conn, conn.transaction():
+            # Replicas starting together would race on CREATE TABLE IF NOT EXISTS; serialise them.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"openhqm:{self._channel}")
+            await conn.execute(f"""
+                CREATE TABLE IF NOT EXISTS {t} (correlation_id text PRIMARY KEY, {columns});
+                CREATE INDEX IF NOT EXISTS {self._index['session']} ON {t} (session_id, submitted_at)
+                    WHERE session_id IS NOT NULL;
+                CREATE INDEX IF NOT EXISTS {self._index['done']} ON {t} ((COALESCE(completed_at, updated_at)))
+                    WHERE status IN ({_TERMINAL_SQL});
+                CREATE INDEX IF NOT EXISTS {self._index['status']} ON {t} (status);
+                CREATE TABLE IF NOT EXISTS {self._dead} (
+                    id text PRIMARY KEY, dead_lettered_at double precision NOT NULL, data bytea NOT NULL);
+            """)
+            present = {r["attname"] for r in await conn.fetch(
+                "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
+                " AND NOT attisdropped", t)}
+            for name in COLUMNS.keys() - present:  # a field added to RequestRecord since the table was made
+                await conn.execute(f"ALTER TABLE {t} ADD COLUMN {_quote(name)} {COLUMNS[name]}")
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._wake(payload)
+
+    async def _open_listener(self) -> None:
+        """Open the LISTEN connection; when this returns, every later NOTIFY reaches `_on_notify`."""
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(self._channel, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._listen_conn, self._listen_lost = conn, lost
+
+    async def _supervise(self) -> None:
+        """Reopen the LISTEN connection whenever it drops, then wake waiters whose NOTIFY was lost."""
+        backoff_s, recheck = RECONNECT_BACKOFF_S[0], False
+        while True:
+            try:
+                if self.listener_pid is None:
+                    await self._open_listener()
+                    log.info("result store listener reconnected")
+                    recheck = True
+                if recheck:
+                    await self._wake_finished()
+                    recheck = False
+            except Exception as exc:
+                log.warning("result store listener lost; reconnecting", error=str(exc), retry_in_s=backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_S[1])
+                continue
+            backoff_s = RECONNECT_BACKOFF_S[0]
+            try:
+                async with asyncio.timeout(LISTENER_CHECK_INTERVAL_S):
+                    await self._listen_lost.wait()
+            except TimeoutError:
+                await self._probe_listener()
+
+    async def _probe_listener(self) -> None:
+        # A dead peer without a FIN/RST (network partition) is noticed only by talking to it.
+        conn = self._listen_conn
+        if conn is None:
+            return
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await conn.fetchval("SELECT 1")
+        except Exception:
+            conn.terminate()
+
+    async def _wake_finished(self) -> None:
+        ids = self.waited_ids
+        if not ids:
+            return
+        with _mapped("wake"):
+            rows = await self._db.fetch(
+                f"SELECT correlation_id FROM {self._table} WHERE correlation_id = ANY($1::text[])"
+                " AND status = ANY($2::text[])", ids, _TERMINAL)
+        for row in rows:
+            self._wake(row["correlation_id"])
+
+    @staticmethod
+    def _notify_sql(source: str, terminal: str, channel: str) -> str:
+        """Select `source`'s rows, notifying for each terminal one; NOTIFY is sent at commit."""
+        return (f"SELECT *, CASE WHEN status = ANY({terminal}::text[])"
+                f" THEN pg_notify({channel}, correlation_id) END AS _notified FROM {source}")
+
+    async def create(self, record: RequestRecord) -> None:
+        names = list(COLUMNS)
+        marks = ", ".join(f"${i}" for i in range(3, len(names) + 3))
+        sql = (f"WITH inserted AS (INSERT INTO {self._table} ({', '.join(map(_quote, names))})"
+               f" VALUES ({marks}) RETURNING correlation_id, status) "
+               + self._notify_sql("inserted", "$1", "$2"))
+        values = [_to_row(name, getattr(record, name)) for name in names]
+        with _mapped("create"):
+            try:
+                await self._db.fetch(sql, _TERMINAL, self._channel, *values)
+            except asyncpg.UniqueViolationError as exc:
+                raise KeyError(f"request {record.correlation_id} exists") from exc
+
+    async def delete(self, correlation_id: str) -> None:
+        with _mapped("delete"):
+            await self._db.execute(f"DELETE FROM {self._table} WHERE correlation_id = $1", correlation_id)
+
+    async def get(self, correlation_id: str) -> RequestRecord | None:
+        with _mapped("get"):
+            row = await self._db.fetchrow(f"SELECT * FROM {self._table} WHERE correlation_id = $1",
+                                          correlation_id)
+        return None if row is None else _to_record(row)
+
+    async def _transition(self, correlation_id: str, changes: dict[str, Any],
+                          allowed_from: Iterable[str] | None) -> RequestRecord | None:
+        names = sorted(changes)
+        if not set(names) <= COLUMNS.keys() - {"correlation_id"}:
+            raise TypeError(f"a transition cannot set {names}: not all are RequestRecord fields")
+        assignments = ", ".join(f"{_quote(name)} = ${i}" for i, name in enumerate(names, start=5))
+        condition = "status <> ALL($2::text[])" if allowed_from is None else "status = ANY($2::text[])"
+        sql = (f"WITH updated AS (UPDATE {self._table} SET {assignments}"
+               f" WHERE correlation_id = $1 AND {condition} RETURNING *) "
+               + self._notify_sql("updated", "$3", "$4"))
+        statuses = _TERMINAL if allowed_from is None else [str(s) for s in allowed_from]
+        values = [_to_row(name, changes[name]) for name in names]
+        with _mapped("transition"):
+            row = await self._db.fetchrow(sql, correlation_id, statuses, _TERMINAL, self._channel, *values)
+        return None if row is None else _to_record(row)
+
+    async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
+        if limit <= 0:
+            return []
+        with _mapped("list_session"):
+            rows = await self._db.fetch(
+                f"SELECT * FROM {self._table} WHERE session_id = $1 ORDER BY submitted_at LIMIT $2",
+                session_id, limit)
+        return [_to_record(row) for row in rows]
+
+    async def counts(self) -> dict[str, int]:
+        with _mapped("counts"):
+            rows = await self._db.fetch(f"SELECT status, count(*) AS n FROM {self._table} GROUP BY status")
+        return {row["status"]: int(row["n"]) for row in rows}
+
+    async def cleanup(self, older_than: float) -> int:
+        with _mapped("cleanup"):
+            status = await self._db.execute(
+                f"DELETE FROM {self._table} WHERE status IN ({_TERMINAL_SQL})"
+                " AND COALESCE(completed_at, updated_at) < $1", older_than)
+        return int(status.split()[-1])
+
+    async def add_dead_letter(self, record: DeadLetterRecord) -> None:
+        with _mapped("add_dead_letter"):
+            await self._db.execute(
+                f"INSERT INTO {self._dead} (id, dead_lettered_at, data) VALUES ($1, $2, $3)"
+                " ON CONFLICT (id) DO UPDATE SET dead_lettered_at = EXCLUDED.dead_lettered_at,"
+                " data = EXCLUDED.data",
+                record.id, record.dead_lettered_at, _encode(record))
+
+    async def list_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
+        if limit <= 0:
+            return []
+        with _mapped("list_dead_letters"):
+            rows = await self._db.fetch(
+                f"SELECT data FROM {self._dead} ORDER BY dead_lettered_at LIMIT $1", limit)
+        return [_decode_dead(row["data"]) for row in rows]
+
+    async def take_dead_letter(self, dead_letter_id: str) -> DeadLetterRecord | None:
+        with _mapped("take_dead_letter"):
+            data = await self._db.fetchval(f"DELETE FROM {self._dead} WHERE id = $1 RETURNING data",
+                                           dead_letter_id)
+        return None if data is None else _decode_dead(data)
+
+    async def purge_dead_letters(self) -> int:
+        with _mapped("purge_dead_letters"):
+            status = await self._db.execute(f"DELETE FROM {self._dead}")
+        return int(status.split()[-1])
+
+    async def health(self) -> Health:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await self._db.fetchval("SELECT 1")
+        except Exception as exc:
+            return Health(False, f"postgres store: {type(exc).__name__}: {exc}")
+        if self.listener_pid is None:
+            return Health(False, "postgres store: the LISTEN connection is down; reconnecting")
+        return Health(True)

@@ -1,0 +1,144 @@
+"""PostgreSQL result store behaviour beyond the contract: LISTEN reconnects, lost notifications,
+schema upgrades and concurrent transitions.
+
+Runs on the machine's shared `test` database; every test uses its own tables and drops them after.
+The LISTEN connection is ended with pg_terminate_backend on its own server pid, nothing broader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+
+from openhqm.constants import Status
+from openhqm.results import RequestRecord
+from openhqm.results.postgres import PostgresResultStore
+from tests.contract.store_targets.postgres import unique_table
+from tests.services import require_service
+
+StoreFactory = Callable[[], Awaitable[PostgresResultStore]]
+
+
+@pytest.fixture
+def table() -> str:
+    return unique_table()
+
+
+@pytest.fixture
+async def admin(table: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(require_service("postgres"))
+    yield conn
+    await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_dead_letters"')
+    await conn.close()
+
+
+@pytest.fixture
+async def make_store(admin: asyncpg.Connection, table: str) -> AsyncIterator[StoreFactory]:
+    dsn = require_service("postgres")
+    opened: list[PostgresResultStore] = []
+
+    async def factory() -> PostgresResultStore:
+        store = PostgresResultStore(dsn, table=table)
+        await store.connect()
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        await store.close()
+
+
+async def terminate_listener(admin: asyncpg.Connection, store: PostgresResultStore) -> int:
+    pid = store.listener_pid
+    assert pid is not None
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    return pid
+
+
+async def wait_until_listening_again(store: PostgresResultStore, old_pid: int) -> None:
+    # The store exposes no reconnect event; poll its own attribute (no I/O), bounded in time.
+    async with asyncio.timeout(10):
+        while store.listener_pid in (None, old_pid):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+def new_record(**fields: object) -> RequestRecord:
+    return RequestRecord(correlation_id=uuid.uuid4().hex, **fields)  # type: ignore[arg-type]
+
+
+async def test_waiter_is_woken_after_the_listen_connection_is_terminated(
+        make_store: StoreFactory, admin: asyncpg.Connection) -> None:
+    waiting, writer = await make_store(), await make_store()
+    old_pid = await terminate_listener(admin, waiting)
+    await wait_until_listening_again(waiting, old_pid)
+    # Registered after the reconnect's re-check, so only a NOTIFY on the new connection can wake it.
+    record = new_record()
+    await writer.create(record)
+    waiter = asyncio.ensure_future(waiting.wait(record.correlation_id, timeout_s=30))
+    await asyncio.sleep(0.05)
+    await writer.transition(record.correlation_id, Status.COMPLETED, result={"n": 1})
+    got = await asyncio.wait_for(waiter, 10)
+    assert got is not None and got.status == Status.COMPLETED and got.result == {"n": 1}
+    assert (await waiting.health()).ok
+
+
+async def test_completion_whose_notify_was_missed_wakes_the_waiter_after_reconnect(
+        make_store: StoreFactory, admin: asyncpg.Connection, table: str) -> None:
+    store = await make_store()
+    record = new_record()
+    await store.create(record)
+    waiter = asyncio.ensure_future(store.wait(record.correlation_id, timeout_s=30))
+    await asyncio.sleep(0.05)
+    # Finish the record without NOTIFY, as if it was notified while the listener was away.
+    await admin.execute(f"UPDATE \"{table}\" SET status = 'FAILED', completed_at = $2"
+                        " WHERE correlation_id = $1", record.correlation_id, time.time())
+    assert not waiter.done()
+    await terminate_listener(admin, store)
+    got = await asyncio.wait_for(waiter, 10)
+    assert got is not None and got.status == Status.FAILED
+
+
+async def test_concurrent_transitions_from_two_stores_apply_exactly_once(make_store: StoreFactory) -> None:
+    first, second = await make_store(), await make_store()
+    records = [new_record() for _ in range(20)]
+    for record in records:
+        await first.create(record)
+    attempts = [store.transition(r.correlation_id, Status.PROCESSING, allowed_from=[Status.PENDING],
+                                 attempts=n)
+                for r in records for n, store in enumerate((first, second, first, second))]
+    results = await asyncio.gather(*attempts)
+    assert sum(result is not None for result in results) == len(records)
+    assert await first.counts() == {"PROCESSING": len(records)}
+
+
+async def test_connect_adds_columns_for_record_fields_the_table_lacks(
+        make_store: StoreFactory, admin: asyncpg.Connection, table: str) -> None:
+    store = await make_store()
+    await store.close()
+    await admin.execute(f'ALTER TABLE "{table}" DROP COLUMN callback_error')
+    store = await make_store()
+    record = new_record()
+    await store.create(record)
+    done = await store.transition(record.correlation_id, Status.COMPLETED, callback_error="HTTP 502")
+    assert done is not None
+    got = await store.get(record.correlation_id)
+    assert got is not None and got.callback_error == "HTTP 502"
+
+
+async def test_records_round_trip_every_field_type(make_store: StoreFactory) -> None:
+    store = await make_store()
+    record = new_record(session_id="s", client_id="c", target="t", not_before=1.5, callback_url="http://x/",
+                        submitted_at=1000.0)
+    await store.create(record)
+    done = await store.transition(record.correlation_id, Status.COMPLETED, attempts=2, processing_time_ms=3.5,
+                                  result={"list": [1, 2.5, None], "bytes": b"\x00\xff"},
+                                  raw_response=b"\x00raw", error=None, completed_at=None)
+    assert done is not None
+    got = await store.get(record.correlation_id)
+    assert got == done
+    assert await store.cleanup(older_than=time.time() + 1) == 1  # completed_at None: by updated_at

@@ -1,0 +1,161 @@
+"""Redis result store behaviour beyond the contract: reconnects, lost publishes, TTL expiry, races.
+
+Runs on the machine's shared Redis; every test uses its own key prefix and deletes its keys after.
+The subscriber connection is killed by its own client id (CLIENT KILL ID), never by type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from openhqm.constants import Status
+from openhqm.results import RequestRecord
+from openhqm.results.redis import RedisResultStore
+from tests.contract.store_targets.redis import TEST_PREFIX
+from tests.services import require_service
+
+StoreFactory = Callable[..., Awaitable[RedisResultStore]]
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(require_service("redis"))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_store(admin: aioredis.Redis) -> AsyncIterator[StoreFactory]:
+    url = require_service("redis")
+    prefix = f"{TEST_PREFIX}:{int(time.time())}:{uuid.uuid4().hex[:12]}"
+    opened: list[RedisResultStore] = []
+
+    async def factory(ttl_s: float = 60.0) -> RedisResultStore:
+        store = RedisResultStore(url, prefix=prefix, ttl_s=ttl_s)
+        await store.connect()
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        await store.close()
+    keys = [key async for key in admin.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await admin.delete(*keys)
+
+
+async def kill_listener(admin: aioredis.Redis, store: RedisResultStore) -> str:
+    """Kill the store's subscriber connection; returns its client id."""
+    ids = [c["id"] for c in await admin.client_list(_type="pubsub") if c["name"] == store.listener_name]
+    assert len(ids) == 1
+    assert await admin.client_kill_filter(_id=ids[0]) == 1
+    return str(ids[0])
+
+
+async def wait_until_resubscribed(admin: aioredis.Redis, store: RedisResultStore, old_id: str) -> None:
+    # Redis offers no event for "a client subscribed", so poll CLIENT LIST, bounded in time.
+    async with asyncio.timeout(10):
+        while True:
+            clients = [c for c in await admin.client_list(_type="pubsub") if c["name"] == store.listener_name]
+            if clients and clients[0]["id"] != old_id and clients[0]["sub"] == "1":
+                return
+            await asyncio.sleep(0.02)
+
+
+def new_record(**fields: object) -> RequestRecord:
+    return RequestRecord(correlation_id=uuid.uuid4().hex, **fields)  # type: ignore[arg-type]
+
+
+async def test_waiter_is_woken_after_the_subscriber_connection_is_killed(
+        make_store: StoreFactory, admin: aioredis.Redis) -> None:
+    waiting, writer = await make_store(), await make_store()
+    old_id = await kill_listener(admin, waiting)
+    await wait_until_resubscribed(admin, waiting, old_id)
+    record = new_record()
+    await writer.create(record)
+    waiter = asyncio.ensure_future(waiting.wait(record.correlation_id, timeout_s=30))
+    await asyncio.sleep(0.05)
+    await writer.transition(record.correlation_id, Status.COMPLETED, result="after reconnect")
+    got = await asyncio.wait_for(waiter, 10)
+    assert got is not None and got.status == Status.COMPLETED and got.result == "after reconnect"
+
+
+async def test_completion_whose_publish_was_missed_wakes_the_waiter_after_reconnect(
+        make_store: StoreFactory, admin: aioredis.Redis) -> None:
+    store = await make_store()
+    record = new_record()
+    await store.create(record)
+    waiter = asyncio.ensure_future(store.wait(record.correlation_id, timeout_s=30))
+    await asyncio.sleep(0.05)
+    # Finish the record without a publish, as if it was published while the subscriber was away.
+    done = msgspec.structs.replace(record, status=Status.COMPLETED, completed_at=time.time())
+    await admin.hset(store._req_key(record.correlation_id),
+                     mapping={"d": msgspec.msgpack.encode(done), "s": "COMPLETED"})
+    assert not waiter.done()
+    await kill_listener(admin, store)
+    got = await asyncio.wait_for(waiter, 10)
+    assert got is not None and got.status == Status.COMPLETED
+
+
+async def test_cleanup_repairs_counts_and_sessions_of_records_redis_already_expired(
+        make_store: StoreFactory, admin: aioredis.Redis) -> None:
+    store = await make_store(ttl_s=0.2)
+    session = uuid.uuid4().hex
+    done, pending = new_record(session_id=session), new_record(session_id=session)
+    await store.create(done)
+    await store.create(pending)
+    await store.transition(done.correlation_id, Status.COMPLETED)
+    # Redis expiry has no event a client can await; poll the key, bounded in time.
+    async with asyncio.timeout(10):
+        while await store.get(done.correlation_id) is not None:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert (await store.counts()).get("COMPLETED") == 1  # stale until cleanup, as documented
+    assert [r.correlation_id for r in await store.list_session(session)] == [pending.correlation_id]
+    assert await store.cleanup(older_than=time.time() + 1) == 1
+    assert await store.counts() == {"PENDING": 1}
+    assert await admin.zcard(f"{store._prefix}:session:{session}") == 1
+
+
+async def test_concurrent_transitions_from_two_stores_apply_exactly_once(make_store: StoreFactory) -> None:
+    first, second = await make_store(), await make_store()
+    records = [new_record() for _ in range(20)]
+    for record in records:
+        await first.create(record)
+    attempts = [store.transition(r.correlation_id, Status.PROCESSING, allowed_from=[Status.PENDING],
+                                 attempts=n)
+                for r in records for n, store in enumerate((first, second, first, second))]
+    results = await asyncio.gather(*attempts)
+    assert sum(result is not None for result in results) == len(records)
+    finals = await asyncio.gather(*(second.transition(r.correlation_id, Status.COMPLETED) for r in records))
+    assert all(final is not None and final.status == Status.COMPLETED for final in finals)
+    assert await first.counts() == {"COMPLETED": len(records)}
+
+
+async def test_concurrent_non_terminal_updates_all_land_through_compare_and_set(
+        make_store: StoreFactory) -> None:
+    first, second = await make_store(), await make_store()
+    record = new_record()
+    await first.create(record)
+    updates = [store.transition(record.correlation_id, Status.RETRY, error=f"e{n}")
+               for n in range(30) for store in (first, second)]
+    results = await asyncio.gather(*updates)
+    assert all(result is not None for result in results)  # none lost to a conflict
+    got = await first.get(record.correlation_id)
+    assert got is not None and got.status == Status.RETRY
+    assert await first.counts() == {"RETRY": 1}
+
+
+async def test_terminal_records_carry_a_redis_ttl(make_store: StoreFactory, admin: aioredis.Redis) -> None:
+    store = await make_store(ttl_s=60)
+    record = new_record()
+    await store.create(record)
+    assert await admin.pttl(store._req_key(record.correlation_id)) == -1
+    await store.transition(record.correlation_id, Status.FAILED, error="x")
+    assert 0 < await admin.pttl(store._req_key(record.correlation_id)) <= 60_000
