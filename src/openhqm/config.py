@@ -9,18 +9,20 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
 from openhqm.errors import ConfigError
 from openhqm.forward.settings import CallbackSettings, ProxySettings
 
 MiB = 1024 * 1024
+_FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("openhqm_config_file_data", default={})  # noqa: B039
 
 
 class Section(BaseModel):
@@ -209,8 +211,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init (CLI flags, YAML merged beneath them by load_settings) beats the environment.
-        return (init_settings, env_settings)
+        # CLI flags (init) beat the environment, which beats the YAML file.
+        yaml_source = InitSettingsSource(settings_cls, init_kwargs=_FILE_DATA.get())
+        return (init_settings, env_settings, yaml_source)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -315,11 +318,14 @@ def load_settings(config_file: Path | str | None = None, overrides: dict[str, An
     path = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
     file_data = read_yaml(Path(path)) if path else {}
     init = _deep_merge(file_data, overrides or {})
+    token = _FILE_DATA.set(file_data)
     try:
-        return Settings(**init)
+        return Settings(**(overrides or {}))
     except ValidationError as exc:
         problems = "; ".join(_describe(e, init) for e in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from exc
+    finally:
+        _FILE_DATA.reset(token)
 
 
 SECRET_MASK = "**********"

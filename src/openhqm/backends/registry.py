@@ -47,7 +47,7 @@ def _import(target: str, type_name: str) -> type[Backend]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         extra = BACKEND_EXTRAS.get(type_name)
-        if extra and module_name.startswith("openhqm."):
+        if extra and module_name.startswith("openhqm.") and exc.name != module_name:
             raise MissingDependency(
                 f"install openhqm[{extra}] to use queue type '{type_name}' ({exc.name} is missing)"
             ) from exc

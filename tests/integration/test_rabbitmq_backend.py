@@ -1,0 +1,312 @@
+"""RabbitMQ behaviour beyond the contract, against the real broker on 127.0.0.1.
+
+Connection loss is made with a small TCP proxy whose connections the test cuts, as a network
+failure would; the machine's RabbitMQ itself is never stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlparse
+
+import aio_pika
+import pytest
+
+from openhqm.backends import Backend, create_backend
+from openhqm.backends import rabbitmq as rmq
+from openhqm.config import Settings
+from openhqm.constants import dead_letter_queue
+from openhqm.errors import BackendError, BackendUnavailable
+from tests.contract.receiver import Receiver
+from tests.services import require_service
+
+BackendFactory = Callable[..., Awaitable[Backend]]
+
+
+class CuttableProxy:
+    """Forwards 127.0.0.1:<port> to the broker; `cut()` aborts every connection through it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.cut()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+def broker_url() -> str:
+    return require_service("rabbitmq")
+
+
+@pytest.fixture
+async def queue(broker_url: str) -> AsyncIterator[str]:
+    name = f"it-rmq-{uuid.uuid4().hex[:12]}"
+    yield name
+    # Delete what the test made: the queue, its dead letters and the delay queues it registered
+    # (any other delay queue deletes itself through x-expires).
+    victims = [name, dead_letter_queue(name), f"{name}-other",
+               *(rmq.delay_queue(name, ms) for ms in _used_buckets)]
+    _used_buckets.clear()
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel()
+        for victim in victims:  # deleting a missing queue is not an error
+            await channel.queue_delete(victim, if_unused=False, if_empty=False)
+
+
+_used_buckets: set[int] = set()
+
+
+def uses_delays(*delays_s: float) -> None:
+    """Registers the delay queues a test makes so the fixture deletes them."""
+    _used_buckets.update(rmq.bucket_ms(round(d * 1000)) for d in delays_s)
+
+
+@pytest.fixture
+async def make_backend(broker_url: str) -> AsyncIterator[BackendFactory]:
+    opened: list[Backend] = []
+
+    async def factory(url: str = broker_url, **options: float) -> Backend:
+        settings = Settings(queue={"type": "rabbitmq", "rabbitmq": {
+            "url": url, "reconnect_interval_s": 0.2, **options}})
+        backend = create_backend(settings)
+        await backend.connect()
+        opened.append(backend)
+        return backend
+
+    yield factory
+    for backend in reversed(opened):
+        await backend.close()
+
+
+@pytest.fixture
+async def proxy(broker_url: str) -> AsyncIterator[CuttableProxy]:
+    parsed = urlparse(broker_url)
+    proxy = CuttableProxy(parsed.hostname or "127.0.0.1", parsed.port or 5672)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+def through(proxy: CuttableProxy, url: str) -> str:
+    parsed = urlparse(url)
+    return parsed._replace(netloc=f"{parsed.username}:{parsed.password}@127.0.0.1:{proxy.port}").geturl()
+
+
+def test_delays_share_a_queue_per_value_rounded_up_to_two_significant_digits() -> None:
+    assert [rmq.bucket_ms(ms) for ms in (1, 99, 100, 101, 1000, 1001, 1234, 59_999)] == [
+        1, 99, 100, 110, 1000, 1100, 1300, 60_000]
+    assert rmq.bucket_ms(10 * rmq.MAX_HOP_MS) == rmq.MAX_HOP_MS
+
+
+async def test_consumer_resumes_after_its_connection_is_cut(
+    make_backend: BackendFactory, proxy: CuttableProxy, broker_url: str, queue: str
+) -> None:
+    publisher = await make_backend()
+    consumer = await make_backend(through(proxy, broker_url))
+    await publisher.publish(queue, b"held")
+    async with Receiver(consumer, queue) as receiver:
+        held = await receiver.next()
+        proxy.cut()
+        await publisher.publish(queue, b"after")
+        got = {}
+        for _ in range(2):
+            delivery = await receiver.next(timeout_s=30)
+            got[delivery.body] = delivery
+            await delivery.ack()
+        assert set(got) == {b"held", b"after"}
+        assert got[b"held"].attempt == 2  # returned by the broker when the connection died
+        with pytest.raises(BackendUnavailable, match="returned it"):
+            await held.ack()
+    assert await publisher.depth(queue) == 0
+
+
+async def test_publish_waits_out_a_reconnect(
+    make_backend: BackendFactory, proxy: CuttableProxy, broker_url: str, queue: str
+) -> None:
+    backend = await make_backend(through(proxy, broker_url))
+    await backend.publish(queue, b"first")
+    proxy.cut()
+    await backend.publish(queue, b"second")
+    assert await backend.depth(queue) == 2
+
+
+async def test_health_fails_within_its_timeout_when_the_broker_is_unreachable(
+    make_backend: BackendFactory, proxy: CuttableProxy, broker_url: str
+) -> None:
+    backend = await make_backend(through(proxy, broker_url))
+    assert (await backend.health()).ok
+    await proxy.stop()
+    started = time.monotonic()
+    health = await backend.health()
+    assert not health.ok
+    assert time.monotonic() - started < rmq.HEALTH_TIMEOUT_S + 1
+    assert "guest:guest" not in health.detail
+
+
+async def test_short_delay_is_not_held_up_by_a_longer_one_sent_before_it(
+    make_backend: BackendFactory, queue: str
+) -> None:
+    uses_delays(30, 0.3)
+    backend = await make_backend()
+    await backend.publish(queue, b"long", delay_s=30)
+    await backend.publish(queue, b"short", delay_s=0.3)
+    async with Receiver(backend, queue) as receiver:
+        delivery = await receiver.next(timeout_s=10)
+        assert delivery.body == b"short"
+        await delivery.ack()
+
+
+async def test_delay_longer_than_one_hop_is_sent_round_again(
+    make_backend: BackendFactory, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rmq, "MAX_HOP_MS", 400)
+    uses_delays(0.4)  # the last hop's remainder depends on timing; its queue expires by itself
+    backend = await make_backend()
+    published_at = time.monotonic()
+    await backend.publish(queue, b"patient", delay_s=1.0)
+    async with Receiver(backend, queue) as receiver:
+        delivery = await receiver.next(timeout_s=10)
+        assert time.monotonic() - published_at >= 0.95
+        assert delivery.body == b"patient"
+        assert delivery.attempt == 1  # hops are not deliveries
+        await delivery.ack()
+
+
+async def test_dead_letter_copy_carries_the_reason_and_starts_over_at_attempt_one(
+    make_backend: BackendFactory, broker_url: str, queue: str
+) -> None:
+    backend = await make_backend()
+    await backend.publish(queue, b"poison", message_id="m-1")
+    async with Receiver(backend, queue) as receiver:
+        first = await receiver.next()
+        await first.nack()
+        second = await receiver.next()
+        assert second.attempt == 2
+        await second.dead_letter("handler raised ValueError")
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel()
+        dlq = await channel.declare_queue(dead_letter_queue(queue), passive=True)
+        message = await dlq.get(timeout=5)
+        assert message.body == b"poison"
+        assert message.message_id == "m-1"
+        assert message.headers[rmq.REASON_HEADER] == "handler raised ValueError"
+        await message.reject(requeue=True)
+    async with Receiver(backend, dead_letter_queue(queue)) as dead:
+        delivery = await dead.next()
+        assert (delivery.message_id, delivery.attempt) == ("m-1", 2)  # redelivered after the reject above
+        await delivery.ack()
+
+
+async def test_nacked_copy_keeps_its_priority(make_backend: BackendFactory, queue: str) -> None:
+    backend = await make_backend()
+    await backend.publish(queue, b"low", priority=1)
+    await backend.publish(queue, b"urgent", priority=15)
+    async with Receiver(backend, queue) as receiver:
+        first = await receiver.next()
+        assert first.body == b"urgent"
+        await first.nack()
+        again = await receiver.next()
+        assert (again.body, again.attempt) == (b"urgent", 2)
+        await again.ack()
+        await (await receiver.next()).ack()
+
+
+async def test_depth_and_purge_count_messages_waiting_in_delay_queues(
+    make_backend: BackendFactory, queue: str
+) -> None:
+    uses_delays(30)
+    backend = await make_backend()
+    await backend.publish(queue, b"now")
+    for _ in range(2):
+        await backend.publish(queue, b"later", delay_s=30)
+    assert await backend.depth(queue) == 3
+    assert await backend.purge(queue) == 3
+    assert await backend.depth(queue) == 0
+
+
+async def test_queue_declared_elsewhere_with_other_arguments_is_named_in_the_error(
+    make_backend: BackendFactory, broker_url: str, queue: str
+) -> None:
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True)  # no x-max-priority
+    backend = await make_backend()
+    with pytest.raises(BackendError, match=f"{queue}.*x-max-priority"):
+        await backend.publish(queue, b"x")
+    # The conflict closed only the declaring channel, which reopens; the backend goes on working.
+    await backend.publish(f"{queue}-other", b"y")
+    assert await backend.purge(f"{queue}-other") == 1
+
+
+async def test_stopped_consumer_returns_prefetched_messages_and_keeps_yielded_ones_settleable(
+    make_backend: BackendFactory, queue: str
+) -> None:
+    first = await make_backend()
+    for i in range(5):
+        await first.publish(queue, b"%d" % i)
+    iterator = first.consume(queue, prefetch=5)
+    kept = await anext(iterator)
+    await iterator.aclose()
+    second = await make_backend()
+    async with Receiver(second, queue) as receiver:
+        others = []
+        for _ in range(4):
+            delivery = await receiver.next(timeout_s=5)
+            others.append(delivery.body)
+            await delivery.ack()
+        await kept.ack()
+        assert await receiver.nothing_within(1.0)
+    assert sorted([kept.body, *others]) == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_close_ends_open_consume_iterators(make_backend: BackendFactory, queue: str) -> None:
+    backend = await make_backend()
+    consuming = asyncio.Event()
+
+    async def drain() -> None:
+        async for delivery in backend.consume(queue):
+            await delivery.ack()
+            consuming.set()
+
+    task = asyncio.ensure_future(drain())
+    await backend.publish(queue, b"x")
+    async with asyncio.timeout(10):
+        await consuming.wait()
+        await backend.close()
+        await task  # ends cleanly, without an error
+    await backend.close()  # idempotent

@@ -1,0 +1,75 @@
+"""Pure logic: Prefer parsing, retry maths, envelopes, the backend registry, the public API."""
+
+from __future__ import annotations
+
+import pytest
+
+import openhqm
+from openhqm.backends.registry import BACKEND_ALIASES, get_backend_class
+from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode
+from openhqm.errors import ConfigError
+from openhqm.http.prefer import parse_prefer
+from openhqm.worker.retry import backoff_s, decide
+
+
+def test_prefer_wait_and_respond_async_are_parsed() -> None:
+    assert parse_prefer(["wait=5"]).wait_s == 5
+    assert parse_prefer(["respond-async, wait=10"]).respond_async
+    assert parse_prefer(["handling=lenient", "wait=2.5;foo"]).wait_s == 2.5
+    assert parse_prefer(["wait=abc"]).wait_s is None
+    assert parse_prefer([]).wait_s is None
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    for attempt in range(1, 10):
+        delay = backoff_s(attempt, 1.0, 8.0)
+        ceiling = min(8.0, 2 ** (attempt - 1))
+        assert ceiling / 2 <= delay <= ceiling
+
+
+def test_max_attempts_counts_every_try() -> None:
+    assert decide(1, max_attempts=3, base_delay_s=0.1, max_delay_s=1).retry
+    assert decide(2, max_attempts=3, base_delay_s=0.1, max_delay_s=1).retry
+    assert not decide(3, max_attempts=3, base_delay_s=0.1, max_delay_s=1).retry
+    assert not decide(1, max_attempts=1, base_delay_s=0.1, max_delay_s=1).retry
+
+
+def test_retry_after_is_honoured_and_max_age_stops_retries() -> None:
+    assert decide(1, max_attempts=5, base_delay_s=0.1, max_delay_s=1, retry_after_s=30).delay_s == 30
+    assert not decide(1, max_attempts=5, base_delay_s=1, max_delay_s=1, age_s=59.5, max_age_s=60).retry
+
+
+def test_envelope_round_trips_binary_bodies() -> None:
+    envelope = Envelope(body=bytes(range(256)), headers={"a": "b"}, priority=15, session_id="s")
+    decoded = decode_envelope(encode(envelope))
+    assert decoded == envelope
+    assert len(envelope.id) >= 22 and envelope.correlation_id == envelope.id
+
+
+def test_garbage_is_not_an_envelope() -> None:
+    with pytest.raises(UndecodableMessage):
+        decode_envelope(b"\x00garbage")
+    with pytest.raises(UndecodableMessage):
+        decode_reply(b"{}")
+    assert decode_reply(encode(Reply(correlation_id="c", status="COMPLETED", result=[1]))).result == [1]
+
+
+def test_every_backend_alias_resolves_to_a_backend_class() -> None:
+    for alias in BACKEND_ALIASES:
+        cls = get_backend_class(alias)
+        assert cls.name and cls.capabilities is not None, alias
+
+
+def test_unknown_queue_type_suggests_the_nearest() -> None:
+    with pytest.raises(ConfigError, match="unknown queue type 'redsi'; did you mean 'redis'\\? available: "):
+        get_backend_class("redsi")
+
+
+def test_module_path_backends_are_accepted() -> None:
+    assert get_backend_class("openhqm.backends.memory:MemoryBackend").name == "memory"
+
+
+def test_public_api_is_deliberate() -> None:
+    assert openhqm.__all__ == sorted(openhqm.__all__)
+    for name in openhqm.__all__:
+        assert hasattr(openhqm, name)
