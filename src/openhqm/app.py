@@ -9,14 +9,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from openhqm.config import RetrySettings, Settings, load_settings
+from openhqm.constants import Status
+from openhqm.errors import ConfigError
+from openhqm.logging import get_logger
 from openhqm.worker.handlers import HandlerFunc, HandlerRegistry
 from openhqm.worker.middleware import LoggingMiddleware, Middleware
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = get_logger("openhqm.app")
 
 
 class OpenHQM:
@@ -25,6 +31,7 @@ class OpenHQM:
         self.handlers = HandlerRegistry()
         self.middleware: list[Middleware] = [LoggingMiddleware()]
         self.hooks: dict[str, list[Callable[..., Any]]] = {}
+        self._hook_tasks: set[asyncio.Future[Any]] = set()
 
     def handler(self, name: str, *, retry: RetrySettings | dict[str, Any] | None = None,
                 timeout_s: float | None = None) -> Callable[[F], F]:
@@ -44,10 +51,33 @@ class OpenHQM:
         self.middleware.append(middleware)
 
     def on(self, event: str) -> Callable[[F], F]:
-        """Register a hook for a lifecycle event (`completed`, `failed`, `retry`, ...)."""
+        """Register a hook for a lifecycle event: pending, scheduled, processing, retry, completed,
+        failed, cancelled, expired. It is called with the RequestRecord in the process that made
+        the change (the listener for final states, the worker for processing and retry)."""
+        status = event.upper()
+        if status not in Status.__members__:
+            raise ConfigError(f"unknown lifecycle event {event!r}; known: "
+                              f"{', '.join(s.lower() for s in Status.__members__)}")
 
         def decorate(func: F) -> F:
-            self.hooks.setdefault(event.upper(), []).append(func)
+            self.hooks.setdefault(status, []).append(func)
             return func
 
         return decorate
+
+    def dispatch(self, record: Any) -> None:
+        """Run the hooks for a record's new status; a failing hook is logged, never propagated."""
+        for hook in self.hooks.get(str(record.status), ()):
+            try:
+                outcome = hook(record)
+                if inspect.isawaitable(outcome):
+                    task = asyncio.ensure_future(outcome)
+                    self._hook_tasks.add(task)
+                    task.add_done_callback(self._hook_done)
+            except Exception:
+                log.exception("lifecycle hook failed", hook=getattr(hook, "__name__", repr(hook)))
+
+    def _hook_done(self, task: asyncio.Future[Any]) -> None:
+        self._hook_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("lifecycle hook failed", error=repr(task.exception()))

@@ -7,7 +7,9 @@ removed again, so a client that gets 503 leaves nothing half-written behind.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +23,17 @@ from openhqm.backends.base import Backend
 from openhqm.constants import Status
 from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode, new_id
 from openhqm.errors import BackendUnavailable, Conflict, NotFound, OpenHQMError, RequestRejected
+from openhqm.forward import CallbackSender, check_callback_url
 from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 from openhqm.routing import Routing
+from openhqm.stats import RollingStats
+from openhqm.views import result_json
 
 log = get_logger("openhqm.listener")
 
 _CANCELLABLE = (Status.PENDING, Status.SCHEDULED, Status.RETRY)
+_RECOMPUTED = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
 
 
 @dataclass
@@ -51,22 +57,28 @@ class Submission:
     callback_url: str | None = None
     traceparent: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    correlation_id: str | None = None
+    request_hash: str | None = None
 
 
 class Bridge:
-    def __init__(self, app: OpenHQM, backend: Backend, store: ResultStore, router: Routing) -> None:
+    def __init__(self, app: OpenHQM, backend: Backend, store: ResultStore, router: Routing,
+                 callbacks: CallbackSender | None = None) -> None:
         self.app = app
         self.router = router
+        self.callbacks = callbacks
+        self._callback_tasks: set[asyncio.Task[None]] = set()
         self.settings = app.settings
         self.backend = backend
         self.store = store
         self.request_queue = self.settings.queue.request_queue
         self.response_queue = self.settings.queue.response_queue
-        self._tasks: list[asyncio.Task[None]] = []
+        self.rolling = RollingStats()
 
     async def submit(self, sub: Submission) -> RequestRecord:
         envelope = Envelope(
-            session_id=sub.session_id, client_id=sub.client_id, reply_to=self.response_queue,
+            id=sub.correlation_id or new_id(), session_id=sub.session_id, client_id=sub.client_id,
+            reply_to=self.response_queue,
             priority=sub.priority, not_before=sub.not_before, expires_at=sub.expires_at, timeout_s=sub.timeout_s,
             handler=sub.handler, endpoint=sub.endpoint, method=sub.method, path=sub.path, query=sub.query,
             headers=sub.headers, body=sub.body, content_type=sub.content_type, traceparent=sub.traceparent,
@@ -76,7 +88,8 @@ class Bridge:
         record = RequestRecord(
             correlation_id=envelope.correlation_id, status=Status.SCHEDULED if scheduled else Status.PENDING,
             submitted_at=now, updated_at=now, session_id=sub.session_id, client_id=sub.client_id,
-            target=sub.endpoint or sub.handler, not_before=sub.not_before, callback_url=sub.callback_url)
+            target=sub.endpoint or sub.handler, not_before=sub.not_before, callback_url=sub.callback_url,
+            request_hash=sub.request_hash)
         await self.store.create(record)
         try:
             await self.backend.publish(
@@ -89,14 +102,39 @@ class Bridge:
             if isinstance(exc, OpenHQMError) and not isinstance(exc, BackendUnavailable):
                 raise
             raise BackendUnavailable(f"the queue did not accept the request: {exc}") from exc
+        self.store.emit(record)
         metrics.SUBMITTED.labels(self.request_queue).inc()
         log.info("request queued", correlation_id=record.correlation_id, session_id=sub.session_id,
                  endpoint=sub.endpoint or sub.handler)
         return record
 
+    async def submit_once(self, sub: Submission, idempotency_key: str) -> tuple[RequestRecord, bool]:
+        """Submit at most once per (client, key) within `idempotency.window_s`: (record, is_new).
+
+        The correlation id is derived from the key, so the store's unique id settles concurrent
+        repeats: exactly one create wins and only its message reaches the queue.
+        """
+        digest = hashlib.sha256(f"{sub.client_id or ''}\0{idempotency_key}".encode()).digest()
+        sub.correlation_id = "idem_" + base64.urlsafe_b64encode(digest[:18]).decode()
+        for _ in range(2):
+            try:
+                return await self.submit(sub), True
+            except KeyError:
+                existing = await self.store.get(sub.correlation_id)
+            if existing is None:
+                continue  # its submit failed and was undone meanwhile: try ours
+            if time.time() - existing.submitted_at > self.settings.idempotency.window_s and existing.terminal:
+                await self.store.delete(existing.correlation_id)  # the key's window is over: a new request
+                continue
+            if existing.request_hash != sub.request_hash:
+                raise RequestRejected("Idempotency-Key was already used with a different request body",
+                                      status=422)
+            return existing, False
+        raise Conflict("Idempotency-Key is being used by a concurrent request; retry")
+
     @property
     def ordered(self) -> bool:
-        return getattr(self.settings, "ordering", "none") == "session"
+        return self.settings.ordering == "session"
 
     async def get(self, correlation_id: str, client_id: str | None = None) -> RequestRecord:
         record = await self.store.get(correlation_id)
@@ -125,10 +163,13 @@ class Bridge:
 
     async def apply_reply(self, reply: Reply) -> RequestRecord | None:
         status = Status(reply.status)
-        return await self.store.transition(
+        record = await self.store.transition(
             reply.correlation_id, status, result=reply.result, error=reply.error, attempts=reply.attempts,
             processing_time_ms=reply.processing_time_ms, raw_response=reply.raw_response,
             completed_at=reply.completed_at)
+        if record is not None and record.terminal:
+            self._deliver_callback(record)
+        return record
 
     async def consume_replies(self) -> None:
         """Store each worker reply and wake whoever waits for it; ack only after it is stored."""
@@ -174,9 +215,25 @@ class Bridge:
             raise
 
     def check_callback_url(self, url: str) -> None:
-        callbacks = getattr(self.settings, "callbacks", None)
-        if callbacks is None or not callbacks.enabled:
-            raise RequestRejected("metadata.callback_url: callbacks are disabled (callbacks.enabled: false)")
+        """Refuse at submit what can be refused without DNS: callbacks off, or an unsafe literal address."""
+        check_callback_url(url, self.settings.callbacks)
+
+    def _deliver_callback(self, record: RequestRecord) -> None:
+        if self.callbacks is None or not record.callback_url:
+            return
+        task = asyncio.create_task(self._callback(record))
+        self._callback_tasks.add(task)
+        task.add_done_callback(self._callback_tasks.discard)
+
+    async def _callback(self, record: RequestRecord) -> None:
+        assert self.callbacks is not None and record.callback_url is not None
+        try:
+            await self.callbacks.send(record.callback_url, result_json(record), webhook_id=record.correlation_id)
+            log.info("callback delivered", correlation_id=record.correlation_id)
+        except Exception as exc:  # CallbackFailed, or a refused address found at delivery
+            log.warning("callback failed", correlation_id=record.correlation_id, error=str(exc))
+            await self.store.transition(record.correlation_id, Status(record.status), allowed_from=[record.status],
+                                        callback_error=str(exc), completed_at=record.completed_at)
 
     def raw_response(self, record: RequestRecord) -> Response:
         """The backend's own status, headers and body, for `?format=raw`."""
@@ -184,14 +241,46 @@ class Bridge:
         if record.raw_response is None or "status_code" not in result:
             raise RequestRejected(f"request {record.correlation_id} has no raw HTTP response "
                                   "(it was not forwarded to an HTTP endpoint)", status=406)
-        return Response(record.raw_response, status_code=int(result["status_code"]),
-                        headers=dict(result.get("headers") or {}))
+        headers = {k: v for k, v in (result.get("headers") or {}).items() if k.lower() not in _RECOMPUTED}
+        return Response(record.raw_response, status_code=int(result["status_code"]), headers=headers)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
         return await self.store.list_dead_letters(limit)
 
     async def purge_dead_letters(self) -> int:
         return await self.store.purge_dead_letters()
+
+    async def stats(self) -> dict[str, Any]:
+        counts = await self.store.counts()
+        depths: dict[str, int | None] = {}
+        for queue in (self.request_queue, self.response_queue):
+            try:
+                depths[queue] = await self.backend.depth(queue)
+            except NotImplementedError:
+                depths[queue] = None  # the broker cannot count (documented per backend)
+        oldest = await self.store.oldest_unfinished()
+        return {
+            "requests": counts,
+            "queues": {name: {"depth": depth} for name, depth in depths.items()},
+            "oldest_unfinished_age_s": round(time.time() - oldest, 3) if oldest else None,
+            "dead_letters": len(await self.store.list_dead_letters(10_000)),
+            **self.rolling.summary(),
+        }
+
+    async def sample_metrics_forever(self, interval_s: float = 5.0) -> None:
+        """Gauges that need a query (depth, oldest age, store counts), sampled off the hot path."""
+        while True:
+            try:
+                stats = await self.stats()
+                for queue, info in stats["queues"].items():
+                    if info["depth"] is not None:
+                        metrics.QUEUE_DEPTH.labels(queue).set(info["depth"])
+                metrics.QUEUE_OLDEST_AGE.labels(self.request_queue).set(stats["oldest_unfinished_age_s"] or 0)
+                for status in Status:
+                    metrics.RESULTS.labels(status.value).set(stats["requests"].get(status.value, 0))
+            except Exception as exc:
+                log.warning("metrics sampling failed", error=str(exc))
+            await asyncio.sleep(interval_s)
 
     async def cleanup_forever(self) -> None:
         interval = self.settings.results.cleanup_interval_s

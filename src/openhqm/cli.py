@@ -70,7 +70,8 @@ def load_app(settings: Settings) -> OpenHQM:
     if not isinstance(app, OpenHQM):
         fail(f"worker.app {settings.worker.app!r} is a {type(app).__name__}, not an OpenHQM app")
     app.settings = settings
-    return app
+    loaded: OpenHQM = app
+    return loaded
 
 
 def check_port(host: str, port: int) -> None:

@@ -78,14 +78,19 @@ class KafkaSettings(Section):
 class SQSSettings(Section):
     endpoint_url: str | None = None
     region: str = "us-east-1"
-    queue_name: str | None = None
-    visibility_timeout_s: int = Field(30, gt=0)
+    queue_name: str | None = Field(None, description="SQS name of the request queue (else derived from it)")
+    visibility_timeout_s: int = Field(30, gt=0, le=43200)
+    wait_time_s: int = Field(20, ge=1, le=20, description="long-poll wait of each ReceiveMessage")
+    max_receive_count: int = Field(20, ge=1, le=1000, description="redrive policy: receives before the DLQ")
+    fifo: bool = Field(False, description="make every queue FIFO (names ending .fifo are FIFO anyway)")
 
 
 class NATSSettings(Section):
     url: SecretStr = SecretStr("nats://127.0.0.1:4222")
     ack_wait_s: float = Field(30.0, gt=0)
     max_deliver: int = Field(20, gt=0)
+    stream: str = Field("OPENHQM", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    subject_prefix: str = Field("openhqm", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
 class MQTTSettings(Section):
@@ -185,6 +190,42 @@ class LoggingSettings(Section):
         return value.upper() if isinstance(value, str) else value
 
 
+Scope = Literal["submit", "read", "admin"]
+
+
+def _default_scopes() -> list[Scope]:
+    return ["submit", "read"]
+
+
+class ApiKeySettings(Section):
+    name: str
+    key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256 of the key")
+    scopes: list[Scope] = Field(default_factory=_default_scopes)
+
+
+class JWTSettings(Section):
+    algorithm: Literal["HS256", "RS256"] = "HS256"
+    key: SecretStr | None = Field(None, description="HS256 secret, or RS256 public key (PEM)")
+    jwks_file: Path | None = None
+    audience: str | None = None
+    issuer: str | None = None
+
+
+class AuthSettings(Section):
+    """Client access control; off unless api_keys or jwt is configured."""
+
+    api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    jwt: JWTSettings | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys) or self.jwt is not None
+
+
+class IdempotencySettings(Section):
+    window_s: float = Field(86400.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -199,6 +240,9 @@ class Settings(BaseSettings):
     results: ResultsSettings = ResultsSettings()
     worker: WorkerSettings = WorkerSettings()
     logging: LoggingSettings = LoggingSettings()
+    ordering: Literal["none", "session"] = "none"
+    idempotency: IdempotencySettings = IdempotencySettings()
+    auth: AuthSettings = AuthSettings()
     proxy: ProxySettings = ProxySettings()
     callbacks: CallbackSettings = CallbackSettings()
 
@@ -307,8 +351,10 @@ def _describe(error: Any, source: dict[str, Any]) -> str:
     where = ""
     if value is None and env_name in os.environ:
         value, where = os.environ[env_name], f" from {env_name}"
-    secret = any(word in loc for word in ("secret", "password", "token", "key", "url", "dsn"))
-    shown = f" (got {value!r}{where})" if value is not None and not secret else where
+    secret = any(word in loc for word in ("secret", "password", "token", "key", "url", "dsn", "auth"))
+    # Mappings and lists may hold credentials under any name: name the key, never echo them.
+    plain = value is not None and not isinstance(value, dict | list) and not secret
+    shown = f" (got {value!r}{where})" if plain else where
     return f"setting '{loc}'{shown}: {error['msg']}"
 
 

@@ -9,6 +9,7 @@
     ├── RequestRejected                     a client's request is invalid (carries the 4xx status)
     ├── NotFound (RequestRejected)          unknown, expired or foreign id (404)
     ├── Conflict (RequestRejected)          the request is in a state that forbids it (409)
+    ├── AlreadyExists (KeyError)            a store already holds that correlation id
     ├── TargetFailed                        a handler or HTTP backend failed (retryable or not)
     ├── TargetDeferred                      not tried now (circuit open): requeue without counting a try
     ├── Retry                               raised by handlers on purpose: try again after delay_s
@@ -80,6 +81,10 @@ class TargetDeferred(OpenHQMError):
     def __init__(self, message: str, *, delay_s: float) -> None:
         super().__init__(message)
         self.delay_s = delay_s
+
+
+class AlreadyExists(OpenHQMError, KeyError):
+    pass
 
 
 class Retry(OpenHQMError):

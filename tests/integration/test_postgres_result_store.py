@@ -63,7 +63,7 @@ async def terminate_listener(admin: asyncpg.Connection, store: PostgresResultSto
 async def wait_until_listening_again(store: PostgresResultStore, old_pid: int) -> None:
     # The store exposes no reconnect event; poll its own attribute (no I/O), bounded in time.
     async with asyncio.timeout(10):
-        while store.listener_pid in (None, old_pid):  # noqa: ASYNC110
+        while store.listener_pid in (None, old_pid):
             await asyncio.sleep(0.02)
 
 

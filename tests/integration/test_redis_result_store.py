@@ -114,7 +114,7 @@ async def test_cleanup_repairs_counts_and_sessions_of_records_redis_already_expi
     await store.transition(done.correlation_id, Status.COMPLETED)
     # Redis expiry has no event a client can await; poll the key, bounded in time.
     async with asyncio.timeout(10):
-        while await store.get(done.correlation_id) is not None:  # noqa: ASYNC110
+        while await store.get(done.correlation_id) is not None:
             await asyncio.sleep(0.05)
     assert (await store.counts()).get("COMPLETED") == 1  # stale until cleanup, as documented
     assert [r.correlation_id for r in await store.list_session(session)] == [pending.correlation_id]

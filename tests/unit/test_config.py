@@ -64,7 +64,7 @@ def test_unknown_yaml_key_is_an_error_naming_it(tmp_path: Path) -> None:
 
 def test_environment_typo_with_double_underscore_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENHQM_SERVER__PROT", "1")
-    with pytest.raises(ConfigError, match="OPENHQM_SERVER__PROT.*did you mean OPENHQM_SERVER__PORT"):
+    with pytest.raises(ConfigError, match=r"OPENHQM_SERVER__PROT.*did you mean OPENHQM_SERVER__PORT"):
         load_settings()
 
 

@@ -84,7 +84,7 @@ class Delivery(ABC):
         self._settle("dead_letter")
         await self._dead_letter(reason)
 
-    async def extend_lease(self, seconds: float) -> None:
+    async def extend_lease(self, seconds: float) -> None:  # noqa: B027 - optional: a no-op by design
         """Keep the message invisible to others for `seconds` more (no-op where unsupported)."""
 
     @abstractmethod

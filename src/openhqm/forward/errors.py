@@ -1,7 +1,7 @@
 """Errors of forwarding and callbacks, under openhqm's single tree.
 
     OpenHQMError
-    ├── ForwardError                    a call to an HTTP service failed (retryable, retry_after_s, status_code)
+    ├── ForwardError                    a call failed; carries retryable, retry_after_s, status_code
     │   ├── UpstreamTimeout             connect or read took too long (retryable)
     │   ├── UpstreamUnavailable         connection refused/reset, DNS or TLS failure (retryable)
     │   ├── CircuitOpen                 the endpoint's breaker is open; come back after retry_after_s

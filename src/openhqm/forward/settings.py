@@ -33,7 +33,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-def _header_name(name: str) -> str:
+def check_header_name(name: str) -> str:
     if not _TOKEN.match(name):
         raise ValueError(f"{name!r} is not a valid HTTP header name")
     return name
@@ -70,7 +70,7 @@ class ApiKeyAuth(Section):
     header: str = "X-API-Key"
     key: SecretStr
 
-    _check_header = field_validator("header")(_header_name)
+    _check_header = field_validator("header")(check_header_name)
     _check_key = field_validator("key")(_header_safe)
 
 
@@ -92,7 +92,7 @@ class CustomAuth(Section):
     header: str
     value: SecretStr
 
-    _check_header = field_validator("header")(_header_name)
+    _check_header = field_validator("header")(check_header_name)
     _check_value = field_validator("value")(_header_safe)
 
 
@@ -164,6 +164,9 @@ class CircuitSettings(Section):
     half_open_max_calls: int = Field(1, ge=1, description="trial calls let through at once when half-open")
 
 
+_NOT_STATIC = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length"}
+)
 _FLAT_AUTH = ("auth_type", "auth_token", "auth_username", "auth_password", "auth_header_name")
 
 
@@ -187,7 +190,7 @@ class EndpointSettings(Section):
     @model_validator(mode="before")
     @classmethod
     def _flat_auth(cls, data: Any) -> Any:
-        """Accept the original flat form (`auth_type: bearer` + `auth_token: ...`) by converting it to `auth`."""
+        """Accept the original flat form (`auth_type: bearer`, `auth_token: ...`) as `auth`."""
         if not isinstance(data, dict) or "auth_type" not in data or "auth" in data:
             return data
         data = dict(data)
@@ -214,13 +217,15 @@ class EndpointSettings(Section):
     @field_validator("method")
     @classmethod
     def _method(cls, value: str) -> str:
-        return _header_name(value).upper()
+        return check_header_name(value).upper()
 
     @field_validator("headers")
     @classmethod
     def _static_headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, header_value in value.items():
-            _header_name(name)
+            check_header_name(name)
+            if name.lower() in _NOT_STATIC:
+                raise ValueError(f"header {name!r} is managed by the HTTP client and cannot be set")
             if any(ch in header_value for ch in "\r\n\0"):
                 raise ValueError(f"header {name!r}: value must not contain CR, LF or NUL")
         return value
@@ -262,7 +267,7 @@ class HeaderMatch(Section):
     name: str
     value: str | None = Field(None, description="exact value; unset: the header is present")
 
-    _check_name = field_validator("name")(_header_name)
+    _check_name = field_validator("name")(check_header_name)
 
 
 class JsonFieldMatch(Section):
@@ -291,7 +296,7 @@ class RouteRule(Section):
     def _methods(cls, value: str | list[str] | None) -> list[str] | None:
         if value is None:
             return None
-        return [_header_name(m).upper() for m in ([value] if isinstance(value, str) else value)]
+        return [check_header_name(m).upper() for m in ([value] if isinstance(value, str) else value)]
 
     @model_validator(mode="after")
     def _some_condition(self) -> RouteRule:
@@ -390,7 +395,9 @@ class CallbackRetrySettings(Section):
 class CallbackSettings(Section):
     enabled: bool = False
     secret: SecretStr | None = Field(None, description="Standard Webhooks key: whsec_<base64>, or raw text")
-    allow_hosts: list[str] = Field(default_factory=list, description="names, IPs or CIDRs the SSRF guard lets by")
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="names, IPs or CIDRs the SSRF guard lets by"
+    )
     timeout_s: float = Field(10.0, gt=0, description="each delivery attempt, connect to response headers")
     retry: CallbackRetrySettings = CallbackRetrySettings()
 

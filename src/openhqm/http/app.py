@@ -15,13 +15,16 @@ from openhqm.app import OpenHQM
 from openhqm.backends import create_backend
 from openhqm.bridge import Bridge
 from openhqm.errors import BackendUnavailable, RequestRejected
+from openhqm.forward import CallbackSender
+from openhqm.http.auth import AuthMiddleware, build_authenticator
 from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
 from openhqm.http.routes import ops_router, router
+from openhqm.http.sidecar import sidecar_router
 from openhqm.logging import get_logger
 from openhqm.results import create_store
 from openhqm.routing import Routing
 from openhqm.worker.pool import WorkerPool
-from openhqm.worker.runner import build_pool
+from openhqm.worker.runner import build_forwarder, build_pool
 
 log = get_logger("openhqm.listener")
 
@@ -31,18 +34,28 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
     backend = create_backend(settings)
     store = create_store(settings)
 
+    forwarder = build_forwarder(app)
+    callbacks = CallbackSender(settings.callbacks) if settings.callbacks.enabled else None
+
     @contextlib.asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         await backend.connect()
         await store.connect()
-        routing = Routing(app.handlers, settings.worker.default_handler)
-        bridge = Bridge(app, backend, store, routing)
+        if forwarder is not None:
+            await forwarder.start()
+        if callbacks is not None:
+            await callbacks.start()
+        routing = Routing(app.handlers, settings.worker.default_handler, forwarder)
+        bridge = Bridge(app, backend, store, routing, callbacks)
         api.state.bridge = bridge
+        store.add_listener(app.dispatch)
+        store.add_listener(bridge.rolling.observe)
         tasks = [asyncio.create_task(bridge.consume_replies(), name="openhqm-replies"),
-                 asyncio.create_task(bridge.cleanup_forever(), name="openhqm-cleanup")]
+                 asyncio.create_task(bridge.cleanup_forever(), name="openhqm-cleanup"),
+                 asyncio.create_task(bridge.sample_metrics_forever(), name="openhqm-metrics")]
         pool: WorkerPool | None = None
         if run_workers:
-            pool = build_pool(app, backend, store)
+            pool = build_pool(app, backend, store, forwarder)
             pool.start()
         log.info("listener ready", queue=backend.display_url, results=store.name, workers=run_workers)
         try:
@@ -55,6 +68,10 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if callbacks is not None:
+                await callbacks.close()
+            if forwarder is not None:
+                await forwarder.close()
             await store.close()
             await backend.close()
 
@@ -62,10 +79,15 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
                   description="HTTP to message-queue bridge: submit, poll, long-poll, Prefer: wait.")
     api.include_router(router)
     api.include_router(ops_router)
+    if settings.proxy.enabled and settings.proxy.sidecar.enabled:
+        # Last, so the bridge's own paths stay its own under any prefix.
+        api.include_router(sidecar_router(settings.proxy.sidecar.prefix))
     api.add_exception_handler(RequestRejected, _rejected)
     api.add_exception_handler(BackendUnavailable, _unavailable)
     api.add_middleware(MetricsMiddleware)
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    # Outermost: a request without valid credentials is refused before its body is read.
+    api.add_middleware(AuthMiddleware, auth=build_authenticator(settings.auth))
     return api
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openhqm import metrics
 from openhqm.bridge import Bridge, Submission, json_body
 from openhqm.errors import RequestRejected
+from openhqm.http.auth import current_identity, require_scope
 from openhqm.http.prefer import parse_prefer
 from openhqm.http.schemas import (
     DeadLetterEntry,
@@ -24,6 +29,7 @@ from openhqm.http.schemas import (
 )
 from openhqm.results.base import RequestRecord
 from openhqm.timefmt import parse_rfc3339, rfc3339
+from openhqm.views import result_json, status_json
 
 router = APIRouter()
 ops_router = APIRouter()
@@ -39,31 +45,15 @@ def bridge(request: Request) -> Bridge:
 
 
 def client_id(request: Request) -> str | None:
-    """The authenticated client, when client access control is on (set by the auth dependency)."""
-    value: str | None = getattr(request.state, "client_id", None)
-    return value
+    """The authenticated client; None when access control is off (see openhqm.http.auth)."""
+    identity = current_identity(request)
+    return identity.client_id if identity else None
 
 
 BridgeDep = Annotated[Bridge, Depends(bridge)]
 ClientDep = Annotated[str | None, Depends(client_id)]
-
-
-def result_json(record: RequestRecord) -> dict[str, Any]:
-    return {
-        "correlation_id": record.correlation_id, "status": record.status, "result": record.result,
-        "error": record.error, "submitted_at": rfc3339(record.submitted_at),
-        "completed_at": rfc3339(record.completed_at), "processing_time_ms": record.processing_time_ms,
-        "attempts": record.attempts,
-    }
-
-
-def status_json(record: RequestRecord) -> dict[str, Any]:
-    return {
-        "correlation_id": record.correlation_id, "status": record.status,
-        "submitted_at": rfc3339(record.submitted_at), "updated_at": rfc3339(record.updated_at),
-        "completed_at": rfc3339(record.completed_at), "attempts": record.attempts, "error": record.error,
-        "session_id": record.session_id,
-    }
+SUBMIT, READ, ADMIN = (Depends(require_scope("submit")), Depends(require_scope("read")),
+                       Depends(require_scope("admin")))
 
 
 def accepted(request: Request, record: RequestRecord, bridge: Bridge) -> JSONResponse:
@@ -119,35 +109,59 @@ def build_submission(body: SubmitRequest, bridge: Bridge, *, session_header: str
 
 
 @router.post("/api/v1/submit", status_code=202, response_model=SubmitResponse,
-             responses={200: {"model": ResultResponse}, **ERRORS})
+             responses={200: {"model": ResultResponse}, **ERRORS}, dependencies=[SUBMIT])
 async def submit(
     body: SubmitRequest, request: Request, bridge: BridgeDep, client: ClientDep,
     prefer: Annotated[list[str] | None, Header()] = None,
     x_session_id: Annotated[str | None, Header()] = None,
     traceparent: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Response:
-    """Queue a request. `Prefer: wait=N` answers 200 with the result if it completes within N s."""
+    """Queue a request. `Prefer: wait=N` answers 200 with the result if it completes within N s.
+    An `Idempotency-Key` repeat within `idempotency.window_s` returns the original request."""
     preferences = parse_prefer(prefer or [])
     submission = build_submission(body, bridge, session_header=x_session_id, traceparent=traceparent,
                                   client=client)
-    record = await bridge.submit(submission)
-    if preferences.wait_s and not preferences.respond_async:
-        done = await bridge.wait(record.correlation_id, preferences.wait_s, client)
+    replayed = False
+    if idempotency_key:
+        submission.request_hash = request_hash(body)
+        record, is_new = await bridge.submit_once(submission, idempotency_key)
+        replayed = not is_new
+    else:
+        record = await bridge.submit(submission)
+    response = await _answer(request, bridge, record, preferences.wait_s, preferences.respond_async, client)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def request_hash(body: SubmitRequest) -> str:
+    canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def _answer(request: Request, bridge: Bridge, record: RequestRecord, wait_s: float | None,
+                  respond_async: bool, client: str | None) -> Response:
+    if record.terminal:
+        return finished(record)
+    if wait_s and not respond_async:
+        done = await bridge.wait(record.correlation_id, wait_s, client)
         if done.terminal:
             response = finished(done)
-            response.headers["Preference-Applied"] = f"wait={preferences.wait_s:g}"
+            response.headers["Preference-Applied"] = f"wait={wait_s:g}"
             return response
         record = done
     return accepted(request, record, bridge)
 
 
-@router.get("/api/v1/status/{correlation_id}", response_model=StatusResponse, responses=ERRORS)
+@router.get("/api/v1/status/{correlation_id}", response_model=StatusResponse, responses=ERRORS,
+            dependencies=[READ])
 async def get_status(correlation_id: str, bridge: BridgeDep, client: ClientDep) -> dict[str, Any]:
     return status_json(await bridge.get(correlation_id, client))
 
 
 @router.get("/api/v1/response/{correlation_id}", response_model=ResultResponse,
-            responses={202: {"model": StatusResponse}, **ERRORS})
+            responses={202: {"model": StatusResponse}, **ERRORS}, dependencies=[READ])
 async def get_response(
     correlation_id: str, request: Request, bridge: BridgeDep, client: ClientDep,
     wait: Annotated[float | None, Query(ge=0, description="long-poll up to this many seconds")] = None,
@@ -167,13 +181,74 @@ async def get_response(
     return finished(record)
 
 
-@router.delete("/api/v1/requests/{correlation_id}", response_model=StatusResponse, responses=ERRORS)
+@router.delete("/api/v1/requests/{correlation_id}", response_model=StatusResponse, responses=ERRORS,
+               dependencies=[READ])
 async def cancel(correlation_id: str, bridge: BridgeDep, client: ClientDep) -> dict[str, Any]:
     """Cancel a request that has not started; 409 once it runs or has finished."""
     return status_json(await bridge.cancel(correlation_id, client))
 
 
-@router.get("/api/v1/dlq", response_model=list[DeadLetterEntry])
+@router.get("/api/v1/sessions/{session_id}", responses=ERRORS, dependencies=[READ])
+async def get_session(session_id: str, bridge: BridgeDep, client: ClientDep,
+                      limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
+    """A session's requests in submit order, with their states."""
+    records = await bridge.store.list_session(session_id, limit)
+    visible = [r for r in records if client is None or r.client_id in (None, client)]
+    return {"session_id": session_id, "requests": [status_json(r) for r in visible]}
+
+
+@router.get("/api/v1/requests/{correlation_id}/events", responses=ERRORS,
+            response_class=StreamingResponse, dependencies=[READ])
+async def request_events(correlation_id: str, request: Request, bridge: BridgeDep, client: ClientDep
+                         ) -> StreamingResponse:
+    """Server-Sent Events: one `data:` JSON line per state change, until a terminal state."""
+    current = await bridge.get(correlation_id, client)  # 404 before the stream starts
+    return StreamingResponse(event_stream(bridge, current, request), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def event_stream(bridge: Bridge, first: RequestRecord, request: Request) -> AsyncIterator[bytes]:
+    cid = first.correlation_id
+    updates = bridge.store.subscribe(cid)
+    sent: tuple[str, int] | None = None
+    record: RequestRecord | None = first
+    deadline = time.monotonic() + EVENTS_MAX_S
+    try:
+        while record is not None and time.monotonic() < deadline:
+            if (record.status, record.attempts) != sent:
+                sent = (record.status, record.attempts)
+                yield sse_event(record)
+            if record.terminal or await request.is_disconnected():
+                return
+            try:
+                record = await asyncio.wait_for(updates.get(), EVENTS_RECHECK_S)
+            except TimeoutError:
+                # Changes made by another process (a separate worker) reach this one only
+                # through the store, so re-read it now and then.
+                record = await bridge.store.get(cid)
+                if record is not None and (record.status, record.attempts) == sent:
+                    yield b": keep-alive\n\n"
+    finally:
+        bridge.store.unsubscribe(cid, updates)
+
+
+EVENTS_RECHECK_S = 0.5
+EVENTS_MAX_S = 3600.0
+
+
+def sse_event(record: RequestRecord) -> bytes:
+    data = {"correlation_id": record.correlation_id, "status": record.status,
+            "at": rfc3339(record.updated_at), "attempts": record.attempts, "error": record.error}
+    return b"event: status\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+@router.get("/api/v1/stats", dependencies=[ADMIN])
+async def get_stats(bridge: BridgeDep) -> dict[str, Any]:
+    """Counts per state, queue depth, recent throughput and latency, oldest unfinished age."""
+    return await bridge.stats()
+
+
+@router.get("/api/v1/dlq", response_model=list[DeadLetterEntry], dependencies=[ADMIN])
 async def list_dead_letters(bridge: BridgeDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
                             ) -> list[dict[str, Any]]:
     return [dead_letter_json(d) for d in await bridge.dead_letters(limit)]
@@ -185,7 +260,7 @@ def dead_letter_json(d: Any) -> dict[str, Any]:
 
 
 @router.post("/api/v1/dlq/{dead_letter_id}/replay", response_model=ReplayResponse, status_code=202,
-             responses=ERRORS)
+             responses=ERRORS, dependencies=[ADMIN])
 async def replay_dead_letter(dead_letter_id: str, bridge: BridgeDep) -> dict[str, Any]:
     """Queue a dead letter again as a new request; the answer names the new correlation id."""
     entries = {d.id: d for d in await bridge.dead_letters(1000)}
@@ -195,7 +270,7 @@ async def replay_dead_letter(dead_letter_id: str, bridge: BridgeDep) -> dict[str
             "replayed_from": original.correlation_id if original else ""}
 
 
-@router.delete("/api/v1/dlq")
+@router.delete("/api/v1/dlq", dependencies=[ADMIN])
 async def purge_dead_letters(bridge: BridgeDep) -> dict[str, int]:
     return {"purged": await bridge.purge_dead_letters()}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -37,6 +37,7 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     not_before: float | None = None
     callback_url: str | None = None
     callback_error: str | None = None
+    request_hash: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -59,6 +60,8 @@ class ResultStore(ABC):
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listeners: list[Callable[[RequestRecord], None]] = []
+        self._subscribers: dict[str, set[asyncio.Queue[RequestRecord]]] = {}
 
     @abstractmethod
     async def connect(self) -> None: ...
@@ -68,7 +71,7 @@ class ResultStore(ABC):
 
     @abstractmethod
     async def create(self, record: RequestRecord) -> None:
-        """Insert a new record; its correlation_id must be new."""
+        """Insert a new record; raises KeyError (AlreadyExists) when its correlation_id exists."""
 
     @abstractmethod
     async def delete(self, correlation_id: str) -> None:
@@ -117,9 +120,37 @@ class ResultStore(ABC):
         if status in TERMINAL:
             changes.setdefault("completed_at", now)
         record = await self._transition(correlation_id, changes, allowed_from)
-        if record is not None and record.terminal:
-            self._wake(correlation_id)
+        if record is not None:
+            self.emit(record)
+            if record.terminal:
+                self._wake(correlation_id)
         return record
+
+    async def oldest_unfinished(self) -> float | None:
+        """submitted_at of the oldest request not yet terminal (None where a store cannot tell)."""
+        return None
+
+    def add_listener(self, listener: Callable[[RequestRecord], None]) -> None:
+        """Called with every record this store object creates or moves (lifecycle hooks, stats)."""
+        self._listeners.append(listener)
+
+    def emit(self, record: RequestRecord) -> None:
+        for listener in self._listeners:
+            listener(record)
+        for queue in self._subscribers.get(record.correlation_id, ()):
+            queue.put_nowait(record)
+
+    def subscribe(self, correlation_id: str) -> asyncio.Queue[RequestRecord]:
+        queue: asyncio.Queue[RequestRecord] = asyncio.Queue()
+        self._subscribers.setdefault(correlation_id, set()).add(queue)
+        return queue
+
+    def unsubscribe(self, correlation_id: str, queue: asyncio.Queue[RequestRecord]) -> None:
+        queues = self._subscribers.get(correlation_id)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self._subscribers[correlation_id]
 
     async def wait(self, correlation_id: str, timeout_s: float) -> RequestRecord | None:
         """The record once terminal, or as it is after `timeout_s`; None if unknown."""

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from openhqm.backends.base import Health
+from openhqm.errors import AlreadyExists
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 
 
@@ -27,7 +28,7 @@ class MemoryResultStore(ResultStore):
 
     async def create(self, record: RequestRecord) -> None:
         if record.correlation_id in self._records:
-            raise KeyError(f"request {record.correlation_id} exists")
+            raise AlreadyExists(f"request {record.correlation_id} exists")
         self._records[record.correlation_id] = record
 
     async def delete(self, correlation_id: str) -> None:
@@ -63,6 +64,10 @@ class MemoryResultStore(ResultStore):
         for cid in old:
             del self._records[cid]
         return len(old)
+
+    async def oldest_unfinished(self) -> float | None:
+        pending = [r.submitted_at for r in self._records.values() if not r.terminal]
+        return min(pending) if pending else None
 
     async def add_dead_letter(self, record: DeadLetterRecord) -> None:
         self._dead[record.id] = record

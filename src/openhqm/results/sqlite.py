@@ -17,6 +17,7 @@ import msgspec
 
 from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL
+from openhqm.errors import AlreadyExists
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 from openhqm.sqlite_db import SQLiteDB, data_version, shared_db
 
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_session ON requests (session_id, submitted_at) WHERE session_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at) WHERE completed_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (submitted_at) WHERE completed_at IS NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT PRIMARY KEY,
     dead_lettered_at REAL NOT NULL,
@@ -98,9 +100,14 @@ class SQLiteResultStore(ResultStore):
     async def create(self, record: RequestRecord) -> None:
         row = (record.correlation_id, record.status, record.session_id, record.submitted_at,
                record.completed_at, _encode(record))
-        await self._db.run(lambda c: c.execute(
-            "INSERT INTO requests (correlation_id, status, session_id, submitted_at, completed_at, data)"
-            " VALUES (?, ?, ?, ?, ?, ?)", row))
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("INSERT INTO requests (correlation_id, status, session_id, submitted_at,"
+                             " completed_at, data) VALUES (?, ?, ?, ?, ?, ?)", row)
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"request {record.correlation_id} exists") from None
+
+        await self._db.run(insert)
 
     async def delete(self, correlation_id: str) -> None:
         await self._db.run(lambda c: c.execute("DELETE FROM requests WHERE correlation_id = ?",
@@ -145,6 +152,11 @@ class SQLiteResultStore(ResultStore):
         count: int = await self._db.run(lambda c: c.execute(
             "DELETE FROM requests WHERE completed_at IS NOT NULL AND completed_at < ?", (older_than,)).rowcount)
         return count
+
+    async def oldest_unfinished(self) -> float | None:
+        oldest: float | None = await self._db.run(lambda c: c.execute(
+            "SELECT MIN(submitted_at) FROM requests WHERE completed_at IS NULL").fetchone()[0])
+        return oldest
 
     async def add_dead_letter(self, record: DeadLetterRecord) -> None:
         await self._db.run(lambda c: c.execute(

@@ -69,7 +69,7 @@ class Handler:
 
     async def __call__(self, job: Job) -> Any:
         if self.is_async:
-            return await self.func(job)  # type: ignore[misc]
+            return await self.func(job)
         # Sync handlers run in the default thread pool so they never block the event loop.
         return await asyncio.to_thread(self.func, job)
 

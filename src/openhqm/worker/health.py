@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import uvicorn
@@ -40,9 +41,14 @@ def health_app(backend: Backend, store: ResultStore, pool: WorkerPool) -> FastAP
     return api
 
 
-async def serve_health(settings: Settings, backend: Backend, store: ResultStore, pool: WorkerPool) -> None:
+class HealthServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the worker owns SIGTERM and drains first."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
+def health_server(settings: Settings, backend: Backend, store: ResultStore, pool: WorkerPool) -> HealthServer:
     config = uvicorn.Config(health_app(backend, store, pool), host=settings.server.host,
                             port=settings.worker.health_port or 0, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    await server.serve()
+    return HealthServer(config)

@@ -31,6 +31,7 @@ class WorkerPool:
         self._idle = asyncio.Event()
         self._idle.set()
         self._intake: asyncio.Task[None] | None = None
+        self._shrinking: asyncio.Task[None] | None = None
         self.last_activity = asyncio.get_event_loop().time()
 
     @property
@@ -135,7 +136,7 @@ class WorkerPool:
             for _ in range(delta):
                 self._slots.release()
         elif delta < 0:
-            asyncio.create_task(self._shrink(-delta))
+            self._shrinking = asyncio.create_task(self._shrink(-delta))
 
     async def _shrink(self, count: int) -> None:
         for _ in range(count):

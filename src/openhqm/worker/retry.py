@@ -14,7 +14,7 @@ class RetryDecision:
 
 def backoff_s(attempt: int, base_delay_s: float, max_delay_s: float) -> float:
     """Exponential backoff with jitter: up to base * 2**(attempt-1), capped, never below half of it."""
-    ceiling = min(max_delay_s, base_delay_s * (2 ** max(0, attempt - 1)))
+    ceiling = min(max_delay_s, base_delay_s * 2.0 ** max(0, attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

@@ -4,19 +4,30 @@ from __future__ import annotations
 
 from openhqm.app import OpenHQM
 from openhqm.backends.base import Backend
+from openhqm.forward import Forwarder
 from openhqm.results.base import ResultStore
 from openhqm.worker.pool import WorkerPool
 from openhqm.worker.processor import Processor
 from openhqm.worker.targets import HandlerTarget, Target
 
 
-def build_target(app: OpenHQM) -> Target:
-    return HandlerTarget(app.handlers, app.settings.worker.default_handler)
+def build_target(app: OpenHQM, forwarder: Forwarder | None = None) -> Target:
+    handlers = HandlerTarget(app.handlers, app.settings.worker.default_handler)
+    if forwarder is None:
+        return handlers
+    from openhqm.worker.forwarding import ForwardTarget
+
+    return ForwardTarget(forwarder, handlers)
 
 
-def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, target: Target | None = None) -> WorkerPool:
+def build_forwarder(app: OpenHQM) -> Forwarder | None:
+    """One Forwarder per process (its pools, breakers and limits are shared by every job)."""
+    return Forwarder(app.settings.proxy) if app.settings.proxy.enabled else None
+
+
+def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, forwarder: Forwarder | None = None) -> WorkerPool:
     settings = app.settings
-    processor = Processor(app, backend, store, target or build_target(app), settings.queue.request_queue)
+    processor = Processor(app, backend, store, build_target(app, forwarder), settings.queue.request_queue)
     lease_s = getattr(backend, "lease_s", None)
     return WorkerPool(processor, concurrency=settings.worker.concurrency, prefetch=settings.worker.prefetch,
                       lease_s=lease_s if isinstance(lease_s, int | float) else None)

@@ -11,7 +11,7 @@ from openhqm.app import OpenHQM
 from openhqm.backends import create_backend
 from openhqm.logging import get_logger
 from openhqm.results import create_store
-from openhqm.worker.runner import build_pool
+from openhqm.worker.runner import build_forwarder, build_pool
 
 log = get_logger("openhqm.worker")
 
@@ -33,24 +33,31 @@ async def run_worker(app: OpenHQM) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
 
+    forwarder = build_forwarder(app)
     await backend.connect()
     await store.connect()
-    pool = build_pool(app, backend, store)
-    health = None
+    if forwarder is not None:
+        await forwarder.start()
+    store.add_listener(app.dispatch)
+    pool = build_pool(app, backend, store, forwarder)
+    health = health_task = None
     if settings.worker.health_port:
-        from openhqm.worker.health import serve_health
+        from openhqm.worker.health import health_server
 
-        health = asyncio.create_task(serve_health(settings, backend, store, pool))
+        health = health_server(settings, backend, store, pool)
+        health_task = asyncio.create_task(health.serve())
     pool.start()
     log.info("worker ready", queue=backend.display_url, concurrency=pool.concurrency)
     try:
         await stop.wait()
     finally:
         await pool.stop(settings.worker.shutdown_timeout_s)
-        if health is not None:
-            health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await health
+        if health is not None and health_task is not None:
+            health.should_exit = True
+            with contextlib.suppress(Exception):
+                await health_task
+        if forwarder is not None:
+            await forwarder.close()
         await store.close()
         await backend.close()
         log.info("worker stopped")

@@ -95,28 +95,47 @@ preStop:
 {{- default "sqlite" $queue.type -}}
 {{- end -}}
 
-{{/* config.yaml: the user's `config` with the keys the chart owns written over it. */}}
+{{/* config.yaml: the user's `config`, as given. */}}
 {{- define "openhqm.config" -}}
-{{- $worker := dict "shutdown_timeout_s" .Values.shutdownTimeoutSeconds "health_port" (int .Values.worker.healthPort) -}}
-{{- if not (kindIs "invalid" .Values.worker.concurrency) -}}
-{{- $_ := set $worker "concurrency" (int .Values.worker.concurrency) -}}
-{{- end -}}
-{{- $owned := dict
-      "data_dir" "/var/lib/openhqm"
-      "server" (dict "host" "0.0.0.0" "port" (int .Values.listener.port))
-      "worker" $worker -}}
-{{- mustMergeOverwrite (deepCopy (default dict .Values.config)) $owned | toYaml -}}
+{{- with .Values.config }}{{ toYaml . }}{{ else }}{}{{ end -}}
 {{- end -}}
 
-{{/* sidecar.yaml: config.yaml plus the proxy settings that point the worker at the app in its pod. */}}
-{{- define "openhqm.sidecarConfig" -}}
-{{- $base := include "openhqm.config" . | fromYaml -}}
-{{- $proxy := dict
-      "enabled" true
-      "default_endpoint" (printf "http://127.0.0.1:%d" (int .Values.sidecar.appPort))
-      "sidecar" (dict "enabled" true) -}}
-{{- $owned := dict "proxy" $proxy "worker" (dict "health_port" (int .Values.sidecar.healthPort)) -}}
-{{- mustMergeOverwrite $base $owned | toYaml -}}
+{{/*
+Settings the chart owns, as environment variables: OpenHQM reads flags over the environment over the
+config file, so these win over `config` and over the image's ENV, and the probes, ports and grace
+period always agree with the process. Takes (dict "root" $ "component" "listener|server|worker|sidecar").
+*/}}
+{{- define "openhqm.ownedEnv" -}}
+{{- $v := .root.Values -}}
+{{- $env := dict
+      "OPENHQM_SERVER__HOST" "0.0.0.0"
+      "OPENHQM_DATA_DIR" "/var/lib/openhqm"
+      "OPENHQM_WORKER__SHUTDOWN_TIMEOUT_S" (toString (int $v.shutdownTimeoutSeconds)) -}}
+{{- if has .component (list "listener" "server") -}}
+{{- $_ := set $env "OPENHQM_SERVER__PORT" (toString (int $v.listener.port)) -}}
+{{- end -}}
+{{- if eq .component "worker" -}}
+{{- $_ := set $env "OPENHQM_WORKER__HEALTH_PORT" (toString (int $v.worker.healthPort)) -}}
+{{- end -}}
+{{- if and (has .component (list "worker" "server")) (not (kindIs "invalid" $v.worker.concurrency)) -}}
+{{- $_ := set $env "OPENHQM_WORKER__CONCURRENCY" (toString (int $v.worker.concurrency)) -}}
+{{- end -}}
+{{- if eq .component "sidecar" -}}
+{{- $_ := set $env "OPENHQM_WORKER__HEALTH_PORT" (toString (int $v.sidecar.healthPort)) -}}
+{{- $_ := set $env "OPENHQM_PROXY__ENABLED" "true" -}}
+{{- $_ := set $env "OPENHQM_PROXY__DEFAULT_ENDPOINT" (printf "http://127.0.0.1:%d" (int $v.sidecar.appPort)) -}}
+{{- $_ := set $env "OPENHQM_PROXY__SIDECAR__ENABLED" "true" -}}
+{{- end -}}
+{{- toYaml $env -}}
+{{- end -}}
+
+{{/* Every variable name the chart owns in any component, for the conflict check. */}}
+{{- define "openhqm.ownedEnvNames" -}}
+{{- $names := list "OPENHQM_CONFIG" -}}
+{{- range $component := list "listener" "server" "worker" "sidecar" -}}
+{{- $names = concat $names (keys (include "openhqm.ownedEnv" (dict "root" $.root "component" $component) | fromYaml)) -}}
+{{- end -}}
+{{- $names | uniq | sortAlpha | toJson -}}
 {{- end -}}
 
 {{/* Pod pieces --------------------------------------------------------------------------------- */}}
@@ -137,7 +156,11 @@ prometheus.io/path: /metrics
 
 {{- define "openhqm.env" -}}
 - name: OPENHQM_CONFIG
-  value: /etc/openhqm/{{ .configKey }}
+  value: /etc/openhqm/config.yaml
+{{- range $name, $value := include "openhqm.ownedEnv" . | fromYaml }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
 {{- $secretName := include "openhqm.secretName" .root }}
 {{- range .root.Values.secretEnv }}
 - name: {{ .name }}
@@ -236,6 +259,12 @@ imagePullSecrets:
 {{- end -}}
 {{- if lt (int .Values.shutdownTimeoutSeconds) 0 -}}
 {{- fail "shutdownTimeoutSeconds must be >= 0" -}}
+{{- end -}}
+{{- $owned := include "openhqm.ownedEnvNames" (dict "root" .) | fromJsonArray -}}
+{{- range $env := concat .Values.secretEnv .Values.extraEnv .Values.listener.extraEnv .Values.worker.extraEnv .Values.sidecar.extraEnv -}}
+{{- if has $env.name $owned -}}
+{{- fail (printf "%s is set by the chart (from shutdownTimeoutSeconds, listener.port, worker.healthPort, worker.concurrency or sidecar.*): change that value instead of adding the variable" $env.name) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.sidecar.enabled .Values.sidecar.holdAppDuringDrain (dig "lifecycle" "preStop" "" .Values.sidecar.app.spec) -}}
 {{- fail "sidecar.app.spec.lifecycle.preStop is set and sidecar.holdAppDuringDrain would replace it: set holdAppDuringDrain=false and make your hook outlast preStopSleepSeconds + shutdownTimeoutSeconds" -}}

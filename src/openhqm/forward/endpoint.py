@@ -1,0 +1,229 @@
+"""One configured endpoint: builds the outbound request and makes the call under its breaker and limits.
+
+Order of a call: circuit breaker (fail fast) -> concurrency slot -> rate token -> auth header -> send
+-> follow redirects if allowed -> read the body up to max_response_bytes. httpx errors become
+ForwardErrors here and only here; every message is scrubbed of the endpoint's secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
+
+import httpx
+
+from openhqm.errors import OpenHQMError, RequestRejected
+from openhqm.forward.auth import Authenticator, build_auth, scrub
+from openhqm.forward.breaker import CircuitBreaker, Outcome
+from openhqm.forward.client import build_client, display_url
+from openhqm.forward.errors import ForwardError, ResponseTooLarge, UpstreamTimeout, UpstreamUnavailable
+from openhqm.forward.headers import ClientInfo, HeaderPolicy, Headers, merge, response_headers
+from openhqm.forward.limits import EndpointLimits
+from openhqm.forward.models import ForwardRequest, ForwardResponse
+from openhqm.forward.retry import RetryPolicy, parse_retry_after
+from openhqm.forward.settings import DEFAULT_RETRY_STATUSES, EndpointSettings, check_header_name
+
+MAX_REDIRECTS = 5
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+class Endpoint:
+    def __init__(self, name: str, settings: EndpointSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self._base = httpx.URL(settings.url)
+        self._policy = HeaderPolicy(settings.forward_headers, settings.strip_headers, settings.headers)
+        self.breaker = CircuitBreaker(name, settings.circuit)
+        self._limits = EndpointLimits(settings.max_concurrency, settings.rate_limit_per_s, settings.burst)
+        retry = settings.retry
+        self.retry_statuses = frozenset(retry.on_status if retry else DEFAULT_RETRY_STATUSES)
+        self.retry_policy = (
+            None
+            if retry is None
+            else RetryPolicy(
+                retry.max_attempts,
+                retry.base_delay_s,
+                retry.max_delay_s,
+                retry.max_age_s,
+                self.retry_statuses,
+            )
+        )
+        self._client: httpx.AsyncClient | None = None
+        self._auth: Authenticator | None = None
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = build_client(self.settings, f"proxy.endpoints.{self.name}")
+            self._auth = build_auth(self.settings.auth, endpoint=self.name, timeouts=self.settings.timeouts)
+
+    async def aclose(self) -> None:
+        client, auth, self._client, self._auth = self._client, self._auth, None, None
+        if auth is not None:
+            await auth.aclose()
+        if client is not None:
+            await client.aclose()
+
+    async def send(self, req: ForwardRequest) -> ForwardResponse:
+        method = _method(req.method or self.settings.method)
+        url = self._url(req.path, req.query)
+        client = ClientInfo(req.client_addr, req.client_proto, req.client_host)
+        headers = self._policy.request_headers(
+            req.headers,
+            client=client,
+            content_type=req.content_type,
+            traceparent=req.traceparent,
+            correlation_id=req.correlation_id,
+        )
+        trial = self.breaker.acquire()
+        outcome: Outcome = "neutral"
+        try:
+            async with self._limits.slot():
+                response = await self._exchange(method, url, headers, req.body)
+            outcome = "failure" if response.status_code >= 500 else "success"
+        except (UpstreamTimeout, UpstreamUnavailable):
+            outcome = "failure"
+            raise
+        except ResponseTooLarge:
+            outcome = "success"  # the backend is alive; it answered too much
+            raise
+        finally:
+            self.breaker.release(trial, outcome)
+        if response.status_code in self.retry_statuses:
+            raise ForwardError(
+                self._message(url, f"answered HTTP {response.status_code}"),
+                retryable=True,
+                retry_after_s=parse_retry_after(response.header("retry-after")),
+                status_code=response.status_code,
+                endpoint=self.name,
+                response=response,
+            )
+        return response
+
+    def _url(self, path: str | None, query: str | None) -> httpx.URL:
+        base_path, _, base_query = self._base.raw_path.decode("ascii").partition("?")
+        if path:
+            path = quote(path if path.startswith("/") else "/" + path, safe=_PATH_SAFE)
+            if any(seg.lower().replace("%2e", ".") in (".", "..") for seg in path.split("/")):
+                raise RequestRejected(f"path {path!r} has '.' or '..' segments; they are not forwarded")
+            base_path = base_path.rstrip("/") + path
+        queries = [q for q in (base_query, quote(query or "", safe=_QUERY_SAFE)) if q]
+        raw = base_path + ("?" + "&".join(queries) if queries else "")
+        return self._base.copy_with(raw_path=raw.encode("ascii"))
+
+    async def _exchange(self, method: str, url: httpx.URL, headers: Headers, body: bytes) -> ForwardResponse:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.timeouts.total):
+                status, raw_headers, data = await self._round_trip(method, url, headers, body)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                self._message(url, f"no complete answer within {self.settings.timeouts.total} s"),
+                endpoint=self.name,
+            ) from exc
+        return ForwardResponse(status, tuple(response_headers(raw_headers)), data, time.monotonic() - started)
+
+    async def _round_trip(
+        self, method: str, url: httpx.URL, headers: Headers, body: bytes
+    ) -> tuple[int, Headers, bytes]:
+        if self._client is None:
+            raise OpenHQMError(f"endpoint {self.name!r}: Forwarder.start() was not called")
+        hops, refreshed = 0, False
+        while True:
+            credential = await self._credential(url)
+            outgoing = merge(headers, [credential] if credential else [])
+            request = self._client.build_request(method, url, headers=outgoing, content=body or None)
+            with self._mapped(url):
+                response = await self._client.send(request, stream=True)
+            try:
+                if response.is_redirect and self.settings.follow_redirects:
+                    hops += 1
+                    if hops > MAX_REDIRECTS:
+                        raise ForwardError(self._message(url, f"more than {MAX_REDIRECTS} redirects"))
+                    method, url, body, headers = self._redirect(response, method, body, headers)
+                    continue
+                if response.status_code == 401 and credential and not refreshed and self._auth:
+                    refreshed = self._auth.invalidate(credential[1])
+                    if refreshed:
+                        continue  # a cached OAuth2 token was revoked early: one retry with a new one
+                with self._mapped(url):
+                    data = await self._read(response, url)
+                return response.status_code, list(response.headers.multi_items()), data
+            finally:
+                await response.aclose()
+
+    async def _credential(self, url: httpx.URL) -> tuple[str, str] | None:
+        """The auth header, sent only to the endpoint's own origin (never across a redirect)."""
+        same_origin = (url.scheme, url.host, url.port) == (
+            self._base.scheme,
+            self._base.host,
+            self._base.port,
+        )
+        return await self._auth.header() if self._auth is not None and same_origin else None
+
+    def _redirect(
+        self, response: httpx.Response, method: str, body: bytes, headers: Headers
+    ) -> tuple[str, httpx.URL, bytes, Headers]:
+        try:
+            target = response.url.join(response.headers["location"])
+        except httpx.InvalidURL as exc:
+            raise ForwardError(self._message(response.url, f"sent an invalid redirect: {exc}")) from exc
+        if target.scheme not in ("http", "https"):
+            raise ForwardError(self._message(response.url, f"redirected to a {target.scheme!r} URL"))
+        status = response.status_code
+        # The method changes that httpx and browsers apply (RFC 9110 15.4).
+        if (status in (302, 303) and method != "HEAD") or (status == 301 and method == "POST"):
+            method, body = "GET", b""
+            headers = [(n, v) for n, v in headers if n.lower() != "content-type"]
+        return method, target, body, headers
+
+    async def _read(self, response: httpx.Response, url: httpx.URL) -> bytes:
+        limit = self.settings.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and "content-encoding" not in response.headers and int(declared) > limit:
+            raise self._too_large(url, limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(url, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, url: httpx.URL, limit: int) -> ResponseTooLarge:
+        return ResponseTooLarge(
+            self._message(url, f"response is larger than max_response_bytes ({limit})"), endpoint=self.name
+        )
+
+    @contextmanager
+    def _mapped(self, url: httpx.URL) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(
+                self._message(url, f"timed out ({type(exc).__name__})"), endpoint=self.name
+            ) from exc
+        except httpx.TransportError as exc:
+            text = f"unreachable ({type(exc).__name__}: {exc})"
+            raise UpstreamUnavailable(self._message(url, text), endpoint=self.name) from exc
+        except httpx.HTTPError as exc:
+            text = f"sent an unreadable answer ({type(exc).__name__}: {exc})"
+            raise ForwardError(self._message(url, text), endpoint=self.name) from exc
+
+    def _message(self, url: httpx.URL, text: str) -> str:
+        secrets = self._auth.secrets() if self._auth is not None else []
+        return scrub(f"endpoint {self.name!r} ({display_url(url)}) {text}", secrets)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.name!r}, {display_url(self._base)})"
+
+
+def _method(method: str) -> str:
+    try:
+        return check_header_name(method).upper()
+    except ValueError:
+        raise RequestRejected(f"method {method[:20]!r} is not a valid HTTP method") from None

@@ -1,0 +1,227 @@
+"""Client access control: an API key or a JWT becomes an `Identity` (client id + scopes).
+
+A pure ASGI middleware authenticates every path except OPEN_PATHS, before the body is read, so a new
+route is protected without anyone remembering to. Every failure answers the same 401 text; the reason
+(unknown key, bad signature, expired, wrong audience) goes to the log only. Routes check scopes with
+`Depends(require_scope("admin"))`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from openhqm.config import ApiKeySettings, AuthSettings, JWTSettings
+from openhqm.errors import ConfigError, RequestRejected
+from openhqm.logging import get_logger
+
+log = get_logger("openhqm.auth")
+
+ScopeName = Literal["submit", "read", "admin"]
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
+                        "/openapi.json"})
+UNAUTHORIZED_DETAIL = "missing or invalid credentials"
+LEEWAY_S = 30.0  # clock skew tolerated for exp/nbf between the token issuer and this host
+MIN_HMAC_KEY_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
+
+
+@dataclass(frozen=True)
+class Identity:
+    client_id: str
+    scopes: frozenset[str]
+
+
+class APIKeys:
+    """Keys are stored as SHA-256 digests; each presented key is compared with all of them in
+    constant time. Several keys may share a name (rotation): they are one client."""
+
+    def __init__(self, keys: list[ApiKeySettings]) -> None:
+        self._keys = [(bytes.fromhex(k.key_sha256), Identity(k.name, frozenset(k.scopes))) for k in keys]
+
+    def verify(self, key: str) -> Identity | None:
+        # Starlette decodes header values as latin-1: encoding back gives the bytes the client sent.
+        digest = hashlib.sha256(key.encode("latin-1")).digest()
+        found = None
+        for expected, identity in self._keys:
+            if hmac.compare_digest(digest, expected):
+                found = identity
+        return found
+
+
+def parse_scopes(claims: dict[str, Any]) -> frozenset[str]:
+    """`scope` (space-separated, RFC 8693) and `scopes` (a list) both count; other shapes grant nothing."""
+    scopes: set[str] = set()
+    if isinstance(claims.get("scope"), str):
+        scopes.update(claims["scope"].split())
+    if isinstance(claims.get("scopes"), list):
+        scopes.update(s for s in claims["scopes"] if isinstance(s, str))
+    return frozenset(scopes)
+
+
+class JWKSFile:
+    """A JSON Web Key Set on disk, re-read when the file changes (a rotated, mounted secret)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime_ns = -1
+        try:
+            self._refresh()
+        except (OSError, ValueError, jwt.PyJWTError) as exc:
+            raise ConfigError(f"auth.jwt.jwks_file {str(path)!r}: {exc}") from exc
+
+    def _refresh(self) -> None:
+        mtime_ns = os.stat(self.path).st_mtime_ns
+        if mtime_ns != self._mtime_ns:
+            self._keys = jwt.PyJWKSet.from_dict(json.loads(self.path.read_text()))
+            self._mtime_ns = mtime_ns
+
+    def key(self, kid: str | None) -> jwt.PyJWK:
+        try:
+            self._refresh()
+        except (OSError, ValueError, jwt.PyJWTError) as exc:  # half-written file: keep the last good set
+            log.warning("jwks file unreadable; using the previous keys", path=str(self.path), error=str(exc))
+        if kid is None:
+            if len(self._keys.keys) == 1:
+                return self._keys.keys[0]
+            raise jwt.InvalidKeyError("token has no kid and the key set holds several keys")
+        try:
+            return self._keys[kid]
+        except KeyError:
+            raise jwt.InvalidKeyError(f"no key with kid {kid!r}") from None
+
+
+def _static_key(settings: JWTSettings, secret: str) -> Any:
+    """Parse the configured key once, at startup, so a bad key is a ConfigError and not 401s."""
+    try:
+        key = jwt.get_algorithm_by_name(settings.algorithm).prepare_key(secret)
+    except (jwt.PyJWTError, ValueError) as exc:
+        raise ConfigError(f"auth.jwt.key is not a valid {settings.algorithm} key: {exc}") from None
+    if settings.algorithm == "HS256" and len(key) < MIN_HMAC_KEY_BYTES:
+        raise ConfigError(f"auth.jwt.key: an HS256 secret needs at least {MIN_HMAC_KEY_BYTES} bytes")
+    if settings.algorithm == "RS256" and not isinstance(key, RSAPublicKey):
+        raise ConfigError("auth.jwt.key: RS256 needs the PEM *public* key of the token issuer")
+    return key
+
+
+class JWTVerifier:
+    def __init__(self, settings: JWTSettings) -> None:
+        if (settings.key is None) == (settings.jwks_file is None):
+            raise ConfigError("auth.jwt: set exactly one of key (HS256 secret or RS256 PEM public key) "
+                              "and jwks_file")
+        self.settings = settings
+        self._key: Any = _static_key(settings, settings.key.get_secret_value()) if settings.key else None
+        self._jwks = JWKSFile(settings.jwks_file) if settings.jwks_file else None
+
+    def verify(self, token: str) -> Identity:
+        """Raises jwt.PyJWTError for any invalid token; `sub` and `exp` are required."""
+        key = self._jwks.key(jwt.get_unverified_header(token).get("kid")) if self._jwks else self._key
+        claims = jwt.decode(token, key, algorithms=[self.settings.algorithm], audience=self.settings.audience,
+                            issuer=self.settings.issuer, leeway=LEEWAY_S, options={"require": ["exp", "sub"]})
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise jwt.InvalidTokenError("sub is not a non-empty string")
+        return Identity(subject, parse_scopes(claims))
+
+
+class Authenticator:
+    def __init__(self, settings: AuthSettings) -> None:
+        self.keys = APIKeys(settings.api_keys)
+        self.jwt = JWTVerifier(settings.jwt) if settings.jwt else None
+
+    def authenticate(self, headers: Headers) -> Identity | None:
+        credential = bearer_token(headers) or headers.get("x-api-key")
+        if not credential:
+            return None
+        identity = self.keys.verify(credential)
+        if identity is None and self.jwt is not None:
+            try:
+                identity = self.jwt.verify(credential)
+            except jwt.PyJWTError as exc:
+                log.info("authentication failed", reason=f"{type(exc).__name__}: {exc}")
+                return None
+        if identity is None:
+            log.info("authentication failed", reason="unknown API key")
+        return identity
+
+
+def bearer_token(headers: Headers) -> str | None:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+def build_authenticator(settings: AuthSettings) -> Authenticator | None:
+    """None when access control is off; raises ConfigError for bad keys (call it at startup)."""
+    return Authenticator(settings) if settings.enabled else None
+
+
+class AuthMiddleware:
+    """Sets `request.state.identity` (None when access control is off) or answers 401."""
+
+    def __init__(self, app: ASGIApp, auth: Authenticator | None) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        identity = None
+        if self.auth is not None and _route_path(scope) not in OPEN_PATHS:
+            identity = self.auth.authenticate(Headers(scope=scope))
+            if identity is None:
+                response = JSONResponse({"detail": UNAUTHORIZED_DETAIL}, status_code=401,
+                                        headers={"WWW-Authenticate": 'Bearer realm="openhqm"'})
+                await response(scope, receive, send)
+                return
+        state = scope.setdefault("state", {})
+        state["identity"] = identity
+        state["client_id"] = identity.client_id if identity else None  # what the sidecar route reads
+        await self.app(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def current_identity(request: Request) -> Identity | None:
+    try:
+        identity: Identity | None = request.state.identity
+    except AttributeError:
+        # Fail closed: without the middleware nobody was authenticated, so nothing may pass.
+        raise RuntimeError("AuthMiddleware is not installed on this app") from None
+    return identity
+
+
+# Declared only so /docs shows the two ways to authenticate; the middleware does the checking.
+_Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+_APIKey = Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))]
+
+
+def require_scope(scope: ScopeName) -> Callable[..., None]:
+    """A route dependency: 403 naming `scope` when the client's credential does not grant it."""
+
+    def check(request: Request, _bearer: _Bearer, _api_key: _APIKey) -> None:
+        identity = current_identity(request)
+        if identity is not None and scope not in identity.scopes:
+            raise RequestRejected(f"client {identity.client_id!r} lacks the scope {scope!r} this operation "
+                                  "needs", status=403)
+
+    return check

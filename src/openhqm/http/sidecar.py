@@ -1,0 +1,63 @@
+"""Transparent sidecar mode: any request under `proxy.sidecar.prefix` is queued as it came (method,
+path, query, headers, raw body) and replayed against the backend; the client gets the backend's
+own status, headers and body, or 202 + Location when it takes longer than `proxy.sidecar.wait_s`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from openhqm.bridge import Bridge, Submission
+from openhqm.constants import Status
+from openhqm.http.prefer import parse_prefer
+from openhqm.http.routes import accepted
+from openhqm.views import result_json
+
+BRIDGE_PATHS = ("/api/v1/", "/health", "/ready", "/metrics", "/docs", "/openapi.json", "/redoc")
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# Credentials meant for the bridge itself never travel to the backend.
+_BRIDGE_CREDENTIALS = frozenset({"x-api-key"})
+
+
+def sidecar_router(prefix: str) -> APIRouter:
+    router = APIRouter()
+    base = prefix.rstrip("/")
+
+    @router.api_route(base + "/{path:path}", methods=METHODS, include_in_schema=False)
+    async def relay(request: Request) -> Response:
+        if is_bridge_path(request.url.path):
+            return JSONResponse({"detail": f"no bridge route {request.url.path}"}, status_code=404)
+        bridge: Bridge = request.app.state.bridge
+        settings = bridge.settings.proxy.sidecar
+        path = request.url.path[len(base):] or "/"
+        headers: dict[str, str] = {}
+        for name, value in request.headers.items():
+            if name not in _BRIDGE_CREDENTIALS:
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        endpoint, _ = bridge.router.choose(None, None, headers=headers, method=request.method, path=path)
+        client = request.client
+        submission = Submission(
+            body=await request.body(), content_type=request.headers.get("content-type"), headers=headers,
+            endpoint=endpoint, method=request.method, path=path, query=request.url.query or None,
+            session_id=request.headers.get("x-session-id"), traceparent=request.headers.get("traceparent"),
+            client_id=getattr(request.state, "client_id", None),
+            metadata={"client_addr": client.host if client else None, "client_proto": request.url.scheme,
+                      "client_host": request.headers.get("host")})
+        record = await bridge.submit(submission)
+        preferences = parse_prefer(request.headers.getlist("prefer"))
+        if settings.respond_async or preferences.respond_async:
+            return accepted(request, record, bridge)
+        done = await bridge.wait(record.correlation_id, preferences.wait_s or settings.wait_s, submission.client_id)
+        if not done.terminal:
+            return accepted(request, done, bridge)
+        if done.status == Status.COMPLETED:
+            return bridge.raw_response(done)
+        # The backend never answered (timeouts, refused connections, open circuit to the end).
+        return JSONResponse(result_json(done), status_code=502)
+
+    return router
+
+
+def is_bridge_path(path: str) -> bool:
+    return path.startswith(BRIDGE_PATHS)

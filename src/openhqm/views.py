@@ -1,0 +1,27 @@
+"""The JSON shapes of a request that leave the bridge (API answers, callbacks, SSE)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openhqm.results.base import RequestRecord
+from openhqm.timefmt import rfc3339
+
+
+def result_json(record: RequestRecord) -> dict[str, Any]:
+    """The committed result shape, the same inline, from /response and in callbacks."""
+    return {
+        "correlation_id": record.correlation_id, "status": record.status, "result": record.result,
+        "error": record.error, "submitted_at": rfc3339(record.submitted_at),
+        "completed_at": rfc3339(record.completed_at), "processing_time_ms": record.processing_time_ms,
+        "attempts": record.attempts,
+    }
+
+
+def status_json(record: RequestRecord) -> dict[str, Any]:
+    return {
+        "correlation_id": record.correlation_id, "status": record.status,
+        "submitted_at": rfc3339(record.submitted_at), "updated_at": rfc3339(record.updated_at),
+        "completed_at": rfc3339(record.completed_at), "attempts": record.attempts, "error": record.error,
+        "session_id": record.session_id, "callback_error": record.callback_error,
+    }

@@ -1,0 +1,77 @@
+"""The proxy-mode target: a job becomes an HTTP call to a configured endpoint.
+
+A backend's answer, any status, is the result (a 4xx is a COMPLETED request carrying it). Failures
+become TargetFailed with the endpoint's retry policy; an open circuit defers the message without
+counting a try, so a broken backend is neither hammered nor failed for being down.
+"""
+
+from __future__ import annotations
+
+import time
+
+from openhqm import metrics
+from openhqm.config import RetrySettings
+from openhqm.errors import TargetDeferred, TargetFailed
+from openhqm.forward import CircuitOpen, Forwarder, ForwardError, ForwardRequest, result_json
+from openhqm.worker.handlers import Job
+from openhqm.worker.targets import HandlerTarget, Outcome
+
+_CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class ForwardTarget:
+    accepts_raw = True  # queue -> HTTP: other systems' raw messages go to the default endpoint
+
+    def __init__(self, forwarder: Forwarder, handlers: HandlerTarget) -> None:
+        self.forwarder = forwarder
+        self.handlers = handlers
+
+    def _endpoint(self, job: Job) -> str | None:
+        envelope = job.envelope
+        if envelope.raw:
+            return self.forwarder.resolve(None, method="POST", path="/", headers={}, payload_json=None)
+        return envelope.endpoint
+
+    async def run(self, job: Job) -> Outcome:
+        endpoint = self._endpoint(job)
+        if endpoint is None:
+            return await self.handlers.run(job)
+        envelope = job.envelope
+        request = ForwardRequest(
+            endpoint=endpoint, method=envelope.method, path=envelope.path, query=envelope.query,
+            headers=envelope.headers, body=envelope.body, content_type=envelope.content_type,
+            traceparent=envelope.traceparent, correlation_id=envelope.correlation_id,
+            client_addr=envelope.metadata.get("client_addr"), client_proto=envelope.metadata.get("client_proto"),
+            client_host=envelope.metadata.get("client_host"))
+        started = time.perf_counter()
+        try:
+            response = await self.forwarder.forward(request)
+        except CircuitOpen as exc:
+            self._observe(endpoint, None, started)
+            raise TargetDeferred(f"circuit of endpoint {endpoint!r} is open", delay_s=exc.retry_after_s or 1.0) \
+                from exc
+        except ForwardError as exc:
+            self._observe(endpoint, exc.status_code, started)
+            policy = self.forwarder.retry_policy(endpoint)
+            raise TargetFailed(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s,
+                               max_age_s=policy.max_age_s if policy else None) from exc
+        self._observe(endpoint, response.status_code, started)
+        return Outcome(result_json(response), raw_response=response.body)
+
+    def _observe(self, endpoint: str, status: int | None, started: float) -> None:
+        metrics.UPSTREAM_REQUESTS.labels(endpoint, metrics.status_class(status)).inc()
+        metrics.UPSTREAM_DURATION.labels(endpoint).observe(time.perf_counter() - started)
+        metrics.CIRCUIT_STATE.labels(endpoint).set(_CIRCUIT_VALUES.get(self.forwarder.circuit_state(endpoint), 0))
+
+    def retry_policy(self, job: Job) -> RetrySettings | None:
+        endpoint = self._endpoint(job)
+        if endpoint is None:
+            return self.handlers.retry_policy(job)
+        policy = self.forwarder.retry_policy(endpoint)
+        if policy is None:
+            return None
+        return RetrySettings(max_attempts=policy.max_attempts, base_delay_s=policy.base_delay_s,
+                             max_delay_s=policy.max_delay_s)
+
+    def timeout_s(self, job: Job) -> float | None:
+        return None if self._endpoint(job) is not None else self.handlers.timeout_s(job)

@@ -1,0 +1,126 @@
+"""Client access control on a real `openhqm serve` process: API keys, a JWT issuer, scopes, isolation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from tests.e2e.conftest import SAMPLE_ENV
+from tests.processes import OpenHQMProcess
+
+JWT_SECRET = "test-secret-that-is-at-least-32-bytes"
+KEYS = {"a": "key-for-a", "b": "key-for-b", "admin": "key-for-admin"}
+SCOPES = {"a": ["submit", "read"], "b": ["submit", "read"], "admin": ["submit", "read", "admin"]}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenHQMProcess]:
+    data_dir: Path = tmp_path_factory.mktemp("auth")
+    api_keys = [{"name": name, "key_sha256": hashlib.sha256(key.encode()).hexdigest(), "scopes": SCOPES[name]}
+                for name, key in KEYS.items()]
+    env = {**SAMPLE_ENV, "OPENHQM_TEST_RUN_LOG": str(data_dir / "runs.log"),
+           "OPENHQM_AUTH__API_KEYS": json.dumps(api_keys),
+           "OPENHQM_AUTH__JWT__KEY": JWT_SECRET, "OPENHQM_AUTH__JWT__AUDIENCE": "openhqm",
+           "OPENHQM_AUTH__JWT__ISSUER": "https://idp.test"}
+    process = OpenHQMProcess("serve", data_dir, env).start()
+    yield process
+    process.stop()
+
+
+def as_client(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[name]}"}
+
+
+def jwt_headers(**claims: Any) -> dict[str, str]:
+    payload = {"sub": "svc-jwt", "aud": "openhqm", "iss": "https://idp.test", "exp": int(time.time()) + 300,
+               "scope": "submit read", **claims}
+    return {"Authorization": f"Bearer {jwt.encode(payload, JWT_SECRET, algorithm='HS256')}"}
+
+
+def submit(server: OpenHQMProcess, headers: dict[str, str], metadata: dict[str, Any] | None = None,
+           wait_s: float | None = None) -> httpx.Response:
+    prefer = {"Prefer": f"wait={wait_s}"} if wait_s else {}
+    return httpx.post(f"{server.url}/api/v1/submit", json={"payload": {"n": 1}, "metadata": metadata or {}},
+                      headers={**headers, **prefer}, timeout=30)
+
+
+def test_missing_and_wrong_credentials_get_the_same_401(server: OpenHQMProcess) -> None:
+    url = f"{server.url}/api/v1/submit"
+    answers = [
+        httpx.post(url, json={"payload": 1}),
+        httpx.post(url, json={"payload": 1}, headers={"Authorization": "Bearer not-a-key"}),
+        httpx.post(url, json={"payload": 1}, headers={"X-API-Key": "not-a-key"}),
+        httpx.post(url, json={"payload": 1}, headers=jwt_headers(exp=int(time.time()) - 3600)),
+        httpx.post(url, json={"payload": 1}, headers=jwt_headers(aud="another-service")),
+        httpx.post(url, json={"payload": 1}, headers={"Authorization": "Bearer " + jwt.encode(
+            {"sub": "x", "exp": int(time.time()) + 60}, "wrong-secret-wrong-secret-wrong-secret")}),
+    ]
+    for response in answers:
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.content == answers[0].content
+    assert "credentials" in answers[0].json()["detail"]
+
+
+def test_credentials_are_checked_before_the_body_is_read(server: OpenHQMProcess) -> None:
+    response = httpx.post(f"{server.url}/api/v1/submit", content=b"x" * 10_000,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 401
+
+
+def test_health_ready_metrics_and_docs_stay_open(server: OpenHQMProcess) -> None:
+    for path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json"):
+        assert httpx.get(server.url + path).status_code == 200, path
+
+
+def test_another_clients_request_answers_404_and_is_left_alone(server: OpenHQMProcess) -> None:
+    response = submit(server, as_client("a"), {"handler": "record", "delay_s": 60})
+    assert response.status_code == 202
+    cid = response.json()["correlation_id"]
+    for method, path in (("GET", f"/api/v1/status/{cid}"), ("GET", f"/api/v1/response/{cid}"),
+                         ("GET", f"/api/v1/response/{cid}?wait=0.1"), ("DELETE", f"/api/v1/requests/{cid}"),
+                         ("GET", f"/api/v1/requests/{cid}/events")):
+        foreign = httpx.request(method, server.url + path, headers=as_client("b"))
+        assert foreign.status_code == 404, path
+        assert cid in foreign.json()["detail"]
+    own = httpx.get(f"{server.url}/api/v1/status/{cid}", headers=as_client("a"))
+    assert own.status_code == 200 and own.json()["status"] == "SCHEDULED"  # b's DELETE changed nothing
+    cancelled = httpx.delete(f"{server.url}/api/v1/requests/{cid}", headers={"X-API-Key": KEYS["a"]})
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
+
+
+def test_client_reads_its_own_result(server: OpenHQMProcess) -> None:
+    cid = submit(server, as_client("a"), wait_s=10).json()["correlation_id"]
+    result = httpx.get(f"{server.url}/api/v1/response/{cid}", headers=as_client("a"))
+    assert result.status_code == 200 and result.json()["result"] == {"n": 1}
+
+
+def test_admin_routes_need_the_admin_scope(server: OpenHQMProcess) -> None:
+    for path in ("/api/v1/dlq", "/api/v1/stats"):
+        refused = httpx.get(server.url + path, headers=as_client("a"))
+        assert refused.status_code == 403, path
+        assert "'admin'" in refused.json()["detail"]
+        assert httpx.get(server.url + path, headers=as_client("admin")).status_code == 200, path
+    assert httpx.delete(f"{server.url}/api/v1/dlq", headers=as_client("b")).status_code == 403
+
+
+def test_jwt_client_submits_and_reads_end_to_end(server: OpenHQMProcess) -> None:
+    response = submit(server, jwt_headers(), wait_s=10)
+    assert response.status_code == 200 and response.json()["status"] == "COMPLETED"
+    cid = response.json()["correlation_id"]
+    assert httpx.get(f"{server.url}/api/v1/status/{cid}", headers=jwt_headers()).status_code == 200
+    assert httpx.get(f"{server.url}/api/v1/status/{cid}", headers=as_client("a")).status_code == 404
+
+
+def test_jwt_without_the_submit_scope_gets_403_naming_it(server: OpenHQMProcess) -> None:
+    response = submit(server, jwt_headers(scope="read"))
+    assert response.status_code == 403
+    assert "'submit'" in response.json()["detail"]
