@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +39,33 @@ def flaky(job: Job) -> Any:
 @app.handler("give_up")
 async def give_up(job: Job) -> Any:
     raise DeadLetter("input can never succeed")
+
+
+@app.handler("trace")
+async def trace(job: Job) -> Any:
+    """Logs start and end times with the payload, for ordering, priority and scheduling tests."""
+    started = time.time()
+    payload = job.payload if isinstance(job.payload, dict) else {}
+    await asyncio.sleep(float(payload.get("sleep_s", 0)))
+    line = {"cid": job.correlation_id, "session": job.session_id, "payload": payload, "start": started,
+            "end": time.time(), "attempt": job.attempt}
+    with Path(os.environ["OPENHQM_TEST_RUN_LOG"]).open("a") as f:
+        f.write(json.dumps(line) + "\n")
+    return payload
+
+
+@app.handler("fail_once")
+async def fail_once(job: Job) -> Any:
+    if job.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return {"attempt": job.attempt}
+
+
+HOOK_LOG = os.environ.get("OPENHQM_TEST_HOOK_LOG")
+
+
+@app.on("completed")
+def remember_completed(record: Any) -> None:
+    if HOOK_LOG:
+        with Path(HOOK_LOG).open("a") as f:
+            f.write(f"completed {record.correlation_id}\n")

@@ -13,6 +13,8 @@ import httpx
 import jwt
 import pytest
 
+from openhqm import Client
+from openhqm.client import Forbidden, RequestNotFound, Unauthorized
 from tests.e2e.conftest import SAMPLE_ENV
 from tests.processes import OpenHQMProcess
 
@@ -124,3 +126,17 @@ def test_jwt_without_the_submit_scope_gets_403_naming_it(server: OpenHQMProcess)
     response = submit(server, jwt_headers(scope="read"))
     assert response.status_code == 403
     assert "'submit'" in response.json()["detail"]
+
+
+def test_python_client_sends_its_key_or_token_as_bearer(server: OpenHQMProcess) -> None:
+    with Client(server.url, api_key=KEYS["a"]) as a, Client(server.url, api_key=KEYS["b"]) as b:
+        done = a.submit({"n": 3}, wait_s=10)
+        assert a.result(done.correlation_id).result == {"n": 3}
+        with pytest.raises(RequestNotFound):
+            b.status(done.correlation_id)
+    token = jwt_headers(scope="read")["Authorization"].removeprefix("Bearer ")
+    with Client(server.url, api_key=token) as reader, pytest.raises(Forbidden, match="'submit'"):
+        reader.submit(1)
+    with Client(server.url, api_key="wrong") as stranger, pytest.raises(Unauthorized) as caught:
+        stranger.status(done.correlation_id)
+    assert caught.value.status_code == 401

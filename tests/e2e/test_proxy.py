@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openhqm.config import Settings
 from openhqm.backends import create_backend
+from openhqm.config import Settings
 from openhqm.forward import verify
 from tests.integration.http_servers import serve
 from tests.processes import OpenHQMProcess

@@ -1,0 +1,350 @@
+"""Redis Streams behaviour beyond the contract, against the machine's Redis on 127.0.0.1.
+
+The shared Redis is never flushed, paused or restarted here: every test uses its own queue name
+(its own keys), kills only its own backend's connections (found by client name), and simulates an
+outage with a TCP proxy of its own in front of Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import redis.asyncio as aioredis
+
+from openhqm.backends.redis_streams import GROUP, RedisStreamsBackend, _Keys
+from openhqm.config import Settings
+from openhqm.constants import dead_letter_queue
+from openhqm.errors import BackendUnavailable
+from tests.contract.receiver import Receiver
+from tests.services import free_port, require_service
+
+MakeBackend = Callable[..., Awaitable[RedisStreamsBackend]]
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require_service("redis")
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"it-redis-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def raw(redis_url: str, queue: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client for looking at and tampering with this test's keys; deletes them afterwards."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.delete(*_Keys.of(queue).all, *_Keys.of(dead_letter_queue(queue)).all)
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_backend(redis_url: str) -> AsyncIterator[MakeBackend]:
+    opened: list[RedisStreamsBackend] = []
+
+    async def factory(url: str | None = None, **options: Any) -> RedisStreamsBackend:
+        settings = Settings(queue={"type": "redis", "redis": {"url": url or redis_url, **options}})
+        backend = RedisStreamsBackend(settings)
+        await backend.connect()
+        opened.append(backend)
+        return backend
+
+    yield factory
+    for backend in reversed(opened):
+        await backend.close()
+
+
+async def _kill_connections_of(raw: aioredis.Redis, backend: RedisStreamsBackend) -> int:
+    clients = await raw.client_list()
+    ids = [c["id"] for c in clients if c.get("name") == f"openhqm-{backend.consumer}"]
+    for client_id in ids:
+        await raw.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+class _Proxy:
+    """A TCP proxy in front of Redis that the test can take away and bring back (an outage)."""
+
+    def __init__(self, port: int, target_port: int) -> None:
+        self.port, self.target_port = port, target_port
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        for writer in list(self.writers):
+            writer.close()
+        self.writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers.update({writer, up_writer})
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+
+async def test_consume_resumes_after_its_connections_are_killed(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    backend = await make_backend()
+    async with Receiver(backend, queue) as receiver:
+        await backend.publish(queue, b"before")
+        await (await receiver.next()).ack()
+        await asyncio.sleep(0.2)  # let the reader go back into its blocking XREADGROUP
+        assert await _kill_connections_of(raw, backend) >= 1
+        await backend.publish(queue, b"after")
+        delivery = await receiver.next(timeout_s=10)
+        assert delivery.body == b"after"
+        await delivery.ack()
+
+
+async def test_consume_backs_off_and_resumes_when_redis_is_unreachable_for_a_while(
+    make_backend: MakeBackend, raw: aioredis.Redis, redis_url: str, queue: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = _Proxy(free_port(), urlparse(redis_url).port or 6379)
+    await proxy.start()
+    try:
+        backend = await make_backend(f"redis://127.0.0.1:{proxy.port}/0")
+        async with Receiver(backend, queue) as receiver:
+            assert await receiver.nothing_within(0.3)
+            await proxy.stop()
+            with caplog.at_level(logging.WARNING, logger="openhqm.backends.redis_streams"):
+                await asyncio.sleep(2.0)  # redis-py's own retries give up; consume() backs off
+                health = await backend.health()
+                assert not health.ok
+            assert any("retrying in" in r.getMessage() for r in caplog.records)
+            await raw.xadd(_Keys.of(queue).stream(5), {"body": b"written while down", "id": "w1"})
+            await proxy.start()
+            delivery = await receiver.next(timeout_s=15)
+            assert delivery.body == b"written while down"
+            await delivery.ack()
+            assert (await backend.health()).ok
+    finally:
+        await proxy.stop()
+
+
+async def test_an_unsettled_message_survives_its_consumer_group_being_destroyed(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    backend = await make_backend()
+    keys = _Keys.of(queue)
+    async with Receiver(backend, queue) as receiver:
+        await backend.publish(queue, b"in flight")
+        first = await receiver.next()
+        for stream in keys.streams:
+            await raw.xgroup_destroy(stream, GROUP)
+        await backend.publish(queue, b"published after")
+        got = sorted([(await receiver.next(timeout_s=10)).body for _ in range(2)])
+        assert got == [b"in flight", b"published after"]
+        await first.ack()  # settling a delivery from before the loss raises nothing
+
+
+async def test_consume_carries_on_after_the_queue_keys_are_deleted_as_by_flush(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    backend = await make_backend()
+    async with Receiver(backend, queue) as receiver:
+        assert await receiver.nothing_within(0.3)
+        assert await raw.delete(*_Keys.of(queue).streams) == 15
+        await backend.publish(queue, b"after the flush")
+        delivery = await receiver.next(timeout_s=10)
+        assert delivery.body == b"after the flush"
+        await delivery.ack()
+
+
+async def test_publish_refuses_when_the_queue_is_full_instead_of_trimming(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    backend = await make_backend(maxlen=3)
+    for i in range(2):
+        await backend.publish(queue, b"%d" % i)
+    await backend.publish(queue, b"2", delay_s=60)  # delayed messages count too
+    with pytest.raises(BackendUnavailable, match=r"queue\.redis\.maxlen"):
+        await backend.publish(queue, b"3")
+    assert await backend.depth(queue) == 3
+
+
+async def test_depth_counts_ready_and_delayed_messages_but_not_those_in_flight(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    backend = await make_backend()
+    await backend.publish(queue, b"ready-1")
+    await backend.publish(queue, b"ready-2", priority=9)
+    await backend.publish(queue, b"later", delay_s=60)
+    assert await backend.depth(queue) == 3
+    iterator = backend.consume(queue)  # a Receiver would read ahead
+    delivery = await anext(iterator)
+    assert delivery.body == b"ready-2"
+    assert await backend.depth(queue) == 2
+    await delivery.ack()
+    await iterator.aclose()
+    assert await backend.purge(queue) == 2
+    assert await backend.depth(queue) == 0
+
+
+async def test_a_late_settle_after_the_lease_ran_out_changes_nothing(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    slow, other = await make_backend(lease_s=1.0), await make_backend(lease_s=1.0)
+    await slow.publish(queue, b"contested")
+    slow_iterator = slow.consume(queue)  # not read further, so it cannot reclaim the entry itself
+    stale = await anext(slow_iterator)
+    async with Receiver(other, queue) as other_receiver:
+        fresh = await other_receiver.next(timeout_s=10)  # claimed once the lease ran out
+        assert fresh.message_id == stale.message_id and fresh.attempt == 2
+        await stale.dead_letter("too late")
+        assert (await raw.xpending(_Keys.of(queue).stream(5), GROUP))["pending"] == 1
+        assert await raw.xlen(_Keys.of(dead_letter_queue(queue)).stream(5)) == 0
+        await fresh.nack()
+        again = await other_receiver.next()
+        assert again.attempt == 3
+        await again.ack()
+    await slow_iterator.aclose()
+
+
+async def test_extending_the_lease_keeps_the_message_from_other_consumers(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    holder, other = await make_backend(lease_s=2.0), await make_backend(lease_s=2.0)
+    await holder.publish(queue, b"long job")
+    holder_iterator = holder.consume(queue)
+    delivery = await anext(holder_iterator)
+    async with Receiver(other, queue) as other_receiver:
+
+        async def keep_extending() -> None:
+            for _ in range(8):
+                await asyncio.sleep(0.5)
+                await delivery.extend_lease(2.0)
+
+        extending = asyncio.ensure_future(keep_extending())
+        assert await other_receiver.nothing_within(4.0)  # twice the lease
+        await extending
+        await delivery.ack()
+        assert await other_receiver.nothing_within(1.5)
+    await holder_iterator.aclose()
+
+
+async def test_entries_read_but_not_yielded_return_at_once_when_consume_stops(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    first, second = await make_backend(lease_s=60.0), await make_backend(lease_s=60.0)
+    for i in range(5):
+        await first.publish(queue, b"%d" % i)
+    iterator = first.consume(queue, prefetch=5)
+    taken = await anext(iterator)
+    await iterator.aclose()  # four entries were read in the same batch but never yielded
+    async with Receiver(second, queue) as receiver:
+        rest = [await receiver.next(timeout_s=10) for _ in range(4)]
+    assert sorted(d.body for d in [taken, *rest]) == [b"0", b"1", b"2", b"3", b"4"]
+    assert all(d.attempt == 1 for d in rest)
+
+
+async def test_dead_letter_keeps_the_body_and_records_the_reason(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    backend = await make_backend()
+    await backend.publish(queue, b"poison", message_id="m-42", key="session-7")
+    async with Receiver(backend, queue) as receiver:
+        await (await receiver.next()).dead_letter("handler raised ValueError")
+    [(_, fields)] = await raw.xrange(_Keys.of(dead_letter_queue(queue)).stream(5))
+    assert fields[b"reason"] == b"handler raised ValueError"
+    assert fields[b"body"] == b"poison" and fields[b"id"] == b"m-42"
+    async with Receiver(backend, dead_letter_queue(queue)) as dead:
+        delivery = await dead.next()
+        assert (delivery.body, delivery.message_id, delivery.key, delivery.attempt) == (
+            b"poison", "m-42", "session-7", 1)
+        await delivery.ack()
+
+
+async def test_an_earlier_delayed_message_wakes_a_mover_waiting_for_a_later_one(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    backend = await make_backend()
+    await backend.publish(queue, b"in a minute", delay_s=60)
+    async with Receiver(backend, queue) as receiver:
+        assert await receiver.nothing_within(0.5)  # the mover now waits its longest (5 s)
+        await backend.publish(queue, b"soon", delay_s=0.3)
+        delivery = await receiver.next(timeout_s=3.0)  # well before the mover's own wake-up
+        assert delivery.body == b"soon"
+        await delivery.ack()
+
+
+async def test_close_ends_a_consume_blocked_in_redis(make_backend: MakeBackend, queue: str) -> None:
+    backend = await make_backend()
+    iterator = backend.consume(queue)
+    waiting = asyncio.ensure_future(anext(iterator))
+    await asyncio.sleep(0.3)
+    await backend.close()
+    with pytest.raises(StopAsyncIteration):
+        async with asyncio.timeout(2):
+            await waiting
+
+
+async def test_a_closed_backend_leaves_the_group_when_it_holds_nothing(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str
+) -> None:
+    backend = await make_backend()
+    await backend.publish(queue, b"x")
+    stream = _Keys.of(queue).stream(5)
+
+    async def consumer_names() -> set[str]:
+        consumers = await raw.xinfo_consumers(stream, GROUP)
+        return {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in consumers}
+
+    async with Receiver(backend, queue) as receiver:
+        await (await receiver.next()).ack()
+    assert backend.consumer in await consumer_names()
+    await backend.close()
+    assert backend.consumer not in await consumer_names()
+
+
+async def test_each_backend_has_its_own_consumer_name(make_backend: MakeBackend) -> None:
+    first, second = await make_backend(), await make_backend()
+    assert first.consumer != second.consumer
+
+
+def test_display_url_masks_the_password() -> None:
+    settings = Settings(queue={"type": "redis", "redis": {"url": "redis://:s3cret@127.0.0.1:6379/0"}})
+    assert "s3cret" not in RedisStreamsBackend(settings).display_url
+
+
+async def test_consumers_of_crashed_processes_are_forgotten_once_they_hold_nothing(
+    make_backend: MakeBackend, raw: aioredis.Redis, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openhqm.backends import redis_streams
+
+    monkeypatch.setattr(redis_streams, "_STALE_CONSUMER_MS", 50)  # instead of an hour
+    monkeypatch.setattr(redis_streams, "_STALE_CHECK_S", 0.0)
+    stream = _Keys.of(queue).stream(5)
+    await raw.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await raw.xadd(stream, {"body": b"held by a crashed process", "id": "m-1"})
+    await raw.xreadgroup(GROUP, "crashed-holding", {stream: ">"}, count=1)
+    await raw.xreadgroup(GROUP, "crashed-empty", {stream: ">"}, count=1)
+    await asyncio.sleep(0.1)
+    backend = await make_backend(lease_s=60.0)
+    async with Receiver(backend, queue) as receiver:
+        assert await receiver.nothing_within(0.5)  # the first reclaim pass has run
+    names = {c["name"] for c in await raw.xinfo_consumers(stream, GROUP)}
+    assert b"crashed-empty" not in names and b"crashed-holding" in names
