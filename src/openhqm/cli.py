@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from openhqm.app import OpenHQM
 from openhqm.config import Settings, load_settings, redacted
 from openhqm.errors import ConfigError, MissingDependency
 from openhqm.logging import configure_logging
+from openhqm.tracing import configure_tracing
 
 cli = typer.Typer(help="OpenHQM: a durable bridge between HTTP and message queues.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -104,6 +106,7 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
     from openhqm.http.app import create_app
 
     configure_logging(settings.logging)
+    configure_tracing(settings.tracing, "openhqm")
     check_data_dir(settings)
     check_port(settings.server.host, settings.server.port)
     app = load_app(settings)
@@ -151,6 +154,7 @@ def worker(config: ConfigOpt = None,
 
     settings = settings_from(config, **{"worker.concurrency": concurrency})
     configure_logging(settings.logging)
+    configure_tracing(settings.tracing, "openhqm-worker")
     check_data_dir(settings)
     if settings.worker.health_port:
         check_port(settings.server.host, settings.worker.health_port)
@@ -237,6 +241,32 @@ def dlq_purge(url: UrlOpt = DEFAULT_URL, yes: Annotated[bool, typer.Option("--ye
     if not yes:
         typer.confirm("Delete every dead letter?", abort=True)
     _print(_call("DELETE", url, "/api/v1/dlq"))
+
+
+@cli.command()
+def stats(url: UrlOpt = DEFAULT_URL) -> None:
+    """Counts per state, queue depth, recent throughput and latency (needs the admin scope)."""
+    _print(_call("GET", url, "/api/v1/stats"))
+
+
+@cli.command()
+def cleanup(config: ConfigOpt = None,
+            older_than: Annotated[float, typer.Option("--older-than", help="seconds since completion")] = 0.0
+            ) -> None:
+    """Delete finished requests completed more than --older-than seconds ago (default results.ttl_s)."""
+    from openhqm.results import create_store
+
+    settings = settings_from(config)
+
+    async def run() -> int:
+        store = create_store(settings)
+        await store.connect()
+        try:
+            return await store.cleanup(time.time() - (older_than or settings.results.ttl_s))
+        finally:
+            await store.close()
+
+    typer.echo(f"removed {asyncio.run(run())} finished request(s)")
 
 
 @config_cli.command("check")

@@ -177,6 +177,9 @@ class WorkerSettings(Section):
     max_timeout_s: float = Field(3600.0, gt=0)
     retry: RetrySettings = RetrySettings()
     health_port: int | None = Field(None, ge=0, le=65535, description="worker /health, /ready, /metrics")
+    min_concurrency: int | None = Field(None, ge=1, description="autoscaling floor (with max_concurrency)")
+    max_concurrency: int | None = Field(None, ge=1, description="autoscaling ceiling (with min_concurrency)")
+    idle_exit_s: float | None = Field(None, gt=0, description="`openhqm worker` exits after this long idle")
     app: str | None = Field(None, description="module:attribute of an OpenHQM app whose handlers to load")
 
 
@@ -222,6 +225,11 @@ class AuthSettings(Section):
         return bool(self.api_keys) or self.jwt is not None
 
 
+class TracingSettings(Section):
+    enabled: bool = False
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP base URL; default from OTEL_EXPORTER_OTLP_*")
+
+
 class IdempotencySettings(Section):
     window_s: float = Field(86400.0, gt=0)
 
@@ -241,6 +249,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     logging: LoggingSettings = LoggingSettings()
     ordering: Literal["none", "session"] = "none"
+    tracing: TracingSettings = TracingSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     auth: AuthSettings = AuthSettings()
     proxy: ProxySettings = ProxySettings()

@@ -23,6 +23,7 @@ from openhqm.http.sidecar import sidecar_router
 from openhqm.logging import get_logger
 from openhqm.results import create_store
 from openhqm.routing import Routing
+from openhqm.tracing import shutdown_tracing
 from openhqm.worker.pool import WorkerPool
 from openhqm.worker.runner import build_forwarder, build_pool
 
@@ -74,6 +75,7 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
                 await forwarder.close()
             await store.close()
             await backend.close()
+            shutdown_tracing()  # flush the last spans
 
     api = FastAPI(title="OpenHQM", version="0.1.0", lifespan=lifespan,
                   description="HTTP to message-queue bridge: submit, poll, long-poll, Prefer: wait.")

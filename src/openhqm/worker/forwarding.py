@@ -13,9 +13,11 @@ from openhqm import metrics
 from openhqm.config import RetrySettings
 from openhqm.errors import TargetDeferred, TargetFailed
 from openhqm.forward import CircuitOpen, Forwarder, ForwardError, ForwardRequest, result_json
+from openhqm.logging import get_logger
 from openhqm.worker.handlers import Job
 from openhqm.worker.targets import HandlerTarget, Outcome
 
+log = get_logger("openhqm.forward")
 _CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -56,6 +58,8 @@ class ForwardTarget:
             raise TargetFailed(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s,
                                max_age_s=policy.max_age_s if policy else None) from exc
         self._observe(endpoint, response.status_code, started)
+        log.info("forwarded", endpoint=endpoint, status_code=response.status_code,
+                 elapsed_ms=round(response.elapsed_s * 1000, 3))
         return Outcome(result_json(response), raw_response=response.body)
 
     def _observe(self, endpoint: str, status: int | None, started: float) -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 from openhqm import metrics
 from openhqm.backends.base import Backend, Delivery
 from openhqm.logging import get_logger
 from openhqm.worker.processor import Processor
+
+if TYPE_CHECKING:
+    from openhqm.worker.autoscale import Autoscaler
 
 log = get_logger("openhqm.worker")
 
@@ -32,6 +36,8 @@ class WorkerPool:
         self._idle.set()
         self._intake: asyncio.Task[None] | None = None
         self._shrinking: asyncio.Task[None] | None = None
+        self.autoscaler: Autoscaler | None = None
+        self._autoscaling: asyncio.Task[None] | None = None
         self.last_activity = asyncio.get_event_loop().time()
 
     @property
@@ -41,6 +47,8 @@ class WorkerPool:
     def start(self) -> None:
         metrics.WORKER_CONCURRENCY.set(self.concurrency)
         self._intake = asyncio.create_task(self._take_messages(), name=f"openhqm-intake-{self.queue}")
+        if self.autoscaler is not None:
+            self._autoscaling = asyncio.create_task(self.autoscaler.run(), name="openhqm-autoscale")
 
     async def _take_messages(self) -> None:
         backoff_s = 0.1
@@ -111,6 +119,8 @@ class WorkerPool:
         return asyncio.create_task(extend())
 
     async def stop(self, timeout_s: float) -> None:
+        if self._autoscaling is not None:
+            self._autoscaling.cancel()
         if self._intake is not None:
             self._intake.cancel()  # 1. no new messages
             with contextlib.suppress(asyncio.CancelledError):

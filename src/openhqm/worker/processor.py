@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
 
 from openhqm import metrics
@@ -24,6 +25,7 @@ from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelop
 from openhqm.errors import DeadLetter, Retry
 from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterRecord, ResultStore
+from openhqm.tracing import job_span
 from openhqm.worker.handlers import Job
 from openhqm.worker.retry import decide
 from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed
@@ -82,16 +84,20 @@ class Processor:
             log.info("skipped: request is no longer runnable")
             await delivery.ack()
             return
-        job = Job(envelope, attempt)
         started = time.perf_counter()
         metrics.INFLIGHT.labels(self.queue).inc()
+        span = job_span("openhqm.process", envelope.traceparent, {
+            "messaging.message.id": envelope.id, "openhqm.correlation_id": envelope.correlation_id,
+            "openhqm.attempt": attempt, "openhqm.target": envelope.endpoint or envelope.handler or ""})
         try:
-            outcome = await self._run(job)
+            with span as traceparent:
+                job = Job(msgspec.structs.replace(envelope, traceparent=traceparent), attempt)
+                outcome = await self._run(job)
         except TargetDeferred as exc:
             await self._defer(delivery, envelope, attempt, exc.delay_s, str(exc))
             return
         except (DeadLetter, Retry, TargetFailed, TimeoutError, Exception) as exc:
-            failure = self._failure(exc, job)
+            failure = self._failure(exc, Job(envelope, attempt))
             await self._failed(delivery, envelope, attempt, failure)
             return
         finally:

@@ -6,6 +6,7 @@ from openhqm.app import OpenHQM
 from openhqm.backends.base import Backend
 from openhqm.forward import Forwarder
 from openhqm.results.base import ResultStore
+from openhqm.worker.autoscale import Autoscaler
 from openhqm.worker.pool import WorkerPool
 from openhqm.worker.processor import Processor
 from openhqm.worker.targets import HandlerTarget, Target
@@ -29,5 +30,11 @@ def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, forwarder: Fo
     settings = app.settings
     processor = Processor(app, backend, store, build_target(app, forwarder), settings.queue.request_queue)
     lease_s = getattr(backend, "lease_s", None)
-    return WorkerPool(processor, concurrency=settings.worker.concurrency, prefetch=settings.worker.prefetch,
+    worker = settings.worker
+    scaling = worker.min_concurrency is not None or worker.max_concurrency is not None
+    low = worker.min_concurrency or worker.concurrency
+    pool = WorkerPool(processor, concurrency=low if scaling else worker.concurrency, prefetch=worker.prefetch,
                       lease_s=lease_s if isinstance(lease_s, int | float) else None)
+    if scaling:
+        pool.autoscaler = Autoscaler(pool, low, worker.max_concurrency or max(low, worker.concurrency))
+    return pool

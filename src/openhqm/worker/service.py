@@ -11,9 +11,21 @@ from openhqm.app import OpenHQM
 from openhqm.backends import create_backend
 from openhqm.logging import get_logger
 from openhqm.results import create_store
+from openhqm.tracing import shutdown_tracing
+from openhqm.worker.pool import WorkerPool
 from openhqm.worker.runner import build_forwarder, build_pool
 
 log = get_logger("openhqm.worker")
+
+
+async def exit_when_idle(pool: WorkerPool, idle_exit_s: float, stop: asyncio.Event) -> None:
+    """Scale to zero: stop once nothing has been processed for `worker.idle_exit_s`."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        await asyncio.sleep(min(1.0, idle_exit_s / 4))
+        if pool.in_flight == 0 and loop.time() - pool.last_activity >= idle_exit_s:
+            log.info("idle: exiting", idle_exit_s=idle_exit_s)
+            stop.set()
 
 
 async def run_worker(app: OpenHQM) -> None:
@@ -48,9 +60,13 @@ async def run_worker(app: OpenHQM) -> None:
         health_task = asyncio.create_task(health.serve())
     pool.start()
     log.info("worker ready", queue=backend.display_url, concurrency=pool.concurrency)
+    idle = asyncio.create_task(exit_when_idle(pool, settings.worker.idle_exit_s, stop)) \
+        if settings.worker.idle_exit_s else None
     try:
         await stop.wait()
     finally:
+        if idle is not None:
+            idle.cancel()
         await pool.stop(settings.worker.shutdown_timeout_s)
         if health is not None and health_task is not None:
             health.should_exit = True
@@ -60,4 +76,5 @@ async def run_worker(app: OpenHQM) -> None:
             await forwarder.close()
         await store.close()
         await backend.close()
+        shutdown_tracing()
         log.info("worker stopped")

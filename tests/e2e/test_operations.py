@@ -1,0 +1,204 @@
+"""What operators rely on, through real processes: metrics with bounded labels, correlation ids in
+every part's logs, trace context reaching the backend, readiness following the broker, autoscaling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.e2e.conftest import SAMPLE_ENV
+from tests.integration.http_servers import serve
+from tests.processes import OpenHQMProcess
+from tests.services import require_service
+from tests.tcp_proxy import CuttableProxy
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, str]] = []
+        self.spans: list[bytes] = []
+
+    async def backend(self, request: Request) -> Response:
+        self.requests.append(dict(request.headers))
+        return JSONResponse({"ok": True})
+
+    async def collector(self, request: Request) -> Response:
+        self.spans.append(await request.body())
+        return Response(b"", media_type="application/x-protobuf")
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/traces", self.collector, methods=["POST"]),
+                                 Route("/{path:path}", self.backend, methods=["POST", "GET"])])
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[tuple[Recorder, str]]:
+    rec = Recorder()
+    with serve(rec.app()) as url:
+        yield rec, url
+
+
+def proxy_env(url: str, **extra: str) -> dict[str, str]:
+    return {**SAMPLE_ENV, "OPENHQM_PROXY__ENABLED": "true", "OPENHQM_PROXY__DEFAULT_ENDPOINT": "backend",
+            "OPENHQM_PROXY__ENDPOINTS": json.dumps({"backend": {"url": f"{url}/work"}}), **extra}
+
+
+def submit(server: OpenHQMProcess, headers: dict[str, str] | None = None, **metadata: Any) -> dict[str, Any]:
+    response = httpx.post(f"{server.url}/api/v1/submit", json={"payload": {"x": 1}, "metadata": metadata},
+                          headers={"Prefer": "wait=20", **(headers or {})}, timeout=30)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_metrics_have_bounded_labels_after_real_traffic(tmp_path: Path) -> None:
+    server = OpenHQMProcess("serve", tmp_path, SAMPLE_ENV).start()
+    try:
+        for _ in range(5):
+            cid = submit(server)["correlation_id"]
+            httpx.get(f"{server.url}/api/v1/status/{cid}")
+            httpx.get(f"{server.url}/api/v1/response/{cid}")
+        for i in range(20):
+            httpx.get(f"{server.url}/no/such/path/{i}")
+        submit(server, handler="give_up")
+        time.sleep(5.5)  # the depth and store gauges are sampled every 5 s
+        text = httpx.get(f"{server.url}/metrics").text
+    finally:
+        server.stop()
+    routes = set(re.findall(r'openhqm_http_requests_total\{[^}]*route="([^"]+)"', text))
+    assert routes <= {"/api/v1/submit", "/api/v1/status/{correlation_id}", "/api/v1/response/{correlation_id}",
+                      "/metrics", "/ready", "/health", "unmatched"}
+    assert "/api/v1/response/{correlation_id}" in routes and "unmatched" in routes
+    assert 'openhqm_messages_total{outcome="completed",queue="openhqm-requests"} 5.0' in text
+    assert 'openhqm_messages_total{outcome="dead_lettered",queue="openhqm-requests"} 1.0' in text
+    assert 'openhqm_queue_depth{queue="openhqm-requests"} 0.0' in text
+    assert 'openhqm_results{status="COMPLETED"} 5.0' in text
+    assert "openhqm_processing_duration_seconds_bucket" in text
+    assert "openhqm_inflight" in text and "openhqm_queue_oldest_age_seconds" in text
+
+
+def test_correlation_id_appears_in_listener_worker_and_forwarder_logs(
+    tmp_path: Path, recorder: tuple[Recorder, str]
+) -> None:
+    listener = OpenHQMProcess("listener", tmp_path, proxy_env(recorder[1])).start()
+    worker = OpenHQMProcess("worker", tmp_path, proxy_env(recorder[1])).start()
+    try:
+        body = submit(listener)
+        assert body["status"] == "COMPLETED"
+        time.sleep(0.3)  # let the last log lines reach the files
+    finally:
+        worker.stop()
+        listener.stop()
+    cid = body["correlation_id"]
+
+    def lines(process: OpenHQMProcess) -> list[dict[str, Any]]:
+        parsed = [json.loads(line) for line in process.log().splitlines() if line.startswith("{")]
+        return [p for p in parsed if p.get("correlation_id") == cid]
+
+    assert any(line["event"] == "request queued" and line["level"] == "info" for line in lines(listener))
+    worker_events = {line["event"] for line in lines(worker)}
+    assert {"job started", "forwarded", "job completed"} <= worker_events
+    assert all(line.get("endpoint") == "backend" for line in lines(worker))
+
+
+def test_traceparent_reaches_the_backend_unchanged_when_tracing_is_off(
+    tmp_path: Path, recorder: tuple[Recorder, str]
+) -> None:
+    server = OpenHQMProcess("serve", tmp_path, proxy_env(recorder[1])).start()
+    try:
+        assert submit(server, {"traceparent": TRACEPARENT})["status"] == "COMPLETED"
+    finally:
+        server.stop()
+    assert recorder[0].requests[-1]["traceparent"] == TRACEPARENT
+
+
+def test_worker_span_is_a_child_of_the_callers_trace_when_tracing_is_on(
+    tmp_path: Path, recorder: tuple[Recorder, str]
+) -> None:
+    rec, url = recorder
+    env = proxy_env(url, OPENHQM_TRACING__ENABLED="true", OPENHQM_TRACING__OTLP_ENDPOINT=url)
+    server = OpenHQMProcess("serve", tmp_path, env).start()
+    try:
+        assert submit(server, {"traceparent": TRACEPARENT})["status"] == "COMPLETED"
+    finally:
+        server.stop()  # flushes the span batch
+    sent = rec.requests[-1]["traceparent"].split("-")
+    assert sent[1] == TRACEPARENT.split("-")[1], "same trace"
+    assert sent[2] != TRACEPARENT.split("-")[2], "the worker's span is the backend's parent"
+    assert any(bytes.fromhex(sent[1]) in spans for spans in rec.spans), "the span was exported over OTLP"
+
+
+async def test_ready_goes_503_when_the_broker_goes_away_and_back_to_200(tmp_path: Path) -> None:
+    redis_url = require_service("redis")
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+    proxy = CuttableProxy(host, int(port))
+    await proxy.start()
+    env = {**SAMPLE_ENV, "OPENHQM_QUEUE__TYPE": "redis",
+           "OPENHQM_QUEUE__REDIS__URL": f"redis://127.0.0.1:{proxy.port}/0",
+           "OPENHQM_QUEUE__REQUEST_QUEUE": f"ops-{tmp_path.name}",
+           "OPENHQM_QUEUE__RESPONSE_QUEUE": f"ops-r-{tmp_path.name}"}
+    server = OpenHQMProcess("serve", tmp_path, env)
+    await asyncio.to_thread(server.start)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            assert (await client.get("/ready")).status_code == 200
+            await proxy.stop()
+            went_down = time.monotonic()
+            ready = await client.get("/ready")
+            assert ready.status_code == 503
+            assert time.monotonic() - went_down < 2.5
+            assert "queue" in ready.json()["status"]
+            await proxy.start()
+            for _ in range(100):
+                if (await client.get("/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)  # the client reconnects on its own schedule
+            assert (await client.get("/ready")).status_code == 200
+    finally:
+        await asyncio.to_thread(server.stop)
+        await proxy.stop()
+
+
+async def test_pool_grows_under_backlog_and_shrinks_after_it_drains(tmp_path: Path) -> None:
+    env = {**SAMPLE_ENV, "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log"),
+           "OPENHQM_WORKER__MIN_CONCURRENCY": "1", "OPENHQM_WORKER__MAX_CONCURRENCY": "8"}
+    server = OpenHQMProcess("serve", tmp_path, env)
+    await asyncio.to_thread(server.start)
+
+    async def concurrency(client: httpx.AsyncClient) -> float:
+        text = (await client.get("/metrics")).text
+        return float(re.search(r"^openhqm_worker_concurrency (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            assert await concurrency(client) == 1
+            for _ in range(60):
+                await client.post("/api/v1/submit", json={"payload": {"sleep_s": 0.25},
+                                                          "metadata": {"handler": "record"}})
+            peak = 1.0
+            for _ in range(100):
+                peak = max(peak, await concurrency(client))
+                if peak >= 4:
+                    break
+                await asyncio.sleep(0.2)  # sampling a metric another process updates
+            assert peak >= 4, "the pool grew under backlog"
+            for _ in range(300):
+                if await concurrency(client) == 1:
+                    break
+                await asyncio.sleep(0.2)
+            assert await concurrency(client) == 1, "the pool shrank back after the backlog drained"
+    finally:
+        await asyncio.to_thread(server.stop)
