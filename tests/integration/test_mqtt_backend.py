@@ -1,0 +1,271 @@
+"""MQTT behaviour beyond the contract, against the machine's Mosquitto on 127.0.0.1 (never stopped).
+
+A crash is a child process killed with SIGKILL; a network failure is a small TCP proxy whose
+connections the test cuts. Several tests record what Mosquitto 2.0.11 does with shared subscriptions,
+which docs/backends/mqtt.md relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from openhqm.backends import create_backend
+from openhqm.backends.mqtt import MQTTBackend
+from openhqm.config import Settings
+from openhqm.errors import BackendUnavailable
+from tests.contract.receiver import Receiver
+from tests.services import require_service
+
+Factory = Callable[..., Awaitable[MQTTBackend]]
+
+CHILD = """
+import asyncio, sys
+from openhqm.backends import create_backend
+from openhqm.config import Settings
+from openhqm.errors import BackendUnavailable
+
+async def main(url, client_id, queue):
+    backend = create_backend(Settings(queue={"type": "mqtt", "mqtt": {
+        "url": url, "client_id": client_id, "session_expiry_s": 300}}))
+    await backend.connect()
+    deliveries = backend.consume(queue, prefetch=4)
+    first = asyncio.ensure_future(anext(deliveries))
+    async with asyncio.timeout(10):
+        while True:  # publish is refused until this consumer's subscription is in place
+            try:
+                await backend.publish(queue, b"probe")
+                break
+            except BackendUnavailable:
+                await asyncio.sleep(0.05)
+    probe = await first
+    await probe.ack()
+    print("ready", flush=True)
+    async for delivery in deliveries:
+        print(delivery.body.decode(), flush=True)  # and never settle it: the parent kills us
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+class CuttableProxy:
+    """Forwards 127.0.0.1:<port> to the broker; `cut()` aborts every connection through it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.cut()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+def broker_url() -> str:
+    return require_service("mqtt")
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"it-mqtt-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def make_backend(broker_url: str) -> AsyncIterator[Factory]:
+    opened: list[MQTTBackend] = []
+
+    async def factory(client_id: str, url: str = broker_url, **options: Any) -> MQTTBackend:
+        settings = Settings(queue={"type": "mqtt", "mqtt": {
+            "url": url, "client_id": client_id, "session_expiry_s": 300, **options}})
+        backend = create_backend(settings)
+        assert isinstance(backend, MQTTBackend)
+        await backend.connect()
+        opened.append(backend)
+        return backend
+
+    yield factory
+    for backend in reversed(opened):
+        await backend.close()
+
+
+async def subscribed(backend: MQTTBackend) -> None:
+    """Wait until a consume() of `backend` holds its subscription (its SUBACK arrived)."""
+    async with asyncio.timeout(10):
+        # consume() signals nothing when its SUBACK arrives; the backend lists the consumer then.
+        while not backend.consumers:
+            await asyncio.sleep(0.01)
+
+
+async def test_publish_to_a_queue_nobody_subscribes_to_is_refused_not_lost(
+    make_backend: Factory, queue: str
+) -> None:
+    backend = await make_backend(f"it-{uuid.uuid4().hex[:6]}")
+    with pytest.raises(BackendUnavailable, match="nobody subscribes"):
+        await backend.publish(queue, b"nobody listens")
+    async with Receiver(backend, queue) as receiver:
+        await subscribed(backend)
+        await backend.publish(queue, b"now someone does")
+        delivery = await receiver.next()
+        assert delivery.body == b"now someone does"
+        await delivery.ack()
+
+
+async def test_message_from_a_plain_mqtt_client_arrives_as_a_first_attempt(
+    make_backend: Factory, queue: str, broker_url: str
+) -> None:
+    backend = await make_backend(f"it-{uuid.uuid4().hex[:6]}")
+    async with Receiver(backend, queue) as receiver:
+        await subscribed(backend)
+        url = urlparse(broker_url)
+        plain = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        plain.connect(url.hostname or "127.0.0.1", url.port or 1883)
+        plain.loop_start()
+        try:
+            plain.publish(backend.topic(queue), b"from elsewhere", qos=1).wait_for_publish(5)
+        finally:
+            plain.disconnect()
+            plain.loop_stop()
+        delivery = await receiver.next()
+        assert (delivery.body, delivery.attempt) == (b"from elsewhere", 1)
+        await delivery.ack()
+
+
+async def test_message_of_a_killed_member_waits_for_its_session_not_for_another_member(
+    make_backend: Factory, queue: str, broker_url: str
+) -> None:
+    crashing_id = f"it-crash-{uuid.uuid4().hex[:6]}"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, broker_url, crashing_id, queue, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(20):
+            assert (await child.stdout.readline()).strip() == b"ready"
+        other = await make_backend(f"it-other-{uuid.uuid4().hex[:6]}")
+        async with Receiver(other, queue) as receiver:
+            await subscribed(other)
+            # Mosquitto hands shared messages out in turn: one to the child, one to the other member.
+            await other.publish(queue, b"one")
+            await other.publish(queue, b"two")
+            got = await receiver.next()
+            await got.ack()
+            async with asyncio.timeout(10):
+                held = (await child.stdout.readline()).strip()
+            assert {held, got.body} == {b"one", b"two"}
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+            # The other member is online and idle, yet Mosquitto keeps the message in the dead session.
+            assert await receiver.nothing_within(3.0)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    revived = await make_backend(crashing_id)
+    async with Receiver(revived, queue) as again:
+        redelivered = await again.next()
+        assert redelivered.body == held
+        assert redelivered.attempt == 2  # re-sent with DUP, counted by a copy with attempt+1
+        await redelivered.ack()
+
+
+async def test_offline_member_of_the_share_group_still_gets_its_turn(
+    make_backend: Factory, queue: str
+) -> None:
+    online = await make_backend(f"it-on-{uuid.uuid4().hex[:6]}")
+    away_id = f"it-away-{uuid.uuid4().hex[:6]}"
+    away = await make_backend(away_id)
+    async with Receiver(away, queue):
+        await subscribed(away)
+    await away.close()  # its persistent session stays subscribed
+    async with Receiver(online, queue) as receiver:
+        await subscribed(online)
+        for i in range(4):
+            await online.publish(queue, b"m%d" % i)
+        for _ in range(2):
+            await (await receiver.next()).ack()
+        assert await receiver.nothing_within(2.0)  # the other two wait for the absent member
+    back = await make_backend(away_id)
+    async with Receiver(back, queue) as receiver:
+        bodies = set()
+        for _ in range(2):
+            delivery = await receiver.next()
+            bodies.add(delivery.body)
+            await delivery.ack()
+    assert len(bodies) == 2
+
+
+async def test_delivery_can_be_acked_after_a_reconnect_and_does_not_come_back(
+    make_backend: Factory, queue: str, broker_url: str
+) -> None:
+    url = urlparse(broker_url)
+    proxy = CuttableProxy(url.hostname or "127.0.0.1", url.port or 1883)
+    await proxy.start()
+    try:
+        backend = await make_backend(f"it-{uuid.uuid4().hex[:6]}", url=f"mqtt://127.0.0.1:{proxy.port}")
+        async with Receiver(backend, queue) as receiver:
+            await subscribed(backend)
+            await backend.publish(queue, b"across a cut")
+            delivery = await receiver.next()
+            proxy.cut()
+            # paho reconnects within its 1-10 s backoff; the session resumes and Mosquitto re-sends
+            # the unacked message (DUP), which the consumer recognises as the one it still holds.
+            async with asyncio.timeout(20):
+                while not (await backend.health()).ok:
+                    await asyncio.sleep(0.2)
+            await delivery.ack()
+            assert await receiver.nothing_within(2.0)
+    finally:
+        await proxy.stop()
+
+
+async def test_delay_survives_a_consumer_restart(make_backend: Factory, queue: str) -> None:
+    client_id = f"it-{uuid.uuid4().hex[:6]}"
+    first = await make_backend(client_id)
+    async with Receiver(first, queue):
+        await subscribed(first)
+        published_at = time.monotonic()
+        await first.publish(queue, b"later", delay_s=3.0)
+        await asyncio.sleep(0.5)  # the consumer now holds it unacked, waiting for its time
+    await first.close()
+    second = await make_backend(client_id)
+    async with Receiver(second, queue) as receiver:
+        delivery = await receiver.next()
+        assert time.monotonic() - published_at >= 2.95
+        assert (delivery.body, delivery.attempt) == (b"later", 1)
+        await delivery.ack()
