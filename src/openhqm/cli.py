@@ -165,7 +165,9 @@ def worker(config: ConfigOpt = None,
 
 
 def _client(url: str) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, read=None))
+    api_key = os.environ.get("OPENHQM_API_KEY")  # read from the environment only: never in shell history
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=url, timeout=httpx.Timeout(30.0, read=None), headers=headers)
 
 
 def _call(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:

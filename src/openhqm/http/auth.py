@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -215,10 +215,10 @@ _Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto
 _APIKey = Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))]
 
 
-def require_scope(scope: ScopeName) -> Callable[..., None]:
+def require_scope(scope: ScopeName) -> Callable[..., Awaitable[None]]:
     """A route dependency: 403 naming `scope` when the client's credential does not grant it."""
 
-    def check(request: Request, _bearer: _Bearer, _api_key: _APIKey) -> None:
+    async def check(request: Request, _bearer: _Bearer, _api_key: _APIKey) -> None:
         identity = current_identity(request)
         if identity is not None and scope not in identity.scopes:
             raise RequestRejected(f"client {identity.client_id!r} lacks the scope {scope!r} this operation "
