@@ -271,6 +271,14 @@ def cleanup(config: ConfigOpt = None,
     typer.echo(f"removed {asyncio.run(run())} finished request(s)")
 
 
+@cli.command()
+def backends() -> None:
+    """Print the queue backends and their capabilities (the table in docs/backends.md)."""
+    from openhqm.backends.registry import capability_table
+
+    typer.echo(capability_table())
+
+
 @config_cli.command("check")
 def config_check(config: ConfigOpt = None) -> None:
     """Validate the configuration and print it with secrets redacted."""

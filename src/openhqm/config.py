@@ -397,7 +397,10 @@ def redacted(settings: Settings) -> dict[str, Any]:
     def walk(value: Any) -> Any:
         if isinstance(value, SecretStr):
             secret = value.get_secret_value()
-            return mask_url(secret) if "://" in secret else SECRET_MASK
+            # A plain URL keeps its shape with the password masked; anything else (connection
+            # strings with SharedAccessKey=..., tokens) is masked whole.
+            is_url = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^;\s]*$", secret) is not None
+            return mask_url(secret) if is_url else SECRET_MASK
         if isinstance(value, BaseModel):
             return {k: walk(getattr(value, k)) for k in type(value).model_fields}
         if isinstance(value, dict):

@@ -76,3 +76,23 @@ def get_backend_class(type_name: str) -> type[Backend]:
 
 def create_backend(settings: Settings) -> Backend:
     return get_backend_class(settings.queue.type)(settings)
+
+
+def capability_table() -> str:
+    """The README/docs broker table, generated from each backend's Capabilities so it cannot drift."""
+    rows = ["| queue.type | priority | delay | ordering key | dead letters | lease extension | depth | durable "
+            "| shared between processes |", "|---|---|---|---|---|---|---|---|---|"]
+    for alias in BACKEND_ALIASES:
+        try:
+            caps = get_backend_class(alias).capabilities
+        except MissingDependency:
+            rows.append(f"| `{alias}` | install `openhqm[{BACKEND_EXTRAS[alias]}]` |||||||")
+            continue
+
+        def yes(flag: bool) -> str:
+            return "yes" if flag else "no"
+
+        rows.append(f"| `{alias}` | {caps.priority} | {caps.delay} | {caps.ordering_key} | {caps.dead_letter} "
+                    f"| {yes(caps.lease_extension)} | {yes(caps.depth)} | {yes(caps.durable)} "
+                    f"| {yes(caps.shared_between_processes)} |")
+    return "\n".join(rows)

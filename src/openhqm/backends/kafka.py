@@ -1,0 +1,283 @@
+"""Apache Kafka backend on aiokafka: a delivery's offset is committed only after it is settled.
+
+URL: `queue.type: kafka`, `queue.kafka.bootstrap_servers: "host1:9092,host2:9092"`.
+Options (`queue.kafka`): `security_protocol` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) with `sasl_mechanism`,
+`sasl_username`, `sasl_password`; `group_id` (queue Q is read by consumer group `<group_id>.Q`, so a consumer
+joining one queue does not rebalance the others); `session_timeout_s`, `heartbeat_interval_s`,
+`rebalance_grace_s`, `request_timeout_s`; `create_topics`, `topic_partitions`, `topic_replication_factor`
+(default min(3, brokers)); `max_buffered`.
+
+Topics of queue Q: `Q`; `Q.delay` (records with an `openhqm-not-before` header); the dead letters are the
+ordinary queue `Q.dlq` (with its own `Q.dlq.delay`).
+- Priority: none. A partition is an append-only log; reordering it would need one topic per priority.
+- Delay: emulated. A delayed publish or `nack(delay_s)` produces to `Q.delay`; the consumer holds the record
+  in memory until its not-before time while its offset stays uncommitted, so a crash re-reads it and the
+  delay (an absolute time) still holds. Any delay length works.
+- Ordering key: native. `key` is the Kafka message key, so a key's records share one partition; the consumer
+  hands out one record of a key at a time and holds later ones back until it is settled. A nacked record's
+  copy keeps the key's next turn (Q and Q.delay have equal partition counts and are co-assigned by the range
+  assignor, so the copy comes back to the same consumer).
+- Settling: `ack` commits; `nack` produces a copy with `openhqm-attempt` + 1 (to Q, or Q.delay with a delay),
+  then commits; `dead_letter` produces to Q.dlq with an `openhqm-reason` header, then commits. Settles
+  arrive out of order, so each partition commits its highest contiguous settled offset + 1.
+- Crash: nothing settled is lost. Whatever was not committed (unsettled, or settled behind an older open
+  offset) is read again by the partition's next owner: at-least-once. `attempt` counts nacks; a re-read
+  after a crash or rebalance repeats the attempt number.
+- Rebalance: before giving partitions up, a consumer waits up to `rebalance_grace_s` for its in-flight
+  deliveries, commits what is settled and drops what it buffered; a later settle of such a delivery is
+  a no-op and the new owner redelivers it.
+The consuming half (group member, offset tracker, key turns, delays) is `openhqm.backends.kafka_consumer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
+from aiokafka.helpers import create_ssl_context
+
+from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
+from openhqm.backends.kafka_consumer import (
+    HEADER_NOT_BEFORE,
+    GroupConsumer,
+    KafkaDelivery,
+    delay_topic,
+    driver_errors,
+    record_headers,
+)
+from openhqm.constants import DEFAULT_PRIORITY
+from openhqm.envelope import new_id
+from openhqm.errors import BackendUnavailable, ConfigError
+
+if TYPE_CHECKING:
+    from openhqm.config import KafkaSettings, Settings
+
+log = logging.getLogger(__name__)
+
+_TOPIC_ALREADY_EXISTS = 36
+_HEALTH_TIMEOUT_S = 2.0
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+class KafkaBackend(Backend):
+    name = "kafka"
+    capabilities = Capabilities(
+        priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NATIVE,
+        dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
+        max_message_bytes=1_000_000,
+    )
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.options = self._kafka_settings()
+        if self.options.security_protocol not in _SECURITY_PROTOCOLS:
+            raise ConfigError(f"queue.kafka.security_protocol is {self.options.security_protocol!r}; "
+                              f"expected one of {', '.join(_SECURITY_PROTOCOLS)}")
+        if self.options.heartbeat_interval_s >= self.options.session_timeout_s:
+            raise ConfigError(
+                f"queue.kafka.heartbeat_interval_s ({self.options.heartbeat_interval_s}) must be below "
+                f"queue.kafka.session_timeout_s ({self.options.session_timeout_s})")
+        self._producer: Any = None
+        self._admin: Any = None
+        self._offset_reader: Any = None
+        self._topics_ready: set[str] = set()
+        self._topics_lock = asyncio.Lock()
+        self._replication_factor: int | None = self.options.topic_replication_factor
+        self.consumers: set[GroupConsumer] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def _kafka_settings(self) -> KafkaSettings:
+        return self.settings.queue.kafka
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection arguments shared by every aiokafka client this backend makes."""
+        opts = self.options
+        options: dict[str, Any] = {
+            "bootstrap_servers": opts.bootstrap_servers,
+            "security_protocol": opts.security_protocol,
+            "request_timeout_ms": int(opts.request_timeout_s * 1000),
+        }
+        if opts.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = create_ssl_context()
+        if opts.security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = opts.sasl_mechanism or "PLAIN"
+            options["sasl_plain_username"] = opts.sasl_username
+            password = opts.sasl_password
+            options["sasl_plain_password"] = password.get_secret_value() if password is not None else None
+        return options
+
+    @property
+    def display_url(self) -> str:
+        return f"kafka://{self.options.bootstrap_servers}"
+
+    def group_id(self, queue: str) -> str:
+        return f"{self.options.group_id}.{queue}"
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def connect(self) -> None:
+        if self._producer is not None:
+            return
+        self.closed = False
+        options = self.client_options()
+        # No idempotent producer: tansu (the test broker) rejects InitProducerId, and openhqm is
+        # at-least-once anyway. acks="all": publish returns once every in-sync replica has the record.
+        producer = AIOKafkaProducer(acks="all", enable_idempotence=False, **options)
+        admin = AIOKafkaAdminClient(**options)
+        offset_reader = AIOKafkaConsumer(enable_auto_commit=False, **options)  # group-less, for depth()
+        try:
+            with driver_errors(f"connect to {self.options.bootstrap_servers}"):
+                await producer.start()
+                await admin.start()
+                await offset_reader.start()
+        except BaseException:
+            await self._stop_clients(producer, admin, offset_reader)
+            raise
+        self._producer, self._admin, self._offset_reader = producer, admin, offset_reader
+
+    async def close(self) -> None:
+        self.closed = True
+        # Consumers first: leaving their groups hands partitions over at once. Then the producer that
+        # nacks and dead letters used, then the admin clients.
+        for consumer in list(self.consumers):
+            await consumer.close()
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await task
+        clients = (self._producer, self._admin, self._offset_reader)
+        self._producer = self._admin = self._offset_reader = None
+        await self._stop_clients(*clients)
+
+    @staticmethod
+    async def _stop_clients(producer: Any, admin: Any, offset_reader: Any) -> None:
+        for stop in (producer and producer.stop, admin and admin.close, offset_reader and offset_reader.stop):
+            if stop:
+                with contextlib.suppress(Exception):
+                    await stop()
+
+    def _connected(self) -> tuple[Any, Any, Any]:
+        if self.closed or self._producer is None:
+            raise BackendUnavailable("kafka backend is not connected")
+        return self._producer, self._admin, self._offset_reader
+
+    # -- topics --
+
+    async def ensure_topics(self, queue: str) -> None:
+        """Create Q, then Q.delay with Q's partition count (a key's order across retries needs it)."""
+        if queue in self._topics_ready or not self.options.create_topics:
+            return
+        _, admin, _ = self._connected()
+        async with self._topics_lock:
+            if queue in self._topics_ready:
+                return
+            with driver_errors(f"create the topics of {queue!r}"):
+                await self._create_topic(admin, queue, self.options.topic_partitions)
+                partitions = len(await self._partitions([queue]))
+                await self._create_topic(admin, delay_topic(queue), partitions)
+                delay_partitions = len(await self._partitions([delay_topic(queue)]))
+            if delay_partitions != partitions:
+                log.warning("kafka: %s has %d partitions but %s has %d; a key's order across retries is lost",
+                            queue, partitions, delay_topic(queue), delay_partitions)
+            self._topics_ready.add(queue)
+
+    async def _create_topic(self, admin: Any, name: str, partitions: int) -> None:
+        if self._replication_factor is None:
+            brokers = (await admin.describe_cluster())["brokers"]
+            self._replication_factor = max(1, min(3, len(brokers)))
+        response = await admin.create_topics([NewTopic(name, partitions, self._replication_factor)])
+        for topic, code, *message in response.topic_errors:
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                hint = "; create it yourself and set queue.kafka.create_topics: false"
+                raise for_code(code)(f"topic {topic!r}: {message[0] if message else ''}{hint}")
+
+    async def _partitions(self, topics: list[str]) -> list[TopicPartition]:
+        _, admin, _ = self._connected()
+        described = await admin.describe_topics(topics)
+        return [TopicPartition(topic["topic"], partition["partition"])
+                for topic in described if topic["error_code"] == 0 for partition in topic["partitions"]]
+
+    # -- the contract --
+
+    async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
+                      delay_s: float | None = None, key: str | None = None,
+                      message_id: str | None = None) -> None:
+        # `priority` is dropped: a partition is a log (Capabilities.priority is NONE).
+        ours = {HEADER_NOT_BEFORE: repr(time.time() + delay_s)} if delay_s and delay_s > 0 else {}
+        topic = delay_topic(queue) if ours else queue
+        await self.produce(queue, topic, body, key=key.encode() if key is not None else None,
+                           headers=record_headers(None, message_id or new_id(), ours))
+
+    async def produce(self, queue: str, topic: str, body: bytes, *, key: bytes | None,
+                      headers: list[tuple[str, bytes]]) -> Any:
+        """Send one record to `topic` (Q or Q.delay) and wait for acks=all."""
+        producer, _, _ = self._connected()
+        await self.ensure_topics(queue)
+        with driver_errors(f"publish to {topic!r}"):
+            return await producer.send_and_wait(topic, body, key=key, headers=headers)
+
+    async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
+        self._connected()
+        consumer = GroupConsumer(self, queue, prefetch)
+        self.consumers.add(consumer)
+        try:
+            await consumer.start()
+            while (item := await consumer.next()) is not None:
+                yield KafkaDelivery(consumer, item)
+        finally:
+            await consumer.stop_intake()
+
+    async def _lag(self, queue: str) -> dict[TopicPartition, tuple[int, int]]:
+        """(position of the group, end offset) of every partition of Q and Q.delay."""
+        _, admin, offset_reader = self._connected()
+        with driver_errors(f"read the offsets of {queue!r}"):
+            tps = await self._partitions([queue, delay_topic(queue)])
+            if not tps:
+                return {}
+            ends = await offset_reader.end_offsets(tps)
+            starts = await offset_reader.beginning_offsets(tps)
+            committed = await admin.list_consumer_group_offsets(self.group_id(queue), partitions=tps)
+        positions = {tp: committed[tp].offset if tp in committed else -1 for tp in tps}
+        return {tp: (max(positions[tp], starts[tp]), ends[tp]) for tp in tps}
+
+    async def depth(self, queue: str) -> int:
+        """Records after the group's committed offsets in Q and Q.delay (includes those being processed)."""
+        return sum(max(0, end - position) for position, end in (await self._lag(queue)).values())
+
+    async def purge(self, queue: str) -> int:
+        """Commit the end of Q and Q.delay for the queue's group (needs the queue's consumers stopped)."""
+        lag = await self._lag(queue)
+        if not lag:
+            return 0
+        reset = AIOKafkaConsumer(group_id=self.group_id(queue), enable_auto_commit=False,
+                                 **self.client_options())
+        try:
+            with driver_errors(f"purge {queue!r} (stop its consumers first)"):
+                await reset.start()
+                reset.assign(list(lag))
+                await reset.commit({tp: end for tp, (_, end) in lag.items()})
+        finally:
+            await reset.stop()
+        return sum(max(0, end - position) for position, end in lag.values())
+
+    async def health(self) -> Health:
+        if self.closed or self._admin is None:
+            return Health(False, "kafka backend is not connected")
+        try:
+            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+                cluster = await self._admin.describe_cluster()
+        except Exception as exc:
+            return Health(False, f"kafka at {self.options.bootstrap_servers}: {exc!r}")
+        if not cluster.get("brokers"):
+            return Health(False, f"kafka at {self.options.bootstrap_servers}: no brokers in the metadata")
+        return Health(True)
