@@ -45,7 +45,11 @@ class OpenHQMProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "openhqm", self.command], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir)
         if wait_ready and self.command != "worker":
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()  # never leave a half-started process behind
+                raise
         return self
 
     def wait_ready(self, timeout_s: float = 30) -> None:
