@@ -1,8 +1,9 @@
 """One SQLite connection per database file and process, with group commit on the event loop.
 
-Every operation is a function of the connection. Operations issued during one turn of the event
-loop are run together in one transaction (each inside a savepoint, so one failure spoils no other)
-and committed once. Under load this turns hundreds of commits into one. The work runs on the loop
+Every operation is a function of the connection that either completes or raises before it has
+written anything (each writes with one statement, and SQLite statements are atomic), so one failing
+operation spoils no other. Operations issued during one turn of the event loop are run together in
+one transaction and committed once. Under load this turns hundreds of commits into one. The work runs on the loop
 thread itself: in WAL mode with synchronous=NORMAL a commit does not fsync and takes tens of
 microseconds, far less than handing each operation to a thread and back (measured: a writer thread
 made a round trip 30x slower, because every hop waits for the GIL). The queue backend and the
@@ -89,13 +90,11 @@ class SQLiteDB:
             for op, future in batch:
                 if future.cancelled():
                     continue  # its caller gave up before it ran
-                conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((future, True, op(conn)))
-                    conn.execute("RELEASE op")
+                except sqlite3.Error:
+                    raise  # the connection itself is in trouble: fail the whole batch
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
                     outcomes.append((future, False, exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -16,7 +16,7 @@ from openhqm.backends import create_backend
 from openhqm.bridge import Bridge
 from openhqm.errors import BackendUnavailable, RequestRejected
 from openhqm.forward import CallbackSender
-from openhqm.http.auth import AuthMiddleware, build_authenticator
+from openhqm.http.auth import SECURITY_SCHEMES, AuthMiddleware, build_authenticator
 from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
 from openhqm.http.routes import ops_router, router
 from openhqm.http.sidecar import sidecar_router
@@ -90,7 +90,24 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     # Outermost: a request without valid credentials is refused before its body is read.
     api.add_middleware(AuthMiddleware, auth=build_authenticator(settings.auth))
+    if settings.auth.enabled:
+        _document_security(api)
     return api
+
+
+def _document_security(api: FastAPI) -> None:
+    """Show the two ways to authenticate in /docs; the AuthMiddleware does the checking."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _rejected(request: Request, exc: Any) -> JSONResponse:

@@ -5,12 +5,11 @@ own status, headers and body, or 202 + Location when it takes longer than `proxy
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from openhqm.bridge import Bridge, Submission
 from openhqm.constants import Status
-from openhqm.http.auth import require_scope
 from openhqm.http.prefer import parse_prefer
 from openhqm.http.routes import accepted
 from openhqm.views import result_json
@@ -25,8 +24,7 @@ def sidecar_router(prefix: str) -> APIRouter:
     router = APIRouter()
     base = prefix.rstrip("/")
 
-    @router.api_route(base + "/{path:path}", methods=METHODS, include_in_schema=False,
-                      dependencies=[Depends(require_scope("submit"))])
+    @router.api_route(base + "/{path:path}", methods=METHODS, include_in_schema=False)
     async def relay(request: Request) -> Response:
         if is_bridge_path(request.url.path):
             return JSONResponse({"detail": f"no bridge route {request.url.path}"}, status_code=404)
