@@ -25,6 +25,7 @@ T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
 
 _BATCH_MAX = 1024
+FLUSH_DELAY_S = 0.0005
 
 
 class SQLiteDB:
@@ -48,6 +49,9 @@ class SQLiteDB:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         conn.execute("PRAGMA busy_timeout=30000")
+        # Checkpoints (copying the WAL back into the database, with an fsync) are the slow part of
+        # a busy queue; doing them every 16 MiB of WAL instead of every 4 MiB measured faster.
+        conn.execute("PRAGMA wal_autocheckpoint=4096")
         return conn
 
     def acquire(self) -> None:
@@ -73,7 +77,7 @@ class SQLiteDB:
         self._pending.append((op, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_later(FLUSH_DELAY_S, self._flush)
         return await future
 
     def _flush(self) -> None:
