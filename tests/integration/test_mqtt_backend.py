@@ -8,7 +8,6 @@ which docs/backends/mqtt.md relies on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 import time
@@ -27,6 +26,7 @@ from openhqm.config import Settings
 from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
 from tests.services import require_service
+from tests.tcp_proxy import CuttableProxy
 
 Factory = Callable[..., Awaitable[MQTTBackend]]
 
@@ -57,44 +57,6 @@ async def main(url, client_id, queue):
 
 asyncio.run(main(*sys.argv[1:]))
 """
-
-
-class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to the broker; `cut()` aborts every connection through it."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._writers: list[asyncio.StreamWriter] = []
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers += [writer, up_writer]
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def cut(self) -> None:
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self.cut()
-            await self._server.wait_closed()
 
 
 @pytest.fixture

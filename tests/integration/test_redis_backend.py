@@ -8,7 +8,6 @@ outage with a TCP proxy of its own in front of Redis.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +22,8 @@ from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
-from tests.services import free_port, require_service
+from tests.services import require_service
+from tests.tcp_proxy import CuttableProxy
 
 MakeBackend = Callable[..., Awaitable[RedisStreamsBackend]]
 
@@ -71,39 +71,6 @@ async def _kill_connections_of(raw: aioredis.Redis, backend: RedisStreamsBackend
     return len(ids)
 
 
-class _Proxy:
-    """A TCP proxy in front of Redis that the test can take away and bring back (an outage)."""
-
-    def __init__(self, port: int, target_port: int) -> None:
-        self.port, self.target_port = port, target_port
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        for writer in list(self.writers):
-            writer.close()
-        self.writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.writers.update({writer, up_writer})
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-
 async def test_consume_resumes_after_its_connections_are_killed(
     make_backend: MakeBackend, raw: aioredis.Redis, queue: str
 ) -> None:
@@ -123,7 +90,8 @@ async def test_consume_backs_off_and_resumes_when_redis_is_unreachable_for_a_whi
     make_backend: MakeBackend, raw: aioredis.Redis, redis_url: str, queue: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    proxy = _Proxy(free_port(), urlparse(redis_url).port or 6379)
+    target = urlparse(redis_url)
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 6379)
     await proxy.start()
     try:
         backend = await make_backend(f"redis://127.0.0.1:{proxy.port}/0")
