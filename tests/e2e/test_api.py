@@ -153,3 +153,22 @@ def test_health_ready_and_metrics_answer(server: OpenHQMProcess) -> None:
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'openhqm_http_requests_total{method="POST",route="/api/v1/submit"' in metrics
     assert "/api/v1/response/{correlation_id}" in metrics
+
+
+async def test_undecodable_message_is_dead_lettered_with_its_reason_and_work_goes_on(
+    server: OpenHQMProcess,
+) -> None:
+    from openhqm.backends import create_backend
+    from openhqm.config import Settings
+
+    producer = create_backend(Settings(data_dir=server.data_dir))
+    await producer.connect()
+    await producer.publish("openhqm-requests", b"\xff\x00 not an envelope")
+    await producer.close()
+    for _ in range(100):
+        entries = httpx.get(f"{server.url}/api/v1/dlq").json()
+        if any(e["reason"].startswith("undecodable message") for e in entries):
+            break
+        time.sleep(0.05)  # the worker is another process
+    assert any(e["reason"].startswith("undecodable message") and e["correlation_id"] == "" for e in entries)
+    assert submit(server, "still working", headers={"Prefer": "wait=10"}).json()["status"] == "COMPLETED"
