@@ -3,6 +3,7 @@ unique queue name per run, so runs never share a queue)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -37,16 +38,19 @@ def submit_until_accepted(url: str, body: dict[str, object], headers: dict[str, 
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)
 def test_submit_and_get_the_result_on_every_backend(queue_type: str, tmp_path: Path) -> None:
     env = {**SAMPLE_ENV, "OPENHQM_QUEUE__TYPE": queue_type}
+    run = uuid.uuid4().hex[:8]
     if queue_type in ADDRESS_SETTINGS:
         address = require_service(queue_type)
         if address != DEFAULTS[queue_type][1]:
             env[ADDRESS_SETTINGS[queue_type]] = service_address(queue_type)
-        run = uuid.uuid4().hex[:8]
         env |= {"OPENHQM_QUEUE__REQUEST_QUEUE": f"e2e-req-{run}", "OPENHQM_QUEUE__RESPONSE_QUEUE": f"e2e-resp-{run}"}
     if queue_type == "pubsub":  # the client's own standard variable, as a user would set it
         env["PUBSUB_EMULATOR_HOST"] = service_address("pubsub")
-    if queue_type == "sqs":
-        env |= {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    if queue_type == "sqs":  # the product's default endpoint is AWS itself
+        env |= {"OPENHQM_QUEUE__SQS__ENDPOINT_URL": service_address("sqs"), "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    if queue_type == "nats":  # a stream of its own, deleted afterwards
+        env |= {"OPENHQM_QUEUE__NATS__STREAM": f"E2E_{run.upper()}", "OPENHQM_QUEUE__NATS__SUBJECT_PREFIX": f"e2e{run}"}
     server = OpenHQMProcess("serve", tmp_path, env).start()
     try:
         inline = submit_until_accepted(server.url, {"payload": {"via": queue_type}}, {"Prefer": "wait=60"})
@@ -58,3 +62,15 @@ def test_submit_and_get_the_result_on_every_backend(queue_type: str, tmp_path: P
         assert result.status_code == 200 and result.json()["result"] == [queue_type, 2]
     finally:
         server.stop()
+        if queue_type == "nats":
+            asyncio.run(delete_nats_stream(f"E2E_{run.upper()}"))
+
+
+async def delete_nats_stream(name: str) -> None:
+    import nats
+
+    client = await nats.connect(service_address("nats"))
+    try:
+        await client.jetstream().delete_stream(name)
+    finally:
+        await client.close()
