@@ -21,7 +21,7 @@ from starlette.routing import Route
 from tests.e2e.conftest import SAMPLE_ENV
 from tests.integration.http_servers import serve
 from tests.processes import OpenHQMProcess
-from tests.services import require_service
+from tests.services import free_port, require_service
 from tests.tcp_proxy import CuttableProxy
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -202,3 +202,24 @@ async def test_pool_grows_under_backlog_and_shrinks_after_it_drains(tmp_path: Pa
             assert await concurrency(client) == 1, "the pool shrank back after the backlog drained"
     finally:
         await asyncio.to_thread(server.stop)
+
+
+def test_worker_serves_probes_on_its_health_port_and_exits_when_idle(tmp_path: Path) -> None:
+    health_port = free_port()
+    env = {**SAMPLE_ENV, "OPENHQM_WORKER__HEALTH_PORT": str(health_port), "OPENHQM_WORKER__IDLE_EXIT_S": "3"}
+    worker = OpenHQMProcess("worker", tmp_path, env).start()
+    try:
+        base = f"http://127.0.0.1:{health_port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)  # the worker process is starting
+        assert httpx.get(f"{base}/health").json()["status"] == "ok"
+        assert httpx.get(f"{base}/ready").status_code == 200
+        assert "openhqm_worker_concurrency" in httpx.get(f"{base}/metrics").text
+        assert worker.wait_exit(30) == 0, "an idle worker exits by itself (scale to zero)"
+        assert "idle: exiting" in worker.log()
+    finally:
+        worker.stop()
