@@ -79,10 +79,12 @@ class Processor:
         if envelope.expires_at is not None and envelope.expires_at < now:
             await self._finish(delivery, envelope, Reply(correlation_id=envelope.correlation_id,
                                status=Status.EXPIRED, error="expired before it started", attempts=attempt - 1))
+            metrics.MESSAGES.labels(self.queue, "expired").inc()
             return
         if not await self._claim(envelope, attempt):
             log.info("skipped: request is no longer runnable")
             await delivery.ack()
+            metrics.MESSAGES.labels(self.queue, "cancelled").inc()
             return
         started = time.perf_counter()
         metrics.INFLIGHT.labels(self.queue).inc()
@@ -96,7 +98,7 @@ class Processor:
         except TargetDeferred as exc:
             await self._defer(delivery, envelope, attempt, exc.delay_s, str(exc))
             return
-        except (DeadLetter, Retry, TargetFailed, TimeoutError, Exception) as exc:
+        except Exception as exc:  # handlers may raise anything; _failure sorts it out
             failure = self._failure(exc, Job(envelope, attempt))
             await self._failed(delivery, envelope, attempt, failure)
             return
