@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,16 @@ async def measure(request: Request, clients: int, seconds: float) -> dict[str, f
     deadline = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(min(clients, 8)):  # warm up connections and code paths
-            await request(session)
+        warm_until = time.monotonic() + 60
+        for _ in range(min(clients, 8)):  # warm up connections and code paths (Kafka joins its group,
+            while True:                    # MQTT refuses publishes until a subscriber exists)
+                try:
+                    await request(session)
+                    break
+                except Exception:
+                    if time.monotonic() > warm_until:
+                        raise
+                    await asyncio.sleep(0.2)
 
         async def client() -> None:
             nonlocal errors
@@ -132,6 +141,24 @@ def submit_then_long_poll(base: str, metadata: dict[str, Any]) -> Request:
     return call
 
 
+def broker_env(queue_type: str) -> dict[str, str]:
+    """Fresh queue names, and where the test brokers listen (the OPENHQM_TEST_* variables of scripts/test)."""
+    run = uuid.uuid4().hex[:8]
+    env = {"OPENHQM_QUEUE__REQUEST_QUEUE": f"bench-req-{run}", "OPENHQM_QUEUE__RESPONSE_QUEUE": f"bench-resp-{run}"}
+    test = os.environ.get
+    if queue_type == "sqs":
+        env |= {"OPENHQM_QUEUE__SQS__ENDPOINT_URL": test("OPENHQM_TEST_SQS_ENDPOINT", "http://127.0.0.1:5055"),
+                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    elif queue_type == "pubsub":
+        env["PUBSUB_EMULATOR_HOST"] = test("OPENHQM_TEST_PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")
+    elif queue_type == "nats":
+        env |= {"OPENHQM_QUEUE__NATS__STREAM": f"BENCH_{run.upper()}",
+                "OPENHQM_QUEUE__NATS__SUBJECT_PREFIX": f"bench{run}"}
+    elif queue_type == "kafka":
+        env["OPENHQM_QUEUE__KAFKA__BOOTSTRAP_SERVERS"] = test("OPENHQM_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario (bounded)")
@@ -157,6 +184,7 @@ def main() -> None:
         "OPENHQM_PROXY__ENDPOINTS": json.dumps({"echo": {"url": echo_url}}),
         **dict(item.split("=", 1) for item in args.env),
     }
+    env |= broker_env(args.queue_type)
     results: dict[str, dict[str, float]] = {}
     try:
         procs.start([sys.executable, str(HERE / "echo_server.py"), str(echo_port), str(args.backend_delay_s)])
