@@ -73,7 +73,6 @@ Request = Callable[[aiohttp.ClientSession], Awaitable[None]]
 async def measure(request: Request, clients: int, seconds: float) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
-    deadline = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
         warm_until = time.monotonic() + 60
@@ -86,6 +85,8 @@ async def measure(request: Request, clients: int, seconds: float) -> dict[str, f
                     if time.monotonic() > warm_until:
                         raise
                     await asyncio.sleep(0.2)
+
+        deadline = time.monotonic() + seconds  # after the warm-up, which may take a while (Kafka)
 
         async def client() -> None:
             nonlocal errors
