@@ -1,8 +1,9 @@
-"""One pooled httpx.AsyncClient per endpoint, built from its timeouts, limits and TLS settings.
+"""One pooled aiohttp session per endpoint for forwarding, built from its timeouts, limits and TLS.
 
-HTTP/2 is offered only when the optional `h2` package is installed (`pip install h2`); otherwise
-HTTP/1.1 with keep-alive. Proxy environment variables (HTTP_PROXY, ...) are ignored: the
-destination is exactly the configured URL.
+Forwarding uses aiohttp: measured against httpx on the same benchmark, httpx's connection pool
+polled every idle socket on each request and cost about half of a forwarded round trip. The OAuth2
+token client and callbacks (low volume) keep httpx. Proxy environment variables (HTTP_PROXY, ...)
+are ignored: the destination is exactly the configured URL.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import ssl
 
+import aiohttp
 import certifi
 import httpx
 
@@ -59,16 +61,14 @@ def httpx_timeout(timeouts: TimeoutSettings) -> httpx.Timeout:
     )
 
 
-def build_client(endpoint: EndpointSettings, where: str) -> httpx.AsyncClient:
-    # Connections = concurrency slots: a call holding a slot never waits for a pooled connection.
-    limits = httpx.Limits(
-        max_connections=endpoint.max_concurrency, max_keepalive_connections=endpoint.max_concurrency
-    )
-    return httpx.AsyncClient(
-        timeout=httpx_timeout(endpoint.timeouts),
-        limits=limits,
-        verify=ssl_context(endpoint.tls, where + ".tls"),
-        http2=HTTP2_AVAILABLE,
-        follow_redirects=False,
-        trust_env=False,
+def build_session(endpoint: EndpointSettings, where: str) -> aiohttp.ClientSession:
+    """Call inside the running event loop. Connections = concurrency slots (0: unlimited)."""
+    timeouts = endpoint.timeouts
+    connector = aiohttp.TCPConnector(limit=endpoint.max_concurrency or 0, limit_per_host=0,
+                                     ssl=ssl_context(endpoint.tls, where + ".tls"))
+    return aiohttp.ClientSession(
+        connector=connector, trust_env=False, auto_decompress=True,
+        timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
+        # aiohttp would add these on its own; the forwarded request carries only what the policy built.
+        skip_auto_headers=("Content-Type", "User-Agent"),
     )

@@ -1,7 +1,7 @@
 """One configured endpoint: builds the outbound request and makes the call under its breaker and limits.
 
 Order of a call: circuit breaker (fail fast) -> concurrency slot -> rate token -> auth header -> send
--> follow redirects if allowed -> read the body up to max_response_bytes. httpx errors become
+-> follow redirects if allowed -> read the body up to max_response_bytes. aiohttp errors become
 ForwardErrors here and only here; every message is scrubbed of the endpoint's secrets.
 """
 
@@ -13,12 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
+import aiohttp
 import httpx
+from multidict import CIMultiDict
+from yarl import URL
 
 from openhqm.errors import OpenHQMError, RequestRejected
 from openhqm.forward.auth import Authenticator, build_auth, scrub
 from openhqm.forward.breaker import CircuitBreaker, Outcome
-from openhqm.forward.client import build_client, display_url
+from openhqm.forward.client import build_session, display_url
 from openhqm.forward.errors import ForwardError, ResponseTooLarge, UpstreamTimeout, UpstreamUnavailable
 from openhqm.forward.headers import ClientInfo, HeaderPolicy, Headers, merge, response_headers
 from openhqm.forward.limits import EndpointLimits
@@ -27,6 +30,7 @@ from openhqm.forward.retry import RetryPolicy, parse_retry_after
 from openhqm.forward.settings import DEFAULT_RETRY_STATUSES, EndpointSettings, check_header_name
 
 MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
 
@@ -52,12 +56,12 @@ class Endpoint:
                 self.retry_statuses,
             )
         )
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._auth: Authenticator | None = None
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = build_client(self.settings, f"proxy.endpoints.{self.name}")
+            self._client = build_session(self.settings, f"proxy.endpoints.{self.name}")
             self._auth = build_auth(self.settings.auth, endpoint=self.name, timeouts=self.settings.timeouts)
 
     async def aclose(self) -> None:
@@ -65,7 +69,7 @@ class Endpoint:
         if auth is not None:
             await auth.aclose()
         if client is not None:
-            await client.aclose()
+            await client.close()
 
     async def send(self, req: ForwardRequest) -> ForwardResponse:
         method = _method(req.method or self.settings.method)
@@ -134,26 +138,30 @@ class Endpoint:
         hops, refreshed = 0, False
         while True:
             credential = await self._credential(url)
-            outgoing = merge(headers, [credential] if credential else [])
-            request = self._client.build_request(method, url, headers=outgoing, content=body or None)
+            outgoing = CIMultiDict(merge(headers, [credential] if credential else []))
             with self._mapped(url):
-                response = await self._client.send(request, stream=True)
+                response = await self._client.request(
+                    method, URL(str(url), encoded=True), headers=outgoing, data=body or None,
+                    allow_redirects=False)
             try:
-                if response.is_redirect and self.settings.follow_redirects:
+                location = response.headers.get("location")
+                if response.status in _REDIRECTS and location and self.settings.follow_redirects:
                     hops += 1
                     if hops > MAX_REDIRECTS:
                         raise ForwardError(self._message(url, f"more than {MAX_REDIRECTS} redirects"))
-                    method, url, body, headers = self._redirect(response, method, body, headers)
+                    method, url, body, headers = self._redirect(url, response.status, location, method, body,
+                                                                headers)
                     continue
-                if response.status_code == 401 and credential and not refreshed and self._auth:
+                if response.status == 401 and credential and not refreshed and self._auth:
                     refreshed = self._auth.invalidate(credential[1])
                     if refreshed:
                         continue  # a cached OAuth2 token was revoked early: one retry with a new one
                 with self._mapped(url):
                     data = await self._read(response, url)
-                return response.status_code, list(response.headers.multi_items()), data
+                raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
+                return response.status, raw, data
             finally:
-                await response.aclose()
+                response.release()
 
     async def _credential(self, url: httpx.URL) -> tuple[str, str] | None:
         """The auth header, sent only to the endpoint's own origin (never across a redirect)."""
@@ -165,29 +173,28 @@ class Endpoint:
         return await self._auth.header() if self._auth is not None and same_origin else None
 
     def _redirect(
-        self, response: httpx.Response, method: str, body: bytes, headers: Headers
+        self, url: httpx.URL, status: int, location: str, method: str, body: bytes, headers: Headers
     ) -> tuple[str, httpx.URL, bytes, Headers]:
         try:
-            target = response.url.join(response.headers["location"])
+            target = url.join(location)
         except httpx.InvalidURL as exc:
-            raise ForwardError(self._message(response.url, f"sent an invalid redirect: {exc}")) from exc
+            raise ForwardError(self._message(url, f"sent an invalid redirect: {exc}")) from exc
         if target.scheme not in ("http", "https"):
-            raise ForwardError(self._message(response.url, f"redirected to a {target.scheme!r} URL"))
-        status = response.status_code
-        # The method changes that httpx and browsers apply (RFC 9110 15.4).
+            raise ForwardError(self._message(url, f"redirected to a {target.scheme!r} URL"))
+        # The method changes that browsers apply (RFC 9110 15.4).
         if (status in (302, 303) and method != "HEAD") or (status == 301 and method == "POST"):
             method, body = "GET", b""
             headers = [(n, v) for n, v in headers if n.lower() != "content-type"]
         return method, target, body, headers
 
-    async def _read(self, response: httpx.Response, url: httpx.URL) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse, url: httpx.URL) -> bytes:
         limit = self.settings.max_response_bytes
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and "content-encoding" not in response.headers and int(declared) > limit:
             raise self._too_large(url, limit)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.content.iter_chunked(1 << 16):
             size += len(chunk)
             if size > limit:
                 raise self._too_large(url, limit)
@@ -203,14 +210,14 @@ class Endpoint:
     def _mapped(self, url: httpx.URL) -> Iterator[None]:
         try:
             yield
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors
             raise UpstreamTimeout(
                 self._message(url, f"timed out ({type(exc).__name__})"), endpoint=self.name
             ) from exc
-        except httpx.TransportError as exc:
+        except (aiohttp.ClientConnectionError, OSError) as exc:
             text = f"unreachable ({type(exc).__name__}: {exc})"
             raise UpstreamUnavailable(self._message(url, text), endpoint=self.name) from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             text = f"sent an unreadable answer ({type(exc).__name__}: {exc})"
             raise ForwardError(self._message(url, text), endpoint=self.name) from exc
 
