@@ -298,4 +298,4 @@ def json_body(payload: Any) -> bytes:
     return orjson.dumps(payload)
 
 
-__all__ = ["Bridge", "Submission", "json_body", "new_id"]
+__all__ = ["Bridge", "Submission", "json_body"]

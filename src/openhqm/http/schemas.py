@@ -76,6 +76,7 @@ class StatusResponse(BaseModel):
     attempts: int = 0
     error: str | None = None
     session_id: str | None = None
+    callback_error: str | None = Field(None, description="why the result callback could not be delivered")
 
 
 class DeadLetterEntry(BaseModel):
