@@ -20,6 +20,7 @@ from starlette.responses import Response
 from openhqm import metrics
 from openhqm.app import OpenHQM
 from openhqm.backends.base import Backend
+from openhqm.config import ResultsSettings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode, new_id
 from openhqm.errors import BackendUnavailable, Conflict, NotFound, OpenHQMError, RequestRejected
@@ -287,11 +288,19 @@ class Bridge:
         while True:
             await asyncio.sleep(interval)
             try:
-                removed = await self.store.cleanup(time.time() - self.settings.results.ttl_s)
+                removed = await cleanup(self.store, self.settings.results, time.time())
                 if removed:
                     log.info("expired results removed", count=removed)
             except Exception as exc:
                 log.warning("cleanup failed", error=str(exc))
+
+
+async def cleanup(store: ResultStore, results: ResultsSettings, now: float, older_than_s: float | None = None) -> int:
+    """Remove finished requests past their retention (`results.ttl_s`, `results.ttl_by_status`), or
+    past `older_than_s` for every state when given."""
+    if older_than_s is not None:
+        return await store.cleanup(now - older_than_s)
+    return sum([await store.cleanup(now - ttl_s, statuses) for ttl_s, statuses in results.retention()])
 
 
 def json_body(payload: Any) -> bytes:

@@ -255,7 +255,9 @@ def stats(url: UrlOpt = DEFAULT_URL) -> None:
 def cleanup(config: ConfigOpt = None,
             older_than: Annotated[float, typer.Option("--older-than", help="seconds since completion")] = 0.0
             ) -> None:
-    """Delete finished requests completed more than --older-than seconds ago (default results.ttl_s)."""
+    """Delete finished requests completed more than --older-than seconds ago (default: results.ttl_s
+    and results.ttl_by_status)."""
+    from openhqm.bridge import cleanup as cleanup_results
     from openhqm.results import create_store
 
     settings = settings_from(config)
@@ -264,7 +266,7 @@ def cleanup(config: ConfigOpt = None,
         store = create_store(settings)
         await store.connect()
         try:
-            return await store.cleanup(time.time() - (older_than or settings.results.ttl_s))
+            return await cleanup_results(store, settings.results, time.time(), older_than or None)
         finally:
             await store.close()
 

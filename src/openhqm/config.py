@@ -154,10 +154,25 @@ class ResultsPostgresSettings(Section):
                        description="request table; also names <table>_dead_letters and the NOTIFY channel")
 
 
+FinishedStatus = Literal["COMPLETED", "FAILED", "CANCELLED", "EXPIRED"]
+
+
 class ResultsSettings(Section):
     type: str = "sqlite"
     ttl_s: float = Field(86400.0, gt=0)
+    ttl_by_status: dict[FinishedStatus, float] = Field(
+        default_factory=dict, description="per finished state, overrides ttl_s (e.g. keep FAILED longer)")
     cleanup_interval_s: float = Field(60.0, gt=0)
+
+    def retention(self) -> list[tuple[float, list[str]]]:
+        """(ttl_s, statuses) pairs that together cover every finished state once."""
+        rest = [s for s in ("COMPLETED", "FAILED", "CANCELLED", "EXPIRED") if s not in self.ttl_by_status]
+        pairs: list[tuple[float, list[str]]] = [(ttl, [str(status)]) for status, ttl in self.ttl_by_status.items()]
+        return [*pairs, (self.ttl_s, rest)] if rest else pairs
+
+    @property
+    def longest_ttl_s(self) -> float:
+        return max([self.ttl_s, *self.ttl_by_status.values()])
     redis: ResultsRedisSettings = ResultsRedisSettings()
     postgres: ResultsPostgresSettings = ResultsPostgresSettings()
 

@@ -156,3 +156,16 @@ async def test_dead_letters_are_listed_taken_and_purged(store: ResultStore) -> N
 
 async def test_health_is_ok(store: ResultStore) -> None:
     assert (await store.health()).ok
+
+
+async def test_cleanup_by_status_removes_only_those_states(store: ResultStore) -> None:
+    failed, completed = new_record(), new_record()
+    for r in (failed, completed):
+        await store.create(r)
+    old = time.time() - 100
+    await store.transition(failed.correlation_id, Status.FAILED, completed_at=old)
+    await store.transition(completed.correlation_id, Status.COMPLETED, completed_at=old)
+    assert await store.cleanup(older_than=time.time(), statuses=[]) == 0
+    assert await store.cleanup(older_than=time.time(), statuses=["COMPLETED"]) == 1
+    assert await store.get(completed.correlation_id) is None
+    assert await store.get(failed.correlation_id) is not None

@@ -89,3 +89,11 @@ def test_redacted_config_masks_secrets_and_url_passwords() -> None:
     shown = str(redacted(settings))
     assert "canary-pw" not in shown
     assert "amqp://u:**********@h/" in shown
+
+
+def test_retention_covers_every_finished_state_once() -> None:
+    settings = load_settings(overrides={"results": {"ttl_s": 60, "ttl_by_status": {"FAILED": 3600}}})
+    assert sorted(settings.results.retention()) == [(60, ["COMPLETED", "CANCELLED", "EXPIRED"]), (3600, ["FAILED"])]
+    assert settings.results.longest_ttl_s == 3600
+    with pytest.raises(ConfigError, match="ttl_by_status"):
+        load_settings(overrides={"results": {"ttl_by_status": {"PENDING": 1}}})

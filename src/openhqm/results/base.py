@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import msgspec
@@ -93,8 +93,9 @@ class ResultStore(ABC):
         """How many records there are per status."""
 
     @abstractmethod
-    async def cleanup(self, older_than: float) -> int:
-        """Delete terminal records completed before `older_than` (epoch seconds); returns how many."""
+    async def cleanup(self, older_than: float, statuses: Collection[str] | None = None) -> int:
+        """Delete terminal records completed before `older_than` (epoch seconds), only those in
+        `statuses` when given (per-state TTLs); returns how many."""
 
     @abstractmethod
     async def add_dead_letter(self, record: DeadLetterRecord) -> None: ...

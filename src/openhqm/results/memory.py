@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import msgspec
@@ -58,9 +58,12 @@ class MemoryResultStore(ResultStore):
             counts[record.status] = counts.get(record.status, 0) + 1
         return counts
 
-    async def cleanup(self, older_than: float) -> int:
+    async def cleanup(self, older_than: float, statuses: Collection[str] | None = None) -> int:
+        if statuses is not None and not statuses:
+            return 0
         old = [cid for cid, r in self._records.items()
-               if r.terminal and (r.completed_at or r.updated_at) < older_than]
+               if r.terminal and (r.completed_at or r.updated_at) < older_than
+               and (statuses is None or r.status in statuses)]
         for cid in old:
             del self._records[cid]
         return len(old)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import asyncpg
@@ -302,11 +302,14 @@ class PostgresResultStore(ResultStore):
             rows = await self._db.fetch(f"SELECT status, count(*) AS n FROM {self._table} GROUP BY status")
         return {row["status"]: int(row["n"]) for row in rows}
 
-    async def cleanup(self, older_than: float) -> int:
+    async def cleanup(self, older_than: float, statuses: Collection[str] | None = None) -> int:
+        if statuses is not None and not statuses:
+            return 0
+        chosen = list(statuses) if statuses is not None else _TERMINAL
         with _mapped("cleanup"):
             status = await self._db.execute(
-                f"DELETE FROM {self._table} WHERE status IN ({_TERMINAL_SQL})"
-                " AND COALESCE(completed_at, updated_at) < $1", older_than)
+                f"DELETE FROM {self._table} WHERE status = ANY($2::text[])"
+                " AND COALESCE(completed_at, updated_at) < $1", older_than, chosen)
         return int(status.split()[-1])
 
     async def add_dead_letter(self, record: DeadLetterRecord) -> None:

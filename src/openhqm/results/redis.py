@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -78,7 +78,7 @@ def _mapped(action: str) -> Iterator[None]:
 def create(settings: Settings) -> RedisResultStore:
     section = settings.results.redis
     return RedisResultStore(section.url.get_secret_value(), prefix=section.prefix,
-                            ttl_s=settings.results.ttl_s)
+                            ttl_s=settings.results.longest_ttl_s)
 
 
 class RedisResultStore(ResultStore):
@@ -256,14 +256,18 @@ class RedisResultStore(ResultStore):
         counts = {_text(status): int(count) for status, count in raw.items()}
         return {status: count for status, count in counts.items() if count > 0}
 
-    async def cleanup(self, older_than: float) -> int:
+    async def cleanup(self, older_than: float, statuses: Collection[str] | None = None) -> int:
+        if statuses is not None and not statuses:
+            return 0
         keys = [self._counts_key, self._done_key]
-        removed = 0
+        removed = skipped = 0
         for _ in range(CLEANUP_MAX_BATCHES):  # bounded; the rest waits for the next cleanup
-            batch = int(await self._run("cleanup", lua.CLEANUP, keys,
-                                        [repr(older_than), str(CLEANUP_BATCH), self._prefix]))
-            removed += batch
-            if batch < CLEANUP_BATCH:
+            # Records of other statuses stay in the index: step over them with the offset.
+            batch, passed, seen = await self._run("cleanup", lua.CLEANUP, keys, [
+                repr(older_than), str(CLEANUP_BATCH), self._prefix, str(skipped), *(statuses or ())])
+            removed += int(batch)
+            skipped += int(passed)
+            if int(seen) < CLEANUP_BATCH:
                 break
         return removed
 

@@ -61,15 +61,26 @@ return 1
 # KEYS: counts, done  ARGV: older_than, batch size, prefix
 # A record that its Redis TTL already removed still has its index entry here, so counts heal too.
 CLEANUP = """
-local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', ARGV[4], ARGV[2])
+local wanted = nil
+if #ARGV > 4 then
+  wanted = {}
+  for i = 5, #ARGV do wanted[ARGV[i]] = true end
+end
+local removed, skipped = {}, 0
 for _, member in ipairs(members) do
   local entry = cmsgpack.unpack(member)
-  redis.call('DEL', ARGV[3] .. ':req:' .. entry[1])
-  redis.call('HINCRBY', KEYS[1], entry[2], -1)
-  if entry[3] then redis.call('ZREM', ARGV[3] .. ':session:' .. entry[3], entry[1]) end
+  if wanted == nil or wanted[entry[2]] then
+    redis.call('DEL', ARGV[3] .. ':req:' .. entry[1])
+    redis.call('HINCRBY', KEYS[1], entry[2], -1)
+    if entry[3] then redis.call('ZREM', ARGV[3] .. ':session:' .. entry[3], entry[1]) end
+    table.insert(removed, member)
+  else
+    skipped = skipped + 1
+  end
 end
-if #members > 0 then redis.call('ZREM', KEYS[2], unpack(members)) end
-return #members
+if #removed > 0 then redis.call('ZREM', KEYS[2], unpack(removed)) end
+return {#removed, skipped, #members}
 """
 
 # KEYS: dead, dead:order  ARGV: id

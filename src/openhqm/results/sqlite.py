@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +148,14 @@ class SQLiteResultStore(ResultStore):
             "SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
         return {status: count for status, count in rows}
 
-    async def cleanup(self, older_than: float) -> int:
+    async def cleanup(self, older_than: float, statuses: Collection[str] | None = None) -> int:
+        if statuses is not None and not statuses:
+            return 0
+        chosen = tuple(statuses) if statuses is not None else _TERMINAL
+        marks = ",".join("?" * len(chosen))
         count: int = await self._db.run(lambda c: c.execute(
-            "DELETE FROM requests WHERE completed_at IS NOT NULL AND completed_at < ?", (older_than,)).rowcount)
+            f"DELETE FROM requests WHERE completed_at IS NOT NULL AND completed_at < ? AND status IN ({marks})",
+            (older_than, *chosen)).rowcount)
         return count
 
     async def oldest_unfinished(self) -> float | None:
