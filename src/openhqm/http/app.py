@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from openhqm.app import OpenHQM
 from openhqm.backends import create_backend
@@ -18,6 +17,7 @@ from openhqm.errors import BackendUnavailable, RequestRejected
 from openhqm.forward import CallbackSender
 from openhqm.http.auth import SECURITY_SCHEMES, AuthMiddleware, build_authenticator
 from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
+from openhqm.http.responses import JSONResponse
 from openhqm.http.routes import ops_router, router
 from openhqm.http.sidecar import sidecar_router
 from openhqm.logging import get_logger
@@ -77,7 +77,7 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
             await backend.close()
             shutdown_tracing()  # flush the last spans
 
-    api = FastAPI(title="OpenHQM", version="0.1.0", lifespan=lifespan,
+    api = FastAPI(title="OpenHQM", version="0.1.0", lifespan=lifespan, default_response_class=JSONResponse,
                   description="HTTP to message-queue bridge: submit, poll, long-poll, Prefer: wait.")
     api.include_router(router)
     api.include_router(ops_router)

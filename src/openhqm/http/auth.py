@@ -20,11 +20,11 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from fastapi import Request
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openhqm.config import ApiKeySettings, AuthSettings, JWTSettings
 from openhqm.errors import ConfigError
+from openhqm.http.responses import JSONResponse
 from openhqm.logging import get_logger
 
 log = get_logger("openhqm.auth")

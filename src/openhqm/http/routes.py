@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openhqm import metrics
@@ -18,6 +18,7 @@ from openhqm.bridge import Bridge, Submission, json_body
 from openhqm.errors import RequestRejected
 from openhqm.http.auth import current_identity
 from openhqm.http.prefer import parse_prefer
+from openhqm.http.responses import JSONResponse
 from openhqm.http.schemas import (
     DeadLetterEntry,
     ErrorResponse,

@@ -6,11 +6,11 @@ own status, headers and body, or 202 + Location when it takes longer than `proxy
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from openhqm.bridge import Bridge, Submission
 from openhqm.constants import Status
 from openhqm.http.prefer import parse_prefer
+from openhqm.http.responses import JSONResponse
 from openhqm.http.routes import accepted
 from openhqm.views import result_json
 
