@@ -251,19 +251,24 @@ class Bridge:
     async def purge_dead_letters(self) -> int:
         return await self.store.purge_dead_letters()
 
-    async def stats(self) -> dict[str, Any]:
-        counts = await self.store.counts()
+    async def queue_depths(self) -> dict[str, int | None]:
         depths: dict[str, int | None] = {}
         for queue in (self.request_queue, self.response_queue):
             try:
                 depths[queue] = await self.backend.depth(queue)
             except NotImplementedError:
                 depths[queue] = None  # the broker cannot count (documented per backend)
+        return depths
+
+    async def oldest_unfinished_age_s(self) -> float | None:
         oldest = await self.store.oldest_unfinished()
+        return round(time.time() - oldest, 3) if oldest else None
+
+    async def stats(self) -> dict[str, Any]:
         return {
-            "requests": counts,
-            "queues": {name: {"depth": depth} for name, depth in depths.items()},
-            "oldest_unfinished_age_s": round(time.time() - oldest, 3) if oldest else None,
+            "requests": await self.store.counts(),
+            "queues": {name: {"depth": depth} for name, depth in (await self.queue_depths()).items()},
+            "oldest_unfinished_age_s": await self.oldest_unfinished_age_s(),
             "dead_letters": len(await self.store.list_dead_letters(10_000)),
             **self.rolling.summary(),
         }
@@ -272,13 +277,13 @@ class Bridge:
         """Gauges that need a query (depth, oldest age, store counts), sampled off the hot path."""
         while True:
             try:
-                stats = await self.stats()
-                for queue, info in stats["queues"].items():
-                    if info["depth"] is not None:
-                        metrics.QUEUE_DEPTH.labels(queue).set(info["depth"])
-                metrics.QUEUE_OLDEST_AGE.labels(self.request_queue).set(stats["oldest_unfinished_age_s"] or 0)
+                for queue, depth in (await self.queue_depths()).items():
+                    if depth is not None:
+                        metrics.QUEUE_DEPTH.labels(queue).set(depth)
+                metrics.QUEUE_OLDEST_AGE.labels(self.request_queue).set(await self.oldest_unfinished_age_s() or 0)
+                counts = await self.store.counts()
                 for status in Status:
-                    metrics.RESULTS.labels(status.value).set(stats["requests"].get(status.value, 0))
+                    metrics.RESULTS.labels(status.value).set(counts.get(status.value, 0))
             except Exception as exc:
                 log.warning("metrics sampling failed", error=str(exc))
             await asyncio.sleep(interval_s)
