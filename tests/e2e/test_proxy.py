@@ -4,7 +4,10 @@ backend on 127.0.0.1. Covers HTTP -> queue -> HTTP, HTTP -> queue alone, queue -
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -263,3 +266,26 @@ async def test_queue_to_http_alone_forwards_raw_messages_written_by_another_syst
         assert set(bodies) <= {s["body"] for s in recorder.seen if s["path"] == "/"}
     finally:
         worker.stop()
+
+
+def test_callback_name_resolving_to_a_refused_address_is_recorded_on_the_request(
+    backend: tuple[Backend, str], tmp_path: Path
+) -> None:
+    name = socket.gethostname()  # a plain name; `localhost` itself is refused before any lookup
+    if not ipaddress.ip_address(socket.gethostbyname(name)).is_loopback:
+        pytest.skip(f"this machine's name {name!r} does not resolve to a loopback address")
+    env = {**proxy_env(backend[1], tmp_path), "OPENHQM_CALLBACKS__ALLOW_HOSTS": "[]",
+           "OPENHQM_CALLBACKS__RETRY__MAX_ATTEMPTS": "1"}
+    server = OpenHQMProcess("serve", tmp_path, env).start()
+    try:
+        body = submit(server, 1, {"endpoint": "echo", "callback_url": f"http://{name}:9/hook"}).json()
+        assert body["status"] == "COMPLETED", "a name is not refused at submit: only at delivery"
+        status: dict[str, Any] = {}
+        for _ in range(100):
+            status = httpx.get(f"{server.url}/api/v1/status/{body['correlation_id']}").json()
+            if status.get("callback_error"):
+                break
+            time.sleep(0.05)  # delivery happens after the answer
+        assert status["callback_error"] and "127.0.0.1" in status["callback_error"]
+    finally:
+        server.stop()
