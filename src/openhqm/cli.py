@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import importlib
 import json
@@ -100,6 +101,36 @@ def check_data_dir(settings: Settings) -> None:
         fail(f"data_dir {path} is not writable (set data_dir or OPENHQM_DATA_DIR)")
 
 
+def preflight(settings: Settings) -> None:
+    """Reach the queue and the result store once before serving, so an unreachable broker is one
+    clear line (and a non-zero exit) rather than a traceback from inside the server's startup."""
+    from openhqm.backends import create_backend
+    from openhqm.results import create_store
+
+    async def check() -> None:
+        backend, store = create_backend(settings), create_store(settings)
+        try:
+            async with asyncio.timeout(30):
+                for part, what in ((backend, f"queue {backend.display_url}"), (store, f"result store {store.name}")):
+                    try:
+                        await part.connect()
+                    except (ConfigError, MissingDependency):
+                        raise
+                    except Exception as exc:
+                        fail(f"cannot connect to the {what}: {exc}")
+        finally:
+            for part in (store, backend):
+                with contextlib.suppress(Exception):
+                    await part.close()
+
+    try:
+        asyncio.run(check())
+    except TimeoutError:
+        fail("the queue or the result store did not answer within 30 s")
+    except (ConfigError, MissingDependency) as exc:
+        fail(str(exc))
+
+
 def _run_server(settings: Settings, run_workers: bool) -> None:
     import uvicorn
 
@@ -109,6 +140,7 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
     configure_tracing(settings.tracing, "openhqm")
     check_data_dir(settings)
     check_port(settings.server.host, settings.server.port)
+    preflight(settings)
     app = load_app(settings)
     try:
         api = create_app(app, run_workers=run_workers)
@@ -158,6 +190,7 @@ def worker(config: ConfigOpt = None,
     check_data_dir(settings)
     if settings.worker.health_port:
         check_port(settings.server.host, settings.worker.health_port)
+    preflight(settings)
     try:
         asyncio.run(run_worker(load_app(settings)))
     except (ConfigError, MissingDependency) as exc:

@@ -81,3 +81,14 @@ def test_submit_status_and_dlq_commands_talk_to_a_running_listener(tmp_path: Pat
         assert bad.returncode == 2 and "not valid JSON" in bad.stderr
     finally:
         server.stop()
+
+
+def test_an_unreachable_broker_is_reported_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = openhqm("serve", "--queue-type", "redis", "--data-dir", str(tmp_path),
+                     env={"OPENHQM_QUEUE__REDIS__URL": f"redis://127.0.0.1:{port}/0"})
+    assert result.returncode == 2
+    assert f"cannot connect to the queue redis://127.0.0.1:{port}/0" in result.stderr
+    assert "Traceback" not in result.stderr
