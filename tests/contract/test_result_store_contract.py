@@ -14,8 +14,9 @@ from types import ModuleType
 import pytest
 
 from openhqm.constants import Status
-from openhqm.results import DeadLetterRecord, RequestRecord, ResultStore, create_store
+from openhqm.results import DeadLetterRecord, ResultStore, create_store
 from tests.contract import store_targets
+from tests.records import new_record
 
 TARGETS = sorted((importlib.import_module(f"{store_targets.__name__}.{i.name}")
                   for i in pkgutil.iter_modules(store_targets.__path__)), key=lambda m: m.NAME)
@@ -47,10 +48,6 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 @pytest.fixture
 async def store(make_store: StoreFactory) -> ResultStore:
     return await make_store()
-
-
-def new_record(**fields: object) -> RequestRecord:
-    return RequestRecord(correlation_id=uuid.uuid4().hex, **fields)  # type: ignore[arg-type]
 
 
 async def test_created_record_is_read_back(store: ResultStore) -> None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
 
 from openhqm.constants import Status
-from openhqm.results import RequestRecord
 from openhqm.results.postgres import PostgresResultStore
 from tests.contract.store_targets.postgres import unique_table
+from tests.records import new_record
 from tests.services import require_service
 
 StoreFactory = Callable[[], Awaitable[PostgresResultStore]]
@@ -65,10 +64,6 @@ async def wait_until_listening_again(store: PostgresResultStore, old_pid: int) -
     async with asyncio.timeout(10):
         while store.listener_pid in (None, old_pid):
             await asyncio.sleep(0.02)
-
-
-def new_record(**fields: object) -> RequestRecord:
-    return RequestRecord(correlation_id=uuid.uuid4().hex, **fields)  # type: ignore[arg-type]
 
 
 async def test_waiter_is_woken_after_the_listen_connection_is_terminated(

@@ -16,9 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from openhqm.constants import Status
-from openhqm.results import RequestRecord
 from openhqm.results.redis import RedisResultStore
 from tests.contract.store_targets.redis import TEST_PREFIX
+from tests.records import new_record
 from tests.services import require_service
 
 StoreFactory = Callable[..., Awaitable[RedisResultStore]]
@@ -67,10 +67,6 @@ async def wait_until_resubscribed(admin: aioredis.Redis, store: RedisResultStore
             if clients and clients[0]["id"] != old_id and clients[0]["sub"] == "1":
                 return
             await asyncio.sleep(0.02)
-
-
-def new_record(**fields: object) -> RequestRecord:
-    return RequestRecord(correlation_id=uuid.uuid4().hex, **fields)  # type: ignore[arg-type]
 
 
 async def test_waiter_is_woken_after_the_subscriber_connection_is_killed(
