@@ -204,7 +204,17 @@ class SQSDelivery(Delivery):
         return max(0, int(HOLD_MAX_S - (time.monotonic() - self._received_at)))
 
     async def _ack(self) -> None:
-        await self._backend._call("delete_message", QueueUrl=self._url, ReceiptHandle=self._handle)
+        await self._delete()
+
+    async def _delete(self) -> None:
+        """Delete by this receive's handle. A handle the lease outlived (the message went out again)
+        is refused by SQS: that late settle changes nothing, as with every backend's fencing."""
+        try:
+            await self._backend._call("delete_message", QueueUrl=self._url, ReceiptHandle=self._handle)
+        except SQSRequestFailed as exc:
+            if "ReceiptHandleIsInvalid" not in exc.codes:
+                raise
+            log.warning("sqs.late_settle", queue=self.queue, message_id=self.message_id)
 
     async def _nack(self, delay_s: float | None) -> None:
         seconds = math.ceil(max(0.0, delay_s or 0.0))
@@ -213,14 +223,14 @@ class SQSDelivery(Delivery):
             return
         await self._backend._send_copy(self.queue, self._message, self._attributes, delay_s=seconds,
                                        attempts=self.attempt)
-        await self._backend._call("delete_message", QueueUrl=self._url, ReceiptHandle=self._handle)
+        await self._delete()
 
     async def _dead_letter(self, reason: str) -> None:
         attributes = {k: v for k, v in self._attributes.items() if k not in _COPY_DROPS}
         attributes[REASON_ATTR] = reason[:MAX_REASON_CHARS] or "-"
         await self._backend._send(dead_letter_queue(self.queue), self._message["Body"], attributes,
                                   key=self.key, dedup_id=self.message_id, delay_s=0)
-        await self._backend._call("delete_message", QueueUrl=self._url, ReceiptHandle=self._handle)
+        await self._delete()
 
     async def extend_lease(self, seconds: float) -> None:
         """Keep the message invisible `seconds` from now; capped at 12 h after the receive."""
