@@ -166,3 +166,19 @@ async def test_cleanup_by_status_removes_only_those_states(store: ResultStore) -
     assert await store.cleanup(older_than=time.time(), statuses=["COMPLETED"]) == 1
     assert await store.get(completed.correlation_id) is None
     assert await store.get(failed.correlation_id) is not None
+
+
+async def test_concurrent_transitions_from_two_stores_apply_exactly_once(make_store: StoreFactory) -> None:
+    first, second = await make_store(), await make_store()
+    records = [new_record() for _ in range(20)]
+    for record in records:
+        await first.create(record)
+    attempts = [store.transition(r.correlation_id, Status.PROCESSING, allowed_from=[Status.PENDING],
+                                 attempts=n)
+                for r in records for n, store in enumerate((first, second, first, second))]
+    results = await asyncio.gather(*attempts)
+    assert sum(result is not None for result in results) == len(records)
+    assert await first.counts() == {"PROCESSING": len(records)}
+    finals = await asyncio.gather(*(second.transition(r.correlation_id, Status.COMPLETED) for r in records))
+    assert all(final is not None and final.status == Status.COMPLETED for final in finals)
+    assert await first.counts() == {"COMPLETED": len(records)}

@@ -98,19 +98,6 @@ async def test_completion_whose_notify_was_missed_wakes_the_waiter_after_reconne
     assert got is not None and got.status == Status.FAILED
 
 
-async def test_concurrent_transitions_from_two_stores_apply_exactly_once(make_store: StoreFactory) -> None:
-    first, second = await make_store(), await make_store()
-    records = [new_record() for _ in range(20)]
-    for record in records:
-        await first.create(record)
-    attempts = [store.transition(r.correlation_id, Status.PROCESSING, allowed_from=[Status.PENDING],
-                                 attempts=n)
-                for r in records for n, store in enumerate((first, second, first, second))]
-    results = await asyncio.gather(*attempts)
-    assert sum(result is not None for result in results) == len(records)
-    assert await first.counts() == {"PROCESSING": len(records)}
-
-
 async def test_connect_adds_columns_for_record_fields_the_table_lacks(
         make_store: StoreFactory, admin: asyncpg.Connection, table: str) -> None:
     store = await make_store()

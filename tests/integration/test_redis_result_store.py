@@ -119,21 +119,6 @@ async def test_cleanup_repairs_counts_and_sessions_of_records_redis_already_expi
     assert await admin.zcard(f"{store._prefix}:session:{session}") == 1
 
 
-async def test_concurrent_transitions_from_two_stores_apply_exactly_once(make_store: StoreFactory) -> None:
-    first, second = await make_store(), await make_store()
-    records = [new_record() for _ in range(20)]
-    for record in records:
-        await first.create(record)
-    attempts = [store.transition(r.correlation_id, Status.PROCESSING, allowed_from=[Status.PENDING],
-                                 attempts=n)
-                for r in records for n, store in enumerate((first, second, first, second))]
-    results = await asyncio.gather(*attempts)
-    assert sum(result is not None for result in results) == len(records)
-    finals = await asyncio.gather(*(second.transition(r.correlation_id, Status.COMPLETED) for r in records))
-    assert all(final is not None and final.status == Status.COMPLETED for final in finals)
-    assert await first.counts() == {"COMPLETED": len(records)}
-
-
 async def test_concurrent_non_terminal_updates_all_land_through_compare_and_set(
         make_store: StoreFactory) -> None:
     first, second = await make_store(), await make_store()
