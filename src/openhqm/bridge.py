@@ -195,7 +195,8 @@ class Bridge:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
 
-    async def replay(self, dead_letter_id: str) -> RequestRecord:
+    async def replay(self, dead_letter_id: str) -> tuple[RequestRecord, DeadLetterRecord]:
+        """Queue a dead letter again as a new request: (the new request, the entry it came from)."""
         entry = await self.store.take_dead_letter(dead_letter_id)
         if entry is None:
             raise NotFound(f"no dead letter with id {dead_letter_id!r}")
@@ -210,7 +211,7 @@ class Bridge:
                          client_id=original.client_id, callback_url=original.callback_url,
                          metadata={**original.metadata, "replay_of": entry.correlation_id or entry.id})
         try:
-            return await self.submit(sub)
+            return await self.submit(sub), entry
         except Exception:
             await self.store.add_dead_letter(entry)  # put it back: replay is all or nothing
             raise

@@ -278,11 +278,9 @@ def dead_letter_json(d: Any) -> dict[str, Any]:
 async def replay_dead_letter(dead_letter_id: str, request: Request) -> dict[str, Any]:
     """Queue a dead letter again as a new request; the answer names the new correlation id."""
     bridge, _ = context(request)
-    entries = {d.id: d for d in await bridge.dead_letters(1000)}
-    original = entries.get(dead_letter_id)
-    record = await bridge.replay(dead_letter_id)
+    record, original = await bridge.replay(dead_letter_id)
     return {"id": dead_letter_id, "correlation_id": record.correlation_id, "status": record.status,
-            "replayed_from": original.correlation_id if original else ""}
+            "replayed_from": original.correlation_id}
 
 
 @router.delete("/api/v1/dlq")
