@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,9 +59,8 @@ class Processes:
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def stop(self) -> None:
-        for proc in self.procs:  # by PID, the ones this script started
-            proc.terminate()
-        for proc in self.procs:
+        for proc in reversed(self.procs):  # by PID, the ones this script started, the profiler first
+            proc.send_signal(signal.SIGINT if proc.args[0] == "py-spy" else signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -171,6 +171,8 @@ def main() -> None:
                         default=["direct", "prefer-wait", "long-poll", "forward-prefer-wait"])
     parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for openhqm serve")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the serve process with py-spy while the scenarios run (speedscope JSON)")
     args = parser.parse_args()
 
     procs = Processes()
@@ -193,6 +195,10 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{echo_port}/")
         wait_http(f"http://127.0.0.1:{hqm_port}/ready")
         base = f"http://127.0.0.1:{hqm_port}"
+        if args.profile:
+            serve_pid = procs.procs[-1].pid
+            procs.start(["py-spy", "record", "--rate", "200", "--format", "speedscope", "--nonblocking",
+                         "--pid", str(serve_pid), "--output", os.path.abspath(args.profile)])
         scenarios: dict[str, Request] = {
             "direct": direct(echo_url),
             "prefer-wait": prefer_wait(base, {"handler": "echo"}),

@@ -104,10 +104,20 @@ class Bridge:
                 raise
             raise BackendUnavailable(f"the queue did not accept the request: {exc}") from exc
         self.store.emit(record)
-        metrics.SUBMITTED.labels(self.request_queue).inc()
+        metrics.child(metrics.SUBMITTED, self.request_queue).inc()
         log.info("request queued", correlation_id=record.correlation_id, session_id=sub.session_id,
                  endpoint=sub.endpoint or sub.handler)
         return record
+
+    async def submit_and_wait(self, sub: Submission, wait_s: float) -> RequestRecord:
+        """Submit, then wait up to `wait_s` for the result (Prefer: wait). The waiter is registered
+        before the message is published, so the record just written needs no second read."""
+        sub.correlation_id = sub.correlation_id or new_id()
+        with self.store.waiting(sub.correlation_id) as finished:
+            record = await self.submit(sub)
+            done = await self.store.until_terminal(record.correlation_id, finished, record,
+                                                   min(wait_s, self.settings.server.max_wait_s))
+        return done or record
 
     async def submit_once(self, sub: Submission, idempotency_key: str) -> tuple[RequestRecord, bool]:
         """Submit at most once per (client, key) within `idempotency.window_s`: (record, is_new).

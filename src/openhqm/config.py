@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
@@ -183,8 +183,11 @@ class RetrySettings(Section):
     max_delay_s: float = Field(60.0, ge=0)
 
 
+PROXY_CONCURRENCY = 100  # the default proxy.endpoints.<name>.max_concurrency
+
+
 class WorkerSettings(Section):
-    concurrency: int = Field(16, ge=1)
+    concurrency: int = Field(16, ge=1, description=f"jobs at once; {PROXY_CONCURRENCY} in proxy mode unless set")
     prefetch: int = Field(32, ge=1)
     shutdown_timeout_s: float = Field(30.0, ge=0)
     default_handler: str = "echo"
@@ -269,6 +272,14 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     proxy: ProxySettings = ProxySettings()
     callbacks: CallbackSettings = CallbackSettings()
+
+    @model_validator(mode="after")
+    def _forwarding_concurrency(self) -> Settings:
+        # A forwarded job mostly waits on its backend: 16 slots would make the bridge, not the
+        # backend, the bottleneck of a slow service. The endpoint's max_concurrency protects it.
+        if self.proxy.enabled and "concurrency" not in self.worker.model_fields_set:
+            self.worker = self.worker.model_copy(update={"concurrency": PROXY_CONCURRENCY})
+        return self
 
     @classmethod
     def settings_customise_sources(

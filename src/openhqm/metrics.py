@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -29,6 +35,14 @@ CIRCUIT_STATE = Gauge("openhqm_circuit_state", "Circuit breaker: 0 closed, 1 hal
 RESULTS = Gauge("openhqm_results", "Requests in the result store, by status", ["status"], registry=REGISTRY)
 WORKER_CONCURRENCY = Gauge("openhqm_worker_concurrency", "Current size of the worker pool", registry=REGISTRY)
 SUBMITTED = Counter("openhqm_submitted", "Requests accepted by the listener", ["queue"], registry=REGISTRY)
+
+
+@functools.lru_cache(maxsize=4096)
+def child(metric: M, *values: str) -> M:
+    """`metric.labels(*values)`, cached: labels() takes a lock and builds a key on every call, and
+    the hot path asks for the same few children thousands of times a second. Label values are
+    bounded (route templates, queue and endpoint names), so the cache is too."""
+    return metric.labels(*values)
 
 
 def status_class(status: int | None) -> str:

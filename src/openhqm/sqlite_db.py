@@ -25,7 +25,6 @@ T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
 
 _BATCH_MAX = 1024
-FLUSH_DELAY_S = 0.0005
 
 
 class SQLiteDB:
@@ -37,6 +36,7 @@ class SQLiteDB:
         self._flush_scheduled = False
         self._users = 0
         self._events: dict[str, asyncio.Event] = {}
+        self.finished_requests = 0  # terminal moves by any store object of this process (see results/sqlite.py)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -77,7 +77,7 @@ class SQLiteDB:
         self._pending.append((op, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_later(FLUSH_DELAY_S, self._flush)
+            loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
@@ -133,9 +133,34 @@ class SQLiteDB:
         finally:
             conn.close()
 
-    def watch_connection(self) -> sqlite3.Connection:
-        """A separate read connection for `data_version` checks from the event loop thread."""
-        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+    async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """A read that may scan many rows (counts, depth, listings), on a thread with a connection of
+        its own: WAL readers do not block the writer, and the event loop keeps serving meanwhile."""
+        if self._conn is None:
+            raise BackendUnavailable(f"SQLite database {self.path} is closed")
+        return await asyncio.to_thread(self._read, op)
+
+    def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            return op(conn)
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"SQLite read failed: {exc}") from exc
+        finally:
+            conn.close()
+
+    def others_version(self) -> int:
+        """`PRAGMA data_version` of the writer connection: it changes only when ANOTHER connection
+        (another process) commits, so this process's own writes never look like news. Cheap enough
+        to poll every few milliseconds from the event loop."""
+        return data_version(self.connection)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For reads on the loop thread between batches (never inside an operation)."""
+        if self._conn is None:
+            raise BackendUnavailable(f"SQLite database {self.path} is closed")
+        return self._conn
 
 
 _DATABASES: dict[tuple[str, str], SQLiteDB] = {}

@@ -97,3 +97,10 @@ def test_retention_covers_every_finished_state_once() -> None:
     assert settings.results.longest_ttl_s == 3600
     with pytest.raises(ConfigError, match="ttl_by_status"):
         load_settings(overrides={"results": {"ttl_by_status": {"PENDING": 1}}})
+
+
+def test_proxy_mode_runs_enough_forwards_at_once_unless_concurrency_is_set() -> None:
+    proxy = {"enabled": True, "default_endpoint": "http://127.0.0.1:9/"}
+    assert load_settings().worker.concurrency == 16
+    assert load_settings(overrides={"proxy": proxy}).worker.concurrency == 100
+    assert load_settings(overrides={"proxy": proxy, "worker": {"concurrency": 16}}).worker.concurrency == 16

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
-from openhqm.sqlite_db import SQLiteDB, data_version, shared_db
+from openhqm.sqlite_db import SQLiteDB, shared_db
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
@@ -161,10 +161,9 @@ class SQLiteBackend(Backend):
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
         event = self._db.event(queue)
-        watch = self._db.watch_connection()
         unyielded: list[Any] = []
         try:
-            version = data_version(watch)
+            version = self._db.others_version()
             while not self._closed.is_set():
                 event.clear()
                 rows, next_due = await self._db.run(lambda c: self._fetch(c, queue, prefetch))
@@ -172,9 +171,8 @@ class SQLiteBackend(Backend):
                 while unyielded:
                     yield SQLiteDelivery(self, queue, unyielded.pop(0))
                 if not rows:
-                    version = await self._wait(event, watch, version, next_due)
+                    version = await self._wait(event, version, next_due)
         finally:
-            watch.close()
             if unyielded and self._connected:
                 # Prefetched but never handed out (the consumer stopped): release them at once
                 # instead of letting them wait out their lease.
@@ -185,8 +183,7 @@ class SQLiteBackend(Backend):
         await self._db.run(lambda c: c.executemany(
             "UPDATE queue_messages SET leased_until = NULL WHERE seq = ? AND deliveries = ?", fences))
 
-    async def _wait(self, event: asyncio.Event, watch: sqlite3.Connection, version: int,
-                    next_due: float | None) -> int:
+    async def _wait(self, event: asyncio.Event, version: int, next_due: float | None) -> int:
         """Sleep until this process publishes, another process commits, or a delay falls due."""
         while not self._closed.is_set():
             timeout = self.poll_interval_s
@@ -198,14 +195,14 @@ class SQLiteBackend(Backend):
                     return version
             if next_due is not None and time.time() >= next_due:
                 return version
-            current = data_version(watch)
+            current = self._db.others_version()
             if current != version:
                 return current
         return version
 
     async def depth(self, queue: str) -> int:
         now = time.time()
-        count: int = await self._db.run(lambda c: c.execute(
+        count: int = await self._db.read(lambda c: c.execute(
             "SELECT COUNT(*) FROM queue_messages WHERE queue = ? AND (leased_until IS NULL OR leased_until <= ?)",
             (queue, now)).fetchone()[0])
         return count

@@ -40,6 +40,7 @@ class Endpoint:
         self.name = name
         self.settings = settings
         self._base = httpx.URL(settings.url)
+        self._base_for_aiohttp = URL(str(self._base), encoded=True)
         self._policy = HeaderPolicy(settings.forward_headers, settings.strip_headers, settings.headers)
         self.breaker = CircuitBreaker(name, settings.circuit)
         self._limits = EndpointLimits(settings.max_concurrency, settings.rate_limit_per_s, settings.burst)
@@ -108,6 +109,8 @@ class Endpoint:
         return response
 
     def _url(self, path: str | None, query: str | None) -> httpx.URL:
+        if not path and not query:
+            return self._base  # the common case: the endpoint's URL as configured
         base_path, _, base_query = self._base.raw_path.decode("ascii").partition("?")
         if path:
             path = quote(path if path.startswith("/") else "/" + path, safe=_PATH_SAFE)
@@ -140,8 +143,9 @@ class Endpoint:
             credential = await self._credential(url)
             outgoing = CIMultiDict(merge(headers, [credential] if credential else []))
             with self._mapped(url):
+                target = self._base_for_aiohttp if url is self._base else URL(str(url), encoded=True)
                 response = await self._client.request(
-                    method, URL(str(url), encoded=True), headers=outgoing, data=body or None,
+                    method, target, headers=outgoing, data=body or None,
                     allow_redirects=False)
             try:
                 location = response.headers.get("location")

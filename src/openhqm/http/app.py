@@ -57,6 +57,7 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
         pool: WorkerPool | None = None
         if run_workers:
             pool = build_pool(app, backend, store, forwarder)
+            pool.processor.local_replies[bridge.response_queue] = bridge.apply_reply
             pool.start()
         log.info("listener ready", queue=backend.display_url, results=store.name, workers=run_workers)
         try:

@@ -33,11 +33,21 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         detail = f"request body exceeds server.max_body_bytes ({self.max_bytes} bytes)"
+        declared = None
+        chunked = False
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                for message in _json_error(413, detail):
-                    await send(message)
-                return
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_bytes:
+                    for message in _json_error(413, detail):
+                        await send(message)
+                    return
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared is not None and declared.isdigit() and not chunked:
+            # The server reads exactly Content-Length bytes, and that is within the limit.
+            await self.app(scope, receive, send)
+            return
         received = 0
         started = False
         refused = False
@@ -94,5 +104,5 @@ class MetricsMiddleware:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "GET")
-            metrics.HTTP_REQUESTS.labels(template, method, str(status)).inc()
-            metrics.HTTP_DURATION.labels(template, method).observe(time.perf_counter() - started)
+            metrics.child(metrics.HTTP_REQUESTS, template, method, str(status)).inc()
+            metrics.child(metrics.HTTP_DURATION, template, method).observe(time.perf_counter() - started)

@@ -136,6 +136,13 @@ async def submit(body: SubmitRequest, request: Request) -> Response:
         submission.request_hash = request_hash(body)
         record, is_new = await bridge.submit_once(submission, idempotency_key)
         replayed = not is_new
+    elif preferences.wait_s and not preferences.respond_async:
+        record = await bridge.submit_and_wait(submission, preferences.wait_s)
+        if not record.terminal:
+            return accepted(request, record, bridge)
+        answer = finished(record)
+        answer.headers["Preference-Applied"] = f"wait={preferences.wait_s:g}"
+        return answer
     else:
         record = await bridge.submit(submission)
     response = await _answer(request, bridge, record, preferences.wait_s, preferences.respond_async, client)

@@ -44,11 +44,10 @@ def sidecar_router(prefix: str) -> APIRouter:
             client_id=getattr(request.state, "client_id", None),
             metadata={"client_addr": client.host if client else None, "client_proto": request.url.scheme,
                       "client_host": request.headers.get("host")})
-        record = await bridge.submit(submission)
         preferences = parse_prefer(request.headers.getlist("prefer"))
         if settings.respond_async or preferences.respond_async:
-            return accepted(request, record, bridge)
-        done = await bridge.wait(record.correlation_id, preferences.wait_s or settings.wait_s, submission.client_id)
+            return accepted(request, await bridge.submit(submission), bridge)
+        done = await bridge.submit_and_wait(submission, preferences.wait_s or settings.wait_s)
         if not done.terminal:
             return accepted(request, done, bridge)
         if done.status == Status.COMPLETED:

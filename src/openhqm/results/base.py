@@ -9,9 +9,10 @@ store's own change feed (`_watch`) for changes made by other processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -59,7 +60,7 @@ class ResultStore(ABC):
     name: str = "abstract"
 
     def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, set[asyncio.Future[RequestRecord | None]]] = {}
         self._listeners: list[Callable[[RequestRecord], None]] = []
         self._subscribers: dict[str, set[asyncio.Queue[RequestRecord]]] = {}
 
@@ -124,7 +125,7 @@ class ResultStore(ABC):
         if record is not None:
             self.emit(record)
             if record.terminal:
-                self._wake(correlation_id)
+                self._wake(correlation_id, record)
         return record
 
     async def oldest_unfinished(self) -> float | None:
@@ -155,18 +156,18 @@ class ResultStore(ABC):
 
     async def wait(self, correlation_id: str, timeout_s: float) -> RequestRecord | None:
         """The record once terminal, or as it is after `timeout_s`; None if unknown."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self.waiting(correlation_id) as finished:
+            record = await self.get(correlation_id)  # read after registering: no missed wake-up
+            return await self.until_terminal(correlation_id, finished, record, timeout_s)
+
+    @contextlib.contextmanager
+    def waiting(self, correlation_id: str) -> Iterator[asyncio.Future[RequestRecord | None]]:
+        """A future resolved when `correlation_id` turns terminal: with the record when this store
+        object moved it, with None when another process did. Register it before the change can happen."""
+        future: asyncio.Future[RequestRecord | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(correlation_id, set()).add(future)
         try:
-            record = await self.get(correlation_id)  # read after registering: no missed wake-up
-            if record is None or record.terminal or timeout_s <= 0:
-                return record
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await future
-            except TimeoutError:
-                pass
-            return await self.get(correlation_id)
+            yield future
         finally:
             waiters = self._waiters.get(correlation_id)
             if waiters is not None:
@@ -174,10 +175,25 @@ class ResultStore(ABC):
                 if not waiters:
                     del self._waiters[correlation_id]
 
-    def _wake(self, correlation_id: str) -> None:
+    async def until_terminal(self, correlation_id: str, finished: asyncio.Future[RequestRecord | None],
+                             record: RequestRecord | None, timeout_s: float) -> RequestRecord | None:
+        """Wait on a `waiting()` future, given the record as read (or written) after registering it."""
+        if record is None or record.terminal or timeout_s <= 0:
+            return record
+        try:
+            async with asyncio.timeout(timeout_s):
+                done = await finished
+            if done is not None:
+                return done  # moved by this store object: no need to read it back
+        except TimeoutError:
+            pass
+        return await self.get(correlation_id)
+
+    def _wake(self, correlation_id: str, record: RequestRecord | None = None) -> None:
+        """Wake the waiters of `correlation_id`: with its terminal record, or None to read it again."""
         for future in self._waiters.get(correlation_id, ()):
             if not future.done():
-                future.set_result(None)
+                future.set_result(record)
 
     @property
     def waited_ids(self) -> list[str]:

@@ -19,7 +19,7 @@ from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL
 from openhqm.errors import AlreadyExists
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
-from openhqm.sqlite_db import SQLiteDB, data_version, shared_db
+from openhqm.sqlite_db import SQLiteDB, shared_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -44,6 +44,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_record = msgspec.msgpack.Decoder(RequestRecord).decode
 _decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
 _TERMINAL = tuple(str(s) for s in TERMINAL)
+_CLEANUP_CHUNK = 2000
 
 
 class SQLiteResultStore(ResultStore):
@@ -54,6 +55,7 @@ class SQLiteResultStore(ResultStore):
         self._db: SQLiteDB = shared_db(path, synchronous)
         self._watch_interval_s = watch_interval_s
         self._watcher: asyncio.Task[None] | None = None
+        self._finished_here = 0
         self._connected = False
 
     async def connect(self) -> None:
@@ -76,26 +78,27 @@ class SQLiteResultStore(ResultStore):
 
     async def _watch(self) -> None:
         """Wake waiters whose request another process finished."""
-        conn = self._db.watch_connection()
-        try:
-            version = data_version(conn)
-            while True:
-                await asyncio.sleep(self._watch_interval_s)
-                if not self._waiters:
-                    continue
-                current = data_version(conn)
-                if current == version:
-                    continue
-                version = current
-                ids = self.waited_ids
-                marks = ",".join("?" * len(ids))
-                rows = conn.execute(
-                    f"SELECT correlation_id FROM requests WHERE correlation_id IN ({marks})"
-                    f" AND status IN ({','.join('?' * len(_TERMINAL))})", (*ids, *_TERMINAL)).fetchall()
-                for (cid,) in rows:
-                    self._wake(cid)
-        finally:
-            conn.close()
+        version = self._changes_elsewhere()
+        while True:
+            await asyncio.sleep(self._watch_interval_s)
+            if not self._waiters:
+                continue
+            current = self._changes_elsewhere()
+            if current == version:
+                continue
+            version = current
+            ids = self.waited_ids
+            marks = ",".join("?" * len(ids))
+            rows = self._db.connection.execute(
+                f"SELECT correlation_id FROM requests WHERE correlation_id IN ({marks})"
+                f" AND status IN ({','.join('?' * len(_TERMINAL))})", (*ids, *_TERMINAL)).fetchall()
+            for (cid,) in rows:
+                self._wake(cid)
+
+    def _changes_elsewhere(self) -> tuple[int, int]:
+        """Changes by other processes, and requests finished by other store objects in this one
+        (they share the writer connection, whose own commits data_version does not count)."""
+        return self._db.others_version(), self._db.finished_requests - self._finished_here
 
     async def create(self, record: RequestRecord) -> None:
         row = (record.correlation_id, record.status, record.session_id, record.submitted_at,
@@ -135,7 +138,11 @@ class SQLiteResultStore(ResultStore):
                          (updated.status, updated.completed_at, _encode(updated), correlation_id))
             return updated
 
-        return await self._db.run(op)
+        updated = await self._db.run(op)
+        if updated is not None and updated.terminal:
+            self._db.finished_requests += 1
+            self._finished_here += 1
+        return updated
 
     async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
         rows = await self._db.run(lambda c: c.execute(
@@ -144,7 +151,7 @@ class SQLiteResultStore(ResultStore):
         return [_decode_record(r[0]) for r in rows]
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._db.run(lambda c: c.execute(
+        rows = await self._db.read(lambda c: c.execute(
             "SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
         return {status: count for status, count in rows}
 
@@ -153,13 +160,17 @@ class SQLiteResultStore(ResultStore):
             return 0
         chosen = tuple(statuses) if statuses is not None else _TERMINAL
         marks = ",".join("?" * len(chosen))
-        count: int = await self._db.run(lambda c: c.execute(
-            f"DELETE FROM requests WHERE completed_at IS NOT NULL AND completed_at < ? AND status IN ({marks})",
-            (older_than, *chosen)).rowcount)
-        return count
+        delete = (f"DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests WHERE completed_at IS NOT NULL"
+                  f" AND completed_at < ? AND status IN ({marks}) LIMIT {_CLEANUP_CHUNK})")
+        total = 0
+        while True:  # in chunks, each its own short write, so the loop and other writers go on meanwhile
+            count: int = await self._db.run(lambda c: c.execute(delete, (older_than, *chosen)).rowcount)
+            total += count
+            if count < _CLEANUP_CHUNK:
+                return total
 
     async def oldest_unfinished(self) -> float | None:
-        oldest: float | None = await self._db.run(lambda c: c.execute(
+        oldest: float | None = await self._db.read(lambda c: c.execute(
             "SELECT MIN(submitted_at) FROM requests WHERE completed_at IS NULL").fetchone()[0])
         return oldest
 
@@ -169,7 +180,7 @@ class SQLiteResultStore(ResultStore):
             (record.id, record.dead_lettered_at, _encode(record))))
 
     async def list_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
-        rows = await self._db.run(lambda c: c.execute(
+        rows = await self._db.read(lambda c: c.execute(
             "SELECT data FROM dead_letters ORDER BY dead_lettered_at LIMIT ?", (limit,)).fetchall())
         return [_decode_dead(r[0]) for r in rows]
 

@@ -63,9 +63,10 @@ class ForwardTarget:
         return Outcome(result_json(response), raw_response=response.body)
 
     def _observe(self, endpoint: str, status: int | None, started: float) -> None:
-        metrics.UPSTREAM_REQUESTS.labels(endpoint, metrics.status_class(status)).inc()
-        metrics.UPSTREAM_DURATION.labels(endpoint).observe(time.perf_counter() - started)
-        metrics.CIRCUIT_STATE.labels(endpoint).set(_CIRCUIT_VALUES.get(self.forwarder.circuit_state(endpoint), 0))
+        metrics.child(metrics.UPSTREAM_REQUESTS, endpoint, metrics.status_class(status)).inc()
+        metrics.child(metrics.UPSTREAM_DURATION, endpoint).observe(time.perf_counter() - started)
+        state = _CIRCUIT_VALUES.get(self.forwarder.circuit_state(endpoint), 0)
+        metrics.child(metrics.CIRCUIT_STATE, endpoint).set(state)
 
     def retry_policy(self, job: Job) -> RetrySettings | None:
         endpoint = self._endpoint(job)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from openhqm import metrics
@@ -91,7 +92,7 @@ class WorkerPool:
             self._idle.set()
 
     async def _run(self, delivery: Delivery) -> None:
-        keepalive = self._keep_lease(delivery)
+        stop_keeping = self._keep_lease(delivery)
         try:
             await self.processor.process(delivery)
         except asyncio.CancelledError:
@@ -101,22 +102,36 @@ class WorkerPool:
             log.exception("unexpected error while processing; returning the message to the queue")
             await self.processor.give_back(delivery)
         finally:
-            if keepalive is not None:
-                keepalive.cancel()
+            if stop_keeping is not None:
+                stop_keeping()
 
-    def _keep_lease(self, delivery: Delivery) -> asyncio.Task[None] | None:
-        """Extend the lease while a long job runs, so no other worker takes the message meanwhile."""
+    def _keep_lease(self, delivery: Delivery) -> Callable[[], None] | None:
+        """Extend the lease while a long job runs, so no other worker takes the message meanwhile.
+
+        A timer, not a task per job: most jobs end long before the first extension is due."""
         if not self.lease_s or not self.backend.capabilities.lease_extension:
             return None
         lease_s = self.lease_s
+        extender: asyncio.Task[None] | None = None
 
         async def extend() -> None:
             while True:
-                await asyncio.sleep(lease_s / 3)
                 with contextlib.suppress(Exception):
                     await delivery.extend_lease(lease_s)
+                await asyncio.sleep(lease_s / 3)
 
-        return asyncio.create_task(extend())
+        def start() -> None:
+            nonlocal extender
+            extender = asyncio.create_task(extend())
+
+        timer = asyncio.get_running_loop().call_later(lease_s / 3, start)
+
+        def stop() -> None:
+            timer.cancel()
+            if extender is not None:
+                extender.cancel()
+
+        return stop
 
     async def stop(self, timeout_s: float) -> None:
         if self._autoscaling is not None:

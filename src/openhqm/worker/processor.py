@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ log = get_logger("openhqm.worker")
 
 _RUNNABLE = (Status.PENDING, Status.SCHEDULED, Status.RETRY, Status.PROCESSING)
 
+ReplySink = Callable[[Reply], Awaitable[object]]
+
 
 @dataclass
 class Failure:
@@ -52,6 +55,9 @@ class Processor:
         self.target = target
         self.queue = queue
         self.settings = app.settings.worker
+        # Response queues whose replies are applied in this process (`openhqm serve`): the listener
+        # would only store them on receipt, so storing them here saves a broker round trip.
+        self.local_replies: dict[str, ReplySink] = {}
 
     async def process(self, delivery: Delivery) -> None:
         try:
@@ -79,15 +85,15 @@ class Processor:
         if envelope.expires_at is not None and envelope.expires_at < now:
             await self._finish(delivery, envelope, Reply(correlation_id=envelope.correlation_id,
                                status=Status.EXPIRED, error="expired before it started", attempts=attempt - 1))
-            metrics.MESSAGES.labels(self.queue, "expired").inc()
+            metrics.child(metrics.MESSAGES, self.queue, "expired").inc()
             return
         if not await self._claim(envelope, attempt):
             log.info("skipped: request is no longer runnable")
             await delivery.ack()
-            metrics.MESSAGES.labels(self.queue, "cancelled").inc()
+            metrics.child(metrics.MESSAGES, self.queue, "cancelled").inc()
             return
         started = time.perf_counter()
-        metrics.INFLIGHT.labels(self.queue).inc()
+        metrics.child(metrics.INFLIGHT, self.queue).inc()
         span = job_span("openhqm.process", envelope.traceparent, {
             "messaging.message.id": envelope.id, "openhqm.correlation_id": envelope.correlation_id,
             "openhqm.attempt": attempt, "openhqm.target": envelope.endpoint or envelope.handler or ""})
@@ -103,13 +109,13 @@ class Processor:
             await self._failed(delivery, envelope, attempt, failure)
             return
         finally:
-            metrics.INFLIGHT.labels(self.queue).dec()
-            metrics.PROCESSING_DURATION.labels(self.queue).observe(time.perf_counter() - started)
+            metrics.child(metrics.INFLIGHT, self.queue).dec()
+            metrics.child(metrics.PROCESSING_DURATION, self.queue).observe(time.perf_counter() - started)
         reply = Reply(correlation_id=envelope.correlation_id, status=Status.COMPLETED, result=outcome.result,
                       raw_response=outcome.raw_response, attempts=attempt, started_at=now,
                       processing_time_ms=round((time.perf_counter() - started) * 1000, 3))
         await self._finish(delivery, envelope, reply)
-        metrics.MESSAGES.labels(self.queue, "completed").inc()
+        metrics.child(metrics.MESSAGES, self.queue, "completed").inc()
 
     async def _claim(self, envelope: Envelope, attempt: int) -> bool:
         """Mark PROCESSING; False when the request was cancelled or already finished."""
@@ -174,7 +180,7 @@ class Processor:
         if not envelope.raw:
             await self.store.transition(envelope.correlation_id, Status.RETRY, error=error, attempts=attempt)
         await delivery.nack(delay_s=delay_s)
-        metrics.MESSAGES.labels(self.queue, "retried").inc()
+        metrics.child(metrics.MESSAGES, self.queue, "retried").inc()
 
     async def _defer(self, delivery: Delivery, envelope: Envelope, attempt: int, delay_s: float, why: str) -> None:
         """Put the message back without counting a try (e.g. the endpoint's circuit is open)."""
@@ -191,7 +197,7 @@ class Processor:
         record = DeadLetterRecord(id=new_id(), correlation_id=correlation_id, queue=self.queue, reason=reason,
                                   attempts=attempt, last_error=last_error, dead_lettered_at=time.time(),
                                   body=delivery.body)
-        metrics.MESSAGES.labels(self.queue, "dead_lettered").inc()
+        metrics.child(metrics.MESSAGES, self.queue, "dead_lettered").inc()
         try:
             await self.store.add_dead_letter(record)
         except Exception:
@@ -201,14 +207,18 @@ class Processor:
         if envelope is not None:
             await self._finish(delivery, envelope, Reply(
                 correlation_id=correlation_id, status=Status.FAILED, error=last_error or reason, attempts=attempt))
-            metrics.MESSAGES.labels(self.queue, "failed").inc()
+            metrics.child(metrics.MESSAGES, self.queue, "failed").inc()
         else:
             await delivery.ack()
 
     async def _finish(self, delivery: Delivery, envelope: Envelope, reply: Reply) -> None:
-        """Publish the reply (durably accepted) and only then ack the request."""
+        """Store or publish the reply (durably accepted) and only then ack the request."""
         if envelope.reply_to:
-            await self.backend.publish(envelope.reply_to, encode(reply), priority=envelope.priority)
+            apply_here = self.local_replies.get(envelope.reply_to)
+            if apply_here is not None:
+                await apply_here(reply)
+            else:
+                await self.backend.publish(envelope.reply_to, encode(reply), priority=envelope.priority)
         await delivery.ack()
 
     async def give_back(self, delivery: Delivery) -> None:

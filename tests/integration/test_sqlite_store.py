@@ -1,0 +1,29 @@
+"""The embedded SQLite store's own behaviour beyond the store contract: large housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from openhqm.constants import Status
+from openhqm.results.sqlite import _CLEANUP_CHUNK, SQLiteResultStore
+from tests.records import new_record
+
+
+async def test_cleanup_of_more_than_one_chunk_removes_all_of_them_and_nothing_else(tmp_path: Path) -> None:
+    store = SQLiteResultStore(tmp_path / "openhqm.db")
+    await store.connect()
+    try:
+        old = [new_record() for _ in range(_CLEANUP_CHUNK * 2 + 7)]
+        keep = [new_record() for _ in range(5)]
+        await asyncio.gather(*(store.create(r) for r in old + keep))
+        long_ago = time.time() - 1000
+        await asyncio.gather(*(store.transition(r.correlation_id, Status.COMPLETED, completed_at=long_ago)
+                               for r in old))
+        await asyncio.gather(*(store.transition(r.correlation_id, Status.COMPLETED) for r in keep[:3]))
+
+        assert await store.cleanup(older_than=time.time() - 500) == len(old)
+        assert await store.counts() == {"COMPLETED": 3, "PENDING": 2}
+    finally:
+        await store.close()
