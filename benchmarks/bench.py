@@ -142,6 +142,20 @@ def submit_then_long_poll(base: str, metadata: dict[str, Any]) -> Request:
     return call
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def broker_env(queue_type: str) -> dict[str, str]:
     """Fresh queue names, and where the test brokers listen (the OPENHQM_TEST_* variables of scripts/test)."""
     run = uuid.uuid4().hex[:8]
@@ -206,8 +220,14 @@ def main() -> None:
             "forward-prefer-wait": prefer_wait(base, {"endpoint": "echo"}),
             "forward-long-poll": submit_then_long_poll(base, {"endpoint": "echo"}),
         }
+        echo_pid, serve_pid = procs.procs[0].pid, procs.procs[1].pid
         for name in args.scenarios:
-            results[name] = asyncio.run(measure(scenarios[name], args.clients, args.seconds))
+            before = cpu_seconds(echo_pid), cpu_seconds(serve_pid), own_cpu_seconds()
+            results[name] = result = asyncio.run(measure(scenarios[name], args.clients, args.seconds))
+            after = cpu_seconds(echo_pid), cpu_seconds(serve_pid), own_cpu_seconds()
+            # CPU per round trip of each process (warm-up included, so a slight overestimate).
+            for key, start, end in zip(("echo_cpu_ms", "serve_cpu_ms", "client_cpu_ms"), before, after, strict=True):
+                result[key] = (end - start) * 1000 / max(1, result["requests"])
     finally:
         procs.stop()
     report(results, args)
@@ -220,11 +240,15 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
     baseline = results.get("direct", {}).get("rps")
     print(f"queue={args.queue_type} results={args.results_type} clients={args.clients} "
           f"seconds={args.seconds:g} backend_delay_s={args.backend_delay_s:g} cores={os.cpu_count()}")
-    print("| scenario | round trips/s | p50 ms | p99 ms | vs direct | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| scenario | round trips/s | p50 ms | p99 ms | vs direct | errors "
+          "| CPU ms/round trip: openhqm, echo, client |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for name, r in results.items():
         ratio = f"{r['rps'] / baseline:.2f}" if baseline else "-"
-        print(f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio} | {r['errors']:.0f} |")
+        serve_cpu = "-" if name == "direct" else f"{r['serve_cpu_ms']:.2f}"
+        cpu = f"{serve_cpu}, {r['echo_cpu_ms']:.2f}, {r['client_cpu_ms']:.2f}"
+        print(f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio} | {r['errors']:.0f} "
+              f"| {cpu} |")
 
 
 if __name__ == "__main__":
