@@ -41,7 +41,8 @@ class ServerSettings(Section):
 class SQLiteQueueSettings(Section):
     synchronous: Literal["normal", "full"] = "normal"
     lease_s: float = Field(30.0, gt=0)
-    poll_interval_s: float = Field(0.005, gt=0, description="cross-process wake-up check; SQLite cannot push")
+    poll_interval_s: float = Field(
+        0.005, gt=0, description="fallback check for other processes' commits (they also ring a socket bell)")
 
 
 class RedisQueueSettings(Section):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from openhqm.errors import BackendUnavailable, ConfigError
+from openhqm.sqlite_bell import Bell
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
@@ -37,6 +38,8 @@ class SQLiteDB:
         self._users = 0
         self._events: dict[str, asyncio.Event] = {}
         self.finished_requests = 0  # terminal moves by any store object of this process (see results/sqlite.py)
+        self.bell = Bell(path)
+        self.bell.on_ring(self._changed_elsewhere)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -58,6 +61,7 @@ class SQLiteDB:
         self._users += 1
         if self._conn is None:
             self._conn = self._open()
+            self.bell.open()
 
     def release(self) -> None:
         self._users -= 1
@@ -65,6 +69,7 @@ class SQLiteDB:
             return
         if self._pending:
             self._flush()
+        self.bell.close()
         self._conn.close()
         self._conn = None
         _DATABASES.pop((str(self.path), self.synchronous), None)
@@ -82,9 +87,20 @@ class SQLiteDB:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        while self._pending and self._conn is not None:
+        conn = self._conn
+        if conn is None:
+            return
+        changes = conn.total_changes
+        while self._pending:
             batch, self._pending = self._pending[:_BATCH_MAX], self._pending[_BATCH_MAX:]
-            self._run_batch(self._conn, batch)
+            self._run_batch(conn, batch)
+        if conn.total_changes != changes:
+            self.bell.ring()
+
+    def _changed_elsewhere(self) -> None:
+        """Another process committed: every consumer and watcher of this process looks again."""
+        for event in self._events.values():
+            event.set()
 
     @staticmethod
     def _run_batch(conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:

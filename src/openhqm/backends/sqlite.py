@@ -5,8 +5,8 @@ URL: `queue.type: sqlite`; the file is `<data_dir>/openhqm.db`. Options: `queue.
 `queue.sqlite.lease_s` (visibility timeout), `queue.sqlite.poll_interval_s`.
 Supports: priority (native: ORDER BY), delay (native: available_at), ordering key (emulated: only
 the oldest message of a key is deliverable), dead letters (native: rows move to `<queue>.dlq`),
-lease extension. Consumers in the publishing process are woken at once; consumers in other
-processes notice commits through `PRAGMA data_version`, because SQLite cannot push.
+lease extension. Consumers in the publishing process are woken at once, consumers in other
+processes by the bell (sqlite_bell.py), with `PRAGMA data_version` polling as the fallback.
 """
 
 from __future__ import annotations

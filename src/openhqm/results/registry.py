@@ -24,8 +24,9 @@ def create_store(settings: Settings) -> ResultStore:
     if kind == "sqlite":
         from openhqm.results.sqlite import SQLiteResultStore
 
-        return SQLiteResultStore(settings.data_dir / "openhqm.db",
-                                 synchronous=settings.queue.sqlite.synchronous)
+        options = settings.queue.sqlite  # one file, one fallback poll interval for queue and store
+        return SQLiteResultStore(settings.data_dir / "openhqm.db", synchronous=options.synchronous,
+                                 watch_interval_s=max(0.02, options.poll_interval_s))
     if kind in ("redis", "postgres"):
         extra = {"redis": "redis", "postgres": "postgres"}[kind]
         try:

@@ -1,7 +1,8 @@
-"""SQLite result store in `<data_dir>/openhqm.db`, sharing the queue's writer thread and commits.
+"""SQLite result store in `<data_dir>/openhqm.db`, sharing the queue's writer connection and commits.
 
-Other processes' changes (a second listener replica) are noticed through `PRAGMA data_version`,
-checked every `watch_interval_s` only while someone waits: SQLite has no change notifications.
+Other processes' changes (a second listener replica, `openhqm worker` processes) wake waiters at once
+through the bell (sqlite_bell.py); `PRAGMA data_version`, checked every `watch_interval_s` while
+someone waits, is the fallback when a ring is lost.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _decode_record = msgspec.msgpack.Decoder(RequestRecord).decode
 _decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
 _TERMINAL = tuple(str(s) for s in TERMINAL)
 _CLEANUP_CHUNK = 2000
+_BELL_TOPIC = "openhqm-store-watch"
 
 
 class SQLiteResultStore(ResultStore):
@@ -79,8 +81,12 @@ class SQLiteResultStore(ResultStore):
     async def _watch(self) -> None:
         """Wake waiters whose request another process finished."""
         version = self._changes_elsewhere()
+        rung = self._db.event(_BELL_TOPIC)  # set when another process rings (sqlite_bell.py)
         while True:
-            await asyncio.sleep(self._watch_interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._watch_interval_s):
+                    await rung.wait()
+            rung.clear()
             if not self._waiters:
                 continue
             current = self._changes_elsewhere()
