@@ -23,6 +23,7 @@ from openhqm.http.sidecar import sidecar_router
 from openhqm.logging import get_logger
 from openhqm.results import create_store
 from openhqm.routing import Routing
+from openhqm.runtime import settle_after_startup
 from openhqm.tracing import shutdown_tracing
 from openhqm.worker.pool import WorkerPool
 from openhqm.worker.runner import build_forwarder, build_pool
@@ -59,6 +60,7 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
             pool = build_pool(app, backend, store, forwarder)
             pool.processor.local_replies[bridge.response_queue] = bridge.apply_reply
             pool.start()
+        settle_after_startup()
         log.info("listener ready", queue=backend.display_url, results=store.name, workers=run_workers)
         try:
             yield

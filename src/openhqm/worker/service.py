@@ -11,6 +11,7 @@ from openhqm.app import OpenHQM
 from openhqm.backends import create_backend
 from openhqm.logging import get_logger
 from openhqm.results import create_store
+from openhqm.runtime import settle_after_startup
 from openhqm.tracing import shutdown_tracing
 from openhqm.worker.pool import WorkerPool
 from openhqm.worker.runner import build_forwarder, build_pool
@@ -58,6 +59,7 @@ async def run_worker(app: OpenHQM) -> None:
 
         health = health_server(settings, backend, store, pool)
         health_task = asyncio.create_task(health.serve())
+    settle_after_startup()
     pool.start()
     log.info("worker ready", queue=backend.display_url, concurrency=pool.concurrency)
     idle = asyncio.create_task(exit_when_idle(pool, settings.worker.idle_exit_s, stop)) \
