@@ -320,7 +320,12 @@ async def cleanup(store: ResultStore, results: ResultsSettings, now: float, olde
 
 
 def json_body(payload: Any) -> bytes:
-    return orjson.dumps(payload)
+    """The payload as the JSON body a handler or backend receives; 422 for what JSON cannot carry
+    on (integers beyond 64 bits, which neither the queue envelope nor most consumers can hold)."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        raise RequestRejected(f"payload cannot be forwarded as JSON: {exc}", status=422) from None
 
 
 __all__ = ["Bridge", "Submission", "json_body"]

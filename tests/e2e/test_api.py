@@ -109,6 +109,13 @@ def test_invalid_priority_answers_422_naming_the_field(server: OpenHQMProcess) -
     assert "priority" in str(response.json()["detail"])
 
 
+def test_payload_json_cannot_carry_answers_422_naming_the_problem(server: OpenHQMProcess) -> None:
+    response = httpx.post(f"{server.url}/api/v1/submit", content=b'{"payload": {"n": 123456789012345678901234567890}}',
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "64-bit" in response.json()["detail"]
+
+
 def test_unknown_handler_answers_400_listing_valid_ones(server: OpenHQMProcess) -> None:
     response = submit(server, 1, {"handler": "recrod"})
     assert response.status_code == 400

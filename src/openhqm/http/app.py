@@ -16,8 +16,9 @@ from openhqm.bridge import Bridge
 from openhqm.errors import BackendUnavailable, RequestRejected
 from openhqm.forward import CallbackSender
 from openhqm.http.auth import SECURITY_SCHEMES, AuthMiddleware, build_authenticator
+from openhqm.http.fastpath import SubmitFastPath
 from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
-from openhqm.http.responses import JSONResponse
+from openhqm.http.responses import JSONResponse, rejected, unavailable
 from openhqm.http.routes import ops_router, router
 from openhqm.http.sidecar import sidecar_router
 from openhqm.logging import get_logger
@@ -89,6 +90,8 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
         api.include_router(sidecar_router(settings.proxy.sidecar.prefix))
     api.add_exception_handler(RequestRejected, _rejected)
     api.add_exception_handler(BackendUnavailable, _unavailable)
+    # Innermost: auth, the body limit and metrics apply to the fast path as to every route.
+    api.add_middleware(SubmitFastPath)
     api.add_middleware(MetricsMiddleware)
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     # Outermost: a request without valid credentials is refused before its body is read.
@@ -114,8 +117,8 @@ def _document_security(api: FastAPI) -> None:
 
 
 async def _rejected(request: Request, exc: Any) -> JSONResponse:
-    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    return rejected(exc)
 
 
 async def _unavailable(request: Request, exc: Any) -> JSONResponse:
-    return JSONResponse({"detail": f"queue unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+    return unavailable(exc)

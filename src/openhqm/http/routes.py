@@ -122,6 +122,11 @@ SUBMIT_HEADERS = {"parameters": [
 async def submit(body: SubmitRequest, request: Request) -> Response:
     """Queue a request. `Prefer: wait=N` answers 200 with the result if it completes within N s.
     An `Idempotency-Key` repeat within `idempotency.window_s` returns the original request."""
+    return await answer_submit(body, request)
+
+
+async def answer_submit(body: SubmitRequest, request: Request) -> Response:
+    """The submit route's work, shared with the fast path (http/fastpath.py)."""
     bridge, client = context(request)
     headers = request.headers
     x_session_id, traceparent = headers.get("x-session-id"), headers.get("traceparent")
