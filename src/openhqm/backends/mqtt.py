@@ -137,13 +137,15 @@ class _Connection:
     def __init__(self, backend: MQTTBackend, client_id: str, *, persistent: bool,
                  receive_maximum: int | None = None, subscription: str | None = None,
                  on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
-                 on_lost: Callable[[BackendError], None] | None = None) -> None:
+                 on_lost: Callable[[BackendError], None] | None = None,
+                 on_connect: Callable[[], None] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._backend = backend
         self.client_id = client_id
         self._subscription = subscription
         self._on_message = on_message
         self._on_lost = on_lost
+        self._on_connect = on_connect
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[int]] = {}
         self.closed = False
@@ -196,7 +198,12 @@ class _Connection:
                    reason: ReasonCode, properties: Properties | None) -> None:
         if reason.is_failure:
             self._call(self._fail, BackendUnavailable(f"mqtt: broker refused {self.client_id!r}: {reason}"))
-        elif self._subscription is not None:
+            return
+        if self._on_connect is not None:
+            # Queued before any message of this connection (paho calls on_connect first), so the
+            # consumer sees the new connection before what the broker re-sends on it.
+            self._call(self._on_connect)
+        if self._subscription is not None:
             # On every (re)connect: a session the broker lost (expired, no persistence) needs it again.
             client.subscribe(self._subscription, options=SubscribeOptions(qos=1))
         else:
@@ -322,6 +329,9 @@ class _Consumer:
         self.held: set[int] = set()  # mids we have: waiting for their time, queued in inbox, or yielded
         self.unsettled: set[int] = set()  # mids yielded and not settled
         self.acked_offline: set[int] = set()  # settled while disconnected: PUBACK when the broker re-sends
+        # Settled on this connection. A resumed session re-sends what was unacked at CONNACK time, so
+        # a DUP of one of these, arriving after our PUBACK went out, is that re-send, not new work.
+        self.acked_here: set[int] = set()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
@@ -329,9 +339,14 @@ class _Consumer:
             backend, session_id, persistent=True,
             receive_maximum=min(MAX_RECEIVE, prefetch + backend.options.max_held),
             subscription=backend.subscription(queue), on_message=self._received,
-            on_lost=self.inbox.put_nowait)
+            on_lost=self.inbox.put_nowait, on_connect=self.acked_here.clear)
 
     def _received(self, message: mqtt.MQTTMessage) -> None:
+        if message.mid in self.acked_here:
+            self.acked_here.discard(message.mid)
+            if message.dup:
+                return  # re-sent on resume before our PUBACK for it reached the broker
+            # otherwise the broker reused the packet id for a new message
         if message.mid in self.acked_offline:
             self.acked_offline.discard(message.mid)
             if message.dup:  # the resumed session re-sends what we settled while the connection was down
@@ -370,7 +385,9 @@ class _Consumer:
             log.warning("mqtt.redelivery_copy_failed", queue=self.queue, error=str(exc))
 
     def _ack(self, mid: int) -> None:
-        if not self.connection.ack(mid):
+        if self.connection.ack(mid):
+            self.acked_here.add(mid)
+        else:
             self.acked_offline.add(mid)
 
     def settle(self, mid: int) -> None:
