@@ -179,3 +179,26 @@ async def test_undecodable_message_is_dead_lettered_with_its_reason_and_work_goe
         time.sleep(0.05)  # the worker is another process
     assert any(e["reason"].startswith("undecodable message") and e["correlation_id"] == "" for e in entries)
     assert submit(server, "still working", headers={"Prefer": "wait=10"}).json()["status"] == "COMPLETED"
+
+
+def test_unusual_requests_on_the_hot_routes_get_the_frameworks_own_answers(server: OpenHQMProcess) -> None:
+    # The hot routes skip FastAPI when a request is plain (http/fastpath.py); everything else must
+    # still reach the framework and answer exactly as it would.
+    cid = submit(server, 1, headers={"Prefer": "wait=20"}).json()["correlation_id"]
+    url = f"{server.url}/api/v1/response/{cid}"
+    assert httpx.get(url, params={"wait": "0.5"}).status_code == 200
+    for query, field in (({"wait": "soon"}, "wait"), ({"wait": "-1"}, "wait"), ({"format": "xml"}, "format")):
+        refused = httpx.get(url, params=query)
+        assert refused.status_code == 422, query
+        assert refused.json()["detail"][0]["loc"] == ["query", field]
+    assert httpx.get(f"{url}?wait=1&wait=2").status_code == 200
+    assert httpx.get(f"{server.url}/api/v1/response/unknown-id").status_code == 404
+
+    with_charset = httpx.post(f"{server.url}/api/v1/submit", content=b'{"payload": 1}',
+                              headers={"content-type": "application/json; charset=utf-8"})
+    assert with_charset.status_code == 202 and with_charset.headers["location"].startswith("/api/v1/response/")
+    not_json = httpx.post(f"{server.url}/api/v1/submit", content=b'{"payload": 1}',
+                          headers={"content-type": "text/plain"})
+    assert not_json.status_code == 422
+    unknown_field = httpx.post(f"{server.url}/api/v1/submit", json={"payload": 1, "extra": True})
+    assert unknown_field.status_code == 422 and unknown_field.json()["detail"][0]["loc"] == ["body", "extra"]

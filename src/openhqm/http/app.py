@@ -16,7 +16,7 @@ from openhqm.bridge import Bridge
 from openhqm.errors import BackendUnavailable, RequestRejected
 from openhqm.forward import CallbackSender
 from openhqm.http.auth import SECURITY_SCHEMES, AuthMiddleware, build_authenticator
-from openhqm.http.fastpath import SubmitFastPath
+from openhqm.http.fastpath import FastPath
 from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
 from openhqm.http.responses import JSONResponse, rejected, unavailable
 from openhqm.http.routes import ops_router, router
@@ -91,7 +91,7 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
     api.add_exception_handler(RequestRejected, _rejected)
     api.add_exception_handler(BackendUnavailable, _unavailable)
     # Innermost: auth, the body limit and metrics apply to the fast path as to every route.
-    api.add_middleware(SubmitFastPath)
+    api.add_middleware(FastPath)
     api.add_middleware(MetricsMiddleware)
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     # Outermost: a request without valid credentials is refused before its body is read.

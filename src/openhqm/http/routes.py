@@ -189,6 +189,11 @@ async def get_response(
     format: Annotated[str | None, Query(pattern="^(json|raw)$")] = None,
 ) -> Response:
     """202 (with Retry-After) until the request is terminal; then 200 with the result JSON."""
+    return await answer_response(correlation_id, request, wait, format)
+
+
+async def answer_response(correlation_id: str, request: Request, wait: float | None, format: str | None) -> Response:
+    """The response route's work, shared with the fast path (http/fastpath.py)."""
     bridge, client = context(request)
     if wait:
         record = await bridge.wait(correlation_id, wait, client)
