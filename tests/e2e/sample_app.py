@@ -54,6 +54,12 @@ async def trace(job: Job) -> Any:
     return payload
 
 
+@app.handler("not_json")
+async def not_json(job: Job) -> Any:
+    """Returns what JSON cannot carry: bytes, or an integer beyond 64 bits."""
+    return b"\x00raw" if job.payload == "bytes" else 2**70
+
+
 @app.handler("fail_once")
 async def fail_once(job: Job) -> Any:
     if job.attempt == 1:

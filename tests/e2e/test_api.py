@@ -153,6 +153,15 @@ def test_handler_that_gives_up_is_dead_lettered_without_retries(server: OpenHQMP
     assert "never succeed" in body["error"]
 
 
+def test_a_result_json_cannot_carry_fails_once_with_the_reason(server: OpenHQMProcess) -> None:
+    for payload, reason in (("bytes", "bytes"), ("bigint", "64-bit")):
+        body = submit(server, payload, {"handler": "not_json"}, headers={"Prefer": "wait=20"}).json()
+        assert body["status"] == "FAILED" and body["attempts"] == 1, body
+        assert "result is not JSON" in body["error"] and reason in body["error"]
+        answer = httpx.get(f"{server.url}/api/v1/response/{body['correlation_id']}")
+        assert answer.status_code == 200 and answer.json()["status"] == "FAILED"
+
+
 def test_health_ready_and_metrics_answer(server: OpenHQMProcess) -> None:
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/ready")

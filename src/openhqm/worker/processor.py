@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import orjson
 import structlog
 
 from openhqm import metrics
@@ -111,7 +112,12 @@ class Processor:
         finally:
             metrics.child(metrics.INFLIGHT, self.queue).dec()
             metrics.child(metrics.PROCESSING_DURATION, self.queue).observe(time.perf_counter() - started)
-        reply = Reply(correlation_id=envelope.correlation_id, status=Status.COMPLETED, result=outcome.result,
+        try:
+            result = as_json(outcome.result)
+        except TypeError as exc:  # retrying would run the handler again for the same answer
+            await self._failed(delivery, envelope, attempt, Failure(f"result is not JSON: {exc}", retryable=False))
+            return
+        reply = Reply(correlation_id=envelope.correlation_id, status=Status.COMPLETED, result=result,
                       raw_response=outcome.raw_response, attempts=attempt, started_at=now,
                       processing_time_ms=round((time.perf_counter() - started) * 1000, 3))
         await self._finish(delivery, envelope, reply)
@@ -226,6 +232,15 @@ class Processor:
         if delivery.settled is None:
             with contextlib.suppress(Exception):
                 await delivery.nack()
+
+
+def as_json(result: Any) -> Any:
+    """The result as the JSON the API will answer with (dataclasses, datetimes and the like become
+    JSON values); TypeError for what JSON cannot carry (bytes, integers beyond 64 bits, objects), so a
+    handler's mistake fails its request with a clear error instead of failing every reader later."""
+    if result is None or isinstance(result, str | bool | float):
+        return result
+    return orjson.loads(orjson.dumps(result))
 
 
 def _fields(envelope: Envelope) -> dict[str, Any]:
