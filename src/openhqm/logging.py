@@ -8,6 +8,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 from openhqm.config import LoggingSettings
@@ -32,8 +33,14 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 def configure_logging(settings: LoggingSettings) -> None:
     """One format for everything: our events and the stdlib loggers (uvicorn, libraries) alike."""
     use_json = settings.format == "json" or (settings.format == "auto" and not sys.stderr.isatty())
-    renderer: Any = (structlog.processors.JSONRenderer() if use_json
+    renderer: Any = (structlog.processors.JSONRenderer(serializer=_orjson_text) if use_json
                      else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    # Our own events, several per request, are the hot path: orjson renders them straight to bytes
+    # (structlog's recommended fast setup). Library logs go through logging's text handler.
+    binary = getattr(sys.stderr, "buffer", None) if use_json else None
+    own_renderer: Any = structlog.processors.JSONRenderer(serializer=orjson.dumps) if binary else renderer
+    factory: Any = (structlog.BytesLoggerFactory(binary) if binary is not None
+                    else structlog.WriteLoggerFactory(sys.stderr))
     level = logging.getLevelName(settings.level)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -42,9 +49,9 @@ def configure_logging(settings: LoggingSettings) -> None:
         redact,
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, own_renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -58,6 +65,10 @@ def configure_logging(settings: LoggingSettings) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def _orjson_text(event: Any, **options: Any) -> str:
+    return orjson.dumps(event, **options).decode()
 
 
 def get_logger(name: str) -> Any:
