@@ -28,6 +28,7 @@ class Backend:
             routes=[
                 Route("/echo{rest:path}", self.echo, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
                 Route("/bytes", self.bytes_, methods=["POST"]),
+                Route("/login", self.login, methods=["GET", "POST"]),
                 Route("/status/{code:int}", self.status, methods=["GET", "POST"]),
                 Route("/slow", self.slow, methods=["GET", "POST"]),
                 Route("/hold", self.hold, methods=["GET", "POST"]),
@@ -69,6 +70,13 @@ class Backend:
                 "body_sha256": hashlib.sha256(body).hexdigest(),
             }
         )
+
+    async def login(self, request: Request) -> Response:
+        """Answers with a session cookie, as a backend does for the one client that logged in."""
+        self._count(request)
+        response = JSONResponse({"logged_in": True})
+        response.set_cookie("session", "client-a-secret", path="/")
+        return response
 
     async def bytes_(self, request: Request) -> Response:
         self._count(request)

@@ -147,6 +147,17 @@ async def test_authorization_and_cookie_pass_only_when_named_in_forward_headers(
     assert "cookie" not in seen
 
 
+async def test_a_cookie_one_client_received_is_never_sent_with_another_clients_request(backend: Backend) -> None:
+    # One pooled session serves every client: it must not keep cookies. By a host name, because
+    # aiohttp's default jar ignores cookies from IP addresses and would hide the leak.
+    ep = {"url": backend.url.replace("127.0.0.1", "localhost"), "forward_headers": ["*"]}
+    async with forwarder(api=ep) as fwd:
+        login = await fwd.forward(ForwardRequest(endpoint="api", path="/login"))
+        assert "client-a-secret" in (login.header("set-cookie") or "")  # the first client gets its cookie
+        other = await fwd.forward(ForwardRequest(endpoint="api", path="/echo"))
+    assert "cookie" not in echoed(other)["header_map"]
+
+
 async def test_sidecar_path_and_query_are_appended_to_the_endpoint_url(backend: Backend) -> None:
     async with forwarder(api={"url": backend.url + "/echo/base?code=k"}) as fwd:
         resp = await fwd.forward(

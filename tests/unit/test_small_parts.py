@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 import openhqm
 from openhqm.backends.registry import BACKEND_ALIASES, get_backend_class
 from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode
 from openhqm.errors import ConfigError
+from openhqm.forward.client import no_cookies
 from openhqm.http.prefer import parse_prefer
 from openhqm.worker.retry import backoff_s, decide
 
@@ -73,3 +75,13 @@ def test_public_api_is_deliberate() -> None:
     assert openhqm.__all__ == sorted(openhqm.__all__)
     for name in openhqm.__all__:
         assert hasattr(openhqm, name)
+
+
+def test_the_callback_client_keeps_no_cookie_a_receiver_sets() -> None:
+    # The callback client is shared by every client's callbacks; a cookie must not carry over.
+    client = httpx.AsyncClient(cookies=no_cookies())
+    for url in ("http://receiver.example/hook", "http://localhost:8080/hook", "http://127.0.0.1/hook"):
+        answer = httpx.Response(200, headers={"set-cookie": "session=secret; Path=/"},
+                                request=httpx.Request("POST", url))
+        client.cookies.extract_cookies(answer)
+    assert list(client.cookies.jar) == []

@@ -26,7 +26,7 @@ import orjson
 from pydantic import SecretStr
 
 from openhqm.errors import ConfigError, OpenHQMError, RequestRejected
-from openhqm.forward.client import display_url
+from openhqm.forward.client import display_url, no_cookies
 from openhqm.forward.errors import CallbackFailed, UnsafeURL, UpstreamTimeout, UpstreamUnavailable
 from openhqm.forward.retry import RetryPolicy, parse_retry_after
 from openhqm.forward.settings import CallbackSettings, secret_key
@@ -92,7 +92,8 @@ class CallbackSender:
     async def start(self) -> None:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self._settings.timeout_s), follow_redirects=False, trust_env=False
+                timeout=httpx.Timeout(self._settings.timeout_s), follow_redirects=False, trust_env=False,
+                cookies=no_cookies(),
             )
 
     async def close(self) -> None:

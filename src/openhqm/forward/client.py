@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import aiohttp
 import certifi
@@ -55,6 +56,11 @@ def display_url(url: str | httpx.URL) -> str:
     return f"{parsed.scheme}://{host}{port}{parsed.path}"
 
 
+def no_cookies() -> CookieJar:
+    """For httpx clients shared between requests of different clients (callbacks): keep nothing."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 def httpx_timeout(timeouts: TimeoutSettings) -> httpx.Timeout:
     return httpx.Timeout(
         connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect
@@ -68,6 +74,9 @@ def build_session(endpoint: EndpointSettings, where: str) -> aiohttp.ClientSessi
                                      ssl=ssl_context(endpoint.tls, where + ".tls"))
     return aiohttp.ClientSession(
         connector=connector, trust_env=False, auto_decompress=True,
+        # One session carries every client's requests: a cookie one backend answer sets must reach
+        # that client (it is in the result), never ride along with the next client's request.
+        cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
         # aiohttp would add these on its own; the forwarded request carries only what the policy built.
         skip_auto_headers=("Content-Type", "User-Agent"),
