@@ -7,7 +7,11 @@ from tests.services import require_service
 
 NAME = "pubsub"
 BULK_COUNT = 10_000
-ALLOWED_DUPLICATES = 0
+# Pub/Sub delivers at least once: a message whose ack reaches the emulator after its ack deadline
+# (10 s, the minimum, kept low for the abandonment tests) is sent again. Usually 0 here, but one CI
+# run in six on 2 busy cores saw a burst of 444 of 10,000. Loss is still checked exactly, and the
+# bridge itself never runs a finished request twice (the store's claim refuses it).
+ALLOWED_DUPLICATES = 1_000
 
 
 async def make_settings(tmp_path: Path) -> Settings:
