@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
 from openhqm.errors import ConfigError
-from openhqm.forward.settings import CallbackSettings, ProxySettings
+from openhqm.forward.settings import CallbackSettings, EndpointSettings, ProxySettings
 
 MiB = 1024 * 1024
 _FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("openhqm_config_file_data", default={})  # noqa: B039
@@ -184,7 +184,7 @@ class RetrySettings(Section):
     max_delay_s: float = Field(60.0, ge=0)
 
 
-PROXY_CONCURRENCY = 100  # the default proxy.endpoints.<name>.max_concurrency
+PROXY_CONCURRENCY: int = EndpointSettings.model_fields["max_concurrency"].default
 
 
 class WorkerSettings(Section):

@@ -58,8 +58,8 @@ def create_app(app: OpenHQM, *, run_workers: bool = False) -> FastAPI:
                  asyncio.create_task(bridge.sample_metrics_forever(), name="openhqm-metrics")]
         pool: WorkerPool | None = None
         if run_workers:
-            pool = build_pool(app, backend, store, forwarder)
-            pool.processor.local_replies[bridge.response_queue] = bridge.apply_reply
+            pool = build_pool(app, backend, store, forwarder,
+                              local_replies={bridge.response_queue: bridge.apply_reply})
             pool.start()
         settle_after_startup()
         log.info("listener ready", queue=backend.display_url, results=store.name, workers=run_workers)

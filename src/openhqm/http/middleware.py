@@ -33,18 +33,17 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         detail = f"request body exceeds server.max_body_bytes ({self.max_bytes} bytes)"
-        declared = None
-        chunked = False
+        declared_within_limit = chunked = False
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_bytes:
+            if name == b"content-length" and value.isdigit():
+                if int(value) > self.max_bytes:
                     for message in _json_error(413, detail):
                         await send(message)
                     return
-                declared = value
+                declared_within_limit = True
             elif name == b"transfer-encoding":
                 chunked = True
-        if declared is not None and declared.isdigit() and not chunked:
+        if declared_within_limit and not chunked:
             # The server reads exactly Content-Length bytes, and that is within the limit.
             await self.app(scope, receive, send)
             return

@@ -8,7 +8,7 @@ from openhqm.forward import Forwarder
 from openhqm.results.base import ResultStore
 from openhqm.worker.autoscale import Autoscaler
 from openhqm.worker.pool import WorkerPool
-from openhqm.worker.processor import Processor
+from openhqm.worker.processor import Processor, ReplySink
 from openhqm.worker.targets import HandlerTarget, Target
 
 
@@ -26,9 +26,12 @@ def build_forwarder(app: OpenHQM) -> Forwarder | None:
     return Forwarder(app.settings.proxy) if app.settings.proxy.enabled else None
 
 
-def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, forwarder: Forwarder | None = None) -> WorkerPool:
+def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, forwarder: Forwarder | None = None,
+               local_replies: dict[str, ReplySink] | None = None) -> WorkerPool:
+    """`local_replies`: response queues whose replies this process stores itself (see Processor)."""
     settings = app.settings
     processor = Processor(app, backend, store, build_target(app, forwarder), settings.queue.request_queue)
+    processor.local_replies.update(local_replies or {})
     lease_s = getattr(backend, "lease_s", None)
     worker = settings.worker
     scaling = worker.min_concurrency is not None or worker.max_concurrency is not None
