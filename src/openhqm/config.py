@@ -6,20 +6,25 @@ without `__`, which Kubernetes injects for a service named openhqm (OPENHQM_PORT
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import difflib
 import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from openhqm.backends import registry
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
-from openhqm.errors import ConfigError
+from openhqm.errors import ConfigError, MissingDependency
 from openhqm.forward.settings import CallbackSettings, EndpointSettings, ProxySettings
+from openhqm.redact import SECRET_MASK, mask_url
 
 MiB = 1024 * 1024
 _FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("openhqm_config_file_data", default={})  # noqa: B039
@@ -38,110 +43,100 @@ class ServerSettings(Section):
     instance_id: str | None = None
 
 
-class SQLiteQueueSettings(Section):
-    synchronous: Literal["normal", "full"] = "normal"
-    lease_s: float = Field(30.0, gt=0)
-    poll_interval_s: float = Field(
-        0.005, gt=0, description="fallback check for other processes' commits (they also ring a socket bell)")
 
 
-class RedisQueueSettings(Section):
-    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    lease_s: float = Field(30.0, gt=0)
-    maxlen: int = Field(1_000_000, gt=0, description="publish refuses once a queue holds this many messages")
-    max_connections: int = Field(64, gt=0, description="pool for commands; each consume() adds one blocking")
 
 
-class RabbitMQSettings(Section):
-    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
-    connect_timeout_s: float = Field(10.0, gt=0)
-    reconnect_interval_s: float = Field(2.0, gt=0, description="pause between reconnect attempts")
-    publish_timeout_s: float = Field(10.0, gt=0, description="wait for a reconnect plus the broker's confirm")
 
 
-class KafkaSettings(Section):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = Field("openhqm-workers", description="consumer group prefix: queue Q uses '<group_id>.Q'")
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    session_timeout_s: float = Field(45.0, gt=0, description="a silent consumer leaves the group after this")
-    heartbeat_interval_s: float = Field(3.0, gt=0)
-    rebalance_grace_s: float = Field(10.0, ge=0, description="rebalance waits for in-flight settles")
-    request_timeout_s: float = Field(40.0, gt=0)
-    create_topics: bool = Field(True, description="create <queue>, <queue>.delay, <queue>.dlq when missing")
-    topic_partitions: int = Field(4, ge=1, description="partitions of the topics openhqm creates")
-    topic_replication_factor: int | None = Field(None, ge=1, description="default: min(3, brokers)")
-    max_buffered: int = Field(1000, ge=1, description="held back by key order or delay")
 
 
-class SQSSettings(Section):
-    endpoint_url: str | None = None
-    region: str = "us-east-1"
-    queue_name: str | None = Field(None, description="SQS name of the request queue (else derived from it)")
-    visibility_timeout_s: int = Field(30, gt=0, le=43200)
-    wait_time_s: int = Field(20, ge=1, le=20, description="long-poll wait of each ReceiveMessage")
-    max_receive_count: int = Field(20, ge=1, le=1000, description="redrive policy: receives before the DLQ")
-    fifo: bool = Field(False, description="make every queue FIFO (names ending .fifo are FIFO anyway)")
 
 
-class NATSSettings(Section):
-    url: SecretStr = SecretStr("nats://127.0.0.1:4222")
-    ack_wait_s: float = Field(30.0, gt=0)
-    max_deliver: int = Field(20, gt=0)
-    stream: str = Field("OPENHQM", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    subject_prefix: str = Field("openhqm", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
-class MQTTSettings(Section):
-    url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
-    share_group: str = Field("openhqm", description="workers subscribe as $share/<share_group>/<topic>")
-    client_id: str | None = Field(
-        None, description="stable, one per worker process; sessions '<client_id>-<queue>-<n>'")
-    topic_prefix: str = Field("openhqm", description="queue Q is the topic '<topic_prefix>/Q'")
-    session_expiry_s: int | None = Field(
-        None, ge=1, le=0xFFFFFFFE, description="broker drops an absent session after this; None: never")
-    create_session_on_publish: bool = Field(
-        False, description="a publish nobody subscribes to creates session '<client_id>-<queue>-0' for it")
-    max_held: int = Field(256, ge=1, le=60_000, description="delayed messages a consumer holds until due")
-    timeout_s: float = Field(10.0, gt=0, description="connect, subscribe and publish (PUBACK) timeout")
-    keepalive_s: int = Field(30, ge=5, le=65535)
 
 
-class PubSubSettings(Section):
-    project_id: str = "openhqm"
-    emulator_host: str | None = Field(None, description="host:port; else PUBSUB_EMULATOR_HOST; else Google")
-    ack_deadline_s: int = Field(60, ge=10, le=600, description="lease per extension; crash: redelivery after")
-    max_delivery_attempts: int = Field(
-        100, ge=5, le=100, description="subscription dead-letter policy (also makes Pub/Sub count attempts)")
-    timeout_s: float = Field(30.0, gt=0, description="admin and publish calls")
 
 
-class EventHubsSettings(Section):
-    connection_string: SecretStr | None = None
-    eventhub_name: str | None = Field(None, description="if set, must equal queue.request_queue")
-    checkpoint_store: str | None = Field(None, description="only 'kafka' (consumer-group committed offsets)")
-    kafka_bootstrap_servers: str | None = Field(
-        None, description="instead of <namespace>.servicebus.windows.net:9093 (tests: a local Kafka)")
-    security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = Field(
-        "SASL_SSL", description="PLAINTEXT only for a local Kafka standing in for Event Hubs")
+
+
+M = TypeVar("M", bound=BaseModel)
+_SECRET_WORDS = ("secret", "password", "token", "key", "url", "dsn", "auth", "connection_string")
+
+
+def _section_problems(name: str, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = ".".join(["queue", name, *(str(part) for part in error["loc"])])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown setting '{loc}'")
+            continue
+        value = error.get("input")
+        plain = not isinstance(value, dict | list) and not any(word in loc for word in _SECRET_WORDS)
+        shown = f" (got {value!r})" if plain and value is not None else ""
+        problems.append(f"setting '{loc}'{shown}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _backend_section(name: str, value: Any, selected: str) -> Any:
+    """Validate `queue.<name>` with the options model of backend `name` (importing that backend);
+    `selected` (queue.type) may be a `module:Class` whose `name` is `name`.
+
+    A section for a backend whose client library is missing is kept as given: it is validated
+    when that backend is created, which then names the extra to install."""
+    try:
+        if registry.is_backend_name(name):
+            model = registry.options_model(name)
+        elif ":" in selected and getattr(registry.get_backend_class(selected), "name", None) == name:
+            model = registry.options_model(selected)
+        else:
+            raise PydanticCustomError(
+                "unknown_backend", "unknown setting 'queue.{name}' (no backend of that name{hint})",
+                {"name": name, "hint": registry.did_you_mean(name)})
+    except MissingDependency:
+        return value
+    if model is None or isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value if value is not None else {})
+    except ValidationError as exc:
+        raise PydanticCustomError("backend_options", "{problems}", {"problems": _section_problems(name, exc)}) from None
 
 
 class QueueSettings(Section):
+    """`type` picks the backend; `queue.<backend name>.*` holds each backend's own options, validated
+    by the options model the backend declares (backends/base.py `BackendOptions`)."""
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+
     type: str = "sqlite"
     request_queue: str = DEFAULT_REQUEST_QUEUE
     response_queue: str = DEFAULT_RESPONSE_QUEUE
-    sqlite: SQLiteQueueSettings = SQLiteQueueSettings()
-    redis: RedisQueueSettings = RedisQueueSettings()
-    rabbitmq: RabbitMQSettings = RabbitMQSettings()
-    kafka: KafkaSettings = KafkaSettings()
-    sqs: SQSSettings = SQSSettings()
-    nats: NATSSettings = NATSSettings()
-    mqtt: MQTTSettings = MQTTSettings()
-    pubsub: PubSubSettings = PubSubSettings()
-    eventhubs: EventHubsSettings = EventHubsSettings()
-    options: dict[str, Any] = Field(default_factory=dict, description="for third-party backends")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="free-form options of a third-party backend that declares no model")
+
+    @model_validator(mode="after")
+    def _backend_sections(self) -> QueueSettings:
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for name in list(extra):
+            extra[name] = _backend_section(name, extra[name], self.type)
+        if self.type not in extra and self.type in registry.BACKEND_ALIASES:
+            # The selected backend's defaults, so `config check` shows every option in force.
+            with contextlib.suppress(MissingDependency):
+                extra[self.type] = _backend_section(self.type, {}, self.type)
+        self.__pydantic_extra__ = extra
+        return self
+
+    def options_for(self, name: str, model: builtins.type[M]) -> M:
+        """Backend `name`'s options: as configured under `queue.<name>`, else the defaults."""
+        value = (self.__pydantic_extra__ or {}).get(name)
+        if isinstance(value, model):
+            return value
+        try:
+            return model.model_validate(value if isinstance(value, dict) else {})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid configuration: {_section_problems(name, exc)}") from None
 
 
 class ResultsRedisSettings(Section):
@@ -361,6 +356,8 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
     """Reject OPENHQM_A__B variables that name no setting: they are typos, not Kubernetes noise."""
     environ = dict(os.environ) if environ is None else environ
     known = _known_paths(Settings)
+    # Backend sections are validated by their backend's options model, with its own "did you mean".
+    known.update({f"queue__{name}": None for name in registry.backend_names()})
     for name in environ:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -380,6 +377,8 @@ def _describe(error: Any, source: dict[str, Any]) -> str:
     loc = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown setting '{loc}'"
+    if error["type"] in ("unknown_backend", "backend_options"):  # they name their keys themselves
+        return str(error["msg"])
     value: Any = source
     for part in error["loc"]:
         value = value.get(part) if isinstance(value, dict) else None
@@ -410,14 +409,6 @@ def load_settings(config_file: Path | str | None = None, overrides: dict[str, An
         _FILE_DATA.reset(token)
 
 
-SECRET_MASK = "**********"
-
-
-def mask_url(url: str) -> str:
-    """Hide the password in a URL for display, as kombu's as_uri(mask=...) does."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1" + SECRET_MASK + "@", url)
-
-
 def redacted(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data, every secret masked."""
 
@@ -429,7 +420,8 @@ def redacted(settings: Settings) -> dict[str, Any]:
             is_url = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^;\s]*$", secret) is not None
             return mask_url(secret) if is_url else SECRET_MASK
         if isinstance(value, BaseModel):
-            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+            fields = {k: walk(getattr(value, k)) for k in type(value).model_fields}
+            return {**fields, **{k: walk(v) for k, v in (value.model_extra or {}).items()}}
         if isinstance(value, dict):
             return {k: walk(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

@@ -19,15 +19,13 @@ Priority, delay, ordering key, dead letters, crash and rebalance behaviour: exac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal
 
-from openhqm.backends.kafka import KafkaBackend
+from pydantic import Field, SecretStr
+
+from openhqm.backends.base import BackendOptions
+from openhqm.backends.kafka import KafkaBackend, KafkaOptions
 from openhqm.errors import ConfigError
-
-if TYPE_CHECKING:
-    from pydantic import SecretStr
-
-    from openhqm.config import KafkaSettings
 
 KAFKA_PORT = 9093
 SASL_USERNAME = "$ConnectionString"
@@ -55,12 +53,24 @@ def namespace_host(connection_string: SecretStr | None) -> str:
     return host
 
 
+
+class EventHubsOptions(BackendOptions):
+    connection_string: SecretStr | None = None
+    eventhub_name: str | None = Field(None, description="if set, must equal queue.request_queue")
+    checkpoint_store: str | None = Field(None, description="only 'kafka' (consumer-group committed offsets)")
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="instead of <namespace>.servicebus.windows.net:9093 (tests: a local Kafka)")
+    security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = Field(
+        "SASL_SSL", description="PLAINTEXT only for a local Kafka standing in for Event Hubs")
+
+
 class EventHubsBackend(KafkaBackend):
     name = "eventhubs"
+    options_model: ClassVar[type[BackendOptions]] = EventHubsOptions
 
-    def _kafka_settings(self) -> KafkaSettings:
+    def _kafka_settings(self) -> KafkaOptions:
         queue = self.settings.queue
-        hubs = queue.eventhubs
+        hubs = queue.options_for(self.name, EventHubsOptions)
         if hubs.checkpoint_store not in (None, "kafka"):
             raise ConfigError(f"queue.eventhubs.checkpoint_store is {hubs.checkpoint_store!r}; the only store is "
                               "'kafka' (the consumer group's committed offsets, kept by Event Hubs)")
@@ -68,13 +78,14 @@ class EventHubsBackend(KafkaBackend):
             raise ConfigError(f"queue.eventhubs.eventhub_name is {hubs.eventhub_name!r} but queue.request_queue is "
                               f"{queue.request_queue!r}; each queue is the event hub of the same name")
         self.namespace = namespace_host(hubs.connection_string)
-        return queue.kafka.model_copy(update={
+        kafka = queue.options_for("kafka", KafkaOptions)
+        return kafka.model_copy(update={
             "bootstrap_servers": hubs.kafka_bootstrap_servers or f"{self.namespace}:{KAFKA_PORT}",
             "security_protocol": hubs.security_protocol,
             "sasl_mechanism": "PLAIN",
             "sasl_username": SASL_USERNAME,
             "sasl_password": hubs.connection_string,
-            "request_timeout_s": max(queue.kafka.request_timeout_s, _MIN_REQUEST_TIMEOUT_S),
+            "request_timeout_s": max(kafka.request_timeout_s, _MIN_REQUEST_TIMEOUT_S),
         })
 
     def client_options(self) -> dict[str, Any]:

@@ -11,15 +11,19 @@ other systems (queue -> HTTP) travel through the same contract.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict
 
 from openhqm.constants import DEFAULT_PRIORITY
 from openhqm.errors import AlreadySettled
+from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
@@ -47,6 +51,15 @@ class Capabilities:
     # False where the broker cannot count what it holds (MQTT, the Pub/Sub emulator): depth() raises
     # NotImplementedError instead of answering 0.
     depth: bool = True
+
+
+HEALTH_TIMEOUT_S = 2.0  # /ready must answer quickly even while a broker hangs
+
+
+class BackendOptions(BaseModel):
+    """Base of a backend's typed options, read from `queue.<backend name>.*` (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 @dataclass(frozen=True)
@@ -98,13 +111,20 @@ class Delivery(ABC):
 
 
 class Backend(ABC):
-    """A broker connection. Construct with Settings; `async with backend:` connects and closes."""
+    """A broker connection. Construct with Settings; `async with backend:` connects and closes.
+
+    `options_model` declares the backend's settings, configured as `queue.<name>.*` (validated,
+    with "did you mean" for typos) exactly like built-in backends; `self.options` holds them.
+    """
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    options_model: ClassVar[type[BackendOptions]] = BackendOptions
+    options: Any
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.options = settings.queue.options_for(self.name, self.options_model)
 
     @property
     def display_url(self) -> str:
@@ -138,9 +158,20 @@ class Backend(ABC):
     async def depth(self, queue: str) -> int:
         """Messages ready or waiting in `queue` (for metrics and autoscaling)."""
 
-    @abstractmethod
     async def health(self) -> Health:
-        """Never raises; returns within a short timeout."""
+        """Never raises; answers within HEALTH_TIMEOUT_S. A template over `ping()`."""
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await self.ping()
+        except TimeoutError:
+            return Health(False, f"{self.display_url}: no answer within {HEALTH_TIMEOUT_S:g} s")
+        except Exception as exc:
+            return Health(False, f"{self.display_url}: {mask_url(str(exc)) or type(exc).__name__}")
+        return Health(True)
+
+    async def ping(self) -> None:
+        """One round trip to the broker; raise when not connected or not answering."""
+        raise NotImplementedError(f"backend {self.name!r} implements neither ping() nor health()")
 
     async def purge(self, queue: str) -> int:
         """Remove every message from `queue`; returns how many where the broker tells."""

@@ -37,8 +37,9 @@ from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.message import Message
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
+from pydantic import Field
 
-from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
@@ -46,7 +47,7 @@ from openhqm.errors import BackendError, BackendUnavailable, ConfigError
 if TYPE_CHECKING:
     from google.cloud.pubsub_v1.subscriber.futures import StreamingPullFuture
 
-    from openhqm.config import PubSubSettings, Settings
+    from openhqm.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -115,6 +116,16 @@ def _attempt(message: Message) -> int:
     lead_s = _number(message.attributes.get(NOT_BEFORE_ATTRIBUTE), 0) - message.publish_time.timestamp()
     waits = 0 if lead_s <= 0 else 1 if lead_s <= MAX_ACK_DEADLINE_S else 2
     return before + max(1, delivered - waits)
+
+
+
+class PubSubOptions(BackendOptions):
+    project_id: str = "openhqm"
+    emulator_host: str | None = Field(None, description="host:port; else PUBSUB_EMULATOR_HOST; else Google")
+    ack_deadline_s: int = Field(60, ge=10, le=600, description="lease per extension; crash: redelivery after")
+    max_delivery_attempts: int = Field(
+        100, ge=5, le=100, description="subscription dead-letter policy (also makes Pub/Sub count attempts)")
+    timeout_s: float = Field(30.0, gt=0, description="admin and publish calls")
 
 
 class PubSubDelivery(Delivery):
@@ -215,6 +226,8 @@ class _Stream:
 
 class PubSubBackend(Backend):
     name = "pubsub"
+    options_model = PubSubOptions
+    options: PubSubOptions
     capabilities = Capabilities(
         priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NATIVE,
         dead_letter=Support.EMULATED, lease_extension=True, durable=True, shared_between_processes=True,
@@ -223,7 +236,7 @@ class PubSubBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.options: PubSubSettings = settings.queue.pubsub
+
         self.emulator_host = self.options.emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST") or None
         self._publisher: pubsub_v1.PublisherClient | None = None
         self._subscriber: pubsub_v1.SubscriberClient | None = None

@@ -36,14 +36,15 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 from aiokafka.helpers import create_ssl_context
+from pydantic import Field, SecretStr
 
-from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
 from openhqm.backends.kafka_consumer import (
     HEADER_NOT_BEFORE,
     GroupConsumer,
@@ -57,7 +58,7 @@ from openhqm.envelope import new_id
 from openhqm.errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
-    from openhqm.config import KafkaSettings, Settings
+    from openhqm.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,28 @@ _HEALTH_TIMEOUT_S = 2.0
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 
+
+class KafkaOptions(BackendOptions):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = Field("openhqm-workers", description="consumer group prefix: queue Q uses '<group_id>.Q'")
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    session_timeout_s: float = Field(45.0, gt=0, description="a silent consumer leaves the group after this")
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+    rebalance_grace_s: float = Field(10.0, ge=0, description="rebalance waits for in-flight settles")
+    request_timeout_s: float = Field(40.0, gt=0)
+    create_topics: bool = Field(True, description="create <queue>, <queue>.delay, <queue>.dlq when missing")
+    topic_partitions: int = Field(4, ge=1, description="partitions of the topics openhqm creates")
+    topic_replication_factor: int | None = Field(None, ge=1, description="default: min(3, brokers)")
+    max_buffered: int = Field(1000, ge=1, description="held back by key order or delay")
+
+
 class KafkaBackend(Backend):
     name = "kafka"
+    options_model: ClassVar[type[BackendOptions]] = KafkaOptions
+    options: KafkaOptions
     capabilities = Capabilities(
         priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NATIVE,
         dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
@@ -94,8 +115,8 @@ class KafkaBackend(Backend):
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
 
-    def _kafka_settings(self) -> KafkaSettings:
-        return self.settings.queue.kafka
+    def _kafka_settings(self) -> KafkaOptions:
+        return self.settings.queue.options_for("kafka", KafkaOptions)
 
     def client_options(self) -> dict[str, Any]:
         """Connection arguments shared by every aiokafka client this backend makes."""

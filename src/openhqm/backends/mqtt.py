@@ -39,15 +39,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import Field, SecretStr
 
-from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
-from openhqm.config import mask_url
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
-    from openhqm.config import MQTTSettings, Settings
+    from openhqm.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,21 @@ def _errors(action: str) -> Iterator[None]:
         raise BackendUnavailable(f"mqtt: cannot {action}: {exc}") from exc
     except (ValueError, RuntimeError) as exc:
         raise BackendError(f"mqtt: cannot {action}: {exc}") from exc
+
+
+class MQTTOptions(BackendOptions):
+    url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
+    share_group: str = Field("openhqm", description="workers subscribe as $share/<share_group>/<topic>")
+    client_id: str | None = Field(
+        None, description="stable, one per worker process; sessions '<client_id>-<queue>-<n>'")
+    topic_prefix: str = Field("openhqm", description="queue Q is the topic '<topic_prefix>/Q'")
+    session_expiry_s: int | None = Field(
+        None, ge=1, le=0xFFFFFFFE, description="broker drops an absent session after this; None: never")
+    create_session_on_publish: bool = Field(
+        False, description="a publish nobody subscribes to creates session '<client_id>-<queue>-0' for it")
+    max_held: int = Field(256, ge=1, le=60_000, description="delayed messages a consumer holds until due")
+    timeout_s: float = Field(10.0, gt=0, description="connect, subscribe and publish (PUBACK) timeout")
+    keepalive_s: int = Field(30, ge=5, le=65535)
 
 
 @dataclass(frozen=True)
@@ -421,6 +437,8 @@ class _Consumer:
 
 class MQTTBackend(Backend):
     name = "mqtt"
+    options_model = MQTTOptions
+    options: MQTTOptions
     capabilities = Capabilities(
         priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NONE,
         dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
@@ -429,7 +447,7 @@ class MQTTBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.options: MQTTSettings = settings.queue.mqtt
+
         self._url = self.options.url.get_secret_value()
         self.endpoint = _Endpoint.parse(self._url)
         self.client_id = self.options.client_id or f"openhqm-{socket.gethostname()}"

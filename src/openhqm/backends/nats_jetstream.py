@@ -45,12 +45,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from pydantic import Field, SecretStr
 
-from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
-from openhqm.config import mask_url
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
+from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
@@ -92,6 +93,15 @@ def queue_subject(prefix: str, queue: str) -> str:
 
 def durable_name(subject: str) -> str:
     return f"{_NAME_UNSAFE.sub('_', subject)[:48]}-{hashlib.sha256(subject.encode()).hexdigest()[:10]}"
+
+
+
+class NATSOptions(BackendOptions):
+    url: SecretStr = SecretStr("nats://127.0.0.1:4222")
+    ack_wait_s: float = Field(30.0, gt=0)
+    max_deliver: int = Field(20, gt=0)
+    stream: str = Field("OPENHQM", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    subject_prefix: str = Field("openhqm", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
 class JetStreamMissing(BackendError):
@@ -241,6 +251,8 @@ class NATSDelivery(Delivery):
 
 class NATSJetStreamBackend(Backend):
     name = "nats"
+    options_model = NATSOptions
+    options: NATSOptions
     capabilities = Capabilities(
         priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NONE, dead_letter=Support.EMULATED,
         lease_extension=True, durable=True, shared_between_processes=True,
@@ -249,7 +261,7 @@ class NATSJetStreamBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.options = settings.queue.nats
+
         self.stream = self.options.stream
         self.prefix = self.options.subject_prefix
         self._nc: NATS | None = None

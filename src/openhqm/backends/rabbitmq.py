@@ -38,12 +38,13 @@ from aio_pika.abc import (
     AbstractRobustQueue,
     DeliveryMode,
 )
+from pydantic import Field, SecretStr
 
-from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
-from openhqm.config import mask_url
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
 from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
+from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
@@ -150,6 +151,14 @@ async def _requeue(message: AbstractIncomingMessage) -> None:
         await message.reject(requeue=True)
 
 
+
+class RabbitMQOptions(BackendOptions):
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    reconnect_interval_s: float = Field(2.0, gt=0, description="pause between reconnect attempts")
+    publish_timeout_s: float = Field(10.0, gt=0, description="wait for a reconnect plus the broker's confirm")
+
+
 class _Consumer:
     """One consume() call: its own channel (so prefetch applies to it alone), fed by the broker."""
 
@@ -252,6 +261,8 @@ class RabbitMQDelivery(Delivery):
 
 class RabbitMQBackend(Backend):
     name = "rabbitmq"
+    options_model = RabbitMQOptions
+    options: RabbitMQOptions
     capabilities = Capabilities(
         priority=Support.NATIVE, delay=Support.EMULATED, ordering_key=Support.NONE,
         dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
@@ -260,7 +271,7 @@ class RabbitMQBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._options = settings.queue.rabbitmq
+        self._options = self.options
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None  # publisher confirms
         self._admin: AbstractRobustChannel | None = None  # declarations: a conflict closes only this one

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
+from pydantic import Field, SecretStr
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -47,11 +48,11 @@ from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from openhqm.backends import redis_streams_lua as lua
-from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
-from openhqm.config import mask_url
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
 from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -73,6 +74,13 @@ _MOVE_BATCH = 100
 _STALE_CONSUMER_MS = 3_600_000  # forget a consumer that holds nothing after an hour idle ...
 _STALE_CHECK_S = 600.0  # ... looking for such consumers this often per reader
 _BACKOFF_S = (0.1, 5.0)  # first and longest pause after a connection error in consume
+
+
+class RedisStreamsOptions(BackendOptions):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    lease_s: float = Field(30.0, gt=0)
+    maxlen: int = Field(1_000_000, gt=0, description="publish refuses once a queue holds this many messages")
+    max_connections: int = Field(64, gt=0, description="pool for commands; each consume() adds one blocking")
 
 
 @dataclass(frozen=True)
@@ -192,6 +200,8 @@ def _ms(seconds: float | None) -> int:
 
 class RedisStreamsBackend(Backend):
     name = "redis"
+    options_model = RedisStreamsOptions
+    options: RedisStreamsOptions
     capabilities = Capabilities(
         priority=Support.EMULATED, delay=Support.EMULATED, ordering_key=Support.NONE,
         dead_letter=Support.EMULATED, lease_extension=True, durable=True, shared_between_processes=True,
@@ -200,7 +210,7 @@ class RedisStreamsBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.options = settings.queue.redis
+
         self.lease_s = self.options.lease_s
         self.reclaim_interval_s = min(max(self.lease_s / 2, 0.05), _MAX_BLOCK_S)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

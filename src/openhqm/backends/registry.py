@@ -5,14 +5,14 @@ from __future__ import annotations
 import difflib
 import importlib
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import Any
+
+from pydantic import BaseModel
 
 from openhqm.errors import ConfigError, MissingDependency
 
-if TYPE_CHECKING:
-    from openhqm.backends.base import Backend
-    from openhqm.config import Settings
-
+# This module imports nothing else of openhqm's (config imports it to validate `queue.<name>`
+# sections); backend classes are typed `Any` here and checked where they are built (factory.py).
 ENTRY_POINT_GROUP = "openhqm.backends"
 
 BACKEND_ALIASES: dict[str, str] = {
@@ -41,7 +41,7 @@ BACKEND_EXTRAS: dict[str, str] = {
 }
 
 
-def _import(target: str, type_name: str) -> type[Backend]:
+def _import(target: str, type_name: str) -> Any:
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -53,29 +53,46 @@ def _import(target: str, type_name: str) -> type[Backend]:
             ) from exc
         raise ConfigError(f"queue type '{type_name}': cannot import {module_name}: {exc}") from exc
     try:
-        cls: type[Backend] = getattr(module, attr)
+        cls = getattr(module, attr)
     except AttributeError as exc:
         raise ConfigError(f"queue type '{type_name}': {module_name} has no attribute {attr!r}") from exc
     return cls
 
 
-def get_backend_class(type_name: str) -> type[Backend]:
+def get_backend_class(type_name: str) -> Any:
+    """The class behind `queue.type`: a built-in alias, then `module:Class`, then an entry point."""
     if type_name in BACKEND_ALIASES:
         return _import(BACKEND_ALIASES[type_name], type_name)
     if ":" in type_name:
         return _import(type_name, type_name)
     for ep in entry_points(group=ENTRY_POINT_GROUP):  # loaded lazily, only on a miss
         if ep.name == type_name:
-            loaded: type[Backend] = ep.load()
-            return loaded
-    available = sorted({*BACKEND_ALIASES, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
-    close = difflib.get_close_matches(type_name, available, n=1)
+            return ep.load()
+    raise ConfigError(f"unknown queue type '{type_name}'{did_you_mean(type_name)}")
+
+
+def backend_names() -> list[str]:
+    """Every name `queue.type` and a `queue.<name>` section accept: aliases and entry points."""
+    return sorted({*BACKEND_ALIASES, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+
+
+def did_you_mean(name: str) -> str:
+    available = backend_names()
+    close = difflib.get_close_matches(name, available, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown queue type '{type_name}'{hint} available: {', '.join(available)}")
+    return f"{hint} available: {', '.join(available)}"
 
 
-def create_backend(settings: Settings) -> Backend:
-    return get_backend_class(settings.queue.type)(settings)
+def is_backend_name(name: str) -> bool:
+    return name in BACKEND_ALIASES or any(ep.name == name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def options_model(name: str) -> type[BaseModel] | None:
+    """The typed options of backend `name` (its `options_model`), None when it declares none.
+
+    Raises MissingDependency when the backend's client library is not installed."""
+    model = getattr(get_backend_class(name), "options_model", None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
 def capability_table() -> str:

@@ -16,9 +16,11 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
+from pydantic import Field
+
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.sqlite_db import SQLiteDB, shared_db
@@ -64,6 +66,14 @@ WHERE queue = ? AND MAX(available_at, COALESCE(leased_until, 0)) > ?
 """
 
 
+
+class SQLiteOptions(BackendOptions):
+    synchronous: Literal["normal", "full"] = "normal"
+    lease_s: float = Field(30.0, gt=0)
+    poll_interval_s: float = Field(
+        0.005, gt=0, description="fallback check for other processes' commits (they also ring a socket bell)")
+
+
 class SQLiteDelivery(Delivery):
     def __init__(self, backend: SQLiteBackend, queue: str, row: tuple[Any, ...]) -> None:
         seq, message_id, _priority, deliveries, key, body = row
@@ -104,6 +114,8 @@ class SQLiteDelivery(Delivery):
 
 class SQLiteBackend(Backend):
     name = "sqlite"
+    options_model = SQLiteOptions
+    options: SQLiteOptions
     capabilities = Capabilities(
         priority=Support.NATIVE, delay=Support.NATIVE, ordering_key=Support.EMULATED,
         dead_letter=Support.NATIVE, lease_extension=True, durable=True, shared_between_processes=True,
@@ -111,7 +123,7 @@ class SQLiteBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        options = settings.queue.sqlite
+        options = self.options
         self.path = settings.data_dir / "openhqm.db"
         self.lease_s = options.lease_s
         self.poll_interval_s = options.poll_interval_s

@@ -54,12 +54,13 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     NoCredentialsError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from pydantic import Field
 
-from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
-from openhqm.config import mask_url
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
+from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
@@ -95,6 +96,17 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _NOT_SQS_TEXT = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")  # also \r, which XML would normalise
 _FIFO_TOKEN = re.compile(r"[!-~]{1,128}")
 _RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "ApproximateFirstReceiveTimestamp"]
+
+
+
+class SQSOptions(BackendOptions):
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    queue_name: str | None = Field(None, description="SQS name of the request queue (else derived from it)")
+    visibility_timeout_s: int = Field(30, gt=0, le=43200)
+    wait_time_s: int = Field(20, ge=1, le=20, description="long-poll wait of each ReceiveMessage")
+    max_receive_count: int = Field(20, ge=1, le=1000, description="redrive policy: receives before the DLQ")
+    fifo: bool = Field(False, description="make every queue FIFO (names ending .fifo are FIFO anyway)")
 
 
 class SQSRequestFailed(BackendError):
@@ -241,6 +253,8 @@ class SQSDelivery(Delivery):
 
 class SQSBackend(Backend):
     name = "sqs"
+    options_model = SQSOptions
+    options: SQSOptions
     capabilities = Capabilities(
         priority=Support.NONE, delay=Support.NATIVE, ordering_key=Support.NONE, dead_letter=Support.NATIVE,
         lease_extension=True, durable=True, shared_between_processes=True,
@@ -249,7 +263,7 @@ class SQSBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.options = settings.queue.sqs
+
         self._client: Any = None
         self._stack: AsyncExitStack | None = None
         self._urls: dict[str, str] = {}

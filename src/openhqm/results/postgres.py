@@ -22,10 +22,11 @@ import asyncpg
 import msgspec
 
 from openhqm.backends.base import Health
-from openhqm.config import Settings, mask_url
+from openhqm.config import Settings
 from openhqm.constants import TERMINAL
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
+from openhqm.redact import mask_url
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 
 log = get_logger("openhqm.results")

@@ -36,10 +36,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from openhqm.backends.base import Health
-from openhqm.config import Settings, mask_url
+from openhqm.config import Settings
 from openhqm.constants import TERMINAL
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
+from openhqm.redact import mask_url
 from openhqm.results import redis_lua as lua
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 

@@ -22,9 +22,11 @@ def create_store(settings: Settings) -> ResultStore:
 
         return MemoryResultStore()
     if kind == "sqlite":
+        from openhqm.backends.sqlite import SQLiteOptions
         from openhqm.results.sqlite import SQLiteResultStore
 
-        options = settings.queue.sqlite  # one file, one fallback poll interval for queue and store
+        # One file, one fallback poll interval for queue and store.
+        options = settings.queue.options_for("sqlite", SQLiteOptions)
         return SQLiteResultStore(settings.data_dir / "openhqm.db", synchronous=options.synchronous,
                                  watch_interval_s=max(0.02, options.poll_interval_s))
     if kind in ("redis", "postgres"):

@@ -1,0 +1,209 @@
+"""What every broker file shares, once (kombu keeps the same in `transport/virtual`).
+
+- `Wire`: the message headers/attributes/properties openhqm writes beside a body, one spelling,
+  one unit (seconds since the epoch for times, decimal strings on the wire).
+- `ErrorMap`: the one place where a driver's exceptions become openhqm's, per backend a table.
+- `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays.
+- `PrefetchBuffer`: messages fetched ahead, handed back to the broker when the consumer closes.
+The health template and the options model live on `Backend` itself (base.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
+from openhqm.redact import mask_url
+
+MAX_REASON_CHARS = 1000  # a dead-letter reason travels in a header: bounded
+
+
+class Wire:
+    """Header names, lower case (NATS, Kafka, AMQP and MQTT user properties all accept them)."""
+
+    PREFIX = "openhqm-"
+    ID = "openhqm-id"  # the message id, where the broker has no field of its own for it
+    ATTEMPT = "openhqm-attempt"  # the attempt number the next delivery of this copy gets
+    NOT_BEFORE = "openhqm-not-before"  # epoch seconds; not delivered to a consumer before then
+    KEY = "openhqm-key"  # the ordering key, where the broker has no field of its own for it
+    REASON = "openhqm-reason"  # why a message was dead-lettered
+
+    @staticmethod
+    def number(value: Any) -> float | None:
+        """A header value as a number: bytes, str or number; None when absent or unreadable."""
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        return number if number == number else None  # NaN is unreadable
+
+    @staticmethod
+    def attempt(value: Any) -> int:
+        number = Wire.number(value)
+        return max(1, int(number)) if number is not None else 1
+
+    @staticmethod
+    def time(value: float) -> str:
+        return repr(round(value, 6))
+
+    @staticmethod
+    def reason(text: str) -> str:
+        """A reason that fits in any header: one line, bounded."""
+        return " ".join(text.split())[:MAX_REASON_CHARS] or "-"
+
+    @staticmethod
+    def own(headers: Mapping[str, Any]) -> bool:
+        return any(name.lower().startswith(Wire.PREFIX) for name in headers)
+
+
+Rule = tuple[type[BaseException] | tuple[type[BaseException], ...], type[BackendError]]
+
+
+class ErrorMap:
+    """`with errors("publish to 'q'"):` turns driver errors into BackendUnavailable/BackendError.
+
+    Rules are tried in order, the first match wins; `refine` may pick a more specific error from the
+    exception's text (e.g. Redis's NOGROUP). openhqm's own errors pass through; TimeoutError (from
+    `asyncio.timeout` around a call) is always BackendUnavailable. Messages never carry passwords.
+    """
+
+    def __init__(self, broker: str, rules: Sequence[Rule],
+                 refine: Callable[[BaseException, str], OpenHQMError | None] | None = None) -> None:
+        self.broker = broker
+        self.rules = tuple(rules)
+        self.refine = refine
+
+    def describe(self, action: str, exc: BaseException) -> str:
+        detail = mask_url(str(exc)) or type(exc).__name__
+        return f"{self.broker}: {action}: {detail}"
+
+    def translate(self, action: str, exc: BaseException) -> OpenHQMError | None:
+        if isinstance(exc, OpenHQMError):
+            return exc
+        if self.refine is not None and (refined := self.refine(exc, action)) is not None:
+            return refined
+        if isinstance(exc, TimeoutError):
+            return BackendUnavailable(f"{self.broker}: {action}: no answer in time")
+        for kinds, error in self.rules:
+            if isinstance(exc, kinds):
+                return error(self.describe(action, exc))
+        return None
+
+    @contextlib.contextmanager
+    def __call__(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            mapped = self.translate(action, exc)
+            if mapped is None or mapped is exc:
+                raise
+            raise mapped from exc
+
+
+class Admit(enum.Enum):
+    DELIVER = "deliver"  # due: hand it to a consumer
+    HOLD = "hold"  # due soon: keep it (unacked) and deliver after `wait_s`
+    REPOST = "repost"  # due later than can be held: publish a copy due at the same time, ack this one
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    action: Admit
+    wait_s: float = 0.0
+
+
+DELIVER = Admission(Admit.DELIVER)
+
+
+def admission(not_before: float | None, now: float, *, max_hold_s: float | None) -> Admission:
+    """What to do with a received message that may carry a not-before time.
+
+    `max_hold_s`: how long this broker can keep it out of sight while unacked (its lease, a native
+    delay's cap, or None for "as long as needed"). Beyond that, the message is re-posted with its
+    not-before time unchanged, and the received copy acked, so its attempt count does not grow.
+    """
+    if not_before is None or not_before <= now:
+        return DELIVER
+    wait_s = not_before - now
+    if max_hold_s is None or wait_s <= max_hold_s:
+        return Admission(Admit.HOLD, wait_s)
+    return Admission(Admit.REPOST, wait_s)
+
+
+def redelivery(attempt: int, delay_s: float | None, now: float) -> dict[str, str]:
+    """The headers of the copy that a `nack(delay_s)` publishes: the next attempt, due after the delay."""
+    headers = {Wire.ATTEMPT: str(attempt + 1)}
+    if delay_s is not None and delay_s > 0:
+        headers[Wire.NOT_BEFORE] = Wire.time(now + delay_s)
+    return headers
+
+
+T = TypeVar("T")
+
+
+class PrefetchBuffer(Generic[T]):
+    """Messages fetched ahead of the consumer, bounded; `close()` hands every one not yet taken back
+    to the broker through `release`, so a stopping worker does not sit on work until its lease ends."""
+
+    def __init__(self, capacity: int, release: Callable[[T], Awaitable[None]]) -> None:
+        self._items: asyncio.Queue[T] = asyncio.Queue(maxsize=max(1, capacity))
+        self._release = release
+        self._closed = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def __len__(self) -> int:
+        return self._items.qsize()
+
+    @property
+    def free(self) -> int:
+        return self._items.maxsize - self._items.qsize()
+
+    async def put(self, item: T) -> None:
+        """Wait for room; once closed, the item goes straight back to the broker."""
+        if self.closed:
+            await self._release(item)
+            return
+        await self._items.put(item)
+        if self.closed:  # closed while we waited for room
+            await self._drain()
+
+    async def get(self) -> T | None:
+        """The next item, or None once closed."""
+        if self._items.empty() and not self.closed:
+            getter = asyncio.ensure_future(self._items.get())
+            closer = asyncio.ensure_future(self._closed.wait())
+            try:
+                await asyncio.wait((getter, closer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closer.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                item = getter.result()
+                if not self.closed:
+                    return item
+                await self._release(item)
+            return None
+        if self.closed:
+            return None
+        return self._items.get_nowait()
+
+    async def close(self) -> None:
+        self._closed.set()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        while not self._items.empty():
+            item = self._items.get_nowait()
+            with contextlib.suppress(Exception):  # the broker redelivers it after its lease anyway
+                await self._release(item)

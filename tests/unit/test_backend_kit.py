@@ -1,0 +1,174 @@
+"""The parts every broker file shares: wire headers, error mapping, admission, prefetch, options."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from openhqm.backends.base import Backend, BackendOptions
+from openhqm.backends.kit import Admit, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.config import load_settings
+from openhqm.errors import BackendError, BackendUnavailable, ConfigError, NotFound
+from openhqm.policies import Backoff, Reconnect, RetryPolicy
+
+
+def test_a_message_without_a_not_before_time_is_delivered_at_once() -> None:
+    assert admission(None, 100.0, max_hold_s=10).action is Admit.DELIVER
+    assert admission(99.0, 100.0, max_hold_s=10).action is Admit.DELIVER
+
+
+def test_a_message_due_within_the_hold_limit_is_held_for_the_remaining_time() -> None:
+    decision = admission(105.0, 100.0, max_hold_s=10)
+    assert decision.action is Admit.HOLD and decision.wait_s == pytest.approx(5.0)
+
+
+def test_a_message_due_beyond_the_hold_limit_is_reposted() -> None:
+    decision = admission(1100.0, 100.0, max_hold_s=900)
+    assert decision.action is Admit.REPOST and decision.wait_s == pytest.approx(1000.0)
+
+
+def test_without_a_hold_limit_every_future_message_is_held() -> None:
+    assert admission(10_000.0, 100.0, max_hold_s=None).action is Admit.HOLD
+
+
+def test_a_redelivery_counts_the_next_attempt_and_carries_its_due_time_in_seconds() -> None:
+    assert redelivery(2, 1.5, now=100.0) == {Wire.ATTEMPT: "3", Wire.NOT_BEFORE: "101.5"}
+    assert redelivery(1, None, now=100.0) == {Wire.ATTEMPT: "2"}
+
+
+def test_wire_numbers_are_read_from_bytes_strings_and_numbers_and_garbage_is_none() -> None:
+    assert Wire.number(b"12.5") == 12.5 and Wire.number("3") == 3.0 and Wire.number(4) == 4.0
+    assert Wire.number(None) is None and Wire.number("soon") is None and Wire.number("nan") is None
+    assert Wire.attempt(b"3") == 3 and Wire.attempt(None) == 1 and Wire.attempt("0") == 1
+
+
+def test_a_dead_letter_reason_fits_in_one_bounded_header_line() -> None:
+    assert Wire.reason("line one\r\nline two") == "line one line two"
+    assert len(Wire.reason("x" * 5000)) == 1000 and Wire.reason("") == "-"
+
+
+errors = ErrorMap("testbroker", [(ConnectionError, BackendUnavailable), (ValueError, BackendError)])
+
+
+def test_driver_errors_map_to_the_first_matching_rule_with_the_password_masked() -> None:
+    with pytest.raises(BackendUnavailable, match=r"testbroker: publish: redis://u:\*+@h") as caught, \
+            errors("publish"):
+        raise ConnectionRefusedError("redis://u:hunter2@h refused")
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+    with pytest.raises(BackendError, match="testbroker: ack: bad"), errors("ack"):
+        raise ValueError("bad")
+
+
+def test_timeouts_are_unavailable_and_openhqm_errors_pass_through_unchanged() -> None:
+    with pytest.raises(BackendUnavailable, match="no answer in time"), errors("consume"):
+        raise TimeoutError
+    original = NotFound("gone")
+    with pytest.raises(NotFound) as caught, errors("get"):
+        raise original
+    assert caught.value is original
+
+
+def test_unmapped_errors_propagate_as_they_are() -> None:
+    with pytest.raises(KeyError), errors("x"):
+        raise KeyError("programming error")
+
+
+async def test_prefetched_items_not_taken_are_released_on_close() -> None:
+    released: list[int] = []
+
+    async def release(item: int) -> None:
+        released.append(item)
+
+    buffer: PrefetchBuffer[int] = PrefetchBuffer(4, release)
+    for item in (1, 2, 3):
+        await buffer.put(item)
+    assert await buffer.get() == 1
+    await buffer.close()
+    assert released == [2, 3]
+    assert await buffer.get() is None
+    await buffer.put(4)  # after close: straight back to the broker
+    assert released == [2, 3, 4]
+
+
+async def test_a_consumer_waiting_on_an_empty_buffer_wakes_on_close() -> None:
+    buffer: PrefetchBuffer[int] = PrefetchBuffer(1, lambda item: asyncio.sleep(0))
+    waiting = asyncio.create_task(buffer.get())
+    await asyncio.sleep(0)
+    await buffer.close()
+    assert await asyncio.wait_for(waiting, 5) is None
+
+
+def test_backoff_grows_exponentially_within_its_cap_and_retry_after_wins_capped() -> None:
+    backoff = Backoff(base_delay_s=1.0, max_delay_s=8.0, jitter=False)
+    assert [backoff.delay_s(n) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert backoff.delay_s(1, retry_after_s=3600) == 8.0
+    jittered = Backoff(base_delay_s=1.0, max_delay_s=8.0)
+    assert all(2.0 <= jittered.delay_s(3) <= 4.0 for _ in range(100))
+
+
+def test_retry_policy_gives_up_after_max_attempts_or_max_age() -> None:
+    policy = RetryPolicy(max_attempts=3, backoff=Backoff(jitter=False), max_age_s=10.0)
+    assert policy.next_delay_s(1) == 1.0
+    assert policy.next_delay_s(3) is None
+    assert policy.next_delay_s(1, age_s=9.5) is None
+
+
+async def test_reconnect_waits_longer_after_each_failure_and_resets_after_success() -> None:
+    reconnect = Reconnect(Backoff(base_delay_s=0.001, max_delay_s=0.004, jitter=False))
+    await reconnect.wait()
+    await reconnect.wait()
+    assert reconnect.next_delay_s == 0.004
+    reconnect.reset()
+    assert reconnect.next_delay_s == 0.001
+
+
+class _Options(BackendOptions):
+    region: str = "eu"
+    limit: int = 3
+
+
+class _Pingless(Backend):
+    name = "pingless"
+    options_model = _Options
+
+    async def connect(self) -> None: ...
+    async def close(self) -> None: ...
+    async def publish(self, queue: str, body: bytes, **_: object) -> None: ...  # type: ignore[override]
+    def consume(self, queue: str, *, prefetch: int = 1):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+    async def depth(self, queue: str) -> int:
+        return 0
+
+
+PINGLESS = f"{__name__}:_Pingless"
+
+
+async def test_backend_health_is_a_template_over_ping_that_never_raises() -> None:
+    backend = _Pingless(load_settings(overrides={"queue": {"type": PINGLESS}}))
+    health = await backend.health()
+    assert not health.ok and "implements neither ping() nor health()" in health.detail
+
+
+def test_backend_options_come_from_their_queue_section_with_defaults() -> None:
+    settings = load_settings(overrides={"queue": {"type": PINGLESS, "pingless": {"limit": 7}}})
+    assert _Pingless(settings).options == _Options(region="eu", limit=7)
+    assert _Pingless(load_settings(overrides={"queue": {"type": PINGLESS}})).options == _Options()
+    with pytest.raises(ConfigError, match=r"setting 'queue.pingless.limit' \(got 'many'\)"):
+        load_settings(overrides={"queue": {"type": PINGLESS, "pingless": {"limit": "many"}}})
+
+
+def test_a_backend_section_with_a_typo_names_the_key_and_suggests_the_backend() -> None:
+    with pytest.raises(ConfigError, match=r"unknown setting 'queue.redsi'.*did you mean 'redis'"):
+        load_settings(overrides={"queue": {"redsi": {"url": "redis://h"}}})
+    problems = r"setting 'queue.redis.lease_s' \(got -1\).*unknown setting 'queue.redis.urll'"
+    with pytest.raises(ConfigError, match=problems):
+        load_settings(overrides={"queue": {"redis": {"lease_s": -1, "urll": "redis://h"}}})
+
+
+def test_a_backend_section_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENHQM_QUEUE__REDIS__LEASE_S", "5")
+    assert load_settings().queue.redis.lease_s == 5.0
+    monkeypatch.setenv("OPENHQM_QUEUE__REDSI__LEASE_S", "5")
+    with pytest.raises(ConfigError, match="did you mean OPENHQM_QUEUE__REDIS"):
+        load_settings()
