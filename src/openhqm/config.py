@@ -43,42 +43,7 @@ class ServerSettings(Section):
     instance_id: str | None = None
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 M = TypeVar("M", bound=BaseModel)
-_SECRET_WORDS = ("secret", "password", "token", "key", "url", "dsn", "auth", "connection_string")
-
-
-def _section_problems(name: str, exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        loc = ".".join(["queue", name, *(str(part) for part in error["loc"])])
-        if error["type"] == "extra_forbidden":
-            problems.append(f"unknown setting '{loc}'")
-            continue
-        value = error.get("input")
-        plain = not isinstance(value, dict | list) and not any(word in loc for word in _SECRET_WORDS)
-        shown = f" (got {value!r})" if plain and value is not None else ""
-        problems.append(f"setting '{loc}'{shown}: {error['msg']}")
-    return "; ".join(problems)
-
-
 def _backend_section(name: str, value: Any, selected: str) -> Any:
     """Validate `queue.<name>` with the options model of backend `name` (importing that backend);
     `selected` (queue.type) may be a `module:Class` whose `name` is `name`.
@@ -101,7 +66,8 @@ def _backend_section(name: str, value: Any, selected: str) -> Any:
     try:
         return model.model_validate(value if value is not None else {})
     except ValidationError as exc:
-        raise PydanticCustomError("backend_options", "{problems}", {"problems": _section_problems(name, exc)}) from None
+        problems = _problems(exc, value, ("queue", name))
+        raise PydanticCustomError("backend_options", "{problems}", {"problems": problems}) from None
 
 
 class QueueSettings(Section):
@@ -136,7 +102,7 @@ class QueueSettings(Section):
         try:
             return model.model_validate(value if isinstance(value, dict) else {})
         except ValidationError as exc:
-            raise ConfigError(f"invalid configuration: {_section_problems(name, exc)}") from None
+            raise ConfigError(f"invalid configuration: {_problems(exc, value, ('queue', name))}") from None
 
 
 class ResultsRedisSettings(Section):
@@ -373,8 +339,14 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
             raise ConfigError(f"environment variable {name} names no setting{suggestion}")
 
 
-def _describe(error: Any, source: dict[str, Any]) -> str:
-    loc = ".".join(str(part) for part in error["loc"])
+def _problems(exc: ValidationError, source: Any, prefix: tuple[str, ...] = ()) -> str:
+    """Every problem of `exc` naming its key; `source` holds the values given under `prefix`."""
+    return "; ".join(_describe(error, source, prefix) for error in exc.errors())
+
+
+def _describe(error: Any, source: Any, prefix: tuple[str, ...]) -> str:
+    parts = [*prefix, *(str(part) for part in error["loc"])]
+    loc = ".".join(parts)
     if error["type"] == "extra_forbidden":
         return f"unknown setting '{loc}'"
     if error["type"] in ("unknown_backend", "backend_options"):  # they name their keys themselves
@@ -382,7 +354,7 @@ def _describe(error: Any, source: dict[str, Any]) -> str:
     value: Any = source
     for part in error["loc"]:
         value = value.get(part) if isinstance(value, dict) else None
-    env_name = ENV_PREFIX + "__".join(str(part) for part in error["loc"]).upper()
+    env_name = ENV_PREFIX + "__".join(parts).upper()
     where = ""
     if value is None and env_name in os.environ:
         value, where = os.environ[env_name], f" from {env_name}"
@@ -403,8 +375,7 @@ def load_settings(config_file: Path | str | None = None, overrides: dict[str, An
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
-        problems = "; ".join(_describe(e, init) for e in exc.errors())
-        raise ConfigError(f"invalid configuration: {problems}") from exc
+        raise ConfigError(f"invalid configuration: {_problems(exc, init)}") from exc
     finally:
         _FILE_DATA.reset(token)
 

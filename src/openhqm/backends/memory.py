@@ -12,7 +12,7 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from openhqm.backends.base import Backend, Capabilities, Delivery, Health, Support
+from openhqm.backends.base import Backend, Capabilities, Delivery, Support
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendUnavailable
@@ -173,8 +173,9 @@ class MemoryBackend(Backend):
         q = self._queue(queue)
         return len(q.ready) + len(q.delayed)
 
-    async def health(self) -> Health:
-        return Health(self._connected, "ok" if self._connected else "closed")
+    async def ping(self) -> None:
+        if not self._connected:
+            raise BackendUnavailable("memory backend is closed")
 
     async def purge(self, queue: str) -> int:
         q = self._queue(queue)

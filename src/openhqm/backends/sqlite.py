@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
+from openhqm.errors import BackendUnavailable
 from openhqm.sqlite_db import SQLiteDB, shared_db
 
 if TYPE_CHECKING:
@@ -219,15 +220,10 @@ class SQLiteBackend(Backend):
             (queue, now)).fetchone()[0])
         return count
 
-    async def health(self) -> Health:
+    async def ping(self) -> None:
         if not self._connected:
-            return Health(False, "sqlite backend is not connected")
-        try:
-            async with asyncio.timeout(2):
-                await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
-        except Exception as exc:
-            return Health(False, f"sqlite: {exc}")
-        return Health(True)
+            raise BackendUnavailable("sqlite backend is not connected")
+        await self._db.run(lambda c: c.execute("SELECT 1").fetchone())
 
     async def purge(self, queue: str) -> int:
         count: int = await self._db.run(
