@@ -172,3 +172,14 @@ def test_a_backend_section_is_read_from_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("OPENHQM_QUEUE__REDSI__LEASE_S", "5")
     with pytest.raises(ConfigError, match="did you mean OPENHQM_QUEUE__REDIS"):
         load_settings()
+
+
+async def test_a_consumer_cancelled_as_an_item_arrives_leaves_the_item_in_the_buffer() -> None:
+    buffer: PrefetchBuffer[int] = PrefetchBuffer(2, lambda item: asyncio.sleep(0))
+    waiting = asyncio.create_task(buffer.get())
+    await asyncio.sleep(0)
+    await buffer.put(7)  # wakes the getter's inner get; cancel before it is handed out
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await buffer.get() == 7

@@ -178,25 +178,32 @@ class PrefetchBuffer(Generic[T]):
             await self._drain()
 
     async def get(self) -> T | None:
-        """The next item, or None once closed."""
-        if self._items.empty() and not self.closed:
-            getter = asyncio.ensure_future(self._items.get())
-            closer = asyncio.ensure_future(self._closed.wait())
-            try:
-                await asyncio.wait((getter, closer), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                closer.cancel()
-                if not getter.done():
-                    getter.cancel()
-            if getter.done() and not getter.cancelled():
-                item = getter.result()
-                if not self.closed:
-                    return item
-                await self._release(item)
-            return None
+        """The next item, or None once closed. Cancelled while an item arrived, it keeps the item."""
         if self.closed:
             return None
-        return self._items.get_nowait()
+        if not self._items.empty():
+            return self._items.get_nowait()
+        getter = asyncio.ensure_future(self._items.get())
+        closer = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait((getter, closer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closer.cancel()
+            if not getter.done():
+                getter.cancel()
+            elif not getter.cancelled() and (self.closed or asyncio.current_task().cancelling()):  # type: ignore[union-attr]
+                await self._give_back(getter.result())
+        if getter.done() and not getter.cancelled() and not self.closed:
+            return getter.result()
+        return None
+
+    async def _give_back(self, item: T) -> None:
+        """An item taken but not handed out: to the broker once closed, else back into the buffer."""
+        if self.closed:
+            with contextlib.suppress(Exception):
+                await self._release(item)
+        else:
+            self._items.put_nowait(item)  # room: it was just taken out
 
     async def close(self) -> None:
         self._closed.set()
