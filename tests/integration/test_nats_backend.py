@@ -20,13 +20,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from openhqm.backends import create_backend
-from openhqm.backends.nats_jetstream import (
-    DELAYED_TOKEN,
-    REASON_HEADER,
-    NATSJetStreamBackend,
-    durable_name,
-    queue_subject,
-)
+from openhqm.backends.kit import Wire
+from openhqm.backends.nats_jetstream import DELAYED_TOKEN, NATSJetStreamBackend, durable_name, queue_subject
 from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
@@ -144,7 +139,7 @@ async def test_message_delivered_more_than_max_deliver_is_moved_to_the_dead_lett
     dlq_subject = queue_subject(names["subject_prefix"], dead_letter_queue(queue))
     stored = await js.get_last_msg(names["stream"], dlq_subject)
     assert stored.headers is not None
-    assert stored.headers[REASON_HEADER] == "delivered 3 times; queue.nats.max_deliver is 2"
+    assert stored.headers[Wire.REASON] == "delivered 3 times; queue.nats.max_deliver is 2"
     async with Receiver(backend, dead_letter_queue(queue)) as dead:
         delivery = await dead.next()
         assert (delivery.body, delivery.attempt) == (b"crashes every worker", 1)
@@ -160,7 +155,7 @@ async def test_dead_letter_carries_the_reason_and_the_message_id(
         await (await receiver.next()).dead_letter("handler raised ValueError:\nbad input")
     stored = await js.get_last_msg(names["stream"], queue_subject(names["subject_prefix"], dead_letter_queue(queue)))
     assert stored.headers is not None
-    assert stored.headers[REASON_HEADER] == "handler raised ValueError: bad input"
+    assert stored.headers[Wire.REASON] == "handler raised ValueError: bad input"
     async with Receiver(backend, dead_letter_queue(queue)) as dead:
         delivery = await dead.next()
         assert (delivery.message_id, delivery.key) == ("req-7", "session-1")
