@@ -14,7 +14,7 @@ None: priority, ordering key. Headers are the `kit.Wire` names, read whatever th
 `Openhqm-Id`-style headers of earlier versions still read).
 On a crash: unacked messages come back after ack_wait_s; pulled but unhanded ones are nak'ed when
 consume() ends. Delayed messages move only while a consumer of their queue runs. nats-py reconnects
-by itself; a pull request lost meanwhile is sent again after PULL_EXPIRES_S + PULL_GRACE_S.
+by itself; a pull request lost meanwhile is sent again (nats_pull.py).
 """
 
 from __future__ import annotations
@@ -22,24 +22,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, ErrorMap, PrefetchBuffer, Wire, admission
+from openhqm.backends.kit import Admit, Wire, admission
+from openhqm.backends.nats_pull import JetStreamMissing, Puller, errors
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
@@ -54,12 +52,8 @@ log = structlog.get_logger(__name__)
 MSG_ID_HEADER = "Nats-Msg-Id"
 DELAYED_TOKEN = "$delayed"  # `$` never survives queue_subject's escaping, so no queue maps here
 
-API_PREFIX = "$JS.API"
-PULL_EXPIRES_S = 5.0
-PULL_GRACE_S = 2.0  # a pull request with no answer at all by its expiry plus this was lost
 API_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
-STOP_TIMEOUT_S = 2.0
 MOVER_BATCH = 64
 MAX_MESSAGE_BYTES = 1_000_000  # the server's default max_payload is 1 MiB, headers included
 
@@ -89,112 +83,14 @@ class NATSOptions(BackendOptions):
     subject_prefix: str = Field("openhqm", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
-class JetStreamMissing(BackendError):
-    """The stream or consumer does not exist (deleted, or the server lost its state)."""
-
-
-errors = ErrorMap("nats", [
-    ((nats.js.errors.NotFoundError, nats.js.errors.NoStreamResponseError), JetStreamMissing),
-    ((nats.js.errors.ServiceUnavailableError, nats.errors.ConnectionClosedError, nats.errors.NoServersError,
-      nats.errors.StaleConnectionError, nats.errors.ConnectionReconnectingError,
-      nats.errors.OutboundBufferLimitError, OSError), BackendUnavailable),
-    (nats.errors.Error, BackendError),
-])
-
-
 def _header(msg: Msg, name: str) -> str | None:
     """A header by its `Wire` name, whatever its case (NATS keeps the case it was sent with)."""
     return next((value for key, value in (msg.headers or {}).items() if key.lower() == name), None)
 
 
-def _status(msg: Msg) -> str | None:
-    """The status of a server's control message (404/408/409 end a pull request); None on a message."""
-    return (msg.headers or {}).get("Status")
-
-
 def _copied_headers(msg: Msg, *dropped: str) -> dict[str, str]:
     """Headers worth carrying to a copy: foreign ones and ours but `dropped`, not the server's Nats-*."""
     return {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-") and k.lower() not in dropped}
-
-
-async def _give_back(item: tuple[float, Msg]) -> None:
-    if _status(item[1]) is None:
-        await item[1].nak()
-
-
-class _Puller:
-    """Pull requests for one durable, answered on a private inbox; messages come out as they arrive.
-
-    One request is open at a time. It asks for `batch` messages and lingers PULL_EXPIRES_S, after
-    which the server answers 408. No answer at all means the request was lost (a reconnect, a deleted
-    consumer): the consumer is ensured again and a new request goes out. A message that waited here
-    longer than ack_wait_s is skipped: the server has already given it to someone else.
-    """
-
-    def __init__(self, backend: NATSJetStreamBackend, subject: str, batch: int) -> None:
-        self.backend = backend
-        self.subject = subject
-        self.durable = durable_name(subject)
-        self.batch = max(1, batch)
-        # (arrival, message): room for a whole batch and the status that ends its request.
-        self.inbox: PrefetchBuffer[tuple[float, Msg]] = PrefetchBuffer(self.batch + 1, _give_back)
-        self._sub: Subscription | None = None
-        self._wanted = 0
-        self._deadline = 0.0
-
-    async def _on_message(self, msg: Msg) -> None:
-        await self.inbox.put((time.monotonic(), msg))
-
-    async def next(self) -> Msg | None:
-        """The next message, or None once stopped."""
-        if self.inbox.closed:
-            return None
-        if self._sub is None:
-            await self.backend._ensure_consumer(self.subject, self.durable)
-            nc = self.backend._connection()
-            with errors("subscribe"):
-                self._sub = await nc.subscribe(nc.new_inbox(), cb=self._on_message)
-        while True:
-            if self._wanted == 0:
-                await self._request()
-            try:
-                async with asyncio.timeout(self._deadline - time.monotonic()):
-                    item = await self.inbox.get()
-            except TimeoutError:
-                self._wanted = 0
-                await self.backend._ensure_consumer(self.subject, self.durable)
-                continue
-            if item is None:
-                return None
-            arrived, msg = item
-            status = _status(msg)
-            if status is None:
-                self._wanted -= 1
-                if time.monotonic() - arrived < self.backend.options.ack_wait_s:
-                    return msg
-            if status != "100":  # 404/408: the request is over; 409: the server ended it
-                self._wanted = 0
-
-    async def _request(self) -> None:
-        if self._sub is None:
-            raise BackendUnavailable("nats: this consumer's inbox is closed")
-        request = {"batch": self.batch, "expires": int(PULL_EXPIRES_S * 1e9)}
-        with errors("pull"):
-            await self.backend._connection().publish(
-                f"{API_PREFIX}.CONSUMER.MSG.NEXT.{self.backend.stream}.{self.durable}",
-                json.dumps(request).encode(), reply=self._sub.subject)
-        self._wanted = self.batch
-        self._deadline = time.monotonic() + PULL_EXPIRES_S + PULL_GRACE_S
-
-    async def stop(self) -> None:
-        """End a waiting next(), and give back what was pulled but never handed out (best effort)."""
-        await self.inbox.close()  # from now on, what still arrives is nak'ed as it comes
-        sub, self._sub = self._sub, None
-        with contextlib.suppress(Exception):
-            if sub is not None:
-                # Drain: unsubscribe, and wait until what the server sent before that has arrived.
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await sub.drain()  # type: ignore[no-untyped-call]
 
 
 class NATSDelivery(Delivery):
@@ -242,8 +138,7 @@ class NATSJetStreamBackend(Backend):
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._closed = asyncio.Event()
-        self._pullers: set[_Puller] = set()
-        self._movers: set[asyncio.Task[None]] = set()
+        self._pullers: set[Puller] = set()  # stopped by close(), which ends their consume() or mover
 
     @property
     def display_url(self) -> str:
@@ -300,9 +195,7 @@ class NATSJetStreamBackend(Backend):
         if nc is None:
             return
         self._closed.set()
-        for task in list(self._movers):
-            task.cancel()
-        # End every waiting consume(), and give back what it pulled but never handed out.
+        # End every consume() and mover, and give back what they pulled but never handed out.
         await asyncio.gather(*(puller.stop() for puller in list(self._pullers)))
         with contextlib.suppress(Exception):
             await nc.close()
@@ -342,6 +235,11 @@ class NATSJetStreamBackend(Backend):
             await self._ensure_stream()
             with errors(action):
                 await call()
+
+    def _puller(self, subject: str, batch: int) -> Puller:
+        durable = durable_name(subject)
+        return Puller(self._connection, self.stream, durable, batch=batch, max_age_s=self.options.ack_wait_s,
+                      ensure_consumer=lambda: self._ensure_consumer(subject, durable))
 
     async def _ensure_consumer(self, subject: str, durable: str) -> None:
         """Create or update the queue's durable (idempotent; the stream is made again if it vanished)."""
@@ -389,17 +287,15 @@ class NATSJetStreamBackend(Backend):
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
         mover = asyncio.create_task(self._move_due(queue))
-        self._movers.add(mover)
         try:
-            async with contextlib.aclosing(self._pulled(_Puller(self, self.subject(queue), prefetch))) as pulled:
+            async with contextlib.aclosing(self._pulled(self._puller(self.subject(queue), prefetch))) as pulled:
                 async for msg in pulled:
                     if (delivery := await self._admit(queue, msg)) is not None:
                         yield delivery
         finally:
             mover.cancel()
-            self._movers.discard(mover)
 
-    async def _pulled(self, puller: _Puller, retried: type[BackendError] = BackendUnavailable
+    async def _pulled(self, puller: Puller, retried: type[BackendError] = BackendUnavailable
                       ) -> AsyncGenerator[Msg, None]:
         """The puller's messages until close(); `retried` errors are waited out (nats-py reconnects)."""
         self._pullers.add(puller)
@@ -409,7 +305,7 @@ class NATSJetStreamBackend(Backend):
                 try:
                     msg = await puller.next()
                 except retried as exc:
-                    log.warning("nats pull failed; retrying", subject=puller.subject, error=str(exc))
+                    log.warning("nats pull failed; retrying", durable=puller.durable, error=str(exc))
                     await self._pause(reconnect)
                     continue
                 reconnect.reset()
@@ -436,7 +332,7 @@ class NATSJetStreamBackend(Backend):
         """Hand the queue's delayed messages over to it once they are due (the delay emulation)."""
         subject = self.subject(queue)
         async with contextlib.aclosing(self._pulled(
-                _Puller(self, f"{subject}.{DELAYED_TOKEN}", MOVER_BATCH), retried=BackendError)) as pulled:
+                self._puller(f"{subject}.{DELAYED_TOKEN}", MOVER_BATCH), retried=BackendError)) as pulled:
             async for msg in pulled:
                 # nak(delay) keeps a message out of sight as long as asked: no hold limit, never a re-post.
                 not_before = Wire.number(_header(msg, Wire.NOT_BEFORE))
