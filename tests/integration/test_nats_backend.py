@@ -192,6 +192,22 @@ async def test_delayed_message_waits_on_the_delay_subject_and_arrives_as_attempt
     assert await backend.depth(queue) == 0
 
 
+async def test_messages_queued_with_the_earlier_header_spelling_still_read(
+    make_backend: Factory, js: JetStreamContext, names: dict[str, str], queue: str
+) -> None:
+    """Earlier versions wrote `Openhqm-Id`-style headers; NATS keeps header case, the backend reads any."""
+    backend = await make_backend()
+    subject = queue_subject(names["subject_prefix"], queue)
+    due = time.time() + 1.0
+    await js.publish(f"{subject}.{DELAYED_TOKEN}", b"old", stream=names["stream"],
+                     headers={"Openhqm-Id": "old-1", "Openhqm-Key": "k-1", "Openhqm-Not-Before": repr(due)})
+    async with Receiver(backend, queue) as receiver:
+        delivery = await receiver.next()
+        assert time.time() >= due
+        assert (delivery.body, delivery.message_id, delivery.key, delivery.attempt) == (b"old", "old-1", "k-1", 1)
+        await delivery.ack()
+
+
 async def test_in_progress_keeps_a_long_job_from_other_workers(make_backend: Factory, queue: str) -> None:
     first, second = await make_backend(ack_wait_s=1.0), await make_backend(ack_wait_s=1.0)
     await first.publish(queue, b"long job")
