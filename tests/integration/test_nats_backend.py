@@ -20,13 +20,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from openhqm.backends import create_backend
-from openhqm.backends.nats_jetstream import (
-    DELAYED_TOKEN,
-    REASON_HEADER,
-    NATSJetStreamBackend,
-    durable_name,
-    queue_subject,
-)
+from openhqm.backends.kit import Wire
+from openhqm.backends.nats_jetstream import DELAYED_TOKEN, NATSJetStreamBackend, durable_name, queue_subject
 from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
@@ -144,7 +139,7 @@ async def test_message_delivered_more_than_max_deliver_is_moved_to_the_dead_lett
     dlq_subject = queue_subject(names["subject_prefix"], dead_letter_queue(queue))
     stored = await js.get_last_msg(names["stream"], dlq_subject)
     assert stored.headers is not None
-    assert stored.headers[REASON_HEADER] == "delivered 3 times; queue.nats.max_deliver is 2"
+    assert stored.headers[Wire.REASON] == "delivered 3 times; queue.nats.max_deliver is 2"
     async with Receiver(backend, dead_letter_queue(queue)) as dead:
         delivery = await dead.next()
         assert (delivery.body, delivery.attempt) == (b"crashes every worker", 1)
@@ -160,7 +155,7 @@ async def test_dead_letter_carries_the_reason_and_the_message_id(
         await (await receiver.next()).dead_letter("handler raised ValueError:\nbad input")
     stored = await js.get_last_msg(names["stream"], queue_subject(names["subject_prefix"], dead_letter_queue(queue)))
     assert stored.headers is not None
-    assert stored.headers[REASON_HEADER] == "handler raised ValueError: bad input"
+    assert stored.headers[Wire.REASON] == "handler raised ValueError: bad input"
     async with Receiver(backend, dead_letter_queue(queue)) as dead:
         delivery = await dead.next()
         assert (delivery.message_id, delivery.key) == ("req-7", "session-1")
@@ -195,6 +190,22 @@ async def test_delayed_message_waits_on_the_delay_subject_and_arrives_as_attempt
         assert again.attempt == 2
         await again.ack()
     assert await backend.depth(queue) == 0
+
+
+async def test_messages_queued_with_the_earlier_header_spelling_still_read(
+    make_backend: Factory, js: JetStreamContext, names: dict[str, str], queue: str
+) -> None:
+    """Earlier versions wrote `Openhqm-Id`-style headers; NATS keeps header case, the backend reads any."""
+    backend = await make_backend()
+    subject = queue_subject(names["subject_prefix"], queue)
+    due = time.time() + 1.0
+    await js.publish(f"{subject}.{DELAYED_TOKEN}", b"old", stream=names["stream"],
+                     headers={"Openhqm-Id": "old-1", "Openhqm-Key": "k-1", "Openhqm-Not-Before": repr(due)})
+    async with Receiver(backend, queue) as receiver:
+        delivery = await receiver.next()
+        assert time.time() >= due
+        assert (delivery.body, delivery.message_id, delivery.key, delivery.attempt) == (b"old", "old-1", "k-1", 1)
+        await delivery.ack()
 
 
 async def test_in_progress_keeps_a_long_job_from_other_workers(make_backend: Factory, queue: str) -> None:

@@ -1,29 +1,20 @@
 """NATS JetStream through nats-py: one work-queue stream, one shared durable pull consumer per queue.
 
-URL: `queue.nats.url`, e.g. `nats://user:password@host:4222` (`tls://` for TLS; a comma-separated
-list for a cluster). Options: `queue.nats.stream` (OPENHQM), `subject_prefix` (openhqm),
-`ack_wait_s` (the lease), `max_deliver`.
-Layout: the stream `<stream>` takes the subjects `<prefix>.>` with WORK_QUEUE retention and file
-storage; `connect()` creates it when missing and uses an existing one as it is. Queue `a.b` is the
-subject `<prefix>.a.b` (`queue_subject`: each dot-separated part is one token, characters outside
-[A-Za-z0-9_-] are %XX-escaped, an empty part is `%`), so its dead-letter queue `a.b.dlq` is
-`<prefix>.a.b.dlq`. Every worker of a queue binds the same durable pull consumer (a work-queue
-stream allows one consumer per subject filter), named after the subject plus a hash.
-Native: ack (confirmed by the server), nack with delay (`nak(delay)`), lease extension
-(`in_progress()`: the lease restarts at ack_wait_s, whatever the seconds asked), attempt
-(num_delivered), publish dedup (Nats-Msg-Id = `<subject>:<message id>`, within the stream's
-duplicate window, 2 min by default).
-Emulated: publish delay: the message goes to `<subject>.$delayed` with an `Openhqm-Not-Before`
-header; each consume() of the queue also runs a mover that holds those with `nak(delay)` until due,
-then publishes them to the queue and acks them (their attempt starts at 1). Dead letters:
-`dead_letter()` publishes a copy with an `Openhqm-Reason` header to the DLQ subject, then acks; a
-message delivered more than `max_deliver` times is dead-lettered that way instead of being handed
-out (the server's own max_deliver would only stop redelivering it and leave it in the stream).
-No priority, no ordering key.
-On a crash: unacked messages are redelivered once ack_wait_s has passed (num_delivered one higher);
-messages pulled but never handed out are nak'ed when consume() ends. Delayed messages move only
-while some consumer of their queue runs. nats-py reconnects on its own, forever; a pull request lost
-in a disconnect is sent again after PULL_EXPIRES_S + PULL_GRACE_S.
+URL: `queue.nats.url`, e.g. `nats://user:password@host:4222` (`tls://` for TLS; comma-separated for a
+cluster). Options: `queue.nats.stream` (OPENHQM), `subject_prefix` (openhqm), `ack_wait_s` (the lease),
+`max_deliver`. The stream takes `<prefix>.>` (work-queue retention; created when missing); queue `a.b`
+is the subject `<prefix>.a.b` (`queue_subject`), read by one durable shared by all its workers.
+Native: ack, nack with delay (`nak(delay)`), lease extension (`in_progress()` restarts ack_wait_s,
+whatever the seconds asked), attempt (num_delivered), publish dedup (Nats-Msg-Id, per subject).
+Emulated: publish delay: the message waits on `<subject>.$delayed` with `openhqm-not-before`; each
+consume() runs a mover that holds it there with `nak(delay)` until due, then publishes it to the queue
+(attempt 1) and acks it. Dead letters: a copy with `openhqm-reason` to `<queue>.dlq`, then ack; also
+for a message delivered more than `max_deliver` times (the server's own limit would strand it).
+None: priority, ordering key. Headers are the `kit.Wire` names, read whatever their case (so the
+`Openhqm-Id`-style headers of earlier versions still read).
+On a crash: unacked messages come back after ack_wait_s; pulled but unhanded ones are nak'ed when
+consume() ends. Delayed messages move only while a consumer of their queue runs. nats-py reconnects
+by itself; a pull request lost meanwhile is sent again (nats_pull.py).
 """
 
 from __future__ import annotations
@@ -31,26 +22,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from pydantic import Field, SecretStr
 
-from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
+from openhqm.backends.kit import Admit, Wire, admission
+from openhqm.backends.nats_pull import JetStreamMissing, Puller, errors
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
+from openhqm.policies import Reconnect
 from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
@@ -58,23 +49,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-ID_HEADER = "Openhqm-Id"
-KEY_HEADER = "Openhqm-Key"
-NOT_BEFORE_HEADER = "Openhqm-Not-Before"  # epoch seconds, on messages waiting in `<subject>.$delayed`
-REASON_HEADER = "Openhqm-Reason"
 MSG_ID_HEADER = "Nats-Msg-Id"
 DELAYED_TOKEN = "$delayed"  # `$` never survives queue_subject's escaping, so no queue maps here
 
-API_PREFIX = "$JS.API"
-PULL_EXPIRES_S = 5.0
-PULL_GRACE_S = 2.0  # a pull request with no answer at all by its expiry plus this was lost
 API_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
-HEALTH_TIMEOUT_S = 2.0
-STOP_TIMEOUT_S = 2.0
-OUTAGE_PAUSE_S = 1.0
 MOVER_BATCH = 64
-MAX_REASON_CHARS = 2000
 MAX_MESSAGE_BYTES = 1_000_000  # the server's default max_payload is 1 MiB, headers included
 
 _TOKEN_SAFE = re.compile(r"[A-Za-z0-9_-]")
@@ -95,7 +75,6 @@ def durable_name(subject: str) -> str:
     return f"{_NAME_UNSAFE.sub('_', subject)[:48]}-{hashlib.sha256(subject.encode()).hexdigest()[:10]}"
 
 
-
 class NATSOptions(BackendOptions):
     url: SecretStr = SecretStr("nats://127.0.0.1:4222")
     ack_wait_s: float = Field(30.0, gt=0)
@@ -104,139 +83,32 @@ class NATSOptions(BackendOptions):
     subject_prefix: str = Field("openhqm", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
-class JetStreamMissing(BackendError):
-    """The stream or consumer does not exist (deleted, or the server lost its state)."""
+def _header(msg: Msg, name: str) -> str | None:
+    """A header by its `Wire` name, whatever its case (NATS keeps the case it was sent with)."""
+    return next((value for key, value in (msg.headers or {}).items() if key.lower() == name), None)
 
 
-@contextlib.contextmanager
-def _errors(action: str) -> Iterator[None]:
-    """The one place where nats-py errors become openhqm errors."""
-    try:
-        yield
-    except BackendError:
-        raise
-    except (nats.js.errors.NotFoundError, nats.js.errors.NoStreamResponseError) as exc:
-        raise JetStreamMissing(f"nats: {action}: {exc}") from exc
-    except nats.js.errors.ServiceUnavailableError as exc:
-        raise BackendUnavailable(f"nats: {action}: JetStream unavailable: {exc}") from exc
-    except nats.js.errors.APIError as exc:
-        raise BackendError(f"nats: {action}: {exc.description} (err_code {exc.err_code})") from exc
-    except (nats.errors.TimeoutError, TimeoutError) as exc:
-        raise BackendUnavailable(f"nats: {action}: no answer within {API_TIMEOUT_S} s") from exc
-    except (nats.errors.ConnectionClosedError, nats.errors.NoServersError, nats.errors.StaleConnectionError,
-            nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError, OSError) as exc:
-        raise BackendUnavailable(f"nats: {action}: {exc!r}") from exc
-    except nats.errors.Error as exc:
-        raise BackendError(f"nats: {action}: {exc}") from exc
-
-
-def _copied_headers(msg: Msg) -> dict[str, str]:
-    """Headers worth carrying to a copy: ours and foreign ones, not the server's Nats-* ones."""
-    return {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
-
-
-class _Puller:
-    """Pull requests for one durable, answered on a private inbox; messages come out as they arrive.
-
-    One request is open at a time. It asks for `batch` messages and lingers PULL_EXPIRES_S, after
-    which the server answers 408. No answer at all means the request was lost (a reconnect, a deleted
-    consumer): the consumer is ensured again and a new request goes out. A message that waited here
-    longer than ack_wait_s is skipped: the server has already given it to someone else.
-    """
-
-    def __init__(self, backend: NATSJetStreamBackend, subject: str) -> None:
-        self.backend = backend
-        self.subject = subject
-        self.durable = durable_name(subject)
-        self.inbox: asyncio.Queue[tuple[float, Msg] | None] = asyncio.Queue()  # (arrival, message)
-        self._sub: Subscription | None = None
-        self._wanted = 0
-        self._deadline = 0.0
-
-    async def _on_message(self, msg: Msg) -> None:
-        self.inbox.put_nowait((time.monotonic(), msg))
-
-    def wake(self) -> None:
-        """End a waiting next() with None (close())."""
-        self.inbox.put_nowait(None)
-
-    async def next(self, batch: int) -> Msg | None:
-        """The next message, or None once the backend closes."""
-        if self._sub is None:
-            await self.backend._ensure_consumer(self.subject, self.durable)
-            with _errors("subscribe"):
-                self._sub = await self.backend._connection().subscribe(
-                    self.backend._connection().new_inbox(), cb=self._on_message)
-        while True:
-            if self._wanted == 0:
-                await self._request(batch)
-            try:
-                async with asyncio.timeout(self._deadline - time.monotonic()):
-                    item = await self.inbox.get()
-            except TimeoutError:
-                self._wanted = 0
-                await self.backend._ensure_consumer(self.subject, self.durable)
-                continue
-            if item is None:
-                return None
-            arrived, msg = item
-            status = (msg.headers or {}).get("Status")
-            if status is None:
-                self._wanted -= 1
-                if time.monotonic() - arrived < self.backend.options.ack_wait_s:
-                    return msg
-            if status != "100":  # 404/408: the request is over; 409: the server ended it
-                self._wanted = 0
-
-    async def _request(self, batch: int) -> None:
-        if self._sub is None:
-            raise BackendUnavailable("nats: this consumer's inbox is closed")
-        request = {"batch": batch, "expires": int(PULL_EXPIRES_S * 1e9)}
-        with _errors("pull"):
-            await self.backend._connection().publish(
-                f"{API_PREFIX}.CONSUMER.MSG.NEXT.{self.backend.stream}.{self.durable}",
-                json.dumps(request).encode(), reply=self._sub.subject)
-        self._wanted = batch
-        self._deadline = time.monotonic() + PULL_EXPIRES_S + PULL_GRACE_S
-
-    async def stop(self) -> None:
-        """Drop the inbox and give back the messages it got but never handed out (best effort)."""
-        sub, self._sub = self._sub, None
-        with contextlib.suppress(Exception):
-            if sub is not None:
-                # Drain: unsubscribe, and wait until what the server sent before that has arrived.
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await sub.drain()  # type: ignore[no-untyped-call]
-        with contextlib.suppress(Exception):
-            while not self.inbox.empty():
-                item = self.inbox.get_nowait()
-                if item is not None and not (item[1].headers or {}).get("Status"):
-                    await item[1].nak()
+def _copied_headers(msg: Msg, *dropped: str) -> dict[str, str]:
+    """Headers worth carrying to a copy: foreign ones and ours but `dropped`, not the server's Nats-*."""
+    return {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-") and k.lower() not in dropped}
 
 
 class NATSDelivery(Delivery):
     def __init__(self, backend: NATSJetStreamBackend, queue: str, msg: Msg) -> None:
-        headers = msg.headers or {}
         meta = msg.metadata
-        message_id = headers.get(ID_HEADER) or headers.get(MSG_ID_HEADER) or f"{meta.stream}:{meta.sequence.stream}"
+        message_id = (_header(msg, Wire.ID) or (msg.headers or {}).get(MSG_ID_HEADER)
+                      or f"{meta.stream}:{meta.sequence.stream}")
         super().__init__(queue, msg.data, attempt=meta.num_delivered, message_id=message_id,
-                         key=headers.get(KEY_HEADER))
+                         key=_header(msg, Wire.KEY))
         self._backend = backend
         self._msg = msg
 
     async def _ack(self) -> None:
-        with _errors("ack"):
+        with errors("ack"):
             await self._msg.ack_sync(timeout=API_TIMEOUT_S)
 
     async def _nack(self, delay_s: float | None) -> None:
-        with _errors("nak"):
+        with errors("nak"):
             await self._msg.nak(delay=delay_s if delay_s and delay_s > 0 else None)
 
     async def _dead_letter(self, reason: str) -> None:
@@ -245,7 +117,7 @@ class NATSDelivery(Delivery):
     async def extend_lease(self, seconds: float) -> None:
         """Restart the ack_wait_s timer (JetStream cannot extend by an arbitrary amount)."""
         if self.settled is None:
-            with _errors("in progress"):
+            with errors("in progress"):
                 await self._msg.in_progress()
 
 
@@ -261,14 +133,12 @@ class NATSJetStreamBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-
         self.stream = self.options.stream
         self.prefix = self.options.subject_prefix
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._closed = asyncio.Event()
-        self._pullers: set[_Puller] = set()
-        self._movers: set[asyncio.Task[None]] = set()
+        self._pullers: set[Puller] = set()  # stopped by close(), which ends their consume() or mover
 
     @property
     def display_url(self) -> str:
@@ -279,12 +149,12 @@ class NATSJetStreamBackend(Backend):
 
     def _connection(self) -> NATS:
         if self._nc is None:
-            raise BackendUnavailable("nats backend is closed")
+            raise BackendUnavailable("nats backend is not connected")
         return self._nc
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None:
-            raise BackendUnavailable("nats backend is closed")
+            raise BackendUnavailable("nats backend is not connected")
         return self._js
 
     async def connect(self) -> None:
@@ -301,7 +171,7 @@ class NATSJetStreamBackend(Backend):
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             with contextlib.suppress(Exception):
                 await nc.close()
-            raise BackendUnavailable(f"nats: cannot connect to {self.display_url}: {exc!r}") from exc
+            raise BackendUnavailable(errors.describe(f"cannot connect to {self.display_url}", exc)) from exc
         self._nc, self._js = nc, nc.jetstream(timeout=API_TIMEOUT_S)
         self._closed.clear()
         try:
@@ -325,37 +195,51 @@ class NATSJetStreamBackend(Backend):
         if nc is None:
             return
         self._closed.set()
-        for task in list(self._movers):
-            task.cancel()
-        # Wake every waiting consume(), and give back what it pulled but never handed out.
-        pullers = list(self._pullers)
-        await asyncio.gather(*(puller.stop() for puller in pullers))
-        for puller in pullers:
-            puller.wake()
+        # End every consume() and mover, and give back what they pulled but never handed out.
+        await asyncio.gather(*(puller.stop() for puller in list(self._pullers)))
         with contextlib.suppress(Exception):
             await nc.close()
 
-    async def _pause(self) -> None:
-        # NATS is unreachable and nats-py is reconnecting: wait a moment (or for close()) and retry.
+    async def _pause(self, reconnect: Reconnect) -> None:
+        """`reconnect.wait()`, cut short by close() (nats-py is reconnecting meanwhile)."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(OUTAGE_PAUSE_S):
+            async with asyncio.timeout(reconnect.next_delay_s):
                 await self._closed.wait()
+        reconnect.failures += 1
+
+    async def ping(self) -> None:
+        if not self._connection().is_connected:
+            raise BackendUnavailable("nats: not connected (nats-py is reconnecting)")
+        with errors(f"stream info {self.stream}"):
+            await self._jetstream().stream_info(self.stream)
 
     # -- stream and consumers -------------------------------------------------------------------
 
     async def _ensure_stream(self) -> None:
         js = self._jetstream()
-        try:
-            with _errors(f"look up stream {self.stream}"):
-                await js.stream_info(self.stream)
+        with contextlib.suppress(JetStreamMissing), errors(f"look up stream {self.stream}"):
+            await js.stream_info(self.stream)
             return
-        except JetStreamMissing:
-            pass
         config = StreamConfig(name=self.stream, subjects=[f"{self.prefix}.>"],
                               retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE)
-        with _errors(f"create stream {self.stream} for subjects {self.prefix}.>"):
+        with errors(f"create stream {self.stream} for subjects {self.prefix}.>"):
             await js.add_stream(config)
         log.info("nats stream created", stream=self.stream, subjects=f"{self.prefix}.>")
+
+    async def _with_stream(self, action: str, call: Callable[[], Awaitable[object]]) -> None:
+        """Run `call`; if the stream vanished (deleted, server state lost), make it again and retry once."""
+        try:
+            with errors(action):
+                await call()
+        except JetStreamMissing:
+            await self._ensure_stream()
+            with errors(action):
+                await call()
+
+    def _puller(self, subject: str, batch: int) -> Puller:
+        durable = durable_name(subject)
+        return Puller(self._connection, self.stream, durable, batch=batch, max_age_s=self.options.ack_wait_s,
+                      ensure_consumer=lambda: self._ensure_consumer(subject, durable))
 
     async def _ensure_consumer(self, subject: str, durable: str) -> None:
         """Create or update the queue's durable (idempotent; the stream is made again if it vanished)."""
@@ -364,13 +248,8 @@ class NATSJetStreamBackend(Backend):
         config = ConsumerConfig(durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                                 deliver_policy=DeliverPolicy.ALL, ack_wait=self.options.ack_wait_s,
                                 max_deliver=-1, max_ack_pending=-1)
-        try:
-            with _errors(f"create consumer {durable}"):
-                await self._jetstream().add_consumer(self.stream, config)
-        except JetStreamMissing:
-            await self._ensure_stream()
-            with _errors(f"create consumer {durable}"):
-                await self._jetstream().add_consumer(self.stream, config)
+        await self._with_stream(f"create consumer {durable}", lambda: self._jetstream().add_consumer(
+            self.stream, config))
 
     # -- publishing -----------------------------------------------------------------------------
 
@@ -380,56 +259,60 @@ class NATSJetStreamBackend(Backend):
         subject = self.subject(queue)
         headers: dict[str, str] = {}
         if key is not None:
-            headers[KEY_HEADER] = key
+            headers[Wire.KEY] = key
         if delay_s and delay_s > 0:
-            headers[NOT_BEFORE_HEADER] = repr(time.time() + delay_s)
+            headers[Wire.NOT_BEFORE] = Wire.time(time.time() + delay_s)
             subject = f"{subject}.{DELAYED_TOKEN}"
         await self._publish(subject, body, headers, message_id or new_id())
 
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str], message_id: str) -> None:
         """Publish and wait for the stream's ack. The dedup id is scoped by subject, because the
         duplicate window spans the whole stream and one id may travel to several queues."""
-        def headers_() -> dict[str, str]:  # js.publish adds to the dict it is given
-            return {**headers, ID_HEADER: message_id, MSG_ID_HEADER: f"{subject}:{message_id}"}
-
-        try:
-            with _errors(f"publish to {subject}"):
-                await self._jetstream().publish(subject, body, stream=self.stream, headers=headers_())
-        except JetStreamMissing:
-            await self._ensure_stream()
-            with _errors(f"publish to {subject}"):
-                await self._jetstream().publish(subject, body, stream=self.stream, headers=headers_())
+        await self._with_stream(f"publish to {subject}", lambda: self._jetstream().publish(
+            subject, body, stream=self.stream,  # a fresh dict each try: js.publish adds to it
+            headers={**headers, Wire.ID: message_id, MSG_ID_HEADER: f"{subject}:{message_id}"}))
 
     async def _dead_letter(self, queue: str, msg: Msg, message_id: str, reason: str) -> None:
-        headers = {k: v for k, v in _copied_headers(msg).items() if k != NOT_BEFORE_HEADER}
-        headers[REASON_HEADER] = reason.replace("\r", " ").replace("\n", " ")[:MAX_REASON_CHARS]
-        await self._publish(self.subject(dead_letter_queue(queue)), msg.data, headers, message_id)
-        with _errors("ack"):
+        headers = {**_copied_headers(msg, Wire.ID, Wire.NOT_BEFORE, Wire.REASON), Wire.REASON: Wire.reason(reason)}
+        await self._forward(msg, self.subject(dead_letter_queue(queue)), message_id, headers)
+
+    async def _forward(self, msg: Msg, subject: str, message_id: str, headers: dict[str, str]) -> None:
+        """Publish a copy of `msg` to `subject`, then ack `msg` (a crash between them leaves a
+        duplicate only after the dedup window)."""
+        await self._publish(subject, msg.data, headers, message_id)
+        with errors("ack"):
             await msg.ack_sync(timeout=API_TIMEOUT_S)
 
     # -- consuming ------------------------------------------------------------------------------
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
-        puller = _Puller(self, self.subject(queue))
-        self._pullers.add(puller)
         mover = asyncio.create_task(self._move_due(queue))
-        self._movers.add(mover)
+        try:
+            async with contextlib.aclosing(self._pulled(self._puller(self.subject(queue), prefetch))) as pulled:
+                async for msg in pulled:
+                    if (delivery := await self._admit(queue, msg)) is not None:
+                        yield delivery
+        finally:
+            mover.cancel()
+
+    async def _pulled(self, puller: Puller, retried: type[BackendError] = BackendUnavailable
+                      ) -> AsyncGenerator[Msg, None]:
+        """The puller's messages until close(); `retried` errors are waited out (nats-py reconnects)."""
+        self._pullers.add(puller)
+        reconnect = Reconnect()
         try:
             while not self._closed.is_set():
                 try:
-                    msg = await puller.next(max(1, prefetch))
-                except BackendUnavailable as exc:
-                    log.warning("nats pull failed; retrying", queue=queue, error=str(exc))
-                    await self._pause()
+                    msg = await puller.next()
+                except retried as exc:
+                    log.warning("nats pull failed; retrying", durable=puller.durable, error=str(exc))
+                    await self._pause(reconnect)
                     continue
+                reconnect.reset()
                 if msg is None:
                     return
-                delivery = await self._admit(queue, msg)
-                if delivery is not None:
-                    yield delivery
+                yield msg
         finally:
-            mover.cancel()
-            self._movers.discard(mover)
             self._pullers.discard(puller)
             await puller.stop()
 
@@ -448,39 +331,26 @@ class NATSJetStreamBackend(Backend):
     async def _move_due(self, queue: str) -> None:
         """Hand the queue's delayed messages over to it once they are due (the delay emulation)."""
         subject = self.subject(queue)
-        puller = _Puller(self, f"{subject}.{DELAYED_TOKEN}")
-        self._pullers.add(puller)
-        try:
-            while not self._closed.is_set():
+        async with contextlib.aclosing(self._pulled(
+                self._puller(f"{subject}.{DELAYED_TOKEN}", MOVER_BATCH), retried=BackendError)) as pulled:
+            async for msg in pulled:
+                # nak(delay) keeps a message out of sight as long as asked: no hold limit, never a re-post.
+                not_before = Wire.number(_header(msg, Wire.NOT_BEFORE))
+                decision = admission(not_before, time.time(), max_hold_s=None)
                 try:
-                    msg = await puller.next(MOVER_BATCH)
-                    if msg is None:
-                        return
-                    await self._hold_or_move(subject, msg)
-                except BackendError as exc:
-                    log.warning("nats delay mover failed; retrying", queue=queue, error=str(exc))
-                    await self._pause()
-        finally:
-            self._pullers.discard(puller)
-            await puller.stop()
-
-    async def _hold_or_move(self, subject: str, msg: Msg) -> None:
-        not_before = _number((msg.headers or {}).get(NOT_BEFORE_HEADER))
-        remaining = (not_before or 0.0) - time.time()
-        if remaining > 0:
-            with _errors("nak"):
-                await msg.nak(delay=remaining)
-            return
-        headers = {k: v for k, v in _copied_headers(msg).items() if k != NOT_BEFORE_HEADER}
-        message_id = headers.pop(ID_HEADER, None) or f"{self.stream}:{msg.metadata.sequence.stream}"
-        await self._publish(subject, msg.data, headers, message_id)
-        with _errors("ack"):
-            await msg.ack_sync(timeout=API_TIMEOUT_S)
+                    if decision.action is Admit.HOLD:
+                        with errors("nak"):
+                            await msg.nak(delay=decision.wait_s)
+                    else:
+                        message_id = _header(msg, Wire.ID) or f"{self.stream}:{msg.metadata.sequence.stream}"
+                        await self._forward(msg, subject, message_id, _copied_headers(msg, Wire.ID, Wire.NOT_BEFORE))
+                except BackendError as exc:  # it comes back after ack_wait_s
+                    log.warning("nats delay mover failed", queue=queue, error=str(exc))
 
     # -- inspection -----------------------------------------------------------------------------
 
     async def _subject_count(self, subject: str) -> int:
-        with _errors("stream info"):
+        with errors("stream info"):
             info = await self._jetstream().stream_info(self.stream, subjects_filter=subject)
         return int((info.state.subjects or {}).get(subject, 0))
 
@@ -488,7 +358,7 @@ class NATSJetStreamBackend(Backend):
         """Messages not yet delivered (the consumer's num_pending) plus delayed ones; not those in flight."""
         subject = self.subject(queue)
         try:
-            with _errors("consumer info"):
+            with errors("consumer info"):
                 waiting = (await self._jetstream().consumer_info(self.stream, durable_name(subject))).num_pending
         except JetStreamMissing:
             waiting = await self._subject_count(subject)  # no consumer yet: everything is waiting
@@ -499,22 +369,6 @@ class NATSJetStreamBackend(Backend):
         count = 0
         for subject in (self.subject(queue), f"{self.subject(queue)}.{DELAYED_TOKEN}"):
             count += await self._subject_count(subject)
-            with _errors("purge"):
+            with errors("purge"):
                 await self._jetstream().purge_stream(self.stream, subject=subject)
         return count
-
-    async def health(self) -> Health:
-        nc = self._nc
-        if nc is None:
-            return Health(False, "nats backend is not connected")
-        if not nc.is_connected:
-            return Health(False, f"nats: not connected to {self.display_url} (reconnecting)")
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                with _errors(f"stream info {self.stream}"):
-                    await self._jetstream().stream_info(self.stream)
-        except TimeoutError:
-            return Health(False, f"nats: JetStream did not answer within {HEALTH_TIMEOUT_S} s")
-        except Exception as exc:
-            return Health(False, str(exc) if isinstance(exc, BackendError) else f"nats: {exc!r}")
-        return Health(True)
