@@ -1,10 +1,13 @@
 """Round trips per second and p50/p99 latency through `openhqm serve`, next to calling the echo
 backend directly, at a fixed number of concurrent clients for a bounded time.
 
-    python benchmarks/bench.py [--seconds 10] [--clients 32] [--queue-type sqlite] [--scenarios ...]
+    python benchmarks/bench.py [--seconds 10] [--clients 32] [--load wrk|aiohttp] [--queue-type sqlite]
+                               [--scenarios ...]
 
-Everything runs on 127.0.0.1: the echo server, openhqm and the load generator (aiohttp) share the
-machine's cores, as they would on one node; the ratio to the direct call is the number to watch.
+Everything runs on 127.0.0.1: the echo server, openhqm and the load generator share the machine's
+cores, as they would on one node; the ratio to the direct call is the number to watch. The default load
+generator is wrk (benchmarks/wrk_scenario.lua), whose CPU per round trip is small next to openhqm's; the
+aiohttp clients spend about a third of what they measure, which then runs short of CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 import asyncio
 import json
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +25,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 
@@ -67,33 +74,66 @@ class Processes:
                 proc.kill()
 
 
-Request = Callable[[aiohttp.ClientSession], Awaitable[None]]
+PREFER_WAIT = "wait=30"  # the long poll's ?wait=30 matches, here and in wrk_scenario.lua
 
 
-async def measure(request: Request, clients: int, seconds: float) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        warm_until = time.monotonic() + 60
-        for _ in range(min(clients, 8)):  # warm up connections and code paths (Kafka joins its group,
-            while True:                    # MQTT refuses publishes until a subscriber exists)
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of round trip, described once for both load generators."""
+
+    url: str
+    body: str
+    prefer: str | None = None
+    long_poll: bool = False  # POST, then GET the answer's Location with ?wait=30
+    expect_completed: bool = False  # a good answer says "status": "COMPLETED"
+
+
+def submit_body(metadata: dict[str, Any]) -> str:
+    return json.dumps({"payload": PAYLOAD, "metadata": metadata})
+
+
+async def round_trip(session: aiohttp.ClientSession, scenario: Scenario) -> None:
+    """One round trip as the aiohttp load sends it; raises on anything but a good answer."""
+    headers = {"Content-Type": "application/json"} | ({"Prefer": scenario.prefer} if scenario.prefer else {})
+    async with session.post(scenario.url, data=scenario.body, headers=headers) as response:
+        status, body, location = response.status, await response.read(), response.headers.get("Location")
+    if scenario.long_poll:
+        if status != 202 or location is None:
+            raise RuntimeError(status, body[:200])
+        async with session.get(urljoin(scenario.url, location), params={"wait": "30"}) as response:
+            status, body = response.status, await response.read()
+    if status != 200 or (scenario.expect_completed and json.loads(body)["status"] != "COMPLETED"):
+        raise RuntimeError(status, body[:200])
+
+
+async def warm_up(scenario: Scenario, clients: int) -> None:
+    """Warm up code paths before a measured run (Kafka joins its group, MQTT refuses publishes until a
+    subscriber exists), with either load generator, outside the CPU that is measured."""
+    async with aiohttp.ClientSession() as session:
+        give_up = time.monotonic() + 60
+        for _ in range(min(clients, 8)):
+            while True:
                 try:
-                    await request(session)
+                    await round_trip(session, scenario)
                     break
                 except Exception:
-                    if time.monotonic() > warm_until:
+                    if time.monotonic() > give_up:
                         raise
                     await asyncio.sleep(0.2)
 
-        deadline = time.monotonic() + seconds  # after the warm-up, which may take a while (Kafka)
+
+async def aiohttp_run(scenario: Scenario, clients: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
 
         async def client() -> None:
             nonlocal errors
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 try:
-                    await request(session)
+                    await round_trip(session, scenario)
                 except Exception:
                     errors += 1
                     continue
@@ -108,38 +148,36 @@ async def measure(request: Request, clients: int, seconds: float) -> dict[str, f
             "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else 0, "requests": n, "errors": errors}
 
 
-def direct(url: str) -> Request:
-    async def call(session: aiohttp.ClientSession) -> None:
-        async with session.post(url, json=PAYLOAD) as response:
-            await response.read()
-            if response.status != 200:
-                raise RuntimeError(response.status)
-
-    return call
+def aiohttp_load(scenario: Scenario, clients: int, seconds: float) -> dict[str, float]:
+    """Python clients in this process: each round trip costs about as much CPU here as in openhqm."""
+    before = own_cpu_seconds()
+    result = asyncio.run(aiohttp_run(scenario, clients, seconds))
+    return result | {"load_cpu_s": own_cpu_seconds() - before}
 
 
-def prefer_wait(base: str, metadata: dict[str, Any]) -> Request:
-    async def call(session: aiohttp.ClientSession) -> None:
-        async with session.post(f"{base}/api/v1/submit", json={"payload": PAYLOAD, "metadata": metadata},
-                                headers={"Prefer": "wait=30"}) as response:
-            body = await response.json()
-            if response.status != 200 or body["status"] != "COMPLETED":
-                raise RuntimeError(body)
+def wrk_load(scenario: Scenario, clients: int, seconds: float) -> dict[str, float]:
+    """wrk, a C load generator, driven by wrk_scenario.lua; its CPU is read from the child's rusage."""
+    duration = max(1, round(seconds))
+    threads = clients if scenario.long_poll else 1  # long-poll keeps one connection's state per thread
+    command = ["wrk", "--threads", str(threads), "--connections", str(clients), "--duration", f"{duration}s",
+               "--timeout", f"{duration + 10}s", "--script", str(HERE / "wrk_scenario.lua"), scenario.url, "--",
+               "long-poll" if scenario.long_poll else "single", scenario.body, scenario.prefer or "-",
+               "COMPLETED" if scenario.expect_completed else "-"]
+    before = children_cpu_seconds()
+    # run() kills wrk (by PID) if it outlives its duration by a minute.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
+    load_cpu_s = children_cpu_seconds() - before
+    lines = [line for line in done.stdout.splitlines() if line.startswith("wrk-json ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr or done.stdout}")
+    summary = json.loads(lines[0].removeprefix("wrk-json "))
+    return {"rps": summary["round_trips"] / summary["duration_s"], "p50_ms": summary["p50_ms"],
+            "p99_ms": summary["p99_ms"], "requests": summary["round_trips"],
+            "errors": summary["failed"] + summary["socket_errors"], "failed": summary["failed"],
+            "socket_errors": summary["socket_errors"], "load_cpu_s": load_cpu_s}
 
-    return call
 
-
-def submit_then_long_poll(base: str, metadata: dict[str, Any]) -> Request:
-    async def call(session: aiohttp.ClientSession) -> None:
-        async with session.post(f"{base}/api/v1/submit", json={"payload": PAYLOAD, "metadata": metadata}) as r:
-            location = r.headers["Location"]
-            await r.read()
-        async with session.get(f"{base}{location}", params={"wait": "30"}) as r:
-            body = await r.json()
-            if r.status != 200 or body["status"] != "COMPLETED":
-                raise RuntimeError(body)
-
-    return call
+LOADS: dict[str, Callable[[Scenario, int, float], dict[str, float]]] = {"wrk": wrk_load, "aiohttp": aiohttp_load}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -154,6 +192,13 @@ def cpu_seconds(pid: int) -> float:
 def own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of the children this process has waited for (the echo and serve processes are waited
+    for only at the end, so across one wrk run this grows by wrk's CPU alone)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def broker_env(queue_type: str) -> dict[str, str]:
@@ -181,6 +226,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the scenario list N times and report each scenario's median run (shared "
                              "machines vary by 15 %% or more between runs)")
+    parser.add_argument("--load", choices=sorted(LOADS), default="wrk",
+                        help="load generator: wrk (C, little CPU of its own; the default) or aiohttp (Python "
+                             "clients in this process)")
     parser.add_argument("--queue-type", default="sqlite")
     parser.add_argument("--results-type", default="sqlite")
     parser.add_argument("--backend-delay-s", type=float, default=0.0, help="echo server delay per request")
@@ -191,6 +239,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE",
                         help="record the serve process with py-spy while the scenarios run (speedscope JSON)")
     args = parser.parse_args()
+    if args.load == "wrk" and not shutil.which("wrk"):
+        parser.error("wrk is not on PATH (Debian/Ubuntu: apt-get install wrk); or use --load aiohttp")
 
     procs = Processes()
     echo_port, hqm_port = free_port(), free_port()
@@ -216,24 +266,29 @@ def main() -> None:
             serve_pid = procs.procs[-1].pid
             procs.start(["py-spy", "record", "--rate", "200", "--format", "speedscope", "--nonblocking",
                          "--pid", str(serve_pid), "--output", os.path.abspath(args.profile)])
-        scenarios: dict[str, Request] = {
-            "direct": direct(echo_url),
-            "prefer-wait": prefer_wait(base, {"handler": "echo"}),
-            "long-poll": submit_then_long_poll(base, {"handler": "echo"}),
-            "forward-prefer-wait": prefer_wait(base, {"endpoint": "echo"}),
-            "forward-long-poll": submit_then_long_poll(base, {"endpoint": "echo"}),
+        submit = f"{base}/api/v1/submit"
+        scenarios = {
+            "direct": Scenario(echo_url, json.dumps(PAYLOAD)),
+            "prefer-wait": Scenario(submit, submit_body({"handler": "echo"}), PREFER_WAIT, expect_completed=True),
+            "long-poll": Scenario(submit, submit_body({"handler": "echo"}), long_poll=True, expect_completed=True),
+            "forward-prefer-wait": Scenario(submit, submit_body({"endpoint": "echo"}), PREFER_WAIT,
+                                            expect_completed=True),
+            "forward-long-poll": Scenario(submit, submit_body({"endpoint": "echo"}), long_poll=True,
+                                          expect_completed=True),
         }
         echo_pid, serve_pid = procs.procs[0].pid, procs.procs[1].pid
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in args.scenarios}
         for _ in range(args.repeat):
             for name in args.scenarios:
-                before = cpu_seconds(echo_pid), cpu_seconds(serve_pid), own_cpu_seconds()
-                result = asyncio.run(measure(scenarios[name], args.clients, args.seconds))
-                after = cpu_seconds(echo_pid), cpu_seconds(serve_pid), own_cpu_seconds()
-                # CPU per round trip of each process (warm-up included, so a slight overestimate).
-                keys = ("echo_cpu_ms", "serve_cpu_ms", "client_cpu_ms")
-                for key, start, end in zip(keys, before, after, strict=True):
-                    result[key] = (end - start) * 1000 / max(1, result["requests"])
+                asyncio.run(warm_up(scenarios[name], args.clients))
+                before = cpu_seconds(echo_pid), cpu_seconds(serve_pid)
+                result = LOADS[args.load](scenarios[name], args.clients, args.seconds)
+                after = cpu_seconds(echo_pid), cpu_seconds(serve_pid)
+                # CPU per round trip of each process over the measured run (the warm-up before it excluded).
+                round_trips = max(1, result["requests"])
+                for key, start, end in zip(("echo_cpu_ms", "serve_cpu_ms"), before, after, strict=True):
+                    result[key] = (end - start) * 1000 / round_trips
+                result["client_cpu_ms"] = result.pop("load_cpu_s") * 1000 / round_trips
                 runs[name].append(result)
         for name, measured in runs.items():
             results[name] = sorted(measured, key=lambda r: r["rps"])[len(measured) // 2]
@@ -247,7 +302,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
         print(json.dumps(results, indent=2))
         return
     baseline = results.get("direct", {}).get("rps")
-    print(f"queue={args.queue_type} results={args.results_type} clients={args.clients} "
+    print(f"load={args.load} queue={args.queue_type} results={args.results_type} clients={args.clients} "
           f"seconds={args.seconds:g} repeat={args.repeat} backend_delay_s={args.backend_delay_s:g} "
           f"cores={os.cpu_count()}")
     print("| scenario | round trips/s | p50 ms | p99 ms | vs direct | errors "
