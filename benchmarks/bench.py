@@ -296,6 +296,7 @@ def main() -> None:
             results[name] = sorted(measured, key=lambda r: r["rps"])[len(measured) // 2]
     finally:
         procs.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
     report(results, args)
 
 
