@@ -36,26 +36,21 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import for_code
 from aiokafka.helpers import create_ssl_context
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
-from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
-from openhqm.backends.kafka_consumer import (
-    HEADER_NOT_BEFORE,
-    GroupConsumer,
-    KafkaDelivery,
-    delay_topic,
-    driver_errors,
-    record_headers,
-)
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
+from openhqm.backends.kafka_consumer import ERRORS, GroupConsumer, KafkaDelivery, delay_topic, record_headers
+from openhqm.backends.kit import Wire
 from openhqm.constants import DEFAULT_PRIORITY
 from openhqm.envelope import new_id
-from openhqm.errors import BackendUnavailable, ConfigError
+from openhqm.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
@@ -63,15 +58,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
-_HEALTH_TIMEOUT_S = 2.0
-_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-
 
 
 class KafkaOptions(BackendOptions):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = Field("openhqm-workers", description="consumer group prefix: queue Q uses '<group_id>.Q'")
-    security_protocol: str = "PLAINTEXT"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
@@ -83,6 +75,13 @@ class KafkaOptions(BackendOptions):
     topic_partitions: int = Field(4, ge=1, description="partitions of the topics openhqm creates")
     topic_replication_factor: int | None = Field(None, ge=1, description="default: min(3, brokers)")
     max_buffered: int = Field(1000, ge=1, description="held back by key order or delay")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> Self:
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be below "
+                             f"session_timeout_s ({self.session_timeout_s})")
+        return self
 
 
 class KafkaBackend(Backend):
@@ -98,13 +97,6 @@ class KafkaBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.options = self._kafka_settings()
-        if self.options.security_protocol not in _SECURITY_PROTOCOLS:
-            raise ConfigError(f"queue.kafka.security_protocol is {self.options.security_protocol!r}; "
-                              f"expected one of {', '.join(_SECURITY_PROTOCOLS)}")
-        if self.options.heartbeat_interval_s >= self.options.session_timeout_s:
-            raise ConfigError(
-                f"queue.kafka.heartbeat_interval_s ({self.options.heartbeat_interval_s}) must be below "
-                f"queue.kafka.session_timeout_s ({self.options.session_timeout_s})")
         self._producer: Any = None
         self._admin: Any = None
         self._offset_reader: Any = None
@@ -116,7 +108,8 @@ class KafkaBackend(Backend):
         self.closed = False
 
     def _kafka_settings(self) -> KafkaOptions:
-        return self.settings.queue.options_for("kafka", KafkaOptions)
+        """The Kafka options this backend runs on (Event Hubs derives them from its own)."""
+        return self.options
 
     def client_options(self) -> dict[str, Any]:
         """Connection arguments shared by every aiokafka client this backend makes."""
@@ -142,6 +135,21 @@ class KafkaBackend(Backend):
     def group_id(self, queue: str) -> str:
         return f"{self.options.group_id}.{queue}"
 
+    def _group_member(self, queue: str) -> AIOKafkaConsumer:
+        opts = self.options
+        return AIOKafkaConsumer(
+            group_id=self.group_id(queue),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Range gives partition p of Q and of Q.delay to one member: a key's retry copy comes back here.
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=int(opts.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(opts.heartbeat_interval_s * 1000),
+            # Members must rejoin within this; the revoke callback may wait rebalance_grace_s first.
+            rebalance_timeout_ms=int((opts.rebalance_grace_s + opts.session_timeout_s) * 1000),
+            **self.client_options(),
+        )
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -158,7 +166,7 @@ class KafkaBackend(Backend):
         admin = AIOKafkaAdminClient(**options)
         offset_reader = AIOKafkaConsumer(enable_auto_commit=False, **options)  # group-less, for depth()
         try:
-            with driver_errors(f"connect to {self.options.bootstrap_servers}"):
+            with ERRORS(f"connect to {self.options.bootstrap_servers}"):
                 await producer.start()
                 await admin.start()
                 await offset_reader.start()
@@ -202,7 +210,7 @@ class KafkaBackend(Backend):
         async with self._topics_lock:
             if queue in self._topics_ready:
                 return
-            with driver_errors(f"create the topics of {queue!r}"):
+            with ERRORS(f"create the topics of {queue!r}"):
                 await self._create_topic(admin, queue, self.options.topic_partitions)
                 partitions = len(await self._partitions([queue]))
                 await self._create_topic(admin, delay_topic(queue), partitions)
@@ -234,22 +242,25 @@ class KafkaBackend(Backend):
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
         # `priority` is dropped: a partition is a log (Capabilities.priority is NONE).
-        ours = {HEADER_NOT_BEFORE: repr(time.time() + delay_s)} if delay_s and delay_s > 0 else {}
+        ours = {Wire.NOT_BEFORE: Wire.time(time.time() + delay_s)} if delay_s and delay_s > 0 else {}
         topic = delay_topic(queue) if ours else queue
         await self.produce(queue, topic, body, key=key.encode() if key is not None else None,
-                           headers=record_headers(None, message_id or new_id(), ours))
+                           headers=record_headers(message_id or new_id(), ours))
 
     async def produce(self, queue: str, topic: str, body: bytes, *, key: bytes | None,
                       headers: list[tuple[str, bytes]]) -> Any:
         """Send one record to `topic` (Q or Q.delay) and wait for acks=all."""
         producer, _, _ = self._connected()
         await self.ensure_topics(queue)
-        with driver_errors(f"publish to {topic!r}"):
+        with ERRORS(f"publish to {topic!r}"):
             return await producer.send_and_wait(topic, body, key=key, headers=headers)
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
         self._connected()
-        consumer = GroupConsumer(self, queue, prefetch)
+        await self.ensure_topics(queue)
+        opts = self.options
+        consumer = GroupConsumer(self, queue, self._group_member(queue), limit=max(prefetch, opts.max_buffered),
+                                 rebalance_grace_s=opts.rebalance_grace_s, commit_timeout_s=opts.request_timeout_s)
         self.consumers.add(consumer)
         try:
             await consumer.start()
@@ -261,7 +272,7 @@ class KafkaBackend(Backend):
     async def _lag(self, queue: str) -> dict[TopicPartition, tuple[int, int]]:
         """(position of the group, end offset) of every partition of Q and Q.delay."""
         _, admin, offset_reader = self._connected()
-        with driver_errors(f"read the offsets of {queue!r}"):
+        with ERRORS(f"read the offsets of {queue!r}"):
             tps = await self._partitions([queue, delay_topic(queue)])
             if not tps:
                 return {}
@@ -283,7 +294,7 @@ class KafkaBackend(Backend):
         reset = AIOKafkaConsumer(group_id=self.group_id(queue), enable_auto_commit=False,
                                  **self.client_options())
         try:
-            with driver_errors(f"purge {queue!r} (stop its consumers first)"):
+            with ERRORS(f"purge {queue!r} (stop its consumers first)"):
                 await reset.start()
                 reset.assign(list(lag))
                 await reset.commit({tp: end for tp, (_, end) in lag.items()})
@@ -291,14 +302,9 @@ class KafkaBackend(Backend):
             await reset.stop()
         return sum(max(0, end - position) for position, end in lag.values())
 
-    async def health(self) -> Health:
-        if self.closed or self._admin is None:
-            return Health(False, "kafka backend is not connected")
-        try:
-            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
-                cluster = await self._admin.describe_cluster()
-        except Exception as exc:
-            return Health(False, f"kafka at {self.options.bootstrap_servers}: {exc!r}")
+    async def ping(self) -> None:
+        _, admin, _ = self._connected()
+        with ERRORS("describe the cluster"):
+            cluster = await admin.describe_cluster()
         if not cluster.get("brokers"):
-            return Health(False, f"kafka at {self.options.bootstrap_servers}: no brokers in the metadata")
-        return Health(True)
+            raise BackendUnavailable("no brokers in the metadata")
