@@ -1,8 +1,6 @@
-"""The consuming half of the Kafka backend: a consumer-group member behind `KafkaBackend.consume()`.
-
-Also the record format both halves share (topic names, openhqm's headers after foreign ones) and the
-one place where aiokafka errors become openhqm errors. See `openhqm.backends.kafka` for the behaviour
-this implements; the backend reaches this module, never the reverse (`GroupHost` is what it needs).
+"""The consuming half of the Kafka backend (see `openhqm.backends.kafka` for the behaviour): a consumer-group
+member behind `KafkaBackend.consume()`, plus what both halves share: topic names, record headers and the
+one mapping of aiokafka errors. The backend imports this module, never the reverse (`GroupHost`).
 """
 
 from __future__ import annotations
@@ -12,29 +10,20 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import (
-    BrokerNotAvailableError,
-    CommitFailedError,
-    IllegalStateError,
-    KafkaError,
-    KafkaTimeoutError,
-    KafkaUnavailableError,
-)
+from aiokafka import errors as kafka_errors
 
-from openhqm.backends.base import Delivery
-from openhqm.backends.kit import Admit, ErrorMap, Wire, admission, redelivery
-from openhqm.constants import dead_letter_queue
+from openhqm.backends.kit import Admit, ErrorMap, Wire, admission
 from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
 from openhqm.policies import Reconnect
 
 log = logging.getLogger(__name__)
 
 _POLL_TIMEOUT_MS = 1000
+Headers = list[tuple[str, bytes]]  # a Kafka record's headers, as aiokafka takes them
 
 
 def _retriable(exc: BaseException, action: str) -> OpenHQMError | None:
@@ -43,20 +32,14 @@ def _retriable(exc: BaseException, action: str) -> OpenHQMError | None:
 
 
 ERRORS = ErrorMap("kafka", [
-    ((KafkaTimeoutError, KafkaUnavailableError, BrokerNotAvailableError, OSError), BackendUnavailable),
-    (KafkaError, BackendError),
+    ((kafka_errors.KafkaTimeoutError, kafka_errors.KafkaUnavailableError, kafka_errors.BrokerNotAvailableError,
+      OSError), BackendUnavailable),
+    (kafka_errors.KafkaError, BackendError),
 ], refine=_retriable)
 
 
 def delay_topic(queue: str) -> str:
     return queue + ".delay"
-
-
-def record_headers(message_id: str, ours: dict[str, str],
-                   copied: Sequence[tuple[str, bytes]] = ()) -> list[tuple[str, bytes]]:
-    """openhqm's headers, after the foreign headers of the record being copied (kept for other readers)."""
-    kept = [(name, value) for name, value in copied if not name.lower().startswith(Wire.PREFIX)]
-    return [*kept, (Wire.ID, message_id.encode()), *((name, value.encode()) for name, value in ours.items())]
 
 
 class GroupHost(Protocol):
@@ -65,9 +48,7 @@ class GroupHost(Protocol):
     consumers: set[GroupConsumer]
 
     async def produce(self, queue: str, topic: str, body: bytes, *, key: bytes | None,
-                      headers: list[tuple[str, bytes]]) -> Any: ...
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+                      headers: Headers) -> Any: ...
 
 
 class _PartitionOffsets:
@@ -86,19 +67,14 @@ class _PartitionOffsets:
         self._open[offset] = False
 
     def settle(self, offset: int) -> None:
-        if offset not in self._open:
-            return
-        self._open[offset] = True
-        while self._open:
-            first, settled = next(iter(self._open.items()))
-            if not settled:
-                break
-            self._open.popitem(last=False)
-            self.committable = first + 1
+        if offset in self._open:
+            self._open[offset] = True
+        while self._open and self._open[next(iter(self._open))]:  # the oldest open offset is settled
+            self.committable = self._open.popitem(last=False)[0] + 1
 
 
 @dataclass(eq=False)
-class _Item:
+class FetchedRecord:
     """A fetched record on its way through a consumer: buffered, handed out, settled."""
 
     record: Any
@@ -110,7 +86,7 @@ class _Item:
     not_before: float | None
 
     @classmethod
-    def parse(cls, record: Any, tp: TopicPartition, offsets: _PartitionOffsets) -> _Item:
+    def parse(cls, record: Any, tp: TopicPartition, offsets: _PartitionOffsets) -> FetchedRecord:
         headers = dict(record.headers)
         raw_id = headers.get(Wire.ID)
         message_id = raw_id.decode("utf-8", "replace") if raw_id else f"{tp.topic}:{tp.partition}:{record.offset}"
@@ -122,14 +98,15 @@ class _Item:
 class _KeyTurn:
     """One record of a key is out at a time; later ones wait in fetch order."""
 
-    holder: _Item | None = None
+    holder: FetchedRecord | None = None
     reserved_for: str | None = None  # message id of a nacked record's copy, which goes next
     reserved_partition: int = -1  # where that copy is on its way to (same number in Q and Q.delay)
-    waiting: deque[_Item] = field(default_factory=deque)
+    waiting: deque[FetchedRecord] = field(default_factory=deque)
 
 
 class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka has no type hints
-    """One consume() call: an aiokafka group member, its buffers and its offset trackers.
+    """One consume() call: an aiokafka group member (`member`, unstarted, configured by the backend),
+    its buffers and its offset trackers.
 
     A poll task keeps fetching (so the group never sees an idle member) into `_ready`, which the
     consume() iterator drains; buffers past `limit` pause the partitions instead. Nothing fetched needs
@@ -138,7 +115,6 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
 
     def __init__(self, host: GroupHost, queue: str, member: Any, *, limit: int, rebalance_grace_s: float,
                  commit_timeout_s: float) -> None:
-        """`member`: an unstarted AIOKafkaConsumer of the queue's group (the backend configures it)."""
         self.host = host
         self.queue = queue
         self._kafka = member
@@ -148,9 +124,9 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         self._offsets: dict[TopicPartition, _PartitionOffsets] = {}
         self._revoking: set[TopicPartition] = set()
         self._turns: dict[bytes, _KeyTurn] = {}
-        self._ready: deque[_Item] = deque()
-        self._delayed: dict[_Item, asyncio.TimerHandle] = {}  # held until their not-before time
-        self._out: set[_Item] = set()  # handed out, not settled yet
+        self._ready: deque[FetchedRecord] = deque()
+        self._delayed: dict[FetchedRecord, asyncio.TimerHandle] = {}  # held until their not-before time
+        self._out: set[FetchedRecord] = set()  # handed out, not settled yet
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -165,16 +141,14 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         with ERRORS(f"join the consumer group of {self.queue!r}"):
             await self._kafka.start()
         self._kafka.subscribe([self.queue, delay_topic(self.queue)], listener=self)
-        self._poller = asyncio.create_task(self._poll(self._kafka))
+        self._poller = asyncio.create_task(self._poll())
 
     async def stop_intake(self) -> None:
         """The iterator ended: fetch no more, but stay in the group until handed-out deliveries settle."""
         self._intake_open = False
         await self._stop_polling()
         self._ready.clear()
-        self._delayed.clear()
-        if not self._out:
-            await self.close()
+        await self._retire_if_done()
 
     async def close(self) -> None:
         if self.closed:
@@ -191,25 +165,27 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
     async def _stop_polling(self) -> None:
         for timer in self._delayed.values():
             timer.cancel()
+        self._delayed.clear()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
 
-    def _retire_if_done(self) -> None:
-        if not self._intake_open and not self._out and not self.closed:
-            self.host.spawn(self.close())
+    async def _retire_if_done(self) -> None:
+        """The iterator ended and its last delivery is settled: leave the group (the settle waits for it)."""
+        if not self._intake_open and not self._out:
+            await self.close()
 
     # -- fetching --
 
-    async def _poll(self, kafka: Any) -> None:
+    async def _poll(self) -> None:
         reconnect = Reconnect()
         try:
             while True:
-                self._apply_backpressure(kafka)
+                self._apply_backpressure()
                 try:
-                    batches = await kafka.getmany(timeout_ms=_POLL_TIMEOUT_MS)
-                except KafkaError as exc:
+                    batches = await self._kafka.getmany(timeout_ms=_POLL_TIMEOUT_MS)
+                except kafka_errors.KafkaError as exc:
                     if not exc.retriable:
                         raise
                     log.warning("kafka: fetch from %r failed, retrying: %r", self.queue, exc)
@@ -224,8 +200,8 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             self._error = ERRORS.translate(action, exc) or BackendError(ERRORS.describe(action, exc))
             self._wake.set()
 
-    def _apply_backpressure(self, kafka: Any) -> None:
-        assigned = set(kafka.assignment())
+    def _apply_backpressure(self) -> None:
+        kafka, assigned = self._kafka, set(self._kafka.assignment())
         held = sum(len(turn.waiting) for turn in self._turns.values())  # waiting for their key's turn
         if len(self._ready) + held >= self._limit:
             wanted = assigned
@@ -245,7 +221,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         if offsets is None or tp in self._revoking:
             return  # fetched just before a rebalance: the partition's next owner reads it again
         offsets.track(record.offset)
-        item = _Item.parse(record, tp, offsets)
+        item = FetchedRecord.parse(record, tp, offsets)
         # An uncommitted offset keeps a record as long as needed (max_hold_s None): a crash re-reads it.
         decision = admission(item.not_before, time.time(), max_hold_s=None)
         if decision.action is Admit.HOLD:
@@ -253,11 +229,11 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         else:
             self._line_up(item)
 
-    def _release(self, item: _Item) -> None:
+    def _release(self, item: FetchedRecord) -> None:
         del self._delayed[item]
         self._line_up(item)
 
-    def _line_up(self, item: _Item) -> None:
+    def _line_up(self, item: FetchedRecord) -> None:
         if item.key is None:
             self._hand_out(item)
             return
@@ -278,11 +254,11 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         else:
             del self._turns[key]
 
-    def _hand_out(self, item: _Item) -> None:
+    def _hand_out(self, item: FetchedRecord) -> None:
         self._ready.append(item)
         self._wake.set()
 
-    async def next(self) -> _Item | None:
+    async def next(self) -> FetchedRecord | None:
         """The next record to deliver; None once closed."""
         while not self.closed:
             if self._error is not None:
@@ -298,28 +274,27 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
 
     # -- settling: produce the copy a nack or dead letter leaves (if any), then commit past the record --
 
-    async def settle(self, item: _Item, queue: str | None = None, topic: str = "",
-                      headers: dict[str, str] | None = None) -> None:
+    async def settle(self, item: FetchedRecord, queue: str | None = None, topic: str = "",
+                     headers: Headers | None = None) -> None:
         if self.closed:  # only the backend's close() closes a member with deliveries out
             raise BackendUnavailable("kafka backend is closed; the message will be delivered again")
         if self._offsets.get(item.tp) is not item.offsets:
             log.info("kafka: %s went to another consumer; it redelivers %s", item.tp, item.message_id)
         else:
             if queue is not None:
-                await self._produce_copy(item, queue, topic, headers or {})
+                await self._produce_copy(item, queue, topic, headers or [])
             self._finish(item)
             if item.offsets.committable > item.offsets.committed:
                 await self._commit()
-        self._retire_if_done()
+        await self._retire_if_done()
 
-    async def _produce_copy(self, item: _Item, queue: str, topic: str, headers: dict[str, str]) -> None:
+    async def _produce_copy(self, item: FetchedRecord, queue: str, topic: str, headers: Headers) -> None:
         # A nacked record's copy keeps its key's turn: reserved before producing, as it may be fetched at once.
         turn = self._turns.get(item.key) if item.key is not None and queue == self.queue else None
         if turn is not None:
             turn.reserved_for, turn.reserved_partition = item.message_id, item.tp.partition
         try:
-            metadata = await self.host.produce(queue, topic, item.record.value, key=item.key,
-                                               headers=record_headers(item.message_id, headers, item.record.headers))
+            metadata = await self.host.produce(queue, topic, item.record.value, key=item.key, headers=headers)
         except BackendError:
             if turn is not None and turn.reserved_for == item.message_id:
                 turn.reserved_for = None
@@ -330,7 +305,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
                         self.queue, topic)
             turn.reserved_for = None
 
-    def _redeliver(self, item: _Item) -> None:
+    def _redeliver(self, item: FetchedRecord) -> None:
         """Producing the copy failed: hand the same record out again (its offset was never committed)."""
         self._out.discard(item)
         item.attempt += 1
@@ -338,12 +313,11 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             self._ready.appendleft(item)
             self._wake.set()
 
-    def _finish(self, item: _Item) -> None:
+    def _finish(self, item: FetchedRecord) -> None:
         item.offsets.settle(item.record.offset)
         self._out.discard(item)
         self._settled.set()
-        turn = self._turns.get(item.key) if item.key is not None else None
-        if item.key is not None and turn is not None and turn.holder is item:
+        if item.key is not None and (turn := self._turns.get(item.key)) is not None and turn.holder is item:
             turn.holder = None
             self._next_turn(item.key, turn)
 
@@ -359,7 +333,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
                     async with asyncio.timeout(self._commit_timeout_s):
                         await self._kafka.commit({tp: offset for tp, (_, offset) in pending.items()})
             except BackendError as exc:
-                if isinstance(exc.__cause__, CommitFailedError | IllegalStateError):
+                if isinstance(exc.__cause__, kafka_errors.CommitFailedError | kafka_errors.IllegalStateError):
                     log.warning("kafka: commit for %r lost to a rebalance; redelivery follows: %s", self.queue, exc)
                     return
                 raise
@@ -409,24 +383,3 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             if turn.reserved_for is not None and turn.reserved_partition in partitions:
                 turn.reserved_for = None  # the copy is in a revoked partition: its new owner delivers it
             self._next_turn(key, turn)
-
-
-class KafkaDelivery(Delivery):
-    def __init__(self, consumer: GroupConsumer, item: _Item) -> None:
-        key = item.key.decode("utf-8", "replace") if item.key is not None else None
-        super().__init__(consumer.queue, item.record.value or b"", attempt=item.attempt,
-                         message_id=item.message_id, key=key)
-        self._consumer = consumer
-        self._item = item
-
-    async def _ack(self) -> None:
-        await self._consumer.settle(self._item)
-
-    async def _nack(self, delay_s: float | None) -> None:
-        headers = redelivery(self._item.attempt, delay_s, time.time())
-        topic = delay_topic(self.queue) if Wire.NOT_BEFORE in headers else self.queue
-        await self._consumer.settle(self._item, self.queue, topic, headers)
-
-    async def _dead_letter(self, reason: str) -> None:
-        dlq = dead_letter_queue(self.queue)
-        await self._consumer.settle(self._item, dlq, dlq, {Wire.REASON: Wire.reason(reason)})
