@@ -98,7 +98,7 @@ class KafkaBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.options = self._kafka_settings()
+        self.options = self._kafka_options()
         self._clients: tuple[Any, Any, Any] | None = None  # producer, admin, group-less reader for depth()
         self._topics_ready: set[str] = set()
         self._topics_lock = asyncio.Lock()
@@ -106,7 +106,7 @@ class KafkaBackend(Backend):
         self.consumers: set[GroupConsumer] = set()
         self.closed = False
 
-    def _kafka_settings(self) -> KafkaOptions:
+    def _kafka_options(self) -> KafkaOptions:
         """The Kafka options this backend runs on (Event Hubs derives them from its own)."""
         return self.options
 
