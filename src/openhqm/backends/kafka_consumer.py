@@ -272,10 +272,11 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
             await self._wake.wait()
         return None
 
-    # -- settling: produce the copy a nack or dead letter leaves (if any), then commit past the record --
+    # -- settling --
 
     async def settle(self, item: FetchedRecord, queue: str | None = None, topic: str = "",
                      headers: Headers | None = None) -> None:
+        """Produce the copy a nack or dead letter leaves (to `topic`, of `queue`), then commit past `item`."""
         if self.closed:  # only the backend's close() closes a member with deliveries out
             raise BackendUnavailable("kafka backend is closed; the message will be delivered again")
         if self._offsets.get(item.tp) is not item.offsets:
