@@ -68,7 +68,7 @@ class EventHubsBackend(KafkaBackend):
     name = "eventhubs"
     options_model: ClassVar[type[BackendOptions]] = EventHubsOptions
 
-    def _kafka_settings(self) -> KafkaOptions:
+    def _kafka_options(self) -> KafkaOptions:
         queue = self.settings.queue
         hubs = queue.options_for(self.name, EventHubsOptions)
         if hubs.checkpoint_store not in (None, "kafka"):

@@ -33,45 +33,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import for_code
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
-from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
-from openhqm.backends.kafka_consumer import (
-    HEADER_NOT_BEFORE,
-    GroupConsumer,
-    KafkaDelivery,
-    delay_topic,
-    driver_errors,
-    record_headers,
-)
-from openhqm.constants import DEFAULT_PRIORITY
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
+from openhqm.backends.kafka_consumer import ERRORS, FetchedRecord, GroupConsumer, Headers, delay_topic
+from openhqm.backends.kit import Wire, redelivery
+from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
-from openhqm.errors import BackendUnavailable, ConfigError
+from openhqm.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
 
-log = logging.getLogger(__name__)
 
-_TOPIC_ALREADY_EXISTS = 36
-_HEALTH_TIMEOUT_S = 2.0
-_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-
+def record_headers(message_id: str, ours: dict[str, str],
+                   copied: Sequence[tuple[str, bytes]] = ()) -> Headers:
+    """openhqm's headers, after the foreign headers of the record being copied (kept for other readers)."""
+    kept = [(name, value) for name, value in copied if not name.lower().startswith(Wire.PREFIX)]
+    return [*kept, (Wire.ID, message_id.encode()), *((name, value.encode()) for name, value in ours.items())]
 
 
 class KafkaOptions(BackendOptions):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = Field("openhqm-workers", description="consumer group prefix: queue Q uses '<group_id>.Q'")
-    security_protocol: str = "PLAINTEXT"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
@@ -83,6 +77,13 @@ class KafkaOptions(BackendOptions):
     topic_partitions: int = Field(4, ge=1, description="partitions of the topics openhqm creates")
     topic_replication_factor: int | None = Field(None, ge=1, description="default: min(3, brokers)")
     max_buffered: int = Field(1000, ge=1, description="held back by key order or delay")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> Self:
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be below "
+                             f"session_timeout_s ({self.session_timeout_s})")
+        return self
 
 
 class KafkaBackend(Backend):
@@ -97,26 +98,17 @@ class KafkaBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.options = self._kafka_settings()
-        if self.options.security_protocol not in _SECURITY_PROTOCOLS:
-            raise ConfigError(f"queue.kafka.security_protocol is {self.options.security_protocol!r}; "
-                              f"expected one of {', '.join(_SECURITY_PROTOCOLS)}")
-        if self.options.heartbeat_interval_s >= self.options.session_timeout_s:
-            raise ConfigError(
-                f"queue.kafka.heartbeat_interval_s ({self.options.heartbeat_interval_s}) must be below "
-                f"queue.kafka.session_timeout_s ({self.options.session_timeout_s})")
-        self._producer: Any = None
-        self._admin: Any = None
-        self._offset_reader: Any = None
+        self.options = self._kafka_options()
+        self._clients: tuple[Any, Any, Any] | None = None  # producer, admin, group-less reader for depth()
         self._topics_ready: set[str] = set()
         self._topics_lock = asyncio.Lock()
         self._replication_factor: int | None = self.options.topic_replication_factor
         self.consumers: set[GroupConsumer] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
 
-    def _kafka_settings(self) -> KafkaOptions:
-        return self.settings.queue.options_for("kafka", KafkaOptions)
+    def _kafka_options(self) -> KafkaOptions:
+        """The Kafka options this backend runs on (Event Hubs derives them from its own)."""
+        return self.options
 
     def client_options(self) -> dict[str, Any]:
         """Connection arguments shared by every aiokafka client this backend makes."""
@@ -131,8 +123,7 @@ class KafkaBackend(Backend):
         if opts.security_protocol.startswith("SASL"):
             options["sasl_mechanism"] = opts.sasl_mechanism or "PLAIN"
             options["sasl_plain_username"] = opts.sasl_username
-            password = opts.sasl_password
-            options["sasl_plain_password"] = password.get_secret_value() if password is not None else None
+            options["sasl_plain_password"] = opts.sasl_password.get_secret_value() if opts.sasl_password else None
         return options
 
     @property
@@ -142,30 +133,37 @@ class KafkaBackend(Backend):
     def group_id(self, queue: str) -> str:
         return f"{self.options.group_id}.{queue}"
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _group_member(self, queue: str) -> AIOKafkaConsumer:
+        opts = self.options
+        return AIOKafkaConsumer(
+            group_id=self.group_id(queue),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Range gives partition p of Q and of Q.delay to one member: a key's retry copy comes back here.
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=int(opts.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(opts.heartbeat_interval_s * 1000),
+            # Members must rejoin within this; the revoke callback may wait rebalance_grace_s first.
+            rebalance_timeout_ms=int((opts.rebalance_grace_s + opts.session_timeout_s) * 1000),
+            **self.client_options(),
+        )
 
     async def connect(self) -> None:
-        if self._producer is not None:
+        if self._clients is not None:
             return
         self.closed = False
         options = self.client_options()
         # No idempotent producer: tansu (the test broker) rejects InitProducerId, and openhqm is
         # at-least-once anyway. acks="all": publish returns once every in-sync replica has the record.
-        producer = AIOKafkaProducer(acks="all", enable_idempotence=False, **options)
-        admin = AIOKafkaAdminClient(**options)
-        offset_reader = AIOKafkaConsumer(enable_auto_commit=False, **options)  # group-less, for depth()
+        self._clients = (AIOKafkaProducer(acks="all", enable_idempotence=False, **options),
+                         AIOKafkaAdminClient(**options), AIOKafkaConsumer(enable_auto_commit=False, **options))
         try:
-            with driver_errors(f"connect to {self.options.bootstrap_servers}"):
-                await producer.start()
-                await admin.start()
-                await offset_reader.start()
+            with ERRORS(f"connect to {self.options.bootstrap_servers}"):
+                for client in self._clients:
+                    await client.start()
         except BaseException:
-            await self._stop_clients(producer, admin, offset_reader)
+            await self.close()
             raise
-        self._producer, self._admin, self._offset_reader = producer, admin, offset_reader
 
     async def close(self) -> None:
         self.closed = True
@@ -173,24 +171,15 @@ class KafkaBackend(Backend):
         # nacks and dead letters used, then the admin clients.
         for consumer in list(self.consumers):
             await consumer.close()
-        for task in list(self._tasks):
+        clients, self._clients = self._clients or (), None
+        for client in clients:
             with contextlib.suppress(Exception):
-                await task
-        clients = (self._producer, self._admin, self._offset_reader)
-        self._producer = self._admin = self._offset_reader = None
-        await self._stop_clients(*clients)
-
-    @staticmethod
-    async def _stop_clients(producer: Any, admin: Any, offset_reader: Any) -> None:
-        for stop in (producer and producer.stop, admin and admin.close, offset_reader and offset_reader.stop):
-            if stop:
-                with contextlib.suppress(Exception):
-                    await stop()
+                await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
 
     def _connected(self) -> tuple[Any, Any, Any]:
-        if self.closed or self._producer is None:
+        if self.closed or self._clients is None:
             raise BackendUnavailable("kafka backend is not connected")
-        return self._producer, self._admin, self._offset_reader
+        return self._clients
 
     # -- topics --
 
@@ -202,14 +191,10 @@ class KafkaBackend(Backend):
         async with self._topics_lock:
             if queue in self._topics_ready:
                 return
-            with driver_errors(f"create the topics of {queue!r}"):
+            with ERRORS(f"create the topics of {queue!r}"):
                 await self._create_topic(admin, queue, self.options.topic_partitions)
-                partitions = len(await self._partitions([queue]))
-                await self._create_topic(admin, delay_topic(queue), partitions)
-                delay_partitions = len(await self._partitions([delay_topic(queue)]))
-            if delay_partitions != partitions:
-                log.warning("kafka: %s has %d partitions but %s has %d; a key's order across retries is lost",
-                            queue, partitions, delay_topic(queue), delay_partitions)
+                # Should Q.delay exist already with another count, nack() notices and logs it.
+                await self._create_topic(admin, delay_topic(queue), len(await self._partitions([queue])))
             self._topics_ready.add(queue)
 
     async def _create_topic(self, admin: Any, name: str, partitions: int) -> None:
@@ -218,7 +203,7 @@ class KafkaBackend(Backend):
             self._replication_factor = max(1, min(3, len(brokers)))
         response = await admin.create_topics([NewTopic(name, partitions, self._replication_factor)])
         for topic, code, *message in response.topic_errors:
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
+            if code not in (0, TopicAlreadyExistsError.errno):
                 hint = "; create it yourself and set queue.kafka.create_topics: false"
                 raise for_code(code)(f"topic {topic!r}: {message[0] if message else ''}{hint}")
 
@@ -234,22 +219,25 @@ class KafkaBackend(Backend):
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
         # `priority` is dropped: a partition is a log (Capabilities.priority is NONE).
-        ours = {HEADER_NOT_BEFORE: repr(time.time() + delay_s)} if delay_s and delay_s > 0 else {}
+        ours = {Wire.NOT_BEFORE: Wire.time(time.time() + delay_s)} if delay_s and delay_s > 0 else {}
         topic = delay_topic(queue) if ours else queue
         await self.produce(queue, topic, body, key=key.encode() if key is not None else None,
-                           headers=record_headers(None, message_id or new_id(), ours))
+                           headers=record_headers(message_id or new_id(), ours))
 
     async def produce(self, queue: str, topic: str, body: bytes, *, key: bytes | None,
-                      headers: list[tuple[str, bytes]]) -> Any:
+                      headers: Headers) -> Any:
         """Send one record to `topic` (Q or Q.delay) and wait for acks=all."""
         producer, _, _ = self._connected()
         await self.ensure_topics(queue)
-        with driver_errors(f"publish to {topic!r}"):
+        with ERRORS(f"publish to {topic!r}"):
             return await producer.send_and_wait(topic, body, key=key, headers=headers)
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
         self._connected()
-        consumer = GroupConsumer(self, queue, prefetch)
+        await self.ensure_topics(queue)
+        opts = self.options
+        consumer = GroupConsumer(self, queue, self._group_member(queue), limit=max(prefetch, opts.max_buffered),
+                                 rebalance_grace_s=opts.rebalance_grace_s, commit_timeout_s=opts.request_timeout_s)
         self.consumers.add(consumer)
         try:
             await consumer.start()
@@ -258,47 +246,68 @@ class KafkaBackend(Backend):
         finally:
             await consumer.stop_intake()
 
-    async def _lag(self, queue: str) -> dict[TopicPartition, tuple[int, int]]:
-        """(position of the group, end offset) of every partition of Q and Q.delay."""
+    async def _lag(self, queue: str) -> tuple[dict[TopicPartition, int], int]:
+        """End offsets of the partitions of Q and Q.delay; records between the group's commits and them."""
         _, admin, offset_reader = self._connected()
-        with driver_errors(f"read the offsets of {queue!r}"):
+        with ERRORS(f"read the offsets of {queue!r}"):
             tps = await self._partitions([queue, delay_topic(queue)])
             if not tps:
-                return {}
+                return {}, 0
             ends = await offset_reader.end_offsets(tps)
             starts = await offset_reader.beginning_offsets(tps)
             committed = await admin.list_consumer_group_offsets(self.group_id(queue), partitions=tps)
-        positions = {tp: committed[tp].offset if tp in committed else -1 for tp in tps}
-        return {tp: (max(positions[tp], starts[tp]), ends[tp]) for tp in tps}
+        positions = {tp: max(committed[tp].offset if tp in committed else -1, starts[tp]) for tp in tps}
+        return ends, sum(max(0, ends[tp] - positions[tp]) for tp in tps)
 
     async def depth(self, queue: str) -> int:
         """Records after the group's committed offsets in Q and Q.delay (includes those being processed)."""
-        return sum(max(0, end - position) for position, end in (await self._lag(queue)).values())
+        return (await self._lag(queue))[1]
 
     async def purge(self, queue: str) -> int:
         """Commit the end of Q and Q.delay for the queue's group (needs the queue's consumers stopped)."""
-        lag = await self._lag(queue)
-        if not lag:
+        ends, backlog = await self._lag(queue)
+        if not ends:
             return 0
         reset = AIOKafkaConsumer(group_id=self.group_id(queue), enable_auto_commit=False,
                                  **self.client_options())
         try:
-            with driver_errors(f"purge {queue!r} (stop its consumers first)"):
+            with ERRORS(f"purge {queue!r} (stop its consumers first)"):
                 await reset.start()
-                reset.assign(list(lag))
-                await reset.commit({tp: end for tp, (_, end) in lag.items()})
+                reset.assign(list(ends))
+                await reset.commit(ends)
         finally:
             await reset.stop()
-        return sum(max(0, end - position) for position, end in lag.values())
+        return backlog
 
-    async def health(self) -> Health:
-        if self.closed or self._admin is None:
-            return Health(False, "kafka backend is not connected")
-        try:
-            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
-                cluster = await self._admin.describe_cluster()
-        except Exception as exc:
-            return Health(False, f"kafka at {self.options.bootstrap_servers}: {exc!r}")
+    async def ping(self) -> None:
+        _, admin, _ = self._connected()
+        with ERRORS("describe the cluster"):
+            cluster = await admin.describe_cluster()
         if not cluster.get("brokers"):
-            return Health(False, f"kafka at {self.options.bootstrap_servers}: no brokers in the metadata")
-        return Health(True)
+            raise BackendUnavailable("no brokers in the metadata")
+
+
+class KafkaDelivery(Delivery):
+    """A nack or dead letter produces its copy (to Q or Q.delay, or to Q.dlq) before the offset commits."""
+
+    def __init__(self, consumer: GroupConsumer, item: FetchedRecord) -> None:
+        key = item.key.decode("utf-8", "replace") if item.key is not None else None
+        super().__init__(consumer.queue, item.record.value or b"", attempt=item.attempt,
+                         message_id=item.message_id, key=key)
+        self._consumer = consumer
+        self._item = item
+
+    async def _ack(self) -> None:
+        await self._consumer.settle(self._item)
+
+    async def _nack(self, delay_s: float | None) -> None:
+        headers = redelivery(self._item.attempt, delay_s, time.time())
+        topic = delay_topic(self.queue) if Wire.NOT_BEFORE in headers else self.queue
+        await self._consumer.settle(self._item, self.queue, topic, self._headers(headers))
+
+    async def _dead_letter(self, reason: str) -> None:
+        dlq = dead_letter_queue(self.queue)
+        await self._consumer.settle(self._item, dlq, dlq, self._headers({Wire.REASON: Wire.reason(reason)}))
+
+    def _headers(self, ours: dict[str, str]) -> Headers:
+        return record_headers(self.message_id, ours, self._item.record.headers)
