@@ -1,9 +1,10 @@
-"""Lua scripts of the Redis Streams backend: each step that touches several keys runs atomically.
+"""The storage layout of the Redis Streams backend and its Lua scripts (each step that touches several
+keys runs atomically).
 
-Every queue script receives the queue's keys in one fixed order (see `redis_streams._Keys.all`):
-KEYS[1..15] are the streams of priorities 1..15, KEYS[16] the delayed sorted set, KEYS[17] the wake
-list. Settling scripts receive only the keys they touch. Stream entry fields: `body`, `id`,
-`attempts` (deliveries before this entry), optional `key`, and `reason` in a dead-letter queue.
+Every queue script receives the queue's keys in one fixed order (`Keys.all`): KEYS[1..15] are the
+streams of priorities 1..15, KEYS[16] the delayed sorted set, KEYS[17] the wake list. Settling
+scripts receive only the keys they touch. Stream entry fields: `body`, `id`, `attempts` (deliveries
+before this entry), optional `key`, and `reason` in a dead-letter queue.
 
 Settles are fenced like the SQLite backend's: they act only while this consumer still holds the entry
 at the delivery count it was given. After the lease ran out and the entry was claimed again, a late
@@ -12,6 +13,69 @@ XGROUP DESTROY), no one else can hold the entry, so the settle goes ahead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from openhqm.constants import MAX_PRIORITY
+
+GROUP = "openhqm"
+KEY_PREFIX = "openhqm:q:"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys of one queue; `{queue}` is a hash tag, so they share a slot."""
+
+    queue: str
+    streams: tuple[str, ...]  # index 0 is priority 1
+    delayed: str
+    wake: str
+
+    @classmethod
+    def of(cls, queue: str) -> Keys:
+        base = f"{KEY_PREFIX}{{{queue}}}"
+        streams = tuple(f"{base}:p{level:02d}" for level in range(1, MAX_PRIORITY + 1))
+        return cls(queue, streams, f"{base}:delayed", f"{base}:wake")
+
+    def stream(self, priority: int) -> str:
+        return self.streams[priority - 1]
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.streams, self.delayed, self.wake]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stream entry as FETCH and RECLAIM return it: {level, id, fields, delivery count}."""
+
+    level: int
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    count: int  # times Redis delivered this entry (the PEL's delivery counter)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Entry:
+        level, entry_id, flat, count = row
+        return cls(int(level), entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(count))
+
+    @classmethod
+    def from_read(cls, reply: Any, keys: Keys) -> list[Entry]:
+        """XREADGROUP's reply as redis-py parses it on RESP2 (`protocol=2` is forced for this shape)."""
+        levels = {stream.encode(): level for level, stream in enumerate(keys.streams, 1)}
+        entries = []
+        for stream, items in reply or []:
+            for entry_id, fields in items:
+                flat = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+                entries.append(cls(levels[stream], entry_id, flat, 1))
+        return sorted(entries, key=lambda e: -e.level)
+
+    @property
+    def prior_attempts(self) -> int:
+        return int(self.fields.get(b"attempts", b"0"))
+
 
 _COMMON = """
 local function now_ms()
