@@ -34,18 +34,21 @@ from typing import TYPE_CHECKING, Any
 import aio_pika
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import (
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-    AbstractRobustQueue,
-    DeliveryMode,
-)
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection, DeliveryMode
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
-from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
+from openhqm.backends.kit import Admit, Wire, admission
+from openhqm.backends.rabbitmq_consumer import (
+    CLEANUP_TIMEOUT_S,
+    Consumer,
+    copied_headers,
+    copy_of,
+    errors,
+    is_open,
+    not_before,
+)
+from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
 from openhqm.redact import mask_url
@@ -57,18 +60,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-# Epoch ms, written before the kit's Wire.NOT_BEFORE: still read, so a multi-day delay queued by an
-# older version is not cut short; never copied.
-LEGACY_DUE_MS = "openhqm-due-ms"
-_NOT_COPIED = ("x-death", "x-first-death-", "x-last-death-", LEGACY_DUE_MS)  # broker history, legacy
-
 QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic", "x-max-priority": MAX_PRIORITY}
 MAX_HOP_MS = 24 * 3600 * 1000
 # A delay queue is deleted once unused for its TTL plus this margin; publishing does not count as
 # use, so publishers re-declare it when their declaration is older than half the margin.
 DELAY_EXPIRES_MARGIN_MS = 10 * 60 * 1000
 DELAY_RENEW_S = DELAY_EXPIRES_MARGIN_MS / 2000
-CLEANUP_TIMEOUT_S = 2.0
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # the broker's default max_message_size
 
 
@@ -87,56 +84,9 @@ def bucket_ms(delay_ms: int) -> int:
     return min(MAX_HOP_MS, -(-delay_ms // step) * step)
 
 
-_errors = ErrorMap("rabbitmq", [
-    (aiormq.exceptions.PublishError, BackendError),  # unroutable: the queue is gone
-    (aiormq.exceptions.DeliveryError, BackendUnavailable),  # the broker nacked: it may take it later
-    (aiormq.exceptions.AMQPChannelError, BackendError),  # 404, 403, PRECONDITION_FAILED: not transient
-    ((aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError), BackendUnavailable),
-])
-
 # What a call fails with when its channel or connection closes under it (aio-pika reopens both).
 _CHANNEL_LOST = (aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError,
                  ConnectionError)
-
-
-def _is_open(message: AbstractIncomingMessage) -> bool:
-    """False once the channel that delivered `message` is gone (the broker has requeued it then)."""
-    try:
-        message.channel  # noqa: B018 - the property raises when the channel is closed
-    except aiormq.exceptions.ChannelInvalidStateError:
-        return False
-    return True
-
-
-def _copy(message: AbstractIncomingMessage, message_id: str, headers: dict[str, Any]) -> aio_pika.Message:
-    """A persistent copy for re-publishing. `expiration` is dropped (it would silently expire a retry),
-    and so is `user_id` (the broker checks it against the publishing user)."""
-    return aio_pika.Message(
-        message.body, headers=headers, message_id=message_id, priority=message.priority,
-        delivery_mode=DeliveryMode.PERSISTENT, content_type=message.content_type,
-        content_encoding=message.content_encoding, correlation_id=message.correlation_id,
-        reply_to=message.reply_to, timestamp=message.timestamp, type=message.type, app_id=message.app_id)
-
-
-def _headers(message: AbstractIncomingMessage) -> dict[str, Any]:
-    return {k: v for k, v in (message.headers or {}).items() if not k.startswith(_NOT_COPIED)}
-
-
-def _attempt(message: AbstractIncomingMessage) -> int:
-    # Classic queues do not count deliveries: the header counts our re-publishes, and the redelivered
-    # flag adds one for a return after a dead consumer (two such returns in a row still add only one).
-    return Wire.attempt((message.headers or {}).get(Wire.ATTEMPT)) + (1 if message.redelivered else 0)
-
-
-def _not_before(message: AbstractIncomingMessage) -> float | None:
-    headers = message.headers or {}
-    legacy_ms = Wire.number(headers.get(LEGACY_DUE_MS))
-    return Wire.number(headers.get(Wire.NOT_BEFORE)) or (legacy_ms / 1000 if legacy_ms else None)
-
-
-async def _requeue(message: AbstractIncomingMessage) -> None:
-    with contextlib.suppress(Exception):  # a closed channel has requeued it already
-        await message.reject(requeue=True)
 
 
 class RabbitMQOptions(BackendOptions):
@@ -144,95 +94,6 @@ class RabbitMQOptions(BackendOptions):
     connect_timeout_s: float = Field(10.0, gt=0)
     reconnect_interval_s: float = Field(2.0, gt=0, description="pause between reconnect attempts")
     publish_timeout_s: float = Field(10.0, gt=0, description="wait for a reconnect plus the broker's confirm")
-
-
-class _Consumer:
-    """One consume() call: its own channel (so prefetch applies to it alone), fed by the broker."""
-
-    def __init__(self, channel: AbstractRobustChannel, queue: AbstractRobustQueue, prefetch: int) -> None:
-        self.channel = channel
-        self.queue = queue
-        # basic.qos bounds what the broker pushes; arrivals after close() go straight back.
-        self.inbox = PrefetchBuffer[AbstractIncomingMessage](prefetch, _requeue)
-        self.unsettled = 0
-        self.detached = False
-        self.tag: str | None = None
-
-    async def start(self) -> None:
-        # The robust queue re-consumes with this callback after a reconnect.
-        self.tag = await self.queue.consume(self.inbox.put)
-
-    async def end(self) -> None:
-        """The backend is closing its connection, which returns every unacked message by itself."""
-        self.detached = True
-        await self.inbox.close()
-
-    async def stop(self) -> None:
-        """Stop intake, hand back what was prefetched but never yielded, keep the channel while
-        yielded deliveries are unsettled (they must stay settle-able), then close it."""
-        if self.detached:
-            return
-        await self.inbox.close()
-        if self.tag is not None and not self.channel.is_closed:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                    await self.queue.cancel(self.tag)
-        await self._close_if_done()
-
-    async def settled(self) -> None:
-        self.unsettled -= 1
-        await self._close_if_done()
-
-    async def _close_if_done(self) -> None:
-        if self.inbox.closed and self.unsettled == 0 and not self.detached and not self.channel.is_closed:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                    await self.channel.close()
-
-
-class RabbitMQDelivery(Delivery):
-    def __init__(self, backend: RabbitMQBackend, consumer: _Consumer, queue: str,
-                 message: AbstractIncomingMessage) -> None:
-        key = (message.headers or {}).get(Wire.KEY)
-        super().__init__(queue, message.body, attempt=_attempt(message),
-                         message_id=message.message_id or new_id(), key=key if isinstance(key, str) else None)
-        self._backend = backend
-        self._consumer = consumer
-        self._message = message
-
-    def _require_open(self) -> None:
-        if not _is_open(self._message):
-            raise BackendUnavailable(
-                f"rabbitmq: the channel that delivered message {self.message_id} is closed;"
-                f" the broker has returned it to {self.queue!r}")
-
-    async def _ack(self) -> None:
-        try:
-            self._require_open()
-            with _errors(f"ack on {self.queue!r}"):
-                await self._message.ack()
-        finally:
-            await self._consumer.settled()
-
-    async def _nack(self, delay_s: float | None) -> None:
-        headers = _headers(self._message) | redelivery(self.attempt, delay_s, time.time())
-        await self._move(self.queue, headers, delay_s)
-
-    async def _dead_letter(self, reason: str) -> None:
-        headers = _headers(self._message)
-        headers.pop(Wire.ATTEMPT, None)  # a replayed dead letter starts over at attempt 1
-        headers[Wire.REASON] = Wire.reason(reason)
-        await self._move(dead_letter_queue(self.queue), headers, None)
-
-    async def _move(self, queue: str, headers: dict[str, Any], delay_s: float | None) -> None:
-        """Publish a copy (confirmed), then ack the original: a crash in between duplicates, never loses."""
-        try:
-            self._require_open()
-            await self._backend._send(queue, _copy(self._message, self.message_id, headers), delay_s)
-            with _errors(f"ack on {self.queue!r}"):
-                await self._message.ack()
-        finally:
-            await self._consumer.settled()
 
 
 class RabbitMQBackend(Backend):
@@ -254,7 +115,7 @@ class RabbitMQBackend(Backend):
         self._declare_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # queue -> {delay queue TTL (ms): monotonic time until which it may hold what we sent}
         self._delayed: defaultdict[str, dict[int, float]] = defaultdict(dict)
-        self._consumers: set[_Consumer] = set()
+        self._consumers: set[Consumer] = set()
         self._changed = asyncio.Event()  # set (and replaced) when the connection or a channel goes or comes
         self._lost_at: float | None = None  # loop time the connection dropped; None while it is up
 
@@ -265,7 +126,7 @@ class RabbitMQBackend(Backend):
     async def connect(self) -> None:
         if self._connection is not None:
             return
-        with _errors(f"connect to {self.display_url}"):
+        with errors(f"connect to {self.display_url}"):
             connection = await aio_pika.connect_robust(
                 self.options.url.get_secret_value(), timeout=self.options.connect_timeout_s,
                 reconnect_interval=self.options.reconnect_interval_s)
@@ -352,7 +213,7 @@ class RabbitMQBackend(Backend):
         A publish cut off by a dropped connection or channel is sent again once aio-pika has reopened
         it: the broker may hold the first copy already (a duplicate, never a loss)."""
         redeclared = False
-        with _errors(f"publish to {queue!r} within {self.options.publish_timeout_s:g} s"):
+        with errors(f"publish to {queue!r} within {self.options.publish_timeout_s:g} s"):
             async with asyncio.timeout(self.options.publish_timeout_s):
                 while True:
                     changed = self._changed
@@ -373,7 +234,7 @@ class RabbitMQBackend(Backend):
 
     async def _publish(self, routing_key: str, message: aio_pika.Message) -> None:
         publisher, _ = self._channels()
-        with _errors(f"publish to {routing_key!r}"):
+        with errors(f"publish to {routing_key!r}"):
             await publisher.ready()
             await publisher.default_exchange.publish(message, routing_key=routing_key, mandatory=True)
 
@@ -405,7 +266,7 @@ class RabbitMQBackend(Backend):
     async def _declare(self, name: str, arguments: dict[str, Any]) -> int:
         """Declare (idempotent; creates it when missing) and return how many messages are ready."""
         _, admin = self._channels()
-        with _errors(f"declare durable classic queue {name!r} with {arguments}"):
+        with errors(f"declare durable classic queue {name!r} with {arguments}"):
             async with self._unless_down(), asyncio.timeout(self.options.publish_timeout_s):
                 declared = await admin.declare_queue(name, durable=True, arguments=arguments, robust=False)
         self._declared[name] = time.monotonic()
@@ -424,28 +285,27 @@ class RabbitMQBackend(Backend):
         consumer = await self._start_consumer(queue, prefetch)
         try:
             while (message := await consumer.inbox.get()) is not None:
-                if not _is_open(message):
+                if not is_open(message):
                     continue  # its channel died before we got to it: the broker has requeued it
-                not_before = _not_before(message)
-                # No holding here: a held message would block the consumer's prefetch slot for a day.
-                if not_before and admission(not_before, time.time(), max_hold_s=0).action is Admit.REPOST:
-                    await self._hop(queue, message, not_before)
+                due = not_before(message)
+                # Never held here: a held message would take one of the consumer's prefetch slots.
+                if due and admission(due, time.time(), max_hold_s=0).action is Admit.REPOST:
+                    await self._hop(queue, message, due)
                     continue
-                consumer.unsettled += 1
-                yield RabbitMQDelivery(self, consumer, queue, message)
+                yield consumer.deliver(message)
         finally:
             self._consumers.discard(consumer)
             await consumer.stop()
 
-    async def _start_consumer(self, queue: str, prefetch: int) -> _Consumer:
+    async def _start_consumer(self, queue: str, prefetch: int) -> Consumer:
         if self._connection is None:
             raise BackendUnavailable("rabbitmq backend is not connected (call connect() first)")
-        with _errors(f"consume from {queue!r}"):
+        with errors(f"consume from {queue!r}"):
             channel = await self._connection.channel(publisher_confirms=False)
             try:
                 await channel.set_qos(prefetch_count=prefetch)
                 amqp_queue = await channel.declare_queue(queue, durable=True, arguments=QUEUE_ARGUMENTS)
-                consumer = _Consumer(channel, amqp_queue, prefetch)
+                consumer = Consumer(channel, amqp_queue, prefetch, self._send)
                 await consumer.start()
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -454,12 +314,12 @@ class RabbitMQBackend(Backend):
         self._consumers.add(consumer)
         return consumer
 
-    async def _hop(self, queue: str, message: AbstractIncomingMessage, not_before: float) -> None:
+    async def _hop(self, queue: str, message: AbstractIncomingMessage, due: float) -> None:
         """A delay longer than one hop came back early: send it round the delay queues again."""
         try:
-            copy = _copy(message, message.message_id or new_id(), _headers(message))
-            await self._send(queue, copy, not_before - time.time())
-            with _errors(f"ack on {queue!r}"):
+            copy = copy_of(message, message.message_id or new_id(), copied_headers(message))
+            await self._send(queue, copy, due - time.time())
+            with errors(f"ack on {queue!r}"):
                 await message.ack()
         except BackendError as exc:
             # Left unacked, it returns to the queue when this consumer's channel closes; requeueing it
@@ -479,7 +339,7 @@ class RabbitMQBackend(Backend):
         total = 0
         for name, arguments in [(queue, QUEUE_ARGUMENTS), *self._delay_queues(queue)]:
             await self._declare(name, arguments)  # so the purge cannot fail with 404
-            with _errors(f"purge {name!r}"):
+            with errors(f"purge {name!r}"):
                 channel = await admin.get_underlay_channel()
                 purged = await channel.queue_purge(name)
             total += purged.message_count or 0
