@@ -5,18 +5,18 @@ Redis only (not Cluster). Options: `queue.redis.lease_s` (an unsettled delivery 
 another consumer after this), `queue.redis.maxlen` (publish refuses with BackendUnavailable once a
 queue holds that many messages; nothing is ever trimmed), `queue.redis.max_connections`.
 
-Keys of queue Q (`{Q}` is a hash tag): streams `openhqm:q:{Q}:p01`..`p15`, one per priority,
-with the consumer group `openhqm`; `openhqm:q:{Q}:delayed`, a sorted set scored by due time;
-`openhqm:q:{Q}:wake`, a list that wakes the delay mover. Dead letters go to queue `Q.dlq`, same
-layout, with a `reason` field. Acked entries are deleted (XACK + XDEL), so streams hold only
-unsettled messages and a lost group can be recreated from the first entry without replaying work.
+Per queue Q: one stream per priority with the consumer group `openhqm`, a sorted set of delayed
+messages and a wake list (keys, entry fields and the Lua scripts: redis_streams_lua.py). Acked
+entries are deleted (XACK + XDEL), so streams hold only unsettled messages and a lost group can be
+recreated from the first entry without replaying work.
 
 - priority: emulated; every consumer reads all 15 streams, highest first (a Lua script for ready
   entries, then one blocking XREADGROUP over all 15 streams, never a sleep).
 - delay: emulated; a mover task per consumed queue moves due messages atomically (Lua) into their
   stream, waiting with BLPOP on the wake list until the next due time (at most 5 s).
 - ordering key: none; `key` is stored and given back on the delivery, but not enforced.
-- dead letter: emulated, atomic move to `Q.dlq`. Lease extension: yes, up to `lease_s` per call.
+- dead letter: emulated, atomic move to queue `Q.dlq` with a `reason` field.
+- lease extension: yes, up to `lease_s` per call.
 - crash: a consumer that dies leaves its entries pending; another consumer claims them with
   XAUTOCLAIM once they were idle `lease_s`, with a higher attempt. Unyielded entries of a closed
   consume() are handed back at once. Durability is the server's: with `appendonly yes` and
@@ -39,18 +39,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 from pydantic import Field, SecretStr
-from redis import exceptions as rx
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from openhqm.backends import redis_streams_lua as lua
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import ErrorMap, PrefetchBuffer
-from openhqm.backends.redis_streams_lua import GROUP, Entry, Keys
+from openhqm.backends.kit import PrefetchBuffer
+from openhqm.backends.redis_streams_lua import GROUP, Entry, GroupLost, Keys, errors
 from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
-from openhqm.errors import BackendError, BackendUnavailable, ConfigError, OpenHQMError
+from openhqm.errors import BackendError, BackendUnavailable, ConfigError
 from openhqm.policies import Reconnect
 from openhqm.redact import mask_url
 
@@ -63,7 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LEVELS = range(MAX_PRIORITY, 0, -1)  # read order: highest priority first
 _MAX_BLOCK_S = 5.0  # longest blocking read: bounds reclaim cadence and a missed delay wake-up
 _COMMAND_TIMEOUT_S = 10.0
 _CONNECT_TIMEOUT_S = 2.0
@@ -79,37 +77,14 @@ class RedisStreamsOptions(BackendOptions):
     max_connections: int = Field(64, gt=0, description="pool for commands; each consume() adds one blocking")
 
 
-class _GroupLost(BackendError):
-    """The consumer group or stream vanished (Redis restart, FLUSH, XGROUP DESTROY)."""
-
-
-def _refine(exc: BaseException, action: str) -> OpenHQMError | None:
-    """Errors the scripts and the server tell apart only by their text."""
-    text = str(exc) if isinstance(exc, rx.ResponseError) else ""
-    if text.startswith(("NOGROUP", "UNBLOCKED")):
-        return _GroupLost(f"redis: {action}: {text}")
-    if text.startswith("OPENHQM_FULL"):
-        return BackendUnavailable(f"redis: {action}: queue is full ({text.split(' ', 1)[1]}); "
-                                  "raise queue.redis.maxlen or add workers")
-    return None
-
-
-# redis-py's own timeouts are RedisErrors; asyncio.timeout around every call gives TimeoutError.
-_errors = ErrorMap("redis", [((rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError), BackendUnavailable),
-                             (rx.RedisError, BackendError)], refine=_refine)
-
-
 def _ms(seconds: float | None) -> int:
     return max(0, math.ceil((seconds or 0) * 1000))
 
 
 class RedisDelivery(Delivery):
     def __init__(self, backend: RedisStreamsBackend, keys: Keys, entry: Entry) -> None:
-        fields = entry.fields
-        key = fields.get(b"key")
-        super().__init__(keys.queue, fields.get(b"body", b""), attempt=entry.prior_attempts + entry.count,
-                         message_id=(fields.get(b"id") or entry.entry_id).decode(),
-                         key=key.decode() if key is not None else None)
+        super().__init__(keys.queue, entry.body, attempt=entry.attempt, message_id=entry.message_id,
+                         key=entry.key)
         self._backend = backend
         self._keys = keys
         self._entry = entry
@@ -189,7 +164,7 @@ class RedisStreamsBackend(Backend):
         # One connection per open consume() and delay mover; their number is up to the caller.
         blocking = aioredis.Redis.from_pool(self._pool(aioredis.ConnectionPool, 10_000))
         try:
-            with _errors(f"connect to {self.display_url}"):
+            with errors(f"connect to {self.display_url}"):
                 async with asyncio.timeout(_COMMAND_TIMEOUT_S):
                     await commands.ping()
         except BackendError:
@@ -224,10 +199,16 @@ class RedisStreamsBackend(Backend):
         await blocking.aclose()
         await commands.aclose()
 
+    def _clients(self) -> tuple[aioredis.Redis, aioredis.Redis]:
+        """The clients for commands and for blocking reads."""
+        if self._redis is None or self._blocking is None:
+            raise BackendUnavailable("redis backend is not connected")
+        return self._redis, self._blocking
+
     async def _call(self, script: str, keys: Sequence[str], args: Sequence[Any], action: str) -> Any:
         if not self._scripts:
             raise BackendUnavailable("redis backend is not connected")
-        with _errors(action):
+        with errors(action):
             async with asyncio.timeout(_COMMAND_TIMEOUT_S):
                 return await self._scripts[script](keys=list(keys), args=list(args))
 
@@ -247,15 +228,13 @@ class RedisStreamsBackend(Backend):
     async def _blocking_read(self, command: Callable[[aioredis.Redis], Awaitable[T]], block_s: float,
                              action: str) -> T | None:
         """Run a blocking command on its own connection (dropped when close() abandons it)."""
-        client = self._blocking
-        if client is None:
-            raise BackendUnavailable("redis backend is not connected")
+        _, client = self._clients()
 
         async def bounded() -> T:
             async with asyncio.timeout(block_s + _COMMAND_TIMEOUT_S):
                 return await command(client)
 
-        with _errors(action):
+        with errors(action):
             return await self._until_closed(bounded())
 
     async def _pause(self, reconnect: Reconnect, what: str, exc: BaseException) -> None:
@@ -268,15 +247,12 @@ class RedisStreamsBackend(Backend):
                       message_id: str | None = None) -> None:
         if not 1 <= priority <= MAX_PRIORITY:
             raise BackendError(f"priority {priority} of a message for {queue!r} is outside 1..{MAX_PRIORITY}")
-        fields: list[Any] = [b"body", body, b"id", message_id or new_id(), b"attempts", 0]
-        if key is not None:
-            fields += [b"key", key]
+        fields = Entry.new_fields(body, message_id or new_id(), key)
         args = [self.options.maxlen, priority, _ms(delay_s), uuid.uuid4().hex, *fields]
         await self._call(lua.PUBLISH, Keys.of(queue).all, args, f"publish to {queue!r}")
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
-        if self._redis is None:
-            raise BackendUnavailable("redis backend is not connected")
+        self._clients()
         keys = Keys.of(queue)
         reader = _Reader(self, keys, max(1, prefetch))
         read_ahead = PrefetchBuffer[Entry](prefetch, functools.partial(self._hand_back, keys))
@@ -342,10 +318,9 @@ class RedisStreamsBackend(Backend):
         return count
 
     async def ping(self) -> None:
-        if self._redis is None:
-            raise BackendUnavailable("redis backend is not connected")
-        with _errors("ping"):
-            await self._redis.ping()
+        commands, _ = self._clients()
+        with errors("ping"):
+            await commands.ping()
 
 
 class _Reader:
@@ -369,7 +344,7 @@ class _Reader:
                     for entry in entries:
                         await read_ahead.put(entry)
                     return True
-            except _GroupLost as exc:
+            except GroupLost as exc:
                 log.info("redis consumer group of %r is gone (%s); recreating it", self.keys.queue, exc)
                 self.groups_ready = False
             except BackendUnavailable as exc:
@@ -388,7 +363,7 @@ class _Reader:
         if rows := await b._call(lua.FETCH, streams, [GROUP, b.consumer, self.count], "read"):
             return [Entry.from_row(row) for row in rows]
         block_ms = max(1, int((self.next_reclaim - time.monotonic()) * 1000))
-        new: dict[KeyT, StreamIdT] = {self.keys.stream(level): ">" for level in LEVELS}
+        new: dict[KeyT, StreamIdT] = dict.fromkeys(self.keys.streams, ">")
         reply = await b._blocking_read(
             lambda r: r.xreadgroup(GROUP, b.consumer, new, count=1, block=block_ms), block_ms / 1000,
             "blocking read")

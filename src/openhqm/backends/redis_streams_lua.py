@@ -1,6 +1,10 @@
-"""The storage layout of the Redis Streams backend and its Lua scripts (each step that touches several
-keys runs atomically).
+"""What the Redis Streams backend keeps in Redis and what Redis answers: the key layout and entry
+fields, the Lua scripts (each step that touches several keys runs atomically), and the error map
+(the scripts and the server tell some errors apart only by their text).
 
+Keys of queue Q (`{Q}` is a hash tag): streams `openhqm:q:{Q}:p01`..`p15`, one per priority, with
+the consumer group `openhqm`; `openhqm:q:{Q}:delayed`, a sorted set scored by due time;
+`openhqm:q:{Q}:wake`, a list that wakes the delay mover. Dead letters go to queue `Q.dlq`, same layout.
 Every queue script receives the queue's keys in one fixed order (`Keys.all`): KEYS[1..15] are the
 streams of priorities 1..15, KEYS[16] the delayed sorted set, KEYS[17] the wake list. Settling
 scripts receive only the keys they touch. Stream entry fields: `body`, `id`, `attempts` (deliveries
@@ -18,7 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis import exceptions as rx
+
+from openhqm.backends.kit import ErrorMap
 from openhqm.constants import MAX_PRIORITY
+from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
 
 GROUP = "openhqm"
 KEY_PREFIX = "openhqm:q:"
@@ -72,9 +80,50 @@ class Entry:
                 entries.append(cls(levels[stream], entry_id, flat, 1))
         return sorted(entries, key=lambda e: -e.level)
 
+    @staticmethod
+    def new_fields(body: bytes, message_id: str, key: str | None) -> list[Any]:
+        """A published message's fields: no deliveries before this entry."""
+        return [b"body", body, b"id", message_id, b"attempts", 0, *([b"key", key] if key is not None else [])]
+
     @property
     def prior_attempts(self) -> int:
         return int(self.fields.get(b"attempts", b"0"))
+
+    @property
+    def attempt(self) -> int:
+        return self.prior_attempts + self.count
+
+    @property
+    def body(self) -> bytes:
+        return self.fields.get(b"body", b"")
+
+    @property
+    def message_id(self) -> str:
+        return (self.fields.get(b"id") or self.entry_id).decode()
+
+    @property
+    def key(self) -> str | None:
+        key = self.fields.get(b"key")
+        return key.decode() if key is not None else None
+
+
+class GroupLost(BackendError):
+    """The consumer group or stream vanished (Redis restart, FLUSH, XGROUP DESTROY)."""
+
+
+def _refine(exc: BaseException, action: str) -> OpenHQMError | None:
+    text = str(exc) if isinstance(exc, rx.ResponseError) else ""
+    if text.startswith(("NOGROUP", "UNBLOCKED")):
+        return GroupLost(f"redis: {action}: {text}")
+    if text.startswith("OPENHQM_FULL"):
+        return BackendUnavailable(f"redis: {action}: queue is full ({text.split(' ', 1)[1]}); "
+                                  "raise queue.redis.maxlen or add workers")
+    return None
+
+
+# redis-py's own timeouts are RedisErrors; asyncio.timeout around every call gives TimeoutError.
+errors = ErrorMap("redis", [((rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError), BackendUnavailable),
+                            (rx.RedisError, BackendError)], refine=_refine)
 
 
 _COMMON = """
