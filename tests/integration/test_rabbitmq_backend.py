@@ -17,6 +17,7 @@ import pytest
 
 from openhqm.backends import Backend, create_backend
 from openhqm.backends import rabbitmq as rmq
+from openhqm.backends import rabbitmq_consumer as rmq_consumer
 from openhqm.backends.base import HEALTH_TIMEOUT_S
 from openhqm.backends.kit import Wire
 from openhqm.config import Settings
@@ -189,6 +190,24 @@ async def test_delay_longer_than_one_hop_is_sent_round_again(
         assert time.monotonic() - published_at >= 0.95
         assert delivery.body == b"patient"
         assert delivery.attempt == 1  # hops are not deliveries
+        await delivery.ack()
+
+
+async def test_a_message_queued_by_the_previous_version_keeps_its_attempt_and_due_time(
+    make_backend: BackendFactory, broker_url: str, queue: str
+) -> None:
+    backend = await make_backend()
+    await backend.depth(queue)  # declares the queue as the backend wants it
+    due_ms = round((time.time() + 1.0) * 1000)
+    legacy_headers = {"openhqm-attempt": 2, rmq_consumer.LEGACY_DUE_MS: due_ms}  # an int and epoch ms
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(aio_pika.Message(b"old", headers=legacy_headers), routing_key=queue)
+    async with Receiver(backend, queue) as receiver:
+        delivery = await receiver.next(timeout_s=10)  # sent round a delay queue for the rest of its delay
+        assert time.time() * 1000 >= due_ms
+        assert (delivery.body, delivery.attempt) == (b"old", 2)
         await delivery.ack()
 
 
