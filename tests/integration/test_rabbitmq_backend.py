@@ -17,6 +17,9 @@ import pytest
 
 from openhqm.backends import Backend, create_backend
 from openhqm.backends import rabbitmq as rmq
+from openhqm.backends import rabbitmq_consumer as rmq_consumer
+from openhqm.backends.base import HEALTH_TIMEOUT_S
+from openhqm.backends.kit import Wire
 from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendError, BackendUnavailable
@@ -125,6 +128,29 @@ async def test_publish_waits_out_a_reconnect(
     assert await backend.depth(queue) == 2
 
 
+async def test_publish_fails_at_once_while_the_connection_is_known_to_be_down_and_works_once_it_is_back(
+    make_backend: BackendFactory, proxy: CuttableProxy, broker_url: str, queue: str
+) -> None:
+    # A publish timeout far beyond the test's own: only the known-down path can refuse in time.
+    backend = await make_backend(through(proxy, broker_url), publish_timeout_s=3600.0)
+    await backend.publish(queue, b"before")
+    await proxy.stop()
+    for _ in range(3):  # the first may wait out two reconnect intervals; the rest are refused at once
+        with pytest.raises(BackendUnavailable, match=r"no connection to .* reconnecting every 0\.2 s"):
+            async with asyncio.timeout(30):
+                await backend.publish(queue, b"refused")
+    assert "no connection to" in (await backend.health()).detail
+    await proxy.start()
+    async with asyncio.timeout(30):
+        while True:  # aio-pika offers no event to await for "reconnected"; each refusal is immediate
+            try:
+                await backend.publish(queue, b"after")
+                break
+            except BackendUnavailable:
+                await asyncio.sleep(0.05)
+    assert await backend.depth(queue) == 2
+
+
 async def test_health_fails_within_its_timeout_when_the_broker_is_unreachable(
     make_backend: BackendFactory, proxy: CuttableProxy, broker_url: str
 ) -> None:
@@ -134,7 +160,7 @@ async def test_health_fails_within_its_timeout_when_the_broker_is_unreachable(
     started = time.monotonic()
     health = await backend.health()
     assert not health.ok
-    assert time.monotonic() - started < rmq.HEALTH_TIMEOUT_S + 1
+    assert time.monotonic() - started < HEALTH_TIMEOUT_S + 1
     assert "guest:guest" not in health.detail
 
 
@@ -167,6 +193,24 @@ async def test_delay_longer_than_one_hop_is_sent_round_again(
         await delivery.ack()
 
 
+async def test_a_message_queued_by_the_previous_version_keeps_its_attempt_and_due_time(
+    make_backend: BackendFactory, broker_url: str, queue: str
+) -> None:
+    backend = await make_backend()
+    await backend.depth(queue)  # declares the queue as the backend wants it
+    due_ms = round((time.time() + 1.0) * 1000)
+    legacy_headers = {"openhqm-attempt": 2, rmq_consumer.LEGACY_DUE_MS: due_ms}  # an int and epoch ms
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(aio_pika.Message(b"old", headers=legacy_headers), routing_key=queue)
+    async with Receiver(backend, queue) as receiver:
+        delivery = await receiver.next(timeout_s=10)  # sent round a delay queue for the rest of its delay
+        assert time.time() * 1000 >= due_ms
+        assert (delivery.body, delivery.attempt) == (b"old", 2)
+        await delivery.ack()
+
+
 async def test_dead_letter_copy_carries_the_reason_and_starts_over_at_attempt_one(
     make_backend: BackendFactory, broker_url: str, queue: str
 ) -> None:
@@ -185,7 +229,7 @@ async def test_dead_letter_copy_carries_the_reason_and_starts_over_at_attempt_on
         message = await dlq.get(timeout=5)
         assert message.body == b"poison"
         assert message.message_id == "m-1"
-        assert message.headers[rmq.REASON_HEADER] == "handler raised ValueError"
+        assert message.headers[Wire.REASON] == "handler raised ValueError"
         await message.reject(requeue=True)
     async with Receiver(backend, dead_letter_queue(queue)) as dead:
         delivery = await dead.next()

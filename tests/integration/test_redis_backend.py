@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 import pytest
 import redis.asyncio as aioredis
 
-from openhqm.backends.redis_streams import GROUP, RedisStreamsBackend, _Keys
+from openhqm.backends.redis_streams import RedisStreamsBackend
+from openhqm.backends.redis_streams_lua import GROUP, Keys
 from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
@@ -43,7 +44,7 @@ async def raw(redis_url: str, queue: str) -> AsyncIterator[aioredis.Redis]:
     """A plain client for looking at and tampering with this test's keys; deletes them afterwards."""
     client = aioredis.Redis.from_url(redis_url)
     yield client
-    await client.delete(*_Keys.of(queue).all, *_Keys.of(dead_letter_queue(queue)).all)
+    await client.delete(*Keys.of(queue).all, *Keys.of(dead_letter_queue(queue)).all)
     await client.aclose()
 
 
@@ -103,7 +104,7 @@ async def test_consume_backs_off_and_resumes_when_redis_is_unreachable_for_a_whi
                 health = await backend.health()
                 assert not health.ok
             assert any("retrying in" in r.getMessage() for r in caplog.records)
-            await raw.xadd(_Keys.of(queue).stream(5), {"body": b"written while down", "id": "w1"})
+            await raw.xadd(Keys.of(queue).stream(5), {"body": b"written while down", "id": "w1"})
             await proxy.start()
             delivery = await receiver.next(timeout_s=15)
             assert delivery.body == b"written while down"
@@ -117,7 +118,7 @@ async def test_an_unsettled_message_survives_its_consumer_group_being_destroyed(
     make_backend: MakeBackend, raw: aioredis.Redis, queue: str
 ) -> None:
     backend = await make_backend()
-    keys = _Keys.of(queue)
+    keys = Keys.of(queue)
     async with Receiver(backend, queue) as receiver:
         await backend.publish(queue, b"in flight")
         first = await receiver.next()
@@ -135,7 +136,7 @@ async def test_consume_carries_on_after_the_queue_keys_are_deleted_as_by_flush(
     backend = await make_backend()
     async with Receiver(backend, queue) as receiver:
         assert await receiver.nothing_within(0.3)
-        assert await raw.delete(*_Keys.of(queue).streams) == 15
+        assert await raw.delete(*Keys.of(queue).streams) == 15
         await backend.publish(queue, b"after the flush")
         delivery = await receiver.next(timeout_s=10)
         assert delivery.body == b"after the flush"
@@ -183,8 +184,8 @@ async def test_a_late_settle_after_the_lease_ran_out_changes_nothing(
         fresh = await other_receiver.next(timeout_s=10)  # claimed once the lease ran out
         assert fresh.message_id == stale.message_id and fresh.attempt == 2
         await stale.dead_letter("too late")
-        assert (await raw.xpending(_Keys.of(queue).stream(5), GROUP))["pending"] == 1
-        assert await raw.xlen(_Keys.of(dead_letter_queue(queue)).stream(5)) == 0
+        assert (await raw.xpending(Keys.of(queue).stream(5), GROUP))["pending"] == 1
+        assert await raw.xlen(Keys.of(dead_letter_queue(queue)).stream(5)) == 0
         await fresh.nack()
         again = await other_receiver.next()
         assert again.attempt == 3
@@ -236,7 +237,7 @@ async def test_dead_letter_keeps_the_body_and_records_the_reason(
     await backend.publish(queue, b"poison", message_id="m-42", key="session-7")
     async with Receiver(backend, queue) as receiver:
         await (await receiver.next()).dead_letter("handler raised ValueError")
-    [(_, fields)] = await raw.xrange(_Keys.of(dead_letter_queue(queue)).stream(5))
+    [(_, fields)] = await raw.xrange(Keys.of(dead_letter_queue(queue)).stream(5))
     assert fields[b"reason"] == b"handler raised ValueError"
     assert fields[b"body"] == b"poison" and fields[b"id"] == b"m-42"
     async with Receiver(backend, dead_letter_queue(queue)) as dead:
@@ -275,7 +276,7 @@ async def test_a_closed_backend_leaves_the_group_when_it_holds_nothing(
 ) -> None:
     backend = await make_backend()
     await backend.publish(queue, b"x")
-    stream = _Keys.of(queue).stream(5)
+    stream = Keys.of(queue).stream(5)
 
     async def consumer_names() -> set[str]:
         consumers = await raw.xinfo_consumers(stream, GROUP)
@@ -305,7 +306,7 @@ async def test_consumers_of_crashed_processes_are_forgotten_once_they_hold_nothi
 
     monkeypatch.setattr(redis_streams, "_STALE_CONSUMER_MS", 50)  # instead of an hour
     monkeypatch.setattr(redis_streams, "_STALE_CHECK_S", 0.0)
-    stream = _Keys.of(queue).stream(5)
+    stream = Keys.of(queue).stream(5)
     await raw.xgroup_create(stream, GROUP, id="0", mkstream=True)
     await raw.xadd(stream, {"body": b"held by a crashed process", "id": "m-1"})
     await raw.xreadgroup(GROUP, "crashed-holding", {stream: ">"}, count=1)

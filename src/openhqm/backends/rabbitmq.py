@@ -7,12 +7,15 @@ Queues are durable classic queues with `x-max-priority=15` (quorum queues reject
 Native: priority 1..15, publisher confirms on persistent messages, manual ack, prefetch (basic.qos).
 Emulated: delay, through `<queue>.delay.<ms>`: one queue per delay rounded up to two significant
 digits, with x-message-ttl, dead-lettering back into `<queue>`, and x-expires once unused, so a long
-delay never holds up a shorter one. One hop lasts at most a day; a longer delay hops again through
-`<queue>`, where the consumer sends it round once more. `nack` publishes a copy with attempt+1
-(through a delay queue when delayed) and acks the original; `dead_letter` publishes a copy with the
-reason header to `<queue>.dlq` and acks the original. No ordering key. `depth` adds the delay
-queues this process used (AMQP cannot list queues). A publish cut off by a dropped connection is
-sent again once the channel reopens. See docs/backends/rabbitmq.md.
+delay never holds up a shorter one. One hop lasts at most a day; a longer delay carries its
+not-before time and hops again through `<queue>`, where the consumer sends it round once more.
+`nack` publishes a copy with the next attempt (through a delay queue when delayed) and acks the
+original; `dead_letter` publishes a copy with the reason to `<queue>.dlq` and acks the original.
+Headers: `kit.Wire` (attempt, key, not-before in epoch seconds, reason). No ordering key. `depth`
+adds the delay queues this process used (AMQP cannot list queues). A publish cut off by a dropped
+connection is sent again once the channel reopens; once the connection has been down for two
+`reconnect_interval_s`, publishes fail at once with BackendUnavailable until it is back.
+See docs/backends/rabbitmq.md.
 On a crash: the broker requeues every unacked message of a closed connection at once (redelivered
 flag, counted as one more attempt). A crash between a copy's confirm and the original's ack leaves
 a duplicate, never a loss.
@@ -25,37 +28,37 @@ import contextlib
 import math
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import (
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-    AbstractRobustQueue,
-    DeliveryMode,
-)
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection, DeliveryMode
 from pydantic import Field, SecretStr
 
-from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
-from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
+from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
+from openhqm.backends.kit import Admit, Wire, admission
+from openhqm.backends.rabbitmq_consumer import (
+    CLEANUP_TIMEOUT_S,
+    Consumer,
+    copied_headers,
+    copy_of,
+    errors,
+    is_open,
+    not_before,
+)
+from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
 from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
     from openhqm.config import Settings
 
 log = structlog.get_logger(__name__)
-
-ATTEMPT_HEADER = "openhqm-attempt"  # the attempt number the next delivery of this copy gets
-KEY_HEADER = "openhqm-key"
-DUE_HEADER = "openhqm-due-ms"  # epoch ms; set only on delays longer than one hop
-REASON_HEADER = "openhqm-dead-letter-reason"
-_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")  # dead-lettering history, not copied
 
 QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic", "x-max-priority": MAX_PRIORITY}
 MAX_HOP_MS = 24 * 3600 * 1000
@@ -63,8 +66,6 @@ MAX_HOP_MS = 24 * 3600 * 1000
 # use, so publishers re-declare it when their declaration is older than half the margin.
 DELAY_EXPIRES_MARGIN_MS = 10 * 60 * 1000
 DELAY_RENEW_S = DELAY_EXPIRES_MARGIN_MS / 2000
-HEALTH_TIMEOUT_S = 2.0
-CLEANUP_TIMEOUT_S = 2.0
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # the broker's default max_message_size
 
 
@@ -83,73 +84,9 @@ def bucket_ms(delay_ms: int) -> int:
     return min(MAX_HOP_MS, -(-delay_ms // step) * step)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _reason(exc: BaseException) -> str:
-    return mask_url(f"{type(exc).__name__}: {exc}")
-
-
-@contextlib.contextmanager
-def _errors(action: str) -> Iterator[None]:
-    """The one place where aio-pika and aiormq errors become openhqm errors."""
-    try:
-        yield
-    except BackendError:
-        raise
-    except TimeoutError as exc:
-        raise BackendUnavailable(f"rabbitmq: {action}: no answer in time") from exc
-    except aiormq.exceptions.PublishError as exc:
-        raise BackendError(f"rabbitmq: {action}: the broker could not route the message") from exc
-    except aiormq.exceptions.DeliveryError as exc:
-        raise BackendUnavailable(f"rabbitmq: {action}: the broker refused the message (nack)") from exc
-    except aiormq.exceptions.AMQPChannelError as exc:  # 404, 403, PRECONDITION_FAILED: not transient
-        raise BackendError(f"rabbitmq: {action}: {_reason(exc)}") from exc
-    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, OSError) as exc:
-        raise BackendUnavailable(f"rabbitmq: {action}: {_reason(exc)}") from exc
-
-
 # What a call fails with when its channel or connection closes under it (aio-pika reopens both).
 _CHANNEL_LOST = (aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError,
                  ConnectionError)
-
-
-def _is_open(message: AbstractIncomingMessage) -> bool:
-    """False once the channel that delivered `message` is gone (the broker has requeued it then)."""
-    try:
-        message.channel  # noqa: B018 - the property raises when the channel is closed
-    except aiormq.exceptions.ChannelInvalidStateError:
-        return False
-    return True
-
-
-def _copy(message: AbstractIncomingMessage, message_id: str, headers: dict[str, Any]) -> aio_pika.Message:
-    """A persistent copy for re-publishing. `expiration` is dropped (it would silently expire a retry),
-    and so is `user_id` (the broker checks it against the publishing user)."""
-    return aio_pika.Message(
-        message.body, headers=headers, message_id=message_id, priority=message.priority,
-        delivery_mode=DeliveryMode.PERSISTENT, content_type=message.content_type,
-        content_encoding=message.content_encoding, correlation_id=message.correlation_id,
-        reply_to=message.reply_to, timestamp=message.timestamp, type=message.type, app_id=message.app_id)
-
-
-def _headers(message: AbstractIncomingMessage) -> dict[str, Any]:
-    return {k: v for k, v in (message.headers or {}).items() if not k.startswith(_BROKER_HEADERS)}
-
-
-def _attempt(message: AbstractIncomingMessage) -> int:
-    # Classic queues do not count deliveries: the header counts our re-publishes, and the redelivered
-    # flag adds one for a return after a dead consumer (two such returns in a row still add only one).
-    value = (message.headers or {}).get(ATTEMPT_HEADER)
-    base = value if isinstance(value, int) and value >= 1 else 1
-    return base + (1 if message.redelivered else 0)
-
-
-async def _requeue(message: AbstractIncomingMessage) -> None:
-    with contextlib.suppress(Exception):  # a closed channel has requeued it already
-        await message.reject(requeue=True)
-
 
 
 class RabbitMQOptions(BackendOptions):
@@ -157,106 +94,6 @@ class RabbitMQOptions(BackendOptions):
     connect_timeout_s: float = Field(10.0, gt=0)
     reconnect_interval_s: float = Field(2.0, gt=0, description="pause between reconnect attempts")
     publish_timeout_s: float = Field(10.0, gt=0, description="wait for a reconnect plus the broker's confirm")
-
-
-class _Consumer:
-    """One consume() call: its own channel (so prefetch applies to it alone), fed by the broker."""
-
-    def __init__(self, channel: AbstractRobustChannel, queue: AbstractRobustQueue) -> None:
-        self.channel = channel
-        self.queue = queue
-        self.inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
-        self.unsettled = 0
-        self.ended = False
-        self.detached = False
-        self.tag: str | None = None
-
-    async def start(self) -> None:
-        # The robust queue re-consumes with this callback after a reconnect.
-        self.tag = await self.queue.consume(self._on_message)
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        if self.ended:  # arrived between basic.cancel and cancel-ok
-            await _requeue(message)
-        else:
-            self.inbox.put_nowait(message)
-
-    def end(self) -> None:
-        """The backend is closing its connection, which returns every unacked message by itself."""
-        self.ended = self.detached = True
-        self.inbox.put_nowait(None)
-
-    async def stop(self) -> None:
-        """Stop intake, hand back what was prefetched but never yielded, keep the channel while
-        yielded deliveries are unsettled (they must stay settle-able), then close it."""
-        self.ended = True
-        if self.detached:
-            return
-        if self.tag is not None and not self.channel.is_closed:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                    await self.queue.cancel(self.tag)
-        while not self.inbox.empty():
-            message = self.inbox.get_nowait()
-            if message is not None:
-                await _requeue(message)
-        await self._close_if_done()
-
-    async def settled(self) -> None:
-        self.unsettled -= 1
-        await self._close_if_done()
-
-    async def _close_if_done(self) -> None:
-        if self.ended and self.unsettled == 0 and not self.detached and not self.channel.is_closed:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(CLEANUP_TIMEOUT_S):
-                    await self.channel.close()
-
-
-class RabbitMQDelivery(Delivery):
-    def __init__(self, backend: RabbitMQBackend, consumer: _Consumer, queue: str,
-                 message: AbstractIncomingMessage) -> None:
-        key = (message.headers or {}).get(KEY_HEADER)
-        super().__init__(queue, message.body, attempt=_attempt(message),
-                         message_id=message.message_id or new_id(), key=key if isinstance(key, str) else None)
-        self._backend = backend
-        self._consumer = consumer
-        self._message = message
-
-    def _require_open(self) -> None:
-        if not _is_open(self._message):
-            raise BackendUnavailable(
-                f"rabbitmq: the channel that delivered message {self.message_id} is closed;"
-                f" the broker has returned it to {self.queue!r}")
-
-    async def _ack(self) -> None:
-        try:
-            self._require_open()
-            with _errors(f"ack on {self.queue!r}"):
-                await self._message.ack()
-        finally:
-            await self._consumer.settled()
-
-    async def _nack(self, delay_s: float | None) -> None:
-        headers = _headers(self._message)
-        headers[ATTEMPT_HEADER] = self.attempt + 1
-        await self._move(self.queue, headers, delay_s)
-
-    async def _dead_letter(self, reason: str) -> None:
-        headers = _headers(self._message)
-        headers.pop(ATTEMPT_HEADER, None)
-        headers[REASON_HEADER] = reason
-        await self._move(dead_letter_queue(self.queue), headers, None)
-
-    async def _move(self, queue: str, headers: dict[str, Any], delay_s: float | None) -> None:
-        """Publish a copy (confirmed), then ack the original: a crash in between duplicates, never loses."""
-        try:
-            self._require_open()
-            await self._backend._send(queue, _copy(self._message, self.message_id, headers), delay_s)
-            with _errors(f"ack on {self.queue!r}"):
-                await self._message.ack()
-        finally:
-            await self._consumer.settled()
 
 
 class RabbitMQBackend(Backend):
@@ -271,7 +108,6 @@ class RabbitMQBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._options = self.options
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None  # publisher confirms
         self._admin: AbstractRobustChannel | None = None  # declarations: a conflict closes only this one
@@ -279,28 +115,32 @@ class RabbitMQBackend(Backend):
         self._declare_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # queue -> {delay queue TTL (ms): monotonic time until which it may hold what we sent}
         self._delayed: defaultdict[str, dict[int, float]] = defaultdict(dict)
-        self._consumers: set[_Consumer] = set()
-        self._reopened = asyncio.Event()  # set (and replaced) when a channel is back, e.g. after a reconnect
+        self._consumers: set[Consumer] = set()
+        self._changed = asyncio.Event()  # set (and replaced) when the connection or a channel goes or comes
+        self._lost_at: float | None = None  # loop time the connection dropped; None while it is up
 
     @property
     def display_url(self) -> str:
-        return mask_url(self._options.url.get_secret_value())
+        return mask_url(self.options.url.get_secret_value())
 
     async def connect(self) -> None:
         if self._connection is not None:
             return
-        with _errors(f"connect to {self.display_url}"):
+        with errors(f"connect to {self.display_url}"):
             connection = await aio_pika.connect_robust(
-                self._options.url.get_secret_value(), timeout=self._options.connect_timeout_s,
-                reconnect_interval=self._options.reconnect_interval_s)
+                self.options.url.get_secret_value(), timeout=self.options.connect_timeout_s,
+                reconnect_interval=self.options.reconnect_interval_s)
             try:
                 self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._admin = await connection.channel(publisher_confirms=False)
             except BaseException:
                 await connection.close()
                 raise
-        self._publisher.reopen_callbacks.add(self._on_reopen)
-        self._admin.reopen_callbacks.add(self._on_reopen)
+        self._publisher.reopen_callbacks.add(self._on_change)
+        self._admin.reopen_callbacks.add(self._on_change)
+        connection.close_callbacks.add(self._on_lost)
+        connection.reconnect_callbacks.add(self._on_reconnect)
+        self._lost_at = None
         self._connection = connection
 
     async def close(self) -> None:
@@ -309,16 +149,50 @@ class RabbitMQBackend(Backend):
             return
         # Stop intake first (every consume iterator ends at its next step), then close the connection,
         # which returns every unacked message to its queue.
-        for consumer in self._consumers:
-            consumer.end()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                # Together: each closes its inbox at its first step, so a timeout cannot leave one open.
+                await asyncio.gather(*(consumer.end() for consumer in self._consumers))
         self._consumers.clear()
         self._publisher = self._admin = None
         self._declared.clear()
         self._delayed.clear()
-        self._reopened.set()  # a publish waiting for a reopen finds the backend closed instead
+        self._on_change()  # a publish waiting for a reopen finds the backend closed instead
         with contextlib.suppress(Exception):
             # Calls still in flight fail with this (aio-pika's default would cancel their tasks).
             await connection.close(aiormq.exceptions.ConnectionClosed(320, "openhqm backend closed"))
+
+    def _on_change(self, *_: object) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _on_lost(self, *_: object) -> None:
+        if self._lost_at is None:
+            self._lost_at = asyncio.get_running_loop().time()
+        self._on_change()
+
+    def _on_reconnect(self, *_: object) -> None:
+        self._lost_at = None
+        self._on_change()
+
+    @contextlib.asynccontextmanager
+    async def _unless_down(self) -> AsyncGenerator[None]:
+        """Bounds a wait on a lost connection. aio-pika's first reconnect attempt starts within one
+        `reconnect_interval_s` of the drop, so a connection still down after two has failed an attempt:
+        it is known to be down, and waiting would only turn a prompt 503 into a slow one (aio-pika
+        keeps reconnecting meanwhile)."""
+        lost_at = self._lost_at
+        deadline = None if lost_at is None else lost_at + 2 * self.options.reconnect_interval_s
+        bound = asyncio.timeout_at(deadline)
+        try:
+            async with bound:
+                yield
+        except TimeoutError as exc:
+            if not bound.expired() or lost_at is None:
+                raise
+            down_s = asyncio.get_running_loop().time() - lost_at
+            raise BackendUnavailable(f"rabbitmq: no connection to {self.display_url} for {down_s:.1f} s;"
+                                     f" reconnecting every {self.options.reconnect_interval_s:g} s") from exc
 
     def _channels(self) -> tuple[AbstractRobustChannel, AbstractRobustChannel]:
         if self._publisher is None or self._admin is None:
@@ -328,7 +202,7 @@ class RabbitMQBackend(Backend):
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
-        headers: dict[str, Any] = {} if key is None else {KEY_HEADER: key}
+        headers: dict[str, Any] = {} if key is None else {Wire.KEY: key}
         message = aio_pika.Message(body, headers=headers, message_id=message_id or new_id(),
                                    priority=priority, delivery_mode=DeliveryMode.PERSISTENT)
         await self._send(queue, message, delay_s)
@@ -339,16 +213,18 @@ class RabbitMQBackend(Backend):
         A publish cut off by a dropped connection or channel is sent again once aio-pika has reopened
         it: the broker may hold the first copy already (a duplicate, never a loss)."""
         redeclared = False
-        with _errors(f"publish to {queue!r} within {self._options.publish_timeout_s:g} s"):
-            async with asyncio.timeout(self._options.publish_timeout_s):
+        with errors(f"publish to {queue!r} within {self.options.publish_timeout_s:g} s"):
+            async with asyncio.timeout(self.options.publish_timeout_s):
                 while True:
-                    reopened = self._reopened
+                    changed = self._changed
                     try:
-                        await self._publish(await self._route(queue, message, delay_s), message)
+                        async with self._unless_down():
+                            await self._publish(await self._route(queue, message, delay_s), message)
                         return
                     except BackendError as exc:
                         if isinstance(exc.__cause__, _CHANNEL_LOST):
-                            await reopened.wait()
+                            async with self._unless_down():
+                                await changed.wait()
                         elif isinstance(exc.__cause__, aiormq.exceptions.PublishError) and not redeclared:
                             # Unroutable: a queue was deleted behind our back (by hand, or x-expires).
                             redeclared = True
@@ -358,22 +234,21 @@ class RabbitMQBackend(Backend):
 
     async def _publish(self, routing_key: str, message: aio_pika.Message) -> None:
         publisher, _ = self._channels()
-        with _errors(f"publish to {routing_key!r}"):
+        with errors(f"publish to {routing_key!r}"):
             await publisher.ready()
             await publisher.default_exchange.publish(message, routing_key=routing_key, mandatory=True)
-
-    def _on_reopen(self, _channel: object) -> None:
-        self._reopened.set()
-        self._reopened = asyncio.Event()
 
     async def _route(self, queue: str, message: aio_pika.Message, delay_s: float | None) -> str:
         """Declare what the message passes through; the routing key to publish it with."""
         await self._ensure(queue, QUEUE_ARGUMENTS)  # also where its delay queues dead-letter to
-        if delay_s is None or delay_s <= 0:
-            return queue
-        delay_ms = math.ceil(round(delay_s * 1000, 3))
+        delay_ms = math.ceil(round((delay_s or 0) * 1000, 3))
+        # A delay queue's TTL enforces one hop; only a longer delay needs its not-before time.
         if delay_ms > MAX_HOP_MS:
-            message.headers[DUE_HEADER] = _now_ms() + delay_ms
+            message.headers[Wire.NOT_BEFORE] = Wire.time(time.time() + delay_ms / 1000)
+        else:
+            message.headers.pop(Wire.NOT_BEFORE, None)
+        if delay_ms <= 0:
+            return queue
         ttl_ms = bucket_ms(delay_ms)
         name = delay_queue(queue, ttl_ms)
         await self._ensure(name, _delay_arguments(queue, ttl_ms), renew_after_s=DELAY_RENEW_S)
@@ -391,8 +266,8 @@ class RabbitMQBackend(Backend):
     async def _declare(self, name: str, arguments: dict[str, Any]) -> int:
         """Declare (idempotent; creates it when missing) and return how many messages are ready."""
         _, admin = self._channels()
-        with _errors(f"declare durable classic queue {name!r} with {arguments}"):
-            async with asyncio.timeout(self._options.publish_timeout_s):
+        with errors(f"declare durable classic queue {name!r} with {arguments}"):
+            async with self._unless_down(), asyncio.timeout(self.options.publish_timeout_s):
                 declared = await admin.declare_queue(name, durable=True, arguments=arguments, robust=False)
         self._declared[name] = time.monotonic()
         count = declared.declaration_result.message_count
@@ -410,27 +285,27 @@ class RabbitMQBackend(Backend):
         consumer = await self._start_consumer(queue, prefetch)
         try:
             while (message := await consumer.inbox.get()) is not None:
-                if not _is_open(message):
+                if not is_open(message):
                     continue  # its channel died before we got to it: the broker has requeued it
-                due_ms = (message.headers or {}).get(DUE_HEADER)
-                if isinstance(due_ms, int) and due_ms > _now_ms():
-                    await self._hop(queue, message, due_ms)
+                due = not_before(message)
+                # Never held here: a held message would take one of the consumer's prefetch slots.
+                if due and admission(due, time.time(), max_hold_s=0).action is Admit.REPOST:
+                    await self._hop(queue, message, due)
                     continue
-                consumer.unsettled += 1
-                yield RabbitMQDelivery(self, consumer, queue, message)
+                yield consumer.deliver(message)
         finally:
             self._consumers.discard(consumer)
             await consumer.stop()
 
-    async def _start_consumer(self, queue: str, prefetch: int) -> _Consumer:
+    async def _start_consumer(self, queue: str, prefetch: int) -> Consumer:
         if self._connection is None:
             raise BackendUnavailable("rabbitmq backend is not connected (call connect() first)")
-        with _errors(f"consume from {queue!r}"):
+        with errors(f"consume from {queue!r}"):
             channel = await self._connection.channel(publisher_confirms=False)
             try:
                 await channel.set_qos(prefetch_count=prefetch)
                 amqp_queue = await channel.declare_queue(queue, durable=True, arguments=QUEUE_ARGUMENTS)
-                consumer = _Consumer(channel, amqp_queue)
+                consumer = Consumer(channel, amqp_queue, prefetch, self._send)
                 await consumer.start()
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -439,12 +314,12 @@ class RabbitMQBackend(Backend):
         self._consumers.add(consumer)
         return consumer
 
-    async def _hop(self, queue: str, message: AbstractIncomingMessage, due_ms: int) -> None:
+    async def _hop(self, queue: str, message: AbstractIncomingMessage, due: float) -> None:
         """A delay longer than one hop came back early: send it round the delay queues again."""
         try:
-            copy = _copy(message, message.message_id or new_id(), _headers(message))
-            await self._send(queue, copy, (due_ms - _now_ms()) / 1000)
-            with _errors(f"ack on {queue!r}"):
+            copy = copy_of(message, message.message_id or new_id(), copied_headers(message))
+            await self._send(queue, copy, due - time.time())
+            with errors(f"ack on {queue!r}"):
                 await message.ack()
         except BackendError as exc:
             # Left unacked, it returns to the queue when this consumer's channel closes; requeueing it
@@ -464,22 +339,14 @@ class RabbitMQBackend(Backend):
         total = 0
         for name, arguments in [(queue, QUEUE_ARGUMENTS), *self._delay_queues(queue)]:
             await self._declare(name, arguments)  # so the purge cannot fail with 404
-            with _errors(f"purge {name!r}"):
+            with errors(f"purge {name!r}"):
                 channel = await admin.get_underlay_channel()
                 purged = await channel.queue_purge(name)
             total += purged.message_count or 0
         return total
 
-    async def health(self) -> Health:
-        publisher = self._publisher
-        if publisher is None:
-            return Health(False, "rabbitmq backend is not connected")
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                channel = await publisher.get_underlay_channel()
-                await channel.exchange_declare("amq.direct", passive=True)  # a round trip on the channel
-        except TimeoutError:
-            return Health(False, f"rabbitmq: no answer within {HEALTH_TIMEOUT_S:g} s (reconnecting?)")
-        except Exception as exc:
-            return Health(False, f"rabbitmq: {_reason(exc)}")
-        return Health(True)
+    async def ping(self) -> None:
+        publisher, _ = self._channels()
+        async with self._unless_down():
+            channel = await publisher.get_underlay_channel()
+            await channel.exchange_declare("amq.direct", passive=True)  # a round trip on the channel

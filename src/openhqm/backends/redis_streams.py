@@ -5,18 +5,18 @@ Redis only (not Cluster). Options: `queue.redis.lease_s` (an unsettled delivery 
 another consumer after this), `queue.redis.maxlen` (publish refuses with BackendUnavailable once a
 queue holds that many messages; nothing is ever trimmed), `queue.redis.max_connections`.
 
-Keys of queue Q (`{Q}` is a hash tag): streams `openhqm:q:{Q}:p01`..`p15`, one per priority,
-with the consumer group `openhqm`; `openhqm:q:{Q}:delayed`, a sorted set scored by due time;
-`openhqm:q:{Q}:wake`, a list that wakes the delay mover. Dead letters go to queue `Q.dlq`, same
-layout, with a `reason` field. Acked entries are deleted (XACK + XDEL), so streams hold only
-unsettled messages and a lost group can be recreated from the first entry without replaying work.
+Per queue Q: one stream per priority with the consumer group `openhqm`, a sorted set of delayed
+messages and a wake list (keys, entry fields and the Lua scripts: redis_streams_lua.py). Acked
+entries are deleted (XACK + XDEL), so streams hold only unsettled messages and a lost group can be
+recreated from the first entry without replaying work.
 
 - priority: emulated; every consumer reads all 15 streams, highest first (a Lua script for ready
   entries, then one blocking XREADGROUP over all 15 streams, never a sleep).
 - delay: emulated; a mover task per consumed queue moves due messages atomically (Lua) into their
   stream, waiting with BLPOP on the wake list until the next due time (at most 5 s).
 - ordering key: none; `key` is stored and given back on the delivery, but not enforced.
-- dead letter: emulated, atomic move to `Q.dlq`. Lease extension: yes, up to `lease_s` per call.
+- dead letter: emulated, atomic move to queue `Q.dlq` with a `reason` field.
+- lease extension: yes, up to `lease_s` per call.
 - crash: a consumer that dies leaves its entries pending; another consumer claims them with
   XAUTOCLAIM once they were idle `lease_s`, with a higher attempt. Unyielded entries of a closed
   consume() are handed back at once. Durability is the server's: with `appendonly yes` and
@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
 import socket
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -43,15 +42,15 @@ from pydantic import Field, SecretStr
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from openhqm.backends import redis_streams_lua as lua
-from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
+from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
+from openhqm.backends.kit import PrefetchBuffer
+from openhqm.backends.redis_streams_lua import GROUP, Entry, GroupLost, Keys, errors
 from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.policies import Reconnect
 from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
@@ -63,17 +62,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-GROUP = "openhqm"
-KEY_PREFIX = "openhqm:q:"
-LEVELS = range(MAX_PRIORITY, 0, -1)  # read order: highest priority first
 _MAX_BLOCK_S = 5.0  # longest blocking read: bounds reclaim cadence and a missed delay wake-up
 _COMMAND_TIMEOUT_S = 10.0
 _CONNECT_TIMEOUT_S = 2.0
-_HEALTH_TIMEOUT_S = 2.0
 _MOVE_BATCH = 100
 _STALE_CONSUMER_MS = 3_600_000  # forget a consumer that holds nothing after an hour idle ...
 _STALE_CHECK_S = 600.0  # ... looking for such consumers this often per reader
-_BACKOFF_S = (0.1, 5.0)  # first and longest pause after a connection error in consume
 
 
 class RedisStreamsOptions(BackendOptions):
@@ -83,98 +77,24 @@ class RedisStreamsOptions(BackendOptions):
     max_connections: int = Field(64, gt=0, description="pool for commands; each consume() adds one blocking")
 
 
-@dataclass(frozen=True)
-class _Keys:
-    queue: str
-    streams: tuple[str, ...]  # index 0 is priority 1
-    delayed: str
-    wake: str
-
-    @classmethod
-    def of(cls, queue: str) -> _Keys:
-        base = f"{KEY_PREFIX}{{{queue}}}"
-        streams = tuple(f"{base}:p{level:02d}" for level in range(1, MAX_PRIORITY + 1))
-        return cls(queue, streams, f"{base}:delayed", f"{base}:wake")
-
-    def stream(self, priority: int) -> str:
-        return self.streams[priority - 1]
-
-    @property
-    def all(self) -> list[str]:
-        return [*self.streams, self.delayed, self.wake]
-
-
-@dataclass(frozen=True)
-class _Entry:
-    level: int
-    entry_id: bytes
-    fields: dict[bytes, bytes]
-    count: int  # times Redis delivered this entry (the PEL's delivery counter)
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> _Entry:
-        level, entry_id, flat, count = row
-        return cls(int(level), entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(count))
-
-    @property
-    def prior_attempts(self) -> int:
-        return int(self.fields.get(b"attempts", b"0"))
-
-
-class _GroupLost(BackendError):
-    """The consumer group or stream vanished (Redis restart, FLUSH, XGROUP DESTROY)."""
-
-
-@contextlib.contextmanager
-def _mapped(action: str) -> Iterator[None]:
-    """The one place where redis-py errors become openhqm errors."""
-    try:
-        yield
-    except TimeoutError as exc:  # asyncio.timeout around every call (redis-py's own is a RedisError)
-        raise BackendUnavailable(f"redis {action}: no answer within {_COMMAND_TIMEOUT_S} s") from exc
-    except (RedisConnectionError, RedisTimeoutError, OutOfMemoryError) as exc:
-        raise BackendUnavailable(f"redis {action}: {exc}") from exc
-    except ResponseError as exc:
-        text = str(exc)
-        if text.startswith(("NOGROUP", "UNBLOCKED")):
-            raise _GroupLost(f"redis {action}: {text}") from exc
-        if text.startswith("OPENHQM_FULL"):
-            raise BackendUnavailable(f"redis {action}: queue is full ({text.split(' ', 1)[1]}); "
-                                     "raise queue.redis.maxlen or add workers") from exc
-        raise BackendError(f"redis {action}: {text}") from exc
-    except RedisError as exc:
-        raise BackendError(f"redis {action}: {exc}") from exc
-
-
-def _parse_read(reply: Any, levels: dict[bytes, int]) -> list[_Entry]:
-    """XREADGROUP's reply as redis-py parses it on RESP2 (`protocol=2` is forced for this shape)."""
-    entries = []
-    for stream, items in reply or []:
-        for entry_id, fields in items:
-            flat = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
-            entries.append(_Entry(levels[stream], entry_id, flat, 1))
-    return sorted(entries, key=lambda e: -e.level)
+def _ms(seconds: float | None) -> int:
+    return max(0, math.ceil((seconds or 0) * 1000))
 
 
 class RedisDelivery(Delivery):
-    def __init__(self, backend: RedisStreamsBackend, keys: _Keys, entry: _Entry) -> None:
-        fields = entry.fields
-        key = fields.get(b"key")
-        super().__init__(keys.queue, fields.get(b"body", b""), attempt=entry.prior_attempts + entry.count,
-                         message_id=(fields.get(b"id") or entry.entry_id).decode(),
-                         key=key.decode() if key is not None else None)
+    def __init__(self, backend: RedisStreamsBackend, keys: Keys, entry: Entry) -> None:
+        super().__init__(keys.queue, entry.body, attempt=entry.attempt, message_id=entry.message_id,
+                         key=entry.key)
         self._backend = backend
         self._keys = keys
         self._entry = entry
 
-    def _fence(self) -> list[Any]:
-        return [GROUP, self._backend.consumer, self._entry.entry_id, self._entry.count]
-
     async def _apply(self, how: str, script: str, keys: list[str], extra: list[Any]) -> None:
-        if not await self._backend._call(script, keys, [*self._fence(), *extra], how):
+        fence = [GROUP, self._backend.consumer, self._entry.entry_id, self._entry.count]
+        if not await self._backend._call(script, keys, [*fence, *extra], how):
             log.warning("redis %s of message %s on %r had no effect: its lease (%.0f s) ran out and it "
                         "was delivered again, or the queue was purged", how, self.message_id, self.queue,
-                        self._backend.lease_s)
+                        self._backend.options.lease_s)
 
     async def _ack(self) -> None:
         await self._apply("ack", lua.ACK, [self._keys.stream(self._entry.level)], [])
@@ -184,18 +104,14 @@ class RedisDelivery(Delivery):
         await self._apply("nack", lua.NACK, keys, [self.attempt, _ms(delay_s), self._entry.level])
 
     async def _dead_letter(self, reason: str) -> None:
-        dlq = _Keys.of(dead_letter_queue(self.queue))
+        dlq = Keys.of(dead_letter_queue(self.queue))
         keys = [self._keys.stream(self._entry.level), dlq.stream(self._entry.level)]
         await self._apply("dead-letter", lua.DEAD_LETTER, keys, [reason])
 
     async def extend_lease(self, seconds: float) -> None:
         """Redis cannot set a future claim time, so one call extends by at most `lease_s`."""
-        idle_ms = max(0, _ms(self._backend.lease_s - seconds))
+        idle_ms = max(0, _ms(self._backend.options.lease_s - seconds))
         await self._apply("lease extension", lua.EXTEND, [self._keys.stream(self._entry.level)], [idle_ms])
-
-
-def _ms(seconds: float | None) -> int:
-    return max(0, math.ceil((seconds or 0) * 1000))
 
 
 class RedisStreamsBackend(Backend):
@@ -210,16 +126,15 @@ class RedisStreamsBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-
-        self.lease_s = self.options.lease_s
-        self.reclaim_interval_s = min(max(self.lease_s / 2, 0.05), _MAX_BLOCK_S)
+        self.reclaim_interval_s = min(max(self.options.lease_s / 2, 0.05), _MAX_BLOCK_S)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None  # long reads, so they never starve commands
         self._scripts: dict[str, AsyncScript] = {}
         self._closed = asyncio.Event()
-        self._movers: dict[str, _DelayMover] = {}
+        self._movers: dict[str, tuple[asyncio.Task[None], int]] = {}  # queue -> (mover, its consumers)
         self._consumed: set[str] = set()
+        self._prefetched: set[PrefetchBuffer[Entry]] = set()
 
     @property
     def display_url(self) -> str:
@@ -249,7 +164,7 @@ class RedisStreamsBackend(Backend):
         # One connection per open consume() and delay mover; their number is up to the caller.
         blocking = aioredis.Redis.from_pool(self._pool(aioredis.ConnectionPool, 10_000))
         try:
-            with _mapped(f"connect to {self.display_url}"):
+            with errors(f"connect to {self.display_url}"):
                 async with asyncio.timeout(_COMMAND_TIMEOUT_S):
                     await commands.ping()
         except BackendError:
@@ -261,46 +176,46 @@ class RedisStreamsBackend(Backend):
         self._closed.clear()
 
     async def close(self) -> None:
-        """Stop movers and readers first, then drop our consumer where it holds nothing, then disconnect."""
+        """Stop readers and movers, hand back what was read ahead, drop our consumer where it holds
+        nothing, then disconnect (each step needs the connection the last one closes)."""
         commands, blocking = self._redis, self._blocking
         if commands is None or blocking is None:
             return
         self._closed.set()
-        movers = [mover.task for mover in self._movers.values()]
+        movers = [task for task, _ in self._movers.values()]
         self._movers.clear()
         for task in movers:
             task.cancel()
         await asyncio.gather(*movers, return_exceptions=True)
         with contextlib.suppress(BackendError, TimeoutError):
-            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                # Together: each closes at its first step, so a timeout cannot leave one open.
+                await asyncio.gather(*(buffer.close() for buffer in self._prefetched))
                 for queue in self._consumed:
-                    streams = list(_Keys.of(queue).streams)
-                    await self._call(lua.LEAVE, streams, [GROUP, self.consumer], "leave")
+                    await self._call(lua.LEAVE, Keys.of(queue).streams, [GROUP, self.consumer], "leave")
         self._consumed.clear()
         self._redis = self._blocking = None
         self._scripts = {}
         await blocking.aclose()
         await commands.aclose()
 
+    def _clients(self) -> tuple[aioredis.Redis, aioredis.Redis]:
+        """The clients for commands and for blocking reads."""
+        if self._redis is None or self._blocking is None:
+            raise BackendUnavailable("redis backend is not connected")
+        return self._redis, self._blocking
+
     async def _call(self, script: str, keys: Sequence[str], args: Sequence[Any], action: str) -> Any:
         if not self._scripts:
             raise BackendUnavailable("redis backend is not connected")
-        with _mapped(action):
+        with errors(action):
             async with asyncio.timeout(_COMMAND_TIMEOUT_S):
                 return await self._scripts[script](keys=list(keys), args=list(args))
 
-    async def _blocking_read(self, command: Callable[[aioredis.Redis], Awaitable[T]], block_s: float,
-                             action: str) -> T | None:
-        """Run a blocking command, abandoning it (the connection is dropped) when close() is called."""
-        client = self._blocking
-        if client is None:
-            raise BackendUnavailable("redis backend is not connected")
-
-        async def bounded() -> T:
-            async with asyncio.timeout(block_s + _COMMAND_TIMEOUT_S):
-                return await command(client)
-
-        task = asyncio.ensure_future(bounded())
+    async def _until_closed(self, awaitable: Awaitable[T]) -> T | None:
+        """Await `awaitable`, abandoning it (None) once close() is called: a blocking read or a
+        pause between reconnects must not hold up a close."""
+        task = asyncio.ensure_future(awaitable)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         closed = asyncio.ensure_future(self._closed.wait())
         try:
@@ -308,197 +223,162 @@ class RedisStreamsBackend(Backend):
         finally:
             closed.cancel()
             task.cancel()
-        if not task.done():
-            return None
-        with _mapped(action):
-            return task.result()
+        return task.result() if task.done() else None
 
-    async def _pause(self, seconds: float) -> None:
-        """Wait after a connection error; Redis is unreachable, so there is nothing to block on."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._closed.wait()
+    async def _blocking_read(self, command: Callable[[aioredis.Redis], Awaitable[T]], block_s: float,
+                             action: str) -> T | None:
+        """Run a blocking command on its own connection (dropped when close() abandons it)."""
+        _, client = self._clients()
+
+        async def bounded() -> T:
+            async with asyncio.timeout(block_s + _COMMAND_TIMEOUT_S):
+                return await command(client)
+
+        with errors(action):
+            return await self._until_closed(bounded())
+
+    async def _pause(self, reconnect: Reconnect, what: str, exc: BaseException) -> None:
+        """Wait after a failure; Redis is unreachable or broken, so there is nothing to block on."""
+        log.warning("redis %s: %s; retrying in about %.1f s", what, exc, reconnect.next_delay_s)
+        await self._until_closed(reconnect.wait())
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
         if not 1 <= priority <= MAX_PRIORITY:
             raise BackendError(f"priority {priority} of a message for {queue!r} is outside 1..{MAX_PRIORITY}")
-        fields: list[Any] = [b"body", body, b"id", message_id or new_id(), b"attempts", 0]
-        if key is not None:
-            fields += [b"key", key]
+        fields = Entry.new_fields(body, message_id or new_id(), key)
         args = [self.options.maxlen, priority, _ms(delay_s), uuid.uuid4().hex, *fields]
-        await self._call(lua.PUBLISH, _Keys.of(queue).all, args, f"publish to {queue!r}")
+        await self._call(lua.PUBLISH, Keys.of(queue).all, args, f"publish to {queue!r}")
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
-        if self._redis is None:
-            raise BackendUnavailable("redis backend is not connected")
-        keys = _Keys.of(queue)
+        self._clients()
+        keys = Keys.of(queue)
         reader = _Reader(self, keys, max(1, prefetch))
+        read_ahead = PrefetchBuffer[Entry](prefetch, functools.partial(self._hand_back, keys))
         self._consumed.add(queue)
+        self._prefetched.add(read_ahead)
         self._acquire_mover(keys)
-        batch: deque[_Entry] = deque()
         try:
-            while batch := await reader.next_batch():
-                while batch:
-                    yield RedisDelivery(self, keys, batch.popleft())
+            while len(read_ahead) or await reader.fill(read_ahead):
+                if (entry := await read_ahead.get()) is None:
+                    break  # close() handed back what was left
+                yield RedisDelivery(self, keys, entry)
         finally:
+            self._prefetched.discard(read_ahead)
             self._release_mover(keys)
-            await self._hand_back(keys, batch)
+            await read_ahead.close()
 
-    async def _hand_back(self, keys: _Keys, batch: deque[_Entry]) -> None:
-        """Return entries read but never yielded, so they need not wait out their lease."""
-        if not batch or self._closed.is_set():
-            return
+    async def _hand_back(self, keys: Keys, entry: Entry) -> None:
+        """Return an entry read but never yielded, so it need not wait out its lease."""
         with contextlib.suppress(BackendError):
-            for entry in batch:
-                await self._call(lua.NACK, [keys.stream(entry.level), keys.delayed, keys.wake],
-                                 [GROUP, self.consumer, entry.entry_id, entry.count, entry.prior_attempts,
-                                  0, entry.level], "hand back")
+            await self._call(lua.NACK, [keys.stream(entry.level), keys.delayed, keys.wake],
+                             [GROUP, self.consumer, entry.entry_id, entry.count, entry.prior_attempts, 0,
+                              entry.level], "hand back")
 
-    def _acquire_mover(self, keys: _Keys) -> None:
-        mover = self._movers.get(keys.queue)
-        if mover is None:
-            mover = self._movers[keys.queue] = _DelayMover(self, keys)
-        mover.users += 1
+    def _acquire_mover(self, keys: Keys) -> None:
+        """One delay mover per queue and backend, however many consume() calls read the queue."""
+        task, users = self._movers.get(keys.queue, (None, 0))
+        if task is None:
+            task = asyncio.create_task(self._move_delays(keys), name=f"openhqm-redis-delays:{keys.queue}")
+        self._movers[keys.queue] = (task, users + 1)
 
-    def _release_mover(self, keys: _Keys) -> None:
-        mover = self._movers.get(keys.queue)
-        if mover is not None:
-            mover.users -= 1
-            if mover.users == 0:
-                del self._movers[keys.queue]
-                mover.task.cancel()
+    def _release_mover(self, keys: Keys) -> None:
+        task, users = self._movers.pop(keys.queue, (None, 0))
+        if task is not None and users > 1:
+            self._movers[keys.queue] = (task, users - 1)
+        elif task is not None:
+            task.cancel()
+
+    async def _move_delays(self, keys: Keys) -> None:
+        """Move due messages of one queue into its streams, then sleep in BLPOP on the wake list until
+        the next is due: a publish or nack that becomes the new earliest pushes to that list. The wait
+        is capped, so a wake-up taken by a mover that then died delays others by at most _MAX_BLOCK_S."""
+        reconnect = Reconnect()
+        while not self._closed.is_set():
+            try:
+                await self._move_and_wait(keys)
+                reconnect.reset()
+            except BackendError as exc:  # keep moving once Redis is back, whatever went wrong
+                await self._pause(reconnect, f"delays of {keys.queue!r}", exc)
+
+    async def _move_and_wait(self, keys: Keys) -> None:
+        wait_ms = await self._call(lua.MOVE_DUE, keys.all, [_MOVE_BATCH], "move delays")
+        wait_s = _MAX_BLOCK_S if wait_ms < 0 else min(wait_ms / 1000, _MAX_BLOCK_S)
+        if wait_s > 0:
+            await self._blocking_read(lambda client: client.blpop([keys.wake], timeout=wait_s), wait_s,
+                                      "wait for delays")
 
     async def depth(self, queue: str) -> int:
-        count: int = await self._call(lua.DEPTH, _Keys.of(queue).all, [GROUP], f"depth of {queue!r}")
+        count: int = await self._call(lua.DEPTH, Keys.of(queue).all, [GROUP], f"depth of {queue!r}")
         return count
 
     async def purge(self, queue: str) -> int:
-        count: int = await self._call(lua.PURGE, _Keys.of(queue).all, [GROUP], f"purge of {queue!r}")
+        count: int = await self._call(lua.PURGE, Keys.of(queue).all, [GROUP], f"purge of {queue!r}")
         return count
 
-    async def health(self) -> Health:
-        if self._redis is None:
-            return Health(False, "redis backend is not connected")
-        try:
-            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
-                with _mapped("ping"):
-                    await self._redis.ping()
-        except TimeoutError:
-            return Health(False, f"redis at {self.display_url} did not answer within {_HEALTH_TIMEOUT_S} s")
-        except Exception as exc:
-            return Health(False, str(exc))
-        return Health(True)
-
-
-class _Backoff:
-    def __init__(self) -> None:
-        self.failures = 0
-
-    def next_s(self) -> float:
-        self.failures += 1
-        return min(_BACKOFF_S[0] * 2.0 ** (self.failures - 1), _BACKOFF_S[1])
-
-
-class _DelayMover:
-    """Moves due messages of one queue into its streams; one task per queue and backend.
-
-    It sleeps in BLPOP on the wake list until the earliest message is due: a publish or nack that
-    becomes the new earliest pushes to that list. The wait is capped, so a wake-up taken by a mover
-    that then died delays others by at most `_MAX_BLOCK_S`.
-    """
-
-    def __init__(self, backend: RedisStreamsBackend, keys: _Keys) -> None:
-        self.backend = backend
-        self.keys = keys
-        self.users = 0
-        self.task = asyncio.create_task(self._run(), name=f"openhqm-redis-delays:{keys.queue}")
-
-    async def _run(self) -> None:
-        backoff = _Backoff()
-        while not self.backend._closed.is_set():
-            try:
-                await self._move_and_wait()
-                backoff.failures = 0
-            except BackendError as exc:  # keep moving once Redis is back, whatever went wrong
-                pause = backoff.next_s()
-                log.warning("redis delays of %r: %s; retrying in %.1f s", self.keys.queue, exc, pause)
-                await self.backend._pause(pause)
-
-    async def _move_and_wait(self) -> None:
-        wait_ms = await self.backend._call(lua.MOVE_DUE, self.keys.all, [_MOVE_BATCH], "move delays")
-        wait_s = _MAX_BLOCK_S if wait_ms < 0 else min(wait_ms / 1000, _MAX_BLOCK_S)
-        if wait_s > 0:
-            await self.backend._blocking_read(self._blpop(wait_s), wait_s, "wait for delays")
-
-    def _blpop(self, timeout_s: float) -> Callable[[aioredis.Redis], Awaitable[Any]]:
-        return lambda client: client.blpop([self.keys.wake], timeout=timeout_s)
+    async def ping(self) -> None:
+        commands, _ = self._clients()
+        with errors("ping"):
+            await commands.ping()
 
 
 class _Reader:
     """Reads one queue for consume(): reclaims expired leases, then ready entries, then blocks."""
 
-    def __init__(self, backend: RedisStreamsBackend, keys: _Keys, count: int) -> None:
+    def __init__(self, backend: RedisStreamsBackend, keys: Keys, count: int) -> None:
         self.backend = backend
         self.keys = keys
         self.count = count
-        self.streams = list(keys.streams)
-        self.levels = {keys.stream(level).encode(): level for level in LEVELS}
         self.cursors = ["0-0"] * MAX_PRIORITY
         self.next_reclaim = 0.0
         self.next_stale_check = time.monotonic() + _STALE_CHECK_S
         self.groups_ready = False
 
-    async def next_batch(self) -> deque[_Entry]:
-        """The next entries in priority order; empty only once the backend is closed."""
-        backoff = _Backoff()
+    async def fill(self, read_ahead: PrefetchBuffer[Entry]) -> bool:
+        """Put the next entries into `read_ahead`, in priority order; False once the backend is closed."""
+        reconnect = Reconnect()
         while not self.backend._closed.is_set():
             try:
-                entries = await self._read()
-            except _GroupLost as exc:
+                if entries := await self._read():
+                    for entry in entries:
+                        await read_ahead.put(entry)
+                    return True
+            except GroupLost as exc:
                 log.info("redis consumer group of %r is gone (%s); recreating it", self.keys.queue, exc)
                 self.groups_ready = False
-                continue
             except BackendUnavailable as exc:
-                pause = backoff.next_s()
-                log.warning("redis consume of %r: %s; retrying in %.1f s", self.keys.queue, exc, pause)
-                await self.backend._pause(pause)
-                continue
-            if entries:
-                return deque(entries)
-        return deque()
+                await self.backend._pause(reconnect, f"consume of {self.keys.queue!r}", exc)
+        return False
 
-    async def _read(self) -> list[_Entry]:
-        b = self.backend
+    async def _read(self) -> list[Entry]:
+        b, streams = self.backend, self.keys.streams
         if not self.groups_ready:
-            await b._call(lua.ENSURE_GROUPS, self.streams, [GROUP], f"create group on {self.keys.queue!r}")
+            await b._call(lua.ENSURE_GROUPS, streams, [GROUP], f"create group on {self.keys.queue!r}")
             self.groups_ready = True
         if time.monotonic() >= self.next_reclaim:
             self.next_reclaim = time.monotonic() + b.reclaim_interval_s
-            entries = await self._reclaim()
-            if entries:
+            if entries := await self._reclaim():
                 return entries
-        rows = await b._call(lua.FETCH, self.streams, [GROUP, b.consumer, self.count], "read")
-        if rows:
-            return [_Entry.from_row(row) for row in rows]
+        if rows := await b._call(lua.FETCH, streams, [GROUP, b.consumer, self.count], "read"):
+            return [Entry.from_row(row) for row in rows]
         block_ms = max(1, int((self.next_reclaim - time.monotonic()) * 1000))
-        streams: dict[KeyT, StreamIdT] = {self.keys.stream(level): ">" for level in LEVELS}
+        new: dict[KeyT, StreamIdT] = dict.fromkeys(self.keys.streams, ">")
         reply = await b._blocking_read(
-            lambda r: r.xreadgroup(GROUP, b.consumer, streams, count=1, block=block_ms), block_ms / 1000,
+            lambda r: r.xreadgroup(GROUP, b.consumer, new, count=1, block=block_ms), block_ms / 1000,
             "blocking read")
-        return _parse_read(reply, self.levels)
+        return Entry.from_read(reply, self.keys)
 
-    async def _reclaim(self) -> list[_Entry]:
+    async def _reclaim(self) -> list[Entry]:
         b = self.backend
         stale_ms = 0
         if time.monotonic() >= self.next_stale_check:
             self.next_stale_check = time.monotonic() + _STALE_CHECK_S
             stale_ms = _STALE_CONSUMER_MS
-        args = [GROUP, b.consumer, _ms(b.lease_s), self.count, stale_ms, *self.cursors]
-        rows, cursors, lost = await b._call(lua.RECLAIM, self.streams, args, "reclaim")
+        args = [GROUP, b.consumer, _ms(b.options.lease_s), self.count, stale_ms, *self.cursors]
+        rows, cursors, lost = await b._call(lua.RECLAIM, self.keys.streams, args, "reclaim")
         self.cursors = [c.decode() for c in cursors]
         if lost:
             log.warning("redis queue %r: %d unsettled message(s) were deleted from the stream by hand "
                         "(XDEL/XTRIM) and cannot be redelivered", self.keys.queue, len(lost))
-        return [_Entry.from_row(row) for row in rows]
+        return [Entry.from_row(row) for row in rows]

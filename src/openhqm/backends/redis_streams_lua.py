@@ -1,9 +1,14 @@
-"""Lua scripts of the Redis Streams backend: each step that touches several keys runs atomically.
+"""What the Redis Streams backend keeps in Redis and what Redis answers: the key layout and entry
+fields, the Lua scripts (each step that touches several keys runs atomically), and the error map
+(the scripts and the server tell some errors apart only by their text).
 
-Every queue script receives the queue's keys in one fixed order (see `redis_streams._Keys.all`):
-KEYS[1..15] are the streams of priorities 1..15, KEYS[16] the delayed sorted set, KEYS[17] the wake
-list. Settling scripts receive only the keys they touch. Stream entry fields: `body`, `id`,
-`attempts` (deliveries before this entry), optional `key`, and `reason` in a dead-letter queue.
+Keys of queue Q (`{Q}` is a hash tag): streams `openhqm:q:{Q}:p01`..`p15`, one per priority, with
+the consumer group `openhqm`; `openhqm:q:{Q}:delayed`, a sorted set scored by due time;
+`openhqm:q:{Q}:wake`, a list that wakes the delay mover. Dead letters go to queue `Q.dlq`, same layout.
+Every queue script receives the queue's keys in one fixed order (`Keys.all`): KEYS[1..15] are the
+streams of priorities 1..15, KEYS[16] the delayed sorted set, KEYS[17] the wake list. Settling
+scripts receive only the keys they touch. Stream entry fields: `body`, `id`, `attempts` (deliveries
+before this entry), optional `key`, and `reason` in a dead-letter queue.
 
 Settles are fenced like the SQLite backend's: they act only while this consumer still holds the entry
 at the delivery count it was given. After the lease ran out and the entry was claimed again, a late
@@ -12,6 +17,114 @@ XGROUP DESTROY), no one else can hold the entry, so the settle goes ahead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import exceptions as rx
+
+from openhqm.backends.kit import ErrorMap
+from openhqm.constants import MAX_PRIORITY
+from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
+
+GROUP = "openhqm"
+KEY_PREFIX = "openhqm:q:"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys of one queue; `{queue}` is a hash tag, so they share a slot."""
+
+    queue: str
+    streams: tuple[str, ...]  # index 0 is priority 1
+    delayed: str
+    wake: str
+
+    @classmethod
+    def of(cls, queue: str) -> Keys:
+        base = f"{KEY_PREFIX}{{{queue}}}"
+        streams = tuple(f"{base}:p{level:02d}" for level in range(1, MAX_PRIORITY + 1))
+        return cls(queue, streams, f"{base}:delayed", f"{base}:wake")
+
+    def stream(self, priority: int) -> str:
+        return self.streams[priority - 1]
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.streams, self.delayed, self.wake]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stream entry as FETCH and RECLAIM return it: {level, id, fields, delivery count}."""
+
+    level: int
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    count: int  # times Redis delivered this entry (the PEL's delivery counter)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Entry:
+        level, entry_id, flat, count = row
+        return cls(int(level), entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), int(count))
+
+    @classmethod
+    def from_read(cls, reply: Any, keys: Keys) -> list[Entry]:
+        """XREADGROUP's reply as redis-py parses it on RESP2 (`protocol=2` is forced for this shape)."""
+        levels = {stream.encode(): level for level, stream in enumerate(keys.streams, 1)}
+        entries = []
+        for stream, items in reply or []:
+            for entry_id, fields in items:
+                flat = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+                entries.append(cls(levels[stream], entry_id, flat, 1))
+        return sorted(entries, key=lambda e: -e.level)
+
+    @staticmethod
+    def new_fields(body: bytes, message_id: str, key: str | None) -> list[Any]:
+        """A published message's fields: no deliveries before this entry."""
+        return [b"body", body, b"id", message_id, b"attempts", 0, *([b"key", key] if key is not None else [])]
+
+    @property
+    def prior_attempts(self) -> int:
+        return int(self.fields.get(b"attempts", b"0"))
+
+    @property
+    def attempt(self) -> int:
+        return self.prior_attempts + self.count
+
+    @property
+    def body(self) -> bytes:
+        return self.fields.get(b"body", b"")
+
+    @property
+    def message_id(self) -> str:
+        return (self.fields.get(b"id") or self.entry_id).decode()
+
+    @property
+    def key(self) -> str | None:
+        key = self.fields.get(b"key")
+        return key.decode() if key is not None else None
+
+
+class GroupLost(BackendError):
+    """The consumer group or stream vanished (Redis restart, FLUSH, XGROUP DESTROY)."""
+
+
+def _refine(exc: BaseException, action: str) -> OpenHQMError | None:
+    text = str(exc) if isinstance(exc, rx.ResponseError) else ""
+    if text.startswith(("NOGROUP", "UNBLOCKED")):
+        return GroupLost(f"redis: {action}: {text}")
+    if text.startswith("OPENHQM_FULL"):
+        return BackendUnavailable(f"redis: {action}: queue is full ({text.split(' ', 1)[1]}); "
+                                  "raise queue.redis.maxlen or add workers")
+    return None
+
+
+# redis-py's own timeouts are RedisErrors; asyncio.timeout around every call gives TimeoutError.
+errors = ErrorMap("redis", [((rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError), BackendUnavailable),
+                            (rx.RedisError, BackendError)], refine=_refine)
+
 
 _COMMON = """
 local function now_ms()
