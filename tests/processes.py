@@ -14,6 +14,8 @@ import httpx
 from tests.services import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
+# This checkout's src first: the editable install points at another checkout's.
+SUBPROCESS_PYTHONPATH = os.pathsep.join([str(REPO / "src"), str(REPO)])
 
 
 class OpenHQMProcess:
@@ -29,7 +31,7 @@ class OpenHQMProcess:
             "OPENHQM_DATA_DIR": str(data_dir),
             "OPENHQM_SERVER__PORT": str(self.port),
             "OPENHQM_LOGGING__FORMAT": "json",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": SUBPROCESS_PYTHONPATH,
             **(env or {}),
         }
         self.log_path = data_dir / f"{log_name or command}-{self.port}.log"

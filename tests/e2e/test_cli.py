@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 from tests.e2e.conftest import SAMPLE_ENV
-from tests.processes import REPO, OpenHQMProcess
+from tests.processes import SUBPROCESS_PYTHONPATH, OpenHQMProcess
 
 
 def openhqm(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENHQM_") or k.startswith("OPENHQM_TEST")}
     return subprocess.run([sys.executable, "-m", "openhqm", *args], capture_output=True, text=True, timeout=60,
-                          env={**clean, "PYTHONPATH": str(REPO), **(env or {})}, cwd=cwd)
+                          env={**clean, "PYTHONPATH": SUBPROCESS_PYTHONPATH, **(env or {})}, cwd=cwd)
 
 
 def test_a_taken_port_is_reported_in_one_line(tmp_path: Path) -> None:
