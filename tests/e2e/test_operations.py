@@ -133,7 +133,7 @@ def test_worker_span_is_a_child_of_the_callers_trace_when_tracing_is_on(
 
 
 def test_worker_serves_probes_on_its_health_port_and_exits_when_idle(tmp_path: Path) -> None:
-    health_port = free_port()
+    health_port = free_port()  # worker.health_port 0 means "off": the one port picked before binding
     env = {**SAMPLE_ENV, "OPENHQM_WORKER__HEALTH_PORT": str(health_port), "OPENHQM_WORKER__IDLE_EXIT_S": "3"}
     worker = OpenHQMProcess("worker", tmp_path, env).start()
     try:
