@@ -61,7 +61,10 @@ class Runtime:
         self.backend = create_backend(self.settings)
         self.store = create_store(self.settings)
         self.forwarder = Forwarder(self.settings.proxy) if self.settings.proxy.enabled else None
-        self.callbacks = CallbackSender(self.settings.callbacks) if self.settings.callbacks.enabled else None
+        # Callbacks are the listener's (it sees final states); the forwarder serves both: workers call
+        # endpoints, the listener resolves endpoint names at submit.
+        self.callbacks = CallbackSender(self.settings.callbacks) \
+            if listener and self.settings.callbacks.enabled else None
         self.bridge = Bridge(app, self.backend, self.store,
                              Routing(app.handlers, self.settings.worker.default_handler, self.forwarder),
                              self.callbacks) if listener else None
