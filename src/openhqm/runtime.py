@@ -32,15 +32,12 @@ from openhqm.bridge import Bridge
 from openhqm.config import Settings
 from openhqm.forward import CallbackSender, Forwarder
 from openhqm.gc_tuning import settle_after_startup
-from openhqm.logging import get_logger
 from openhqm.results import create_store
 from openhqm.routing import Routing
 from openhqm.tracing import shutdown_tracing
 from openhqm.worker.pool import WorkerPool
 from openhqm.worker.replies import BrokerReplies, LocalReplies, ReplyRoute
 from openhqm.worker.runner import build_pool
-
-log = get_logger("openhqm.runtime")
 
 
 class Runtime:
