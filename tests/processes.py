@@ -1,19 +1,25 @@
-"""Real `openhqm` processes for end-to-end tests, each on its own port and data_dir."""
+"""Real `openhqm` processes for end-to-end tests, each on its own data_dir and a port it binds as 0
+and reports in its log (uvicorn's "running on" line), so no port is picked before it is bound."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 
-from tests.services import free_port, stop_process
+from tests.services import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
+_RUNNING_ON = re.compile(r"Uvicorn running on https?://[^\s]+:(\d+)")
+# This checkout's src first: the editable install points at another checkout's.
+SUBPROCESS_PYTHONPATH = os.pathsep.join([str(REPO / "src"), str(REPO)])
 
 
 class OpenHQMProcess:
@@ -23,16 +29,16 @@ class OpenHQMProcess:
                  port: int | None = None, log_name: str | None = None) -> None:
         self.command = command
         self.data_dir = data_dir
-        self.port = port or free_port()
+        self.port = port or 0  # the bound port once started (see wait_ready)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OPENHQM_") or k.startswith("OPENHQM_TEST")},
             "OPENHQM_DATA_DIR": str(data_dir),
             "OPENHQM_SERVER__PORT": str(self.port),
             "OPENHQM_LOGGING__FORMAT": "json",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": SUBPROCESS_PYTHONPATH,
             **(env or {}),
         }
-        self.log_path = data_dir / f"{log_name or command}-{self.port}.log"
+        self.log_path = data_dir / f"{log_name or command}-{uuid.uuid4().hex[:8]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -58,8 +64,11 @@ class OpenHQMProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.command} exited with {self.proc.returncode}:\n{self.log()}")
+            if not self.port:
+                reported = _RUNNING_ON.search(self.log())
+                self.port = int(reported.group(1)) if reported else 0
             try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                if self.port and httpx.get(self.url + "/ready", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

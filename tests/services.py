@@ -56,6 +56,8 @@ def require_service(name: str) -> str:
 
 
 def free_port() -> int:
+    """A port free a moment ago: racy (another process may bind it first). Only for what cannot bind
+    0 and report back: a worker's health port (0 turns it off), a broker address meant to refuse."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

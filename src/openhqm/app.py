@@ -5,6 +5,10 @@
     @app.handler("resize")
     async def resize(job: Job) -> dict[str, int]:
         return {"width": job.payload["width"] // 2}
+
+Importing a module that creates `OpenHQM()` reads nothing: the settings are bound when a runtime
+starts (the `openhqm` commands bind the ones they loaded). Code that reads `app.settings` before
+that gets them loaded from the environment and YAML then, once (see `OpenHQM.settings`).
 """
 
 from __future__ import annotations
@@ -27,11 +31,24 @@ log = get_logger("openhqm.app")
 
 class OpenHQM:
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or load_settings()
+        self._settings = settings
         self.handlers = HandlerRegistry()
         self.middleware: list[Middleware] = [LoggingMiddleware()]
         self.hooks: dict[str, list[Callable[..., Any]]] = {}
         self._hook_tasks: set[asyncio.Future[Any]] = set()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings this app runs with. Bound by `OpenHQM(settings)` or by the runtime (the CLI binds
+        what it loaded); read before any binding, they are loaded from the environment and YAML at
+        that moment (lazily, never at import) and kept."""
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._settings = settings
 
     def handler(self, name: str, *, retry: RetrySettings | dict[str, Any] | None = None,
                 timeout_s: float | None = None) -> Callable[[F], F]:

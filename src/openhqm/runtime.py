@@ -1,22 +1,135 @@
-"""Process-wide tuning for the long-running commands (serve, listener, worker).
+"""The composition root: every part of an `openhqm` process, started in order and stopped in reverse.
 
-CPython's cyclic garbage collector runs a young-generation pass every 700 net allocations and, now
-and then, a full pass over every object: FastAPI, pydantic and the broker clients leave hundreds of
-thousands of long-lived objects after start-up. Profiled under load (benchmarks/), the collector took
-about 10 % of the CPU and full passes stalled the event loop for up to 80 ms. Freezing what exists
-once start-up is over moves it out of the collector's view, and a larger young-generation threshold
-makes passes rare; reference counting still frees almost everything a request allocates at once.
+    backend -> result store -> forwarder -> callbacks -> listener -> worker pool
+
+The listener part is the Bridge and its background tasks (reply consumer, retention cleanup, metrics
+sampling); the worker part is the pool (and, for `openhqm worker`, its probe port). Everything that
+starts is pushed on one AsyncExitStack, so stopping -- or a failure half-way through starting -- undoes
+exactly what started, last first, as aiohttp's web_runner does. The listener starts before the pool
+so that the pool stops first: in-flight jobs drain while their replies can still reach the store
+(through the bridge in `serve`, over the still-open broker otherwise).
+
+The three commands are three selections of it:
+
+    openhqm serve     Runtime(app, listener=True, workers=True)
+    openhqm listener  Runtime(app, listener=True)
+    openhqm worker    Runtime(app, workers=True, probes=True)
+
+How a finished job's reply reaches the result store is decided here, once (worker/replies.py): with
+the listener in the same process the bridge applies it directly; otherwise it is published to the
+response queue that a listener consumes.
 """
 
 from __future__ import annotations
 
-import gc
+import asyncio
+from contextlib import AsyncExitStack
+from types import TracebackType
 
-GC_THRESHOLDS = (10_000, 20, 20)
+from openhqm.app import OpenHQM
+from openhqm.backends import create_backend
+from openhqm.bridge import Bridge
+from openhqm.config import Settings
+from openhqm.forward import CallbackSender, Forwarder
+from openhqm.gc_tuning import settle_after_startup
+from openhqm.results import create_store
+from openhqm.routing import Routing
+from openhqm.tracing import shutdown_tracing
+from openhqm.worker.pool import WorkerPool
+from openhqm.worker.replies import BrokerReplies, LocalReplies, ReplyRoute
+from openhqm.worker.runner import build_pool
 
 
-def settle_after_startup() -> None:
-    """Call once everything is imported and connected, before taking traffic."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+class Runtime:
+    """One process's parts. Built from settings (no I/O); `async with runtime:` connects and runs them.
+
+    `settings` binds the app's settings (else the app's own are used, see OpenHQM.settings).
+    `probes` serves the worker's /health, /ready and /metrics on `worker.health_port` when set.
+    `settle_gc` applies the process-wide collector tuning once started (gc_tuning.py); a test that
+    runs a runtime inside its own process turns it off.
+    """
+
+    def __init__(self, app: OpenHQM, settings: Settings | None = None, *, listener: bool = False,
+                 workers: bool = False, probes: bool = False, settle_gc: bool = True) -> None:
+        if settings is not None:
+            app.settings = settings
+        self.app = app
+        self.settings = app.settings
+        self.backend = create_backend(self.settings)
+        self.store = create_store(self.settings)
+        self.forwarder = Forwarder(self.settings.proxy) if self.settings.proxy.enabled else None
+        # Callbacks are the listener's (it sees final states); the forwarder serves both: workers call
+        # endpoints, the listener resolves endpoint names at submit.
+        self.callbacks = CallbackSender(self.settings.callbacks) \
+            if listener and self.settings.callbacks.enabled else None
+        self.bridge = Bridge(app, self.backend, self.store,
+                             Routing(app.handlers, self.settings.worker.default_handler, self.forwarder),
+                             self.callbacks) if listener else None
+        self.workers = workers
+        self.probes = probes
+        self.settle_gc = settle_gc
+        self.pool: WorkerPool | None = None
+        self._stack: AsyncExitStack | None = None
+
+    @property
+    def replies(self) -> ReplyRoute:
+        """Where this process's workers send replies: to the bridge beside them, or over the broker."""
+        broker = BrokerReplies(self.backend)
+        if self.bridge is None:
+            return broker
+        return LocalReplies(self.bridge.response_queue, self.bridge.apply_reply, broker)
+
+    async def __aenter__(self) -> Runtime:
+        if self._stack is not None:
+            raise RuntimeError("this runtime is already running")
+        async with AsyncExitStack() as stack:
+            stack.callback(shutdown_tracing)  # last of all: flush the spans of everything below
+            await self.backend.connect()
+            stack.push_async_callback(self.backend.close)
+            await self.store.connect()
+            stack.push_async_callback(self.store.close)
+            self.store.add_listener(self.app.dispatch)
+            if self.forwarder is not None:
+                await self.forwarder.start()
+                stack.push_async_callback(self.forwarder.close)
+            if self.callbacks is not None:
+                await self.callbacks.start()
+                stack.push_async_callback(self.callbacks.close)
+            if self.bridge is not None:
+                self._start_listener(stack, self.bridge)
+            if self.workers:
+                await self._start_workers(stack)
+            self._stack = stack.pop_all()
+        if self.settle_gc:
+            settle_after_startup()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _start_listener(self, stack: AsyncExitStack, bridge: Bridge) -> None:
+        self.store.add_listener(bridge.rolling.observe)
+        tasks = [asyncio.create_task(bridge.consume_replies(), name="openhqm-replies"),
+                 asyncio.create_task(bridge.cleanup_forever(), name="openhqm-cleanup"),
+                 asyncio.create_task(bridge.sample_metrics_forever(), name="openhqm-metrics")]
+
+        async def stop() -> None:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        stack.push_async_callback(stop)
+
+    async def _start_workers(self, stack: AsyncExitStack) -> None:
+        pool = build_pool(self.app, self.backend, self.store, self.forwarder, self.replies)
+        if self.probes and self.settings.worker.health_port:
+            from openhqm.worker.health import serving_probes
+
+            # Entered before the pool starts, so probes keep answering while it drains.
+            await stack.enter_async_context(serving_probes(self.settings, self.backend, self.store, pool))
+        pool.start()
+        stack.push_async_callback(pool.stop, self.settings.worker.shutdown_timeout_s)
+        self.pool = pool

@@ -1,11 +1,6 @@
+"""The environment every `openhqm` process in these tests starts with (tests/e2e/sample_app.py)."""
+
 from __future__ import annotations
-
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from tests.processes import OpenHQMProcess
 
 SAMPLE_ENV = {
     "OPENHQM_WORKER__APP": "tests.e2e.sample_app:app",
@@ -15,12 +10,3 @@ SAMPLE_ENV = {
     "OPENHQM_RESULTS__CLEANUP_INTERVAL_S": "3600",
     "OPENHQM_SERVER__MAX_BODY_BYTES": "4096",
 }
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenHQMProcess]:
-    data_dir: Path = tmp_path_factory.mktemp("serve")
-    env = {**SAMPLE_ENV, "OPENHQM_TEST_RUN_LOG": str(data_dir / "runs.log")}
-    process = OpenHQMProcess("serve", data_dir, env).start()
-    yield process
-    process.stop()

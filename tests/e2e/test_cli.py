@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import SAMPLE_ENV
-from tests.processes import REPO, OpenHQMProcess
+from tests.harness import Sample, served, settings
+from tests.processes import SUBPROCESS_PYTHONPATH
 
 
 def openhqm(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENHQM_") or k.startswith("OPENHQM_TEST")}
     return subprocess.run([sys.executable, "-m", "openhqm", *args], capture_output=True, text=True, timeout=60,
-                          env={**clean, "PYTHONPATH": str(REPO), **(env or {})}, cwd=cwd)
+                          env={**clean, "PYTHONPATH": SUBPROCESS_PYTHONPATH, **(env or {})}, cwd=cwd)
 
 
 def test_a_taken_port_is_reported_in_one_line(tmp_path: Path) -> None:
@@ -61,9 +61,9 @@ def test_config_check_fails_naming_the_bad_key() -> None:
 
 
 def test_submit_status_and_dlq_commands_talk_to_a_running_listener(tmp_path: Path) -> None:
-    server = OpenHQMProcess("serve", tmp_path, SAMPLE_ENV).start()
-    try:
-        env = {"OPENHQM_URL": server.url}
+    # The commands are the processes under test; the listener they talk to runs in this one.
+    with served(Sample().app, settings(tmp_path)) as url:
+        env = {"OPENHQM_URL": url}
         waited = openhqm("submit", '{"n": 5}', "--wait", "10", env=env)
         assert waited.returncode == 0, waited.stderr
         result = json.loads(waited.stdout)
@@ -79,8 +79,6 @@ def test_submit_status_and_dlq_commands_talk_to_a_running_listener(tmp_path: Pat
         assert json.loads(openhqm("dlq", "purge", "--yes", env=env).stdout)["purged"] >= 1
         bad = openhqm("submit", "{not json", env=env)
         assert bad.returncode == 2 and "not valid JSON" in bad.stderr
-    finally:
-        server.stop()
 
 
 def test_an_unreachable_broker_is_reported_in_one_line(tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ async def test_kill_9_mid_way_loses_no_accepted_request(tmp_path: Path) -> None:
         killed.set()
         accepted = await submitting
         assert 500 <= len(accepted) < 1000
-        server = OpenHQMProcess("serve", tmp_path, env, port=server.port, log_name="restart").start()
+        server = OpenHQMProcess("serve", tmp_path, env, log_name="restart").start()
         accepted += await submit_many(server.url, 1000 - len(accepted), {"sleep_s": 0.005})
         statuses = await wait_all_terminal(server.url, accepted)
         assert collections.Counter(statuses.values()) == {"COMPLETED": len(accepted)}
@@ -112,7 +112,7 @@ async def test_sigterm_drains_in_flight_work_and_runs_nothing_twice(tmp_path: Pa
         assert "returned unfinished jobs" not in log, "in-flight jobs finished within the timeout"
         done_before_restart = sum(run_counts(tmp_path).values())
         assert 0 < done_before_restart < 60
-        server = OpenHQMProcess("serve", tmp_path, env, port=server.port, log_name="restart").start()
+        server = OpenHQMProcess("serve", tmp_path, env, log_name="restart").start()
         statuses = await wait_all_terminal(server.url, accepted)
         assert collections.Counter(statuses.values()) == {"COMPLETED": 60}
         runs = run_counts(tmp_path)

@@ -27,7 +27,7 @@ def test_prefer_wait_and_long_poll_succeed_on_either_replica(
     replicas: tuple[OpenHQMProcess, OpenHQMProcess],
 ) -> None:
     first, second = replicas
-    for n in range(10):
+    for n in range(4):
         for submit_to, poll_on in ((first, second), (second, first)):
             inline = httpx.post(f"{submit_to.url}/api/v1/submit", json={"payload": {"n": n}},
                                 headers={"Prefer": "wait=20"}, timeout=30)
@@ -48,7 +48,7 @@ def test_processes_wake_each_other_without_waiting_for_a_poll(tmp_path: Path) ->
     second = OpenHQMProcess("listener", tmp_path, env, log_name="listener-b").start()
     worker = OpenHQMProcess("worker", tmp_path, env).start()
     try:
-        for n in range(20):
+        for n in range(5):
             for replica in (first, second):
                 answer = httpx.post(f"{replica.url}/api/v1/submit", json={"payload": {"n": n}},
                                     headers={"Prefer": "wait=15"}, timeout=30)

@@ -30,11 +30,8 @@ def serve(app: Any, **config: Any) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, log_level="warning", lifespan="off", ws="none", timeout_graceful_shutdown=1, **config
-        )
-    )
+    options = {"log_level": "warning", "lifespan": "off", "ws": "none", "timeout_graceful_shutdown": 1, **config}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -42,7 +39,7 @@ def serve(app: Any, **config: Any) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
-    scheme = "https" if "ssl_certfile" in config else "http"
+    scheme = "https" if "ssl_certfile" in options else "http"
     try:
         yield f"{scheme}://127.0.0.1:{port}"
     finally:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
@@ -52,3 +54,17 @@ def health_server(settings: Settings, backend: Backend, store: ResultStore, pool
     config = uvicorn.Config(health_app(backend, store, pool), host=settings.server.host,
                             port=settings.worker.health_port or 0, log_config=None, access_log=False)
     return HealthServer(config)
+
+
+@contextlib.asynccontextmanager
+async def serving_probes(settings: Settings, backend: Backend, store: ResultStore,
+                         pool: WorkerPool) -> AsyncIterator[HealthServer]:
+    """The probe port for as long as the block runs (the runtime keeps it open while the pool drains)."""
+    server = health_server(settings, backend, store, pool)
+    task = asyncio.create_task(server.serve(), name="openhqm-health")
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await task

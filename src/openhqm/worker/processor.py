@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +28,13 @@ from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
 from openhqm.worker.handlers import Job
+from openhqm.worker.replies import BrokerReplies, ReplyRoute
 from openhqm.worker.retry import decide
 from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed
 
 log = get_logger("openhqm.worker")
 
 _RUNNABLE = (Status.PENDING, Status.SCHEDULED, Status.RETRY, Status.PROCESSING)
-
-ReplySink = Callable[[Reply], Awaitable[object]]
 
 
 @dataclass
@@ -49,16 +47,15 @@ class Failure:
 
 
 class Processor:
-    def __init__(self, app: OpenHQM, backend: Backend, store: ResultStore, target: Target, queue: str) -> None:
+    def __init__(self, app: OpenHQM, backend: Backend, store: ResultStore, target: Target, queue: str,
+                 replies: ReplyRoute | None = None) -> None:
         self.app = app
         self.backend = backend
         self.store = store
         self.target = target
         self.queue = queue
         self.settings = app.settings.worker
-        # Response queues whose replies are applied in this process (`openhqm serve`): the listener
-        # would only store them on receipt, so storing them here saves a broker round trip.
-        self.local_replies: dict[str, ReplySink] = {}
+        self.replies = replies or BrokerReplies(backend)  # chosen by the runtime (worker/replies.py)
 
     async def process(self, delivery: Delivery) -> None:
         try:
@@ -220,11 +217,7 @@ class Processor:
     async def _finish(self, delivery: Delivery, envelope: Envelope, reply: Reply) -> None:
         """Store or publish the reply (durably accepted) and only then ack the request."""
         if envelope.reply_to:
-            apply_here = self.local_replies.get(envelope.reply_to)
-            if apply_here is not None:
-                await apply_here(reply)
-            else:
-                await self.backend.publish(envelope.reply_to, encode(reply), priority=envelope.priority)
+            await self.replies.send(envelope.reply_to, reply, envelope.priority)
         await delivery.ack()
 
     async def give_back(self, delivery: Delivery) -> None:

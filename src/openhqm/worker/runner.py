@@ -1,4 +1,4 @@
-"""Builds the worker side from settings: backend, store, target, pool."""
+"""Builds the worker side from settings: the target a job runs against, and the pool."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from openhqm.forward import Forwarder
 from openhqm.results.base import ResultStore
 from openhqm.worker.autoscale import Autoscaler
 from openhqm.worker.pool import WorkerPool
-from openhqm.worker.processor import Processor, ReplySink
+from openhqm.worker.processor import Processor
+from openhqm.worker.replies import ReplyRoute
 from openhqm.worker.targets import HandlerTarget, Target
 
 
@@ -21,17 +22,12 @@ def build_target(app: OpenHQM, forwarder: Forwarder | None = None) -> Target:
     return ForwardTarget(forwarder, handlers)
 
 
-def build_forwarder(app: OpenHQM) -> Forwarder | None:
-    """One Forwarder per process (its pools, breakers and limits are shared by every job)."""
-    return Forwarder(app.settings.proxy) if app.settings.proxy.enabled else None
-
-
-def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, forwarder: Forwarder | None = None,
-               local_replies: dict[str, ReplySink] | None = None) -> WorkerPool:
-    """`local_replies`: response queues whose replies this process stores itself (see Processor)."""
+def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, forwarder: Forwarder | None,
+               replies: ReplyRoute) -> WorkerPool:
+    """`replies`: where finished requests' replies go (chosen by the runtime, see worker/replies.py)."""
     settings = app.settings
-    processor = Processor(app, backend, store, build_target(app, forwarder), settings.queue.request_queue)
-    processor.local_replies.update(local_replies or {})
+    processor = Processor(app, backend, store, build_target(app, forwarder), settings.queue.request_queue,
+                          replies)
     lease_s = getattr(backend, "lease_s", None)
     worker = settings.worker
     scaling = worker.min_concurrency is not None or worker.max_concurrency is not None

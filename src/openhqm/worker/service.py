@@ -1,20 +1,15 @@
-"""`openhqm worker` as a process: signals, drain, and the small health/metrics port."""
+"""`openhqm worker` as a process: the worker selection of the runtime, plus signals and idle exit."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 
 from openhqm.app import OpenHQM
-from openhqm.backends import create_backend
 from openhqm.logging import get_logger
-from openhqm.results import create_store
-from openhqm.runtime import settle_after_startup
-from openhqm.tracing import shutdown_tracing
+from openhqm.runtime import Runtime
 from openhqm.worker.pool import WorkerPool
-from openhqm.worker.runner import build_forwarder, build_pool
 
 log = get_logger("openhqm.worker")
 
@@ -30,9 +25,7 @@ async def exit_when_idle(pool: WorkerPool, idle_exit_s: float, stop: asyncio.Eve
 
 
 async def run_worker(app: OpenHQM) -> None:
-    settings = app.settings
-    backend = create_backend(settings)
-    store = create_store(settings)
+    """Run until SIGTERM or SIGINT (or idleness), then drain: a second signal exits at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -46,37 +39,15 @@ async def run_worker(app: OpenHQM) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
 
-    forwarder = build_forwarder(app)
-    await backend.connect()
-    await store.connect()
-    if forwarder is not None:
-        await forwarder.start()
-    store.add_listener(app.dispatch)
-    pool = build_pool(app, backend, store, forwarder)
-    health = health_task = None
-    if settings.worker.health_port:
-        from openhqm.worker.health import health_server
-
-        health = health_server(settings, backend, store, pool)
-        health_task = asyncio.create_task(health.serve())
-    settle_after_startup()
-    pool.start()
-    log.info("worker ready", queue=backend.display_url, concurrency=pool.concurrency)
-    idle = asyncio.create_task(exit_when_idle(pool, settings.worker.idle_exit_s, stop)) \
-        if settings.worker.idle_exit_s else None
-    try:
-        await stop.wait()
-    finally:
-        if idle is not None:
-            idle.cancel()
-        await pool.stop(settings.worker.shutdown_timeout_s)
-        if health is not None and health_task is not None:
-            health.should_exit = True
-            with contextlib.suppress(Exception):
-                await health_task
-        if forwarder is not None:
-            await forwarder.close()
-        await store.close()
-        await backend.close()
-        shutdown_tracing()
-        log.info("worker stopped")
+    async with Runtime(app, workers=True, probes=True) as runtime:
+        pool = runtime.pool
+        assert pool is not None
+        log.info("worker ready", queue=runtime.backend.display_url, concurrency=pool.concurrency)
+        idle_exit_s = runtime.settings.worker.idle_exit_s
+        idle = asyncio.create_task(exit_when_idle(pool, idle_exit_s, stop)) if idle_exit_s else None
+        try:
+            await stop.wait()
+        finally:
+            if idle is not None:
+                idle.cancel()
+    log.info("worker stopped")

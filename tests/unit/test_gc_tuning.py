@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from openhqm.runtime import GC_THRESHOLDS, settle_after_startup
+from openhqm.gc_tuning import GC_THRESHOLDS, settle_after_startup
 
 
 @pytest.fixture

@@ -1,21 +1,41 @@
-"""The HTTP API of a real `openhqm serve` process on the embedded SQLite default."""
+"""The HTTP API of `openhqm serve`'s app, served in the test process (tests/harness.py) on a real
+socket, on the embedded SQLite default. Moved from tests/e2e/test_api.py."""
 
 from __future__ import annotations
 
-import time
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.processes import OpenHQMProcess
+from tests.harness import Sample, served, settings, wait_until
 
 
-def submit(server: OpenHQMProcess, payload: object, metadata: dict[str, object] | None = None,
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    sample: Sample
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("serve")
+    sample = Sample()
+    with served(sample.app, settings(data_dir)) as url:
+        yield Server(url, data_dir, sample)
+
+
+def submit(server: Server, payload: object, metadata: dict[str, object] | None = None,
            headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.post(f"{server.url}/api/v1/submit", json={"payload": payload, "metadata": metadata or {}},
                       headers=headers, timeout=30)
 
 
-def test_submit_answers_202_with_location_then_long_poll_returns_the_result(server: OpenHQMProcess) -> None:
+def test_submit_answers_202_with_location_then_long_poll_returns_the_result(server: Server) -> None:
     response = submit(server, {"n": 1})
     assert response.status_code == 202
     body = response.json()
@@ -31,7 +51,7 @@ def test_submit_answers_202_with_location_then_long_poll_returns_the_result(serv
                                   "completed_at", "processing_time_ms", "attempts"}
 
 
-def test_prefer_wait_returns_the_result_inline(server: OpenHQMProcess) -> None:
+def test_prefer_wait_returns_the_result_inline(server: Server) -> None:
     response = submit(server, [1, "two", None], headers={"Prefer": "wait=10"})
     assert response.status_code == 200
     assert response.json()["result"] == [1, "two", None]
@@ -39,52 +59,53 @@ def test_prefer_wait_returns_the_result_inline(server: OpenHQMProcess) -> None:
     assert response.headers["Preference-Applied"] == "wait=10"
 
 
-def test_prefer_wait_answers_202_when_the_request_takes_longer(server: OpenHQMProcess) -> None:
+def test_prefer_wait_answers_202_when_the_request_takes_longer(server: Server) -> None:
     response = submit(server, {"sleep_s": 1.5}, {"handler": "record"}, headers={"Prefer": "wait=0.2"})
     assert response.status_code == 202
     assert "Location" in response.headers
 
 
-def test_status_reports_the_lifecycle(server: OpenHQMProcess) -> None:
+def test_status_reports_the_lifecycle(server: Server) -> None:
     cid = submit(server, "x", headers={"Prefer": "wait=10"}).json()["correlation_id"]
     status = httpx.get(f"{server.url}/api/v1/status/{cid}").json()
     assert status["status"] == "COMPLETED" and status["attempts"] == 1
 
 
-def test_unknown_id_answers_404(server: OpenHQMProcess) -> None:
+def test_unknown_id_answers_404(server: Server) -> None:
     for path in ("/api/v1/status/nope", "/api/v1/response/nope", "/api/v1/response/nope?wait=0.1"):
         response = httpx.get(server.url + path)
         assert response.status_code == 404
         assert "nope" in response.json()["detail"]
 
 
-def test_scheduled_request_can_be_cancelled_and_never_runs(server: OpenHQMProcess) -> None:
+def test_scheduled_request_can_be_cancelled_and_never_runs(server: Server) -> None:
     response = submit(server, {"cancel": True}, {"handler": "record", "delay_s": 1.0})
     cid = response.json()["correlation_id"]
     assert response.json()["status"] == "SCHEDULED"
     cancelled = httpx.delete(f"{server.url}/api/v1/requests/{cid}")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
-    time.sleep(2.0)  # past the delay: the worker has had its chance to (wrongly) run it
-    assert cid not in (server.data_dir / "runs.log").read_text() if (server.data_dir / "runs.log").exists() \
-        else True
+    # Past the delay the worker takes the message, finds it cancelled and settles it: then it has
+    # had its chance to (wrongly) run it.
+    wait_until(lambda: httpx.get(f"{server.url}/api/v1/stats").json()["queues"]["openhqm-requests"]["depth"] == 0)
+    assert server.sample.ran(cid) == 0
     final = httpx.get(f"{server.url}/api/v1/response/{cid}")
     assert final.status_code == 200 and final.json()["status"] == "CANCELLED"
 
 
-def test_cancelling_a_finished_request_answers_409(server: OpenHQMProcess) -> None:
+def test_cancelling_a_finished_request_answers_409(server: Server) -> None:
     cid = submit(server, 1, headers={"Prefer": "wait=10"}).json()["correlation_id"]
     response = httpx.delete(f"{server.url}/api/v1/requests/{cid}")
     assert response.status_code == 409
     assert "COMPLETED" in response.json()["detail"]
 
 
-def test_body_over_the_limit_answers_413(server: OpenHQMProcess) -> None:
+def test_body_over_the_limit_answers_413(server: Server) -> None:
     response = submit(server, "x" * 10_000)
     assert response.status_code == 413
     assert "max_body_bytes" in response.json()["detail"]
 
 
-def test_chunked_body_over_the_limit_answers_413(server: OpenHQMProcess) -> None:
+def test_chunked_body_over_the_limit_answers_413(server: Server) -> None:
     def chunks():  # type: ignore[no-untyped-def]
         yield b'{"payload": "'
         for _ in range(100):
@@ -96,37 +117,36 @@ def test_chunked_body_over_the_limit_answers_413(server: OpenHQMProcess) -> None
     assert response.status_code == 413
 
 
-def test_malformed_json_answers_422_naming_where(server: OpenHQMProcess) -> None:
+def test_malformed_json_answers_422_naming_where(server: Server) -> None:
     response = httpx.post(f"{server.url}/api/v1/submit", content=b'{"payload": ',
                           headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][0] == "body"
 
 
-def test_invalid_priority_answers_422_naming_the_field(server: OpenHQMProcess) -> None:
+def test_invalid_priority_answers_422_naming_the_field(server: Server) -> None:
     response = submit(server, 1, {"priority": "SOMETIMES"})
     assert response.status_code == 422
     assert "priority" in str(response.json()["detail"])
 
 
-def test_payload_json_cannot_carry_answers_422_naming_the_problem(server: OpenHQMProcess) -> None:
+def test_payload_json_cannot_carry_answers_422_naming_the_problem(server: Server) -> None:
     response = httpx.post(f"{server.url}/api/v1/submit", content=b'{"payload": {"n": 123456789012345678901234567890}}',
                           headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert "64-bit" in response.json()["detail"]
 
 
-def test_unknown_handler_answers_400_listing_valid_ones(server: OpenHQMProcess) -> None:
+def test_unknown_handler_answers_400_listing_valid_ones(server: Server) -> None:
     response = submit(server, 1, {"handler": "recrod"})
     assert response.status_code == 400
     detail = response.json()["detail"]
     assert "recrod" in detail and "record" in detail and "echo" in detail
 
 
-def test_failing_request_is_dead_lettered_and_replay_runs_it_again(server: OpenHQMProcess) -> None:
-    marker = server.data_dir / "flaky-marker"
-    marker.write_text("fail")
-    failed = submit(server, {"marker": str(marker)}, {"handler": "flaky"}, headers={"Prefer": "wait=20"})
+def test_failing_request_is_dead_lettered_and_replay_runs_it_again(server: Server) -> None:
+    server.sample.failing = True
+    failed = submit(server, {}, {"handler": "flaky"}, headers={"Prefer": "wait=20"})
     assert failed.status_code == 200
     body = failed.json()
     assert body["status"] == "FAILED" and body["attempts"] == 2
@@ -137,7 +157,7 @@ def test_failing_request_is_dead_lettered_and_replay_runs_it_again(server: OpenH
     entry = entries[0]
     assert set(entry) >= {"id", "correlation_id", "reason", "attempts", "last_error", "dead_lettered_at"}
     assert entry["attempts"] == 2 and "marker present" in entry["last_error"]
-    marker.unlink()
+    server.sample.failing = False
     replay = httpx.post(f"{server.url}/api/v1/dlq/{entry['id']}/replay")
     assert replay.status_code == 202
     new_id = replay.json()["correlation_id"]
@@ -147,13 +167,13 @@ def test_failing_request_is_dead_lettered_and_replay_runs_it_again(server: OpenH
     assert httpx.post(f"{server.url}/api/v1/dlq/{entry['id']}/replay").status_code == 404
 
 
-def test_handler_that_gives_up_is_dead_lettered_without_retries(server: OpenHQMProcess) -> None:
+def test_handler_that_gives_up_is_dead_lettered_without_retries(server: Server) -> None:
     body = submit(server, 1, {"handler": "give_up"}, headers={"Prefer": "wait=20"}).json()
     assert body["status"] == "FAILED" and body["attempts"] == 1
     assert "never succeed" in body["error"]
 
 
-def test_a_result_json_cannot_carry_fails_once_with_the_reason(server: OpenHQMProcess) -> None:
+def test_a_result_json_cannot_carry_fails_once_with_the_reason(server: Server) -> None:
     for payload, reason in (("bytes", "bytes"), ("bigint", "64-bit")):
         body = submit(server, payload, {"handler": "not_json"}, headers={"Prefer": "wait=20"}).json()
         assert body["status"] == "FAILED" and body["attempts"] == 1, body
@@ -162,7 +182,7 @@ def test_a_result_json_cannot_carry_fails_once_with_the_reason(server: OpenHQMPr
         assert answer.status_code == 200 and answer.json()["status"] == "FAILED"
 
 
-def test_health_ready_and_metrics_answer(server: OpenHQMProcess) -> None:
+def test_health_ready_and_metrics_answer(server: Server) -> None:
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/ready")
     assert ready.status_code == 200 and ready.json()["checks"]["queue"]["ok"]
@@ -172,7 +192,7 @@ def test_health_ready_and_metrics_answer(server: OpenHQMProcess) -> None:
 
 
 async def test_undecodable_message_is_dead_lettered_with_its_reason_and_work_goes_on(
-    server: OpenHQMProcess,
+    server: Server,
 ) -> None:
     from openhqm.backends import create_backend
     from openhqm.config import Settings
@@ -181,16 +201,15 @@ async def test_undecodable_message_is_dead_lettered_with_its_reason_and_work_goe
     await producer.connect()
     await producer.publish("openhqm-requests", b"\xff\x00 not an envelope")
     await producer.close()
-    for _ in range(100):
+    def dead_lettered() -> bool:
         entries = httpx.get(f"{server.url}/api/v1/dlq").json()
-        if any(e["reason"].startswith("undecodable message") for e in entries):
-            break
-        time.sleep(0.05)  # the worker is another process
-    assert any(e["reason"].startswith("undecodable message") and e["correlation_id"] == "" for e in entries)
+        return any(e["reason"].startswith("undecodable message") and e["correlation_id"] == "" for e in entries)
+
+    await asyncio.to_thread(wait_until, dead_lettered)
     assert submit(server, "still working", headers={"Prefer": "wait=10"}).json()["status"] == "COMPLETED"
 
 
-def test_unusual_requests_on_the_hot_routes_get_the_frameworks_own_answers(server: OpenHQMProcess) -> None:
+def test_unusual_requests_on_the_hot_routes_get_the_frameworks_own_answers(server: Server) -> None:
     # The hot routes skip FastAPI when a request is plain (http/fastpath.py); everything else must
     # still reach the framework and answer exactly as it would.
     cid = submit(server, 1, headers={"Prefer": "wait=20"}).json()["correlation_id"]

@@ -1,8 +1,10 @@
-"""openhqm.Client and openhqm.AsyncClient against a real `openhqm serve` process."""
+"""openhqm.Client and openhqm.AsyncClient against `openhqm serve`'s app on a real socket in the test
+process (tests/harness.py). Moved from tests/e2e/."""
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -17,13 +19,18 @@ from openhqm.client import (
     RequestTimeout,
     SubmitResult,
 )
-from tests.processes import OpenHQMProcess
-from tests.services import free_port
+from tests.harness import Sample, served, settings
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with served(Sample().app, settings(tmp_path_factory.mktemp("client"))) as base_url:
+        yield base_url
 
 
 @pytest.fixture
-def client(server: OpenHQMProcess) -> Iterator[Client]:
-    with Client(server.url) as c:
+def client(url: str) -> Iterator[Client]:
+    with Client(url) as c:
         yield c
 
 
@@ -105,13 +112,16 @@ def test_events_of_an_unknown_id_raise_request_not_found(client: Client) -> None
 
 
 def test_unreachable_server_raises_client_error() -> None:
-    with Client(f"http://127.0.0.1:{free_port()}", timeout_s=2) as client, \
-            pytest.raises(ClientError, match="ConnectError"):
-        client.status("x")
+    with socket.socket() as bound_not_listening:  # held for the test: nothing can listen there
+        bound_not_listening.bind(("127.0.0.1", 0))
+        port = bound_not_listening.getsockname()[1]
+        with Client(f"http://127.0.0.1:{port}", timeout_s=2) as client, \
+                pytest.raises(ClientError, match="ConnectError"):
+            client.status("x")
 
 
-async def test_async_client_submits_waits_and_streams_events(server: OpenHQMProcess) -> None:
-    async with AsyncClient(server.url) as client:
+async def test_async_client_submits_waits_and_streams_events(url: str) -> None:
+    async with AsyncClient(url) as client:
         inline = await client.submit({"a": 1}, wait_s=10)
         assert isinstance(inline, RequestResult) and inline.result == {"a": 1}
         queued = await client.submit({"a": 2}, handler="record", delay_s=0.3)

@@ -1,29 +1,31 @@
-"""Proxy and sidecar mode through real processes: openhqm serve/listener/worker and a real HTTP
-backend on 127.0.0.1. Covers HTTP -> queue -> HTTP, HTTP -> queue alone, queue -> HTTP alone."""
+"""Proxy and sidecar mode in the test process (tests/harness.py): the serve, listener and worker
+selections of the runtime and a real HTTP backend on 127.0.0.1. Covers HTTP -> queue -> HTTP,
+HTTP -> queue alone, queue -> HTTP alone. Moved from tests/e2e/test_proxy.py."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import socket
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openhqm.backends import create_backend
-from openhqm.config import Settings
+from openhqm import OpenHQM
 from openhqm.forward import verify
+from openhqm.logging import redact
+from openhqm.runtime import Runtime
+from tests.harness import eventually, served, settings, wait_until
 from tests.integration.http_servers import serve
-from tests.processes import OpenHQMProcess
 
 CANARY = "canary-token-5f1e2d"
 CALLBACK_SECRET = "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHM="
@@ -68,7 +70,7 @@ def backend() -> Iterator[tuple[Backend, str]]:
         yield recorder, url
 
 
-def proxy_env(url: str, tmp: Path) -> dict[str, str]:
+def proxy_sections(url: str, **proxy: Any) -> dict[str, Any]:
     endpoints = {
         "echo": {"url": f"{url}/echo", "auth": {"type": "bearer", "token": CANARY}},
         "flaky": {"url": f"{url}/flaky", "retry": {"max_attempts": 4, "base_delay_s": 0.01, "max_delay_s": 0.05}},
@@ -78,43 +80,39 @@ def proxy_env(url: str, tmp: Path) -> dict[str, str]:
         "app": {"url": url, "max_response_bytes": 64 * 1024 * 1024},
     }
     return {
-        "OPENHQM_PROXY__ENABLED": "true",
-        "OPENHQM_PROXY__ENDPOINTS": json.dumps(endpoints),
-        "OPENHQM_PROXY__DEFAULT_ENDPOINT": "echo",
-        "OPENHQM_SERVER__MAX_BODY_BYTES": str(64 * 1024 * 1024),
-        "OPENHQM_CALLBACKS__ENABLED": "true",
-        "OPENHQM_CALLBACKS__SECRET": CALLBACK_SECRET,
-        "OPENHQM_CALLBACKS__ALLOW_HOSTS": '["127.0.0.1"]',
-        "OPENHQM_LOGGING__LEVEL": "DEBUG",
+        "proxy": {"enabled": True, "endpoints": endpoints, "default_endpoint": "echo", **proxy},
+        "server": {"max_body_bytes": 64 * 1024 * 1024},
+        "callbacks": {"enabled": True, "secret": CALLBACK_SECRET, "allow_hosts": ["127.0.0.1"]},
     }
 
 
-@pytest.fixture(scope="module")
-def proxy(backend: tuple[Backend, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenHQMProcess]:
-    tmp = tmp_path_factory.mktemp("proxy")
-    process = OpenHQMProcess("serve", tmp, proxy_env(backend[1], tmp)).start()
-    yield process
-    process.stop()
+@dataclass
+class Server:
+    url: str
 
 
 @pytest.fixture(scope="module")
-def sidecar(backend: tuple[Backend, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenHQMProcess]:
-    tmp = tmp_path_factory.mktemp("sidecar")
-    env = {**proxy_env(backend[1], tmp), "OPENHQM_PROXY__DEFAULT_ENDPOINT": "app",
-           "OPENHQM_PROXY__SIDECAR__ENABLED": "true", "OPENHQM_PROXY__SIDECAR__PREFIX": "/svc",
-           "OPENHQM_PROXY__SIDECAR__WAIT_S": "20"}
-    process = OpenHQMProcess("serve", tmp, env).start()
-    yield process
-    process.stop()
+def proxy(backend: tuple[Backend, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    config = settings(tmp_path_factory.mktemp("proxy"), **proxy_sections(backend[1]))
+    with served(OpenHQM(), config) as url:
+        yield Server(url)
 
 
-def submit(server: OpenHQMProcess, payload: Any, metadata: dict[str, Any], wait: float = 20,
+@pytest.fixture(scope="module")
+def sidecar(backend: tuple[Backend, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    sections = proxy_sections(backend[1], default_endpoint="app",
+                              sidecar={"enabled": True, "prefix": "/svc", "wait_s": 20})
+    with served(OpenHQM(), settings(tmp_path_factory.mktemp("sidecar"), **sections)) as url:
+        yield Server(url)
+
+
+def submit(server: Server, payload: Any, metadata: dict[str, Any], wait: float = 20,
            headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.post(f"{server.url}/api/v1/submit", json={"payload": payload, "metadata": metadata,
                       "headers": headers or {}}, headers={"Prefer": f"wait={wait:g}"}, timeout=60)
 
 
-def test_forwarded_request_returns_the_backends_answer_as_result(proxy: OpenHQMProcess,
+def test_forwarded_request_returns_the_backends_answer_as_result(proxy: Server,
                                                                  backend: tuple[Backend, str]) -> None:
     recorder, _ = backend
     response = submit(proxy, {"order": 7}, {"endpoint": "echo"}, headers={"X-Trace-Me": "1", "Connection": "x",
@@ -131,24 +129,24 @@ def test_forwarded_request_returns_the_backends_answer_as_result(proxy: OpenHQMP
     assert seen["headers"]["x-trace-me"] == "1"
 
 
-def test_default_endpoint_takes_requests_that_name_none(proxy: OpenHQMProcess) -> None:
+def test_default_endpoint_takes_requests_that_name_none(proxy: Server) -> None:
     body = submit(proxy, [1, 2], {}).json()
     assert body["result"]["body"] == [1, 2]
 
 
-def test_unknown_endpoint_is_refused_at_submit_listing_valid_names(proxy: OpenHQMProcess) -> None:
+def test_unknown_endpoint_is_refused_at_submit_listing_valid_names(proxy: Server) -> None:
     response = submit(proxy, 1, {"endpoint": "ehco"})
     assert response.status_code == 400
     assert "ehco" in response.json()["detail"] and "echo" in response.json()["detail"]
 
 
-def test_backend_4xx_is_a_completed_request_carrying_it(proxy: OpenHQMProcess) -> None:
+def test_backend_4xx_is_a_completed_request_carrying_it(proxy: Server) -> None:
     body = submit(proxy, 1, {"endpoint": "missing"}).json()
     assert body["status"] == "COMPLETED"
     assert body["result"]["status_code"] == 404 and body["result"]["body"] == {"error": "nope"}
 
 
-def test_retryable_status_is_retried_until_the_backend_recovers(proxy: OpenHQMProcess,
+def test_retryable_status_is_retried_until_the_backend_recovers(proxy: Server,
                                                                 backend: tuple[Backend, str]) -> None:
     recorder, _ = backend
     recorder.flaky_left = 2
@@ -157,27 +155,27 @@ def test_retryable_status_is_retried_until_the_backend_recovers(proxy: OpenHQMPr
     assert body["result"]["status_code"] == 200
 
 
-def test_exhausted_retries_fail_and_dead_letter_without_leaking_credentials(proxy: OpenHQMProcess) -> None:
-    body = submit(proxy, {"x": 2}, {"endpoint": "down"}).json()
+def test_exhausted_retries_fail_and_dead_letter_without_leaking_credentials(proxy: Server) -> None:
+    with structlog.testing.capture_logs() as events:
+        body = submit(proxy, {"x": 2}, {"endpoint": "down"}).json()
+    assert any(event["event"] == "dead-lettered" for event in events), "the worker's log lines were seen"
+    logged = json.dumps([redact(None, "", event) for event in events], default=str)  # as configure_logging does
     assert body["status"] == "FAILED" and body["attempts"] == 2
     assert "503" in body["error"]
     status = httpx.get(f"{proxy.url}/api/v1/status/{body['correlation_id']}").text
     dead = httpx.get(f"{proxy.url}/api/v1/dlq").text
     metrics = httpx.get(f"{proxy.url}/metrics").text
     assert body["correlation_id"] in dead
-    for text in (json.dumps(body), status, dead, metrics, proxy.log()):
+    for text in (json.dumps(body), status, dead, metrics, logged):
         assert CANARY not in text
     assert 'openhqm_upstream_requests_total{endpoint="down",status_class="5xx"}' in metrics
 
 
-def test_result_callback_is_signed_and_verifiable(proxy: OpenHQMProcess, backend: tuple[Backend, str]) -> None:
+def test_result_callback_is_signed_and_verifiable(proxy: Server, backend: tuple[Backend, str]) -> None:
     recorder, url = backend
     before = len(recorder.callbacks)
     body = submit(proxy, {"cb": 1}, {"endpoint": "echo", "callback_url": f"{url}/callback"}).json()
-    for _ in range(100):
-        if len(recorder.callbacks) > before:
-            break
-        asyncio.run(asyncio.sleep(0.05))  # the callback is sent after the answer; give it a moment
+    wait_until(lambda: len(recorder.callbacks) > before)  # the callback is sent after the answer
     headers, raw = recorder.callbacks[-1]
     verify(CALLBACK_SECRET, headers, raw)
     delivered = json.loads(raw)
@@ -185,14 +183,14 @@ def test_result_callback_is_signed_and_verifiable(proxy: OpenHQMProcess, backend
     assert headers["webhook-id"] == body["correlation_id"]
 
 
-def test_callback_to_a_private_address_is_refused_at_submit(proxy: OpenHQMProcess) -> None:
+def test_callback_to_a_private_address_is_refused_at_submit(proxy: Server) -> None:
     response = submit(proxy, 1, {"endpoint": "echo", "callback_url": "http://169.254.169.254/latest"})
     assert response.status_code == 400
     assert "169.254.169.254" in response.json()["detail"]
 
 
 def test_sidecar_replays_method_path_query_and_returns_the_backends_response(
-    sidecar: OpenHQMProcess, backend: tuple[Backend, str]
+    sidecar: Server, backend: tuple[Backend, str]
 ) -> None:
     recorder, _ = backend
     response = httpx.put(f"{sidecar.url}/svc/items/42?color=red&x=%2F", content=b"\x00\x01binary",
@@ -207,12 +205,12 @@ def test_sidecar_replays_method_path_query_and_returns_the_backends_response(
     assert "x-api-key" not in seen["headers"]
 
 
-def test_sidecar_keeps_the_bridges_own_paths(sidecar: OpenHQMProcess) -> None:
+def test_sidecar_keeps_the_bridges_own_paths(sidecar: Server) -> None:
     assert httpx.get(f"{sidecar.url}/health").json() == {"status": "ok"}
     assert httpx.get(f"{sidecar.url}/api/v1/status/unknown").status_code == 404
 
 
-def test_sidecar_respond_async_then_raw_format_returns_the_backends_bytes(sidecar: OpenHQMProcess) -> None:
+def test_sidecar_respond_async_then_raw_format_returns_the_backends_bytes(sidecar: Server) -> None:
     payload = bytes(range(256)) * 1000
     accepted = httpx.post(f"{sidecar.url}/svc/blob", content=payload, timeout=30,
                           headers={"Prefer": "respond-async", "Content-Type": "application/octet-stream"})
@@ -225,7 +223,7 @@ def test_sidecar_respond_async_then_raw_format_returns_the_backends_bytes(sideca
 
 
 @pytest.mark.slow
-def test_twenty_mib_binary_body_round_trips_byte_for_byte(sidecar: OpenHQMProcess) -> None:
+def test_twenty_mib_binary_body_round_trips_byte_for_byte(sidecar: Server) -> None:
     payload = bytes(range(256)) * (20 * 1024 * 1024 // 256)
     response = httpx.post(f"{sidecar.url}/svc/big", content=payload, timeout=120,
                           headers={"Content-Type": "application/octet-stream"})
@@ -234,38 +232,24 @@ def test_twenty_mib_binary_body_round_trips_byte_for_byte(sidecar: OpenHQMProces
 
 
 def test_http_to_queue_alone_accepts_without_any_worker(backend: tuple[Backend, str], tmp_path: Path) -> None:
-    listener = OpenHQMProcess("listener", tmp_path, proxy_env(backend[1], tmp_path)).start()
-    try:
-        response = httpx.post(f"{listener.url}/api/v1/submit", json={"payload": {"to": "another system"}})
+    with served(OpenHQM(), settings(tmp_path, **proxy_sections(backend[1])), workers=False) as url:
+        response = httpx.post(f"{url}/api/v1/submit", json={"payload": {"to": "another system"}})
         assert response.status_code == 202
-        stats = httpx.get(f"{listener.url}/api/v1/stats").json()
+        stats = httpx.get(f"{url}/api/v1/stats").json()
         assert stats["queues"]["openhqm-requests"]["depth"] == 1
         assert stats["requests"] == {"PENDING": 1}
-    finally:
-        listener.stop()
 
 
 async def test_queue_to_http_alone_forwards_raw_messages_written_by_another_system(
     backend: tuple[Backend, str], tmp_path: Path
 ) -> None:
     recorder, url = backend
-    env = {**proxy_env(url, tmp_path), "OPENHQM_PROXY__DEFAULT_ENDPOINT": "app"}
     bodies = [json.dumps({"event": i}).encode() for i in range(20)]
-    producer = create_backend(Settings(data_dir=tmp_path))  # "another system" writing raw messages
-    await producer.connect()
-    for body in bodies:
-        await producer.publish("openhqm-requests", body)
-    await producer.close()
-    worker = OpenHQMProcess("worker", tmp_path, env).start()
-    try:
-        for _ in range(400):
-            got = {s["body"] for s in recorder.seen if s["path"] == "/"}
-            if set(bodies) <= got:
-                break
-            await asyncio.sleep(0.05)  # the worker is another process; watch the backend
-        assert set(bodies) <= {s["body"] for s in recorder.seen if s["path"] == "/"}
-    finally:
-        worker.stop()
+    config = settings(tmp_path, **proxy_sections(url, default_endpoint="app"))
+    async with Runtime(OpenHQM(), config, workers=True, settle_gc=False) as worker:
+        for body in bodies:  # "another system" writing raw messages
+            await worker.backend.publish("openhqm-requests", body)
+        await eventually(lambda: set(bodies) <= {s["body"] for s in recorder.seen if s["path"] == "/"})
 
 
 def test_callback_name_resolving_to_a_refused_address_is_recorded_on_the_request(
@@ -274,18 +258,16 @@ def test_callback_name_resolving_to_a_refused_address_is_recorded_on_the_request
     name = socket.gethostname()  # a plain name; `localhost` itself is refused before any lookup
     if not ipaddress.ip_address(socket.gethostbyname(name)).is_loopback:
         pytest.skip(f"this machine's name {name!r} does not resolve to a loopback address")
-    env = {**proxy_env(backend[1], tmp_path), "OPENHQM_CALLBACKS__ALLOW_HOSTS": "[]",
-           "OPENHQM_CALLBACKS__RETRY__MAX_ATTEMPTS": "1"}
-    server = OpenHQMProcess("serve", tmp_path, env).start()
-    try:
+    sections = proxy_sections(backend[1])
+    sections["callbacks"] |= {"allow_hosts": [], "retry": {"max_attempts": 1}}
+    with served(OpenHQM(), settings(tmp_path, **sections)) as url:
+        server = Server(url)
         body = submit(server, 1, {"endpoint": "echo", "callback_url": f"http://{name}:9/hook"}).json()
         assert body["status"] == "COMPLETED", "a name is not refused at submit: only at delivery"
-        status: dict[str, Any] = {}
-        for _ in range(100):
-            status = httpx.get(f"{server.url}/api/v1/status/{body['correlation_id']}").json()
-            if status.get("callback_error"):
-                break
-            time.sleep(0.05)  # delivery happens after the answer
-        assert status["callback_error"] and "127.0.0.1" in status["callback_error"]
-    finally:
-        server.stop()
+
+        def status() -> dict[str, Any]:
+            answer: dict[str, Any] = httpx.get(f"{url}/api/v1/status/{body['correlation_id']}").json()
+            return answer
+
+        wait_until(lambda: status().get("callback_error"))  # delivery happens after the answer
+        assert "127.0.0.1" in status()["callback_error"]

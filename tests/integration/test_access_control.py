@@ -1,12 +1,12 @@
-"""Client access control on a real `openhqm serve` process: API keys, a JWT issuer, scopes, isolation."""
+"""Client access control on `openhqm serve`'s app on a real socket in the test process
+(tests/harness.py): API keys, a JWT issuer, scopes, isolation. Moved from tests/e2e/."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -15,26 +15,25 @@ import pytest
 
 from openhqm import Client
 from openhqm.client import Forbidden, RequestNotFound, Unauthorized
-from tests.e2e.conftest import SAMPLE_ENV
-from tests.processes import OpenHQMProcess
+from tests.harness import Sample, served, settings
 
 JWT_SECRET = "test-secret-that-is-at-least-32-bytes"
 KEYS = {"a": "key-for-a", "b": "key-for-b", "admin": "key-for-admin"}
 SCOPES = {"a": ["submit", "read"], "b": ["submit", "read"], "admin": ["submit", "read", "admin"]}
 
 
+@dataclass
+class Server:
+    url: str
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenHQMProcess]:
-    data_dir: Path = tmp_path_factory.mktemp("auth")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     api_keys = [{"name": name, "key_sha256": hashlib.sha256(key.encode()).hexdigest(), "scopes": SCOPES[name]}
                 for name, key in KEYS.items()]
-    env = {**SAMPLE_ENV, "OPENHQM_TEST_RUN_LOG": str(data_dir / "runs.log"),
-           "OPENHQM_AUTH__API_KEYS": json.dumps(api_keys),
-           "OPENHQM_AUTH__JWT__KEY": JWT_SECRET, "OPENHQM_AUTH__JWT__AUDIENCE": "openhqm",
-           "OPENHQM_AUTH__JWT__ISSUER": "https://idp.test"}
-    process = OpenHQMProcess("serve", data_dir, env).start()
-    yield process
-    process.stop()
+    auth = {"api_keys": api_keys, "jwt": {"key": JWT_SECRET, "audience": "openhqm", "issuer": "https://idp.test"}}
+    with served(Sample().app, settings(tmp_path_factory.mktemp("auth"), auth=auth)) as url:
+        yield Server(url)
 
 
 def as_client(name: str) -> dict[str, str]:
@@ -47,14 +46,14 @@ def jwt_headers(**claims: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {jwt.encode(payload, JWT_SECRET, algorithm='HS256')}"}
 
 
-def submit(server: OpenHQMProcess, headers: dict[str, str], metadata: dict[str, Any] | None = None,
+def submit(server: Server, headers: dict[str, str], metadata: dict[str, Any] | None = None,
            wait_s: float | None = None) -> httpx.Response:
     prefer = {"Prefer": f"wait={wait_s}"} if wait_s else {}
     return httpx.post(f"{server.url}/api/v1/submit", json={"payload": {"n": 1}, "metadata": metadata or {}},
                       headers={**headers, **prefer}, timeout=30)
 
 
-def test_missing_and_wrong_credentials_get_the_same_401(server: OpenHQMProcess) -> None:
+def test_missing_and_wrong_credentials_get_the_same_401(server: Server) -> None:
     url = f"{server.url}/api/v1/submit"
     answers = [
         httpx.post(url, json={"payload": 1}),
@@ -72,18 +71,18 @@ def test_missing_and_wrong_credentials_get_the_same_401(server: OpenHQMProcess) 
     assert "credentials" in answers[0].json()["detail"]
 
 
-def test_credentials_are_checked_before_the_body_is_read(server: OpenHQMProcess) -> None:
+def test_credentials_are_checked_before_the_body_is_read(server: Server) -> None:
     response = httpx.post(f"{server.url}/api/v1/submit", content=b"x" * 10_000,
                           headers={"content-type": "application/json"})
     assert response.status_code == 401
 
 
-def test_health_ready_metrics_and_docs_stay_open(server: OpenHQMProcess) -> None:
+def test_health_ready_metrics_and_docs_stay_open(server: Server) -> None:
     for path in ("/health", "/ready", "/metrics", "/docs", "/openapi.json"):
         assert httpx.get(server.url + path).status_code == 200, path
 
 
-def test_another_clients_request_answers_404_and_is_left_alone(server: OpenHQMProcess) -> None:
+def test_another_clients_request_answers_404_and_is_left_alone(server: Server) -> None:
     response = submit(server, as_client("a"), {"handler": "record", "delay_s": 60})
     assert response.status_code == 202
     cid = response.json()["correlation_id"]
@@ -99,13 +98,13 @@ def test_another_clients_request_answers_404_and_is_left_alone(server: OpenHQMPr
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
 
 
-def test_client_reads_its_own_result(server: OpenHQMProcess) -> None:
+def test_client_reads_its_own_result(server: Server) -> None:
     cid = submit(server, as_client("a"), wait_s=10).json()["correlation_id"]
     result = httpx.get(f"{server.url}/api/v1/response/{cid}", headers=as_client("a"))
     assert result.status_code == 200 and result.json()["result"] == {"n": 1}
 
 
-def test_admin_routes_need_the_admin_scope(server: OpenHQMProcess) -> None:
+def test_admin_routes_need_the_admin_scope(server: Server) -> None:
     for path in ("/api/v1/dlq", "/api/v1/stats"):
         refused = httpx.get(server.url + path, headers=as_client("a"))
         assert refused.status_code == 403, path
@@ -114,7 +113,7 @@ def test_admin_routes_need_the_admin_scope(server: OpenHQMProcess) -> None:
     assert httpx.delete(f"{server.url}/api/v1/dlq", headers=as_client("b")).status_code == 403
 
 
-def test_jwt_client_submits_and_reads_end_to_end(server: OpenHQMProcess) -> None:
+def test_jwt_client_submits_and_reads_end_to_end(server: Server) -> None:
     response = submit(server, jwt_headers(), wait_s=10)
     assert response.status_code == 200 and response.json()["status"] == "COMPLETED"
     cid = response.json()["correlation_id"]
@@ -122,13 +121,13 @@ def test_jwt_client_submits_and_reads_end_to_end(server: OpenHQMProcess) -> None
     assert httpx.get(f"{server.url}/api/v1/status/{cid}", headers=as_client("a")).status_code == 404
 
 
-def test_jwt_without_the_submit_scope_gets_403_naming_it(server: OpenHQMProcess) -> None:
+def test_jwt_without_the_submit_scope_gets_403_naming_it(server: Server) -> None:
     response = submit(server, jwt_headers(scope="read"))
     assert response.status_code == 403
     assert "'submit'" in response.json()["detail"]
 
 
-def test_python_client_sends_its_key_or_token_as_bearer(server: OpenHQMProcess) -> None:
+def test_python_client_sends_its_key_or_token_as_bearer(server: Server) -> None:
     with Client(server.url, api_key=KEYS["a"]) as a, Client(server.url, api_key=KEYS["b"]) as b:
         done = a.submit({"n": 3}, wait_s=10)
         assert a.result(done.correlation_id).result == {"n": 3}
