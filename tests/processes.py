@@ -29,7 +29,7 @@ class OpenHQMProcess:
             "OPENHQM_DATA_DIR": str(data_dir),
             "OPENHQM_SERVER__PORT": str(self.port),
             "OPENHQM_LOGGING__FORMAT": "json",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),  # this checkout, not an install
             **(env or {}),
         }
         self.log_path = data_dir / f"{log_name or command}-{self.port}.log"

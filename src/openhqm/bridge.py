@@ -22,7 +22,7 @@ from openhqm.app import OpenHQM
 from openhqm.backends.base import Backend
 from openhqm.config import ResultsSettings
 from openhqm.constants import Status
-from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode, new_id
+from openhqm.envelope import Caller, Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode, new_id
 from openhqm.errors import BackendUnavailable, Conflict, NotFound, OpenHQMError, RequestRejected
 from openhqm.forward import CallbackSender, check_callback_url
 from openhqm.logging import get_logger
@@ -57,6 +57,7 @@ class Submission:
     client_id: str | None = None
     callback_url: str | None = None
     traceparent: str | None = None
+    caller: Caller | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     correlation_id: str | None = None
     request_hash: str | None = None
@@ -83,7 +84,7 @@ class Bridge:
             priority=sub.priority, not_before=sub.not_before, expires_at=sub.expires_at, timeout_s=sub.timeout_s,
             handler=sub.handler, endpoint=sub.endpoint, method=sub.method, path=sub.path, query=sub.query,
             headers=sub.headers, body=sub.body, content_type=sub.content_type, traceparent=sub.traceparent,
-            callback_url=sub.callback_url, metadata=sub.metadata)
+            callback_url=sub.callback_url, caller=sub.caller, metadata=sub.metadata)
         now = time.time()
         scheduled = sub.not_before is not None and sub.not_before > now
         record = RequestRecord(

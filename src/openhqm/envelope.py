@@ -25,6 +25,15 @@ def new_id() -> str:
     return secrets.token_urlsafe(18)
 
 
+class Caller(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Transport facts about who sent the request (for X-Forwarded-For/-Proto/-Host). Only the
+    listener sets them, from the connection; nothing a client writes in a body can."""
+
+    addr: str | None = None
+    proto: str | None = None
+    host: str | None = None
+
+
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str = msgspec.field(default_factory=new_id)
     correlation_id: str = ""
@@ -48,6 +57,7 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     content_type: str | None = None
     traceparent: str | None = None
     callback_url: str | None = None
+    caller: Caller | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     raw: bool = False
     v: int = ENVELOPE_VERSION

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from openhqm.envelope import Caller
 from openhqm.errors import ConfigError, RequestRejected
 from openhqm.forward import (
     AuthFailed,
@@ -107,9 +108,7 @@ async def test_client_headers_pass_except_hop_by_hop_credentials_and_stripped(ba
                 content_type="application/json",
                 traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                 correlation_id="corr-1",
-                client_addr="10.9.8.7",
-                client_proto="https",
-                client_host="api.example",
+                client=Caller(addr="10.9.8.7", proto="https", host="api.example"),
             )
         )
     seen = echoed(resp)["header_map"]

@@ -23,7 +23,7 @@ from openhqm.forward.auth import Authenticator, build_auth, scrub
 from openhqm.forward.breaker import CircuitBreaker, Outcome
 from openhqm.forward.client import build_session, display_url
 from openhqm.forward.errors import ForwardError, ResponseTooLarge, UpstreamTimeout, UpstreamUnavailable
-from openhqm.forward.headers import ClientInfo, HeaderPolicy, Headers, merge, response_headers
+from openhqm.forward.headers import HeaderPolicy, Headers, merge, response_headers
 from openhqm.forward.limits import EndpointLimits
 from openhqm.forward.models import ForwardRequest, ForwardResponse
 from openhqm.forward.retry import RetryPolicy, parse_retry_after
@@ -75,10 +75,9 @@ class Endpoint:
     async def send(self, req: ForwardRequest) -> ForwardResponse:
         method = _method(req.method or self.settings.method)
         url = self._url(req.path, req.query)
-        client = ClientInfo(req.client_addr, req.client_proto, req.client_host)
         headers = self._policy.request_headers(
             req.headers,
-            client=client,
+            client=req.client,
             content_type=req.content_type,
             traceparent=req.traceparent,
             correlation_id=req.correlation_id,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from openhqm.bridge import Bridge, Submission
 from openhqm.constants import Status
+from openhqm.envelope import Caller
 from openhqm.http.prefer import parse_prefer
 from openhqm.http.responses import JSONResponse
 from openhqm.http.routes import accepted
@@ -42,8 +43,8 @@ def sidecar_router(prefix: str) -> APIRouter:
             endpoint=endpoint, method=request.method, path=path, query=request.url.query or None,
             session_id=request.headers.get("x-session-id"), traceparent=request.headers.get("traceparent"),
             client_id=getattr(request.state, "client_id", None),
-            metadata={"client_addr": client.host if client else None, "client_proto": request.url.scheme,
-                      "client_host": request.headers.get("host")})
+            caller=Caller(addr=client.host if client else None, proto=request.url.scheme,
+                          host=request.headers.get("host")))
         preferences = parse_prefer(request.headers.getlist("prefer"))
         if settings.respond_async or preferences.respond_async:
             return accepted(request, await bridge.submit(submission), bridge)

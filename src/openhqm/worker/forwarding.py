@@ -11,6 +11,7 @@ import time
 
 from openhqm import metrics
 from openhqm.config import RetrySettings
+from openhqm.envelope import Caller
 from openhqm.errors import TargetDeferred, TargetFailed
 from openhqm.forward import CircuitOpen, Forwarder, ForwardError, ForwardRequest, result_json
 from openhqm.logging import get_logger
@@ -43,8 +44,7 @@ class ForwardTarget:
             endpoint=endpoint, method=envelope.method, path=envelope.path, query=envelope.query,
             headers=envelope.headers, body=envelope.body, content_type=envelope.content_type,
             traceparent=envelope.traceparent, correlation_id=envelope.correlation_id,
-            client_addr=envelope.metadata.get("client_addr"), client_proto=envelope.metadata.get("client_proto"),
-            client_host=envelope.metadata.get("client_host"))
+            client=envelope.caller or Caller())
         started = time.perf_counter()
         try:
             response = await self.forwarder.forward(request)
