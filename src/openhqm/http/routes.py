@@ -17,6 +17,7 @@ from openhqm import metrics
 from openhqm.bridge import Bridge, Submission, json_body
 from openhqm.errors import RequestRejected
 from openhqm.http.auth import current_identity
+from openhqm.http.health import readiness
 from openhqm.http.prefer import parse_prefer
 from openhqm.http.responses import JSONResponse
 from openhqm.http.schemas import (
@@ -316,11 +317,7 @@ async def health() -> dict[str, str]:
 async def ready(request: Request) -> Response:
     """Ready when the broker and the result store both answer within their timeouts."""
     bridge, _ = context(request)
-    broker, store = await bridge.backend.health(), await bridge.store.health()
-    checks = {"queue": {"ok": broker.ok, "detail": broker.detail}, "results": {"ok": store.ok, "detail": store.detail}}
-    failing = [name for name, check in checks.items() if not check["ok"]]
-    body = {"status": "ready" if not failing else f"not ready: {', '.join(failing)} unavailable", "checks": checks}
-    return JSONResponse(body, status_code=503 if failing else 200)
+    return await readiness(bridge.backend, bridge.store)
 
 
 @ops_router.get("/metrics")

@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from openhqm import metrics
 from openhqm.backends.base import Backend, Delivery
 from openhqm.logging import get_logger
 from openhqm.worker.processor import Processor
 
-if TYPE_CHECKING:
-    from openhqm.worker.autoscale import Autoscaler
-
 log = get_logger("openhqm.worker")
+
+
+class Scaler(Protocol):
+    """What the pool runs beside its intake to resize it (worker/autoscale.py's Autoscaler); a
+    protocol, so the pool does not import the module that imports it."""
+
+    async def run(self) -> None: ...
 
 
 class WorkerPool:
@@ -37,7 +41,7 @@ class WorkerPool:
         self._idle.set()
         self._intake: asyncio.Task[None] | None = None
         self._shrinking: asyncio.Task[None] | None = None
-        self.autoscaler: Autoscaler | None = None
+        self.autoscaler: Scaler | None = None
         self._autoscaling: asyncio.Task[None] | None = None
         self.last_activity = asyncio.get_event_loop().time()
 

@@ -12,16 +12,15 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import orjson
 import structlog
 
 from openhqm import metrics
-from openhqm.app import OpenHQM
 from openhqm.backends.base import Backend, Delivery
-from openhqm.config import RetrySettings
+from openhqm.config import RetrySettings, Settings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, encode, new_id
 from openhqm.errors import DeadLetter, Retry
@@ -29,6 +28,7 @@ from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
 from openhqm.worker.handlers import Job
+from openhqm.worker.middleware import Middleware
 from openhqm.worker.retry import decide
 from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed
 
@@ -48,8 +48,16 @@ class Failure:
     max_age_s: float | None = None
 
 
+class WorkerApp(Protocol):
+    """What the processor needs of the application (openhqm.app.OpenHQM); a protocol, so the worker
+    does not import the module that imports the worker's handlers and middleware."""
+
+    settings: Settings
+    middleware: list[Middleware]
+
+
 class Processor:
-    def __init__(self, app: OpenHQM, backend: Backend, store: ResultStore, target: Target, queue: str) -> None:
+    def __init__(self, app: WorkerApp, backend: Backend, store: ResultStore, target: Target, queue: str) -> None:
         self.app = app
         self.backend = backend
         self.store = store
