@@ -22,8 +22,16 @@ from openhqm.app import OpenHQM
 from openhqm.backends.base import Backend
 from openhqm.config import ResultsSettings
 from openhqm.constants import Status
-from openhqm.envelope import Caller, Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode, new_id
-from openhqm.errors import BackendUnavailable, Conflict, NotFound, OpenHQMError, RequestRejected
+from openhqm.envelope import Caller, Envelope, Reply, decode_envelope, decode_reply, encode, new_id
+from openhqm.errors import (
+    AlreadyExists,
+    BackendUnavailable,
+    Conflict,
+    NotFound,
+    OpenHQMError,
+    RequestRejected,
+    UndecodableMessage,
+)
 from openhqm.forward import CallbackSender, check_callback_url
 from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
@@ -131,7 +139,7 @@ class Bridge:
         for _ in range(2):
             try:
                 return await self.submit(sub), True
-            except KeyError:
+            except AlreadyExists:
                 existing = await self.store.get(sub.correlation_id)
             if existing is None:
                 continue  # its submit failed and was undone meanwhile: try ours

@@ -13,11 +13,7 @@ from typing import Any
 import msgspec
 
 from openhqm.constants import DEFAULT_PRIORITY, ENVELOPE_VERSION
-from openhqm.errors import OpenHQMError
-
-
-class UndecodableMessage(OpenHQMError):
-    """A queued message is not an envelope of a version we understand."""
+from openhqm.errors import UndecodableMessage
 
 
 def new_id() -> str:

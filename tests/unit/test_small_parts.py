@@ -7,8 +7,8 @@ import pytest
 
 import openhqm
 from openhqm.backends.registry import BACKEND_ALIASES, get_backend_class
-from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode
-from openhqm.errors import ConfigError
+from openhqm.envelope import Envelope, Reply, decode_envelope, decode_reply, encode
+from openhqm.errors import ConfigError, UndecodableMessage
 from openhqm.forward.client import no_cookies
 from openhqm.http.prefer import parse_prefer
 from openhqm.worker.retry import backoff_s, decide

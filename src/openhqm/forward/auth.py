@@ -20,8 +20,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
+from openhqm.errors import AuthFailed
 from openhqm.forward.client import HTTP2_AVAILABLE, display_url, httpx_timeout, ssl_context
-from openhqm.forward.errors import AuthFailed
 from openhqm.forward.settings import (
     ApiKeyAuth,
     AuthSettings,

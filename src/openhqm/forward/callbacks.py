@@ -25,9 +25,16 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from openhqm.errors import ConfigError, OpenHQMError, RequestRejected
+from openhqm.errors import (
+    CallbackFailed,
+    ConfigError,
+    OpenHQMError,
+    RequestRejected,
+    UnsafeURL,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from openhqm.forward.client import display_url, no_cookies
-from openhqm.forward.errors import CallbackFailed, UnsafeURL, UpstreamTimeout, UpstreamUnavailable
 from openhqm.forward.retry import RetryPolicy, parse_retry_after
 from openhqm.forward.settings import CallbackSettings, secret_key
 from openhqm.forward.ssrf import AllowList, Target, check_url, resolve_and_check

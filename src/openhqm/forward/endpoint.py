@@ -18,11 +18,17 @@ import httpx
 from multidict import CIMultiDict
 from yarl import URL
 
-from openhqm.errors import OpenHQMError, RequestRejected
+from openhqm.errors import (
+    ForwardError,
+    OpenHQMError,
+    RequestRejected,
+    ResponseTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from openhqm.forward.auth import Authenticator, build_auth, scrub
 from openhqm.forward.breaker import CircuitBreaker, Outcome
 from openhqm.forward.client import build_session, display_url
-from openhqm.forward.errors import ForwardError, ResponseTooLarge, UpstreamTimeout, UpstreamUnavailable
 from openhqm.forward.headers import HeaderPolicy, Headers, merge, response_headers
 from openhqm.forward.limits import EndpointLimits
 from openhqm.forward.models import ForwardRequest, ForwardResponse
@@ -103,7 +109,6 @@ class Endpoint:
                 retry_after_s=parse_retry_after(response.header("retry-after")),
                 status_code=response.status_code,
                 endpoint=self.name,
-                response=response,
             )
         return response
 

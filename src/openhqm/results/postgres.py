@@ -24,7 +24,7 @@ import msgspec
 from openhqm.backends.base import Health
 from openhqm.config import Settings, mask_url
 from openhqm.constants import TERMINAL
-from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 
@@ -260,7 +260,7 @@ class PostgresResultStore(ResultStore):
             try:
                 await self._db.fetch(sql, _TERMINAL, self._channel, *values)
             except asyncpg.UniqueViolationError as exc:
-                raise KeyError(f"request {record.correlation_id} exists") from exc
+                raise AlreadyExists(f"request {record.correlation_id} exists") from exc
 
     async def delete(self, correlation_id: str) -> None:
         with _mapped("delete"):

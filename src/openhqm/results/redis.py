@@ -38,7 +38,7 @@ from redis.typing import EncodableT
 from openhqm.backends.base import Health
 from openhqm.config import Settings, mask_url
 from openhqm.constants import TERMINAL
-from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
 from openhqm.results import redis_lua as lua
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
@@ -203,7 +203,7 @@ class RedisResultStore(ResultStore):
             keys.append(f"{self._prefix}:session:{record.session_id}")
             args.append(record.session_id)
         if not await self._run("create", lua.CREATE, keys, args):
-            raise KeyError(f"request {cid} exists")
+            raise AlreadyExists(f"request {cid} exists")
 
     async def delete(self, correlation_id: str) -> None:
         keys = [self._req_key(correlation_id), self._counts_key, self._done_key]

@@ -22,8 +22,8 @@ from openhqm import metrics
 from openhqm.backends.base import Backend, Delivery
 from openhqm.config import RetrySettings, Settings
 from openhqm.constants import Status
-from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, encode, new_id
-from openhqm.errors import DeadLetter, Retry
+from openhqm.envelope import Envelope, Reply, decode_envelope, encode, new_id
+from openhqm.errors import DeadLetter, Retry, UndecodableMessage
 from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
