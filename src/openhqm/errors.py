@@ -80,12 +80,10 @@ class Conflict(RequestRejected):
 
 
 class TargetFailed(OpenHQMError):
-    def __init__(self, message: str, *, retryable: bool = True, retry_after_s: float | None = None,
-                 max_age_s: float | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
-        self.max_age_s = max_age_s
 
 
 class TargetDeferred(OpenHQMError):

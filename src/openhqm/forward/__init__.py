@@ -13,8 +13,9 @@ from openhqm.errors import (
 from openhqm.forward.callbacks import CallbackDelivery, CallbackSender, check_callback_url, sign, verify
 from openhqm.forward.forwarder import Forwarder
 from openhqm.forward.models import ForwardRequest, ForwardResponse, result_json
-from openhqm.forward.retry import RetryPolicy, parse_retry_after
+from openhqm.forward.retry import parse_retry_after
 from openhqm.forward.settings import CallbackSettings, EndpointSettings, ProxySettings
+from openhqm.policies import RetryPolicy
 
 __all__ = [
     "AuthFailed",

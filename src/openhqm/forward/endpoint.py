@@ -32,7 +32,7 @@ from openhqm.forward.client import build_session, display_url
 from openhqm.forward.headers import HeaderPolicy, Headers, merge, response_headers
 from openhqm.forward.limits import EndpointLimits
 from openhqm.forward.models import ForwardRequest, ForwardResponse
-from openhqm.forward.retry import RetryPolicy, parse_retry_after
+from openhqm.forward.retry import parse_retry_after
 from openhqm.forward.settings import DEFAULT_RETRY_STATUSES, EndpointSettings, check_header_name
 
 MAX_REDIRECTS = 5
@@ -52,17 +52,7 @@ class Endpoint:
         self._limits = EndpointLimits(settings.max_concurrency, settings.rate_limit_per_s, settings.burst)
         retry = settings.retry
         self.retry_statuses = frozenset(retry.on_status if retry else DEFAULT_RETRY_STATUSES)
-        self.retry_policy = (
-            None
-            if retry is None
-            else RetryPolicy(
-                retry.max_attempts,
-                retry.base_delay_s,
-                retry.max_delay_s,
-                retry.max_age_s,
-                self.retry_statuses,
-            )
-        )
+        self.retry_policy = None if retry is None else retry.policy()
         self._client: aiohttp.ClientSession | None = None
         self._auth: Authenticator | None = None
 

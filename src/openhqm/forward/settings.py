@@ -13,11 +13,15 @@ import binascii
 import ipaddress
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from openhqm.policies import RetryPolicy
+from openhqm.settings_base import RetrySection, Section
 
 MiB = 1024 * 1024
 DEFAULT_RETRY_STATUSES = (429, 502, 503, 504)
@@ -27,10 +31,6 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token: header 
 _HEADER_PATTERN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z?\[\]-]+$")  # a name, or a glob such as X-Trace-*
 _ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _HOST_NAME = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?$")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 def check_header_name(name: str) -> str:
@@ -141,12 +141,12 @@ class TimeoutSettings(Section):
     total: float | None = Field(None, gt=0, description="the whole exchange, body included")
 
 
-class ForwardRetrySettings(Section):
-    max_attempts: int = Field(3, ge=1, description="every call counts, the first one included")
+class ForwardRetrySettings(RetrySection):
     on_status: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRY_STATUSES))
-    base_delay_s: float = Field(1.0, ge=0)
-    max_delay_s: float = Field(60.0, ge=0)
     max_age_s: float | None = Field(None, gt=0, description="give up once the request is this old")
+
+    def policy(self) -> RetryPolicy:
+        return replace(super().policy(), max_age_s=self.max_age_s)
 
     @field_validator("on_status")
     @classmethod
@@ -386,10 +386,9 @@ def _valid(endpoints: dict[str, EndpointSettings]) -> str:
 # --- result callbacks ----------------------------------------------------------------------------
 
 
-class CallbackRetrySettings(Section):
+class CallbackRetrySettings(RetrySection):
     max_attempts: int = Field(5, ge=1, description="every delivery attempt counts, the first one included")
-    base_delay_s: float = Field(1.0, ge=0)
-    max_delay_s: float = Field(30.0, ge=0)
+    max_delay_s: float = Field(30.0, ge=0, description="also caps a receiver's Retry-After")
 
 
 class CallbackSettings(Section):

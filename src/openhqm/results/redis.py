@@ -40,6 +40,7 @@ from openhqm.config import Settings, mask_url
 from openhqm.constants import TERMINAL
 from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
+from openhqm.policies import Reconnect
 from openhqm.results import redis_lua as lua
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 
@@ -54,7 +55,6 @@ CLEANUP_BATCH = 500
 CLEANUP_MAX_BATCHES = 1000
 SUBSCRIBE_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 2.0
-RECONNECT_BACKOFF_S = (0.1, 5.0)
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
@@ -158,7 +158,7 @@ class RedisResultStore(ResultStore):
 
     async def _listen(self) -> None:
         """Wake waiters from the done channel; redis-py resubscribes on reconnect, then we re-check."""
-        backoff_s, recheck = RECONNECT_BACKOFF_S[0], False
+        reconnect, recheck = Reconnect(), False
         while True:
             try:
                 if recheck:
@@ -167,13 +167,12 @@ class RedisResultStore(ResultStore):
                 message = await self._pubsub.get_message(timeout=None)
             except Exception as exc:  # redis-py already retried; back off, then reconnect
                 log.warning("result store subscription lost; reconnecting", error=str(exc),
-                            retry_in_s=backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_S[1])
+                            retry_in_s=round(reconnect.next_delay_s, 3))
+                await reconnect.wait()
                 continue
             if message is None:
                 continue
-            backoff_s = RECONNECT_BACKOFF_S[0]
+            reconnect.reset()
             if message["type"] == "message":
                 self._wake(message["data"].decode())
             elif message["type"] == "subscribe":

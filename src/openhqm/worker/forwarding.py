@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 from openhqm import metrics
-from openhqm.config import RetrySettings
 from openhqm.envelope import Caller
 from openhqm.errors import TargetDeferred, TargetFailed
 from openhqm.forward import CircuitOpen, Forwarder, ForwardError, ForwardRequest, result_json
 from openhqm.logging import get_logger
+from openhqm.policies import RetryPolicy
 from openhqm.worker.handlers import Job
 from openhqm.worker.targets import HandlerTarget, Outcome
 
@@ -54,9 +54,7 @@ class ForwardTarget:
                 from exc
         except ForwardError as exc:
             self._observe(endpoint, exc.status_code, started)
-            policy = self.forwarder.retry_policy(endpoint)
-            raise TargetFailed(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s,
-                               max_age_s=policy.max_age_s if policy else None) from exc
+            raise TargetFailed(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s) from exc
         self._observe(endpoint, response.status_code, started)
         log.info("forwarded", endpoint=endpoint, status_code=response.status_code,
                  elapsed_ms=round(response.elapsed_s * 1000, 3))
@@ -68,15 +66,9 @@ class ForwardTarget:
         state = _CIRCUIT_VALUES.get(self.forwarder.circuit_state(endpoint), 0)
         metrics.child(metrics.CIRCUIT_STATE, endpoint).set(state)
 
-    def retry_policy(self, job: Job) -> RetrySettings | None:
+    def retry_policy(self, job: Job) -> RetryPolicy | None:
         endpoint = self._endpoint(job)
-        if endpoint is None:
-            return self.handlers.retry_policy(job)
-        policy = self.forwarder.retry_policy(endpoint)
-        if policy is None:
-            return None
-        return RetrySettings(max_attempts=policy.max_attempts, base_delay_s=policy.base_delay_s,
-                             max_delay_s=policy.max_delay_s)
+        return self.handlers.retry_policy(job) if endpoint is None else self.forwarder.retry_policy(endpoint)
 
     def timeout_s(self, job: Job) -> float | None:
         return None if self._endpoint(job) is not None else self.handlers.timeout_s(job)

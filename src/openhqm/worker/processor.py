@@ -20,16 +20,16 @@ import structlog
 
 from openhqm import metrics
 from openhqm.backends.base import Backend, Delivery
-from openhqm.config import RetrySettings, Settings
+from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope, Reply, decode_envelope, encode, new_id
 from openhqm.errors import DeadLetter, Retry, UndecodableMessage
 from openhqm.logging import get_logger
+from openhqm.policies import RetryPolicy
 from openhqm.results.base import DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
 from openhqm.worker.handlers import Job
 from openhqm.worker.middleware import Middleware
-from openhqm.worker.retry import decide
 from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed
 
 log = get_logger("openhqm.worker")
@@ -44,8 +44,7 @@ class Failure:
     error: str
     retryable: bool = True
     retry_after_s: float | None = None
-    retry: RetrySettings | None = None
-    max_age_s: float | None = None
+    retry: RetryPolicy | None = None
 
 
 class WorkerApp(Protocol):
@@ -64,6 +63,7 @@ class Processor:
         self.target = target
         self.queue = queue
         self.settings = app.settings.worker
+        self.retry = self.settings.retry.policy()  # for targets without a policy of their own
         # Response queues whose replies are applied in this process (`openhqm serve`): the listener
         # would only store them on receipt, so storing them here saves a broker round trip.
         self.local_replies: dict[str, ReplySink] = {}
@@ -171,20 +171,18 @@ class Processor:
         if isinstance(exc, Retry):
             return Failure(f"Retry: {exc}", retry_after_s=exc.delay_s, retry=policy)
         if isinstance(exc, TargetFailed):
-            return Failure(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s, retry=policy,
-                           max_age_s=exc.max_age_s)
+            return Failure(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s, retry=policy)
         if isinstance(exc, TimeoutError):
             return Failure(f"TimeoutError: {exc}", retry=policy)
         log.exception("handler raised", exc_info=exc)
         return Failure(f"{type(exc).__name__}: {exc}", retry=policy)
 
     async def _failed(self, delivery: Delivery, envelope: Envelope, attempt: int, failure: Failure) -> None:
-        policy = failure.retry or self.settings.retry
-        decision = decide(attempt, max_attempts=policy.max_attempts, base_delay_s=policy.base_delay_s,
-                          max_delay_s=policy.max_delay_s, retry_after_s=failure.retry_after_s,
-                          age_s=time.time() - envelope.created_at, max_age_s=failure.max_age_s)
-        if failure.retryable and decision.retry:
-            await self._retry(delivery, envelope, attempt, failure.error, decision.delay_s)
+        policy = failure.retry or self.retry
+        delay_s = policy.next_delay_s(attempt, retry_after_s=failure.retry_after_s,
+                                      age_s=time.time() - envelope.created_at) if failure.retryable else None
+        if delay_s is not None:
+            await self._retry(delivery, envelope, attempt, failure.error, delay_s)
             return
         reason = "handler gave up" if not failure.retryable else f"failed after {attempt} attempt(s)"
         await self._dead_letter(delivery, envelope, reason, attempt, failure.error)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from openhqm.config import RetrySettings
 from openhqm.errors import TargetDeferred, TargetFailed
+from openhqm.policies import RetryPolicy
 from openhqm.worker.handlers import HandlerRegistry, Job
 
 __all__ = ["HandlerTarget", "Outcome", "Target", "TargetDeferred", "TargetFailed"]
@@ -23,7 +23,8 @@ class Target(Protocol):
 
     async def run(self, job: Job) -> Outcome: ...
 
-    def retry_policy(self, job: Job) -> RetrySettings | None: ...
+    def retry_policy(self, job: Job) -> RetryPolicy | None:
+        """The policy for this job's target; None: the worker's `worker.retry`."""
 
     def timeout_s(self, job: Job) -> float | None: ...
 
@@ -44,9 +45,10 @@ class HandlerTarget:
         handler = self.handlers.get(self._name(job))
         return Outcome(await handler(job))
 
-    def retry_policy(self, job: Job) -> RetrySettings | None:
+    def retry_policy(self, job: Job) -> RetryPolicy | None:
         name = self._name(job)
-        return self.handlers.get(name).retry if name in self.handlers else None
+        retry = self.handlers.get(name).retry if name in self.handlers else None
+        return retry.policy() if retry is not None else None
 
     def timeout_s(self, job: Job) -> float | None:
         name = self._name(job)
