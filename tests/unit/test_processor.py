@@ -10,7 +10,8 @@ from openhqm.config import Settings
 from openhqm.envelope import Envelope, decode_envelope, encode
 from openhqm.errors import TargetDeferred
 from openhqm.results.memory import MemoryResultStore
-from openhqm.worker.handlers import Job
+from openhqm.routing import Routing
+from openhqm.worker.handlers import HandlerRegistry, Job
 from openhqm.worker.processor import Processor
 from openhqm.worker.targets import Outcome
 
@@ -24,6 +25,7 @@ class DeferOnce:
 
     def __init__(self) -> None:
         self.seen: list[Envelope] = []
+        self.routing = Routing(HandlerRegistry(), "echo")
 
     async def run(self, job: Job) -> Outcome:
         self.seen.append(job.envelope)
@@ -49,3 +51,14 @@ async def test_a_deferred_request_goes_back_to_the_queue_without_its_attempts_ti
         assert decode_envelope(again.body).metadata == {"team": "a"}
         await processor.process(again)
     assert [seen.metadata for seen in target.seen] == [{"team": "a"}, {"team": "a"}]
+
+
+async def test_a_message_without_a_route_is_routed_once_to_the_default_handler() -> None:
+    target = DeferOnce()
+    async with MemoryBackend(Settings()) as backend:
+        processor = Processor(OpenHQM(Settings()), backend, MemoryResultStore(), target, QUEUE + "-unrouted")
+        await backend.publish(QUEUE + "-unrouted", encode(Envelope(body=b"{}")))
+        deliveries = aiter(backend.consume(QUEUE + "-unrouted"))
+        await processor.process(await anext(deliveries))
+        again = decode_envelope((await anext(deliveries)).body)
+    assert target.seen[0].handler == "echo" and again.handler == "echo"

@@ -27,13 +27,14 @@ from openhqm.errors import (
     UpstreamUnavailable,
 )
 from openhqm.forward.auth import Authenticator, build_auth, scrub
+from openhqm.forward.auth_settings import check_header_name
 from openhqm.forward.breaker import CircuitBreaker, Outcome
 from openhqm.forward.client import build_session, display_url
 from openhqm.forward.headers import HeaderPolicy, Headers, merge, response_headers
 from openhqm.forward.limits import EndpointLimits
 from openhqm.forward.models import ForwardRequest, ForwardResponse
 from openhqm.forward.retry import parse_retry_after
-from openhqm.forward.settings import DEFAULT_RETRY_STATUSES, EndpointSettings, check_header_name
+from openhqm.forward.settings import DEFAULT_RETRY_STATUSES, EndpointSettings
 
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

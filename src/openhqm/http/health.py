@@ -11,16 +11,15 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openhqm import metrics
-from openhqm.backends.base import Backend
+from openhqm.backends.base import Backend, Health
 from openhqm.config import Settings
 from openhqm.http.responses import JSONResponse
 from openhqm.results.base import ResultStore
 from openhqm.worker.pool import WorkerPool
 
 
-async def readiness(backend: Backend, store: ResultStore) -> JSONResponse:
+def readiness(broker: Health, results: Health) -> JSONResponse:
     """Ready when the broker and the result store both answer within their timeouts."""
-    broker, results = await backend.health(), await store.health()
     checks = {"queue": {"ok": broker.ok, "detail": broker.detail},
               "results": {"ok": results.ok, "detail": results.detail}}
     failing = [name for name, check in checks.items() if not check["ok"]]
@@ -37,7 +36,7 @@ def health_app(backend: Backend, store: ResultStore, pool: WorkerPool) -> FastAP
 
     @api.get("/ready")
     async def ready() -> Response:
-        return await readiness(backend, store)
+        return readiness(await backend.health(), await store.health())
 
     @api.get("/metrics")
     async def prometheus() -> Response:

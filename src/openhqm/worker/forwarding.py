@@ -15,6 +15,7 @@ from openhqm.errors import TargetDeferred, TargetFailed
 from openhqm.forward import CircuitOpen, Forwarder, ForwardError, ForwardRequest, result_json
 from openhqm.logging import get_logger
 from openhqm.policies import RetryPolicy
+from openhqm.routing import Routing
 from openhqm.worker.handlers import Job
 from openhqm.worker.targets import HandlerTarget, Outcome
 
@@ -28,15 +29,10 @@ class ForwardTarget:
     def __init__(self, forwarder: Forwarder, handlers: HandlerTarget) -> None:
         self.forwarder = forwarder
         self.handlers = handlers
-
-    def _endpoint(self, job: Job) -> str | None:
-        envelope = job.envelope
-        if envelope.raw:
-            return self.forwarder.resolve(None, method="POST", path="/", headers={}, payload_json=None)
-        return envelope.endpoint
+        self.routing = Routing(handlers.handlers, handlers.routing.default_handler, forwarder)
 
     async def run(self, job: Job) -> Outcome:
-        endpoint = self._endpoint(job)
+        endpoint = job.envelope.endpoint
         if endpoint is None:
             return await self.handlers.run(job)
         envelope = job.envelope
@@ -67,8 +63,8 @@ class ForwardTarget:
         metrics.child(metrics.CIRCUIT_STATE, endpoint).set(state)
 
     def retry_policy(self, job: Job) -> RetryPolicy | None:
-        endpoint = self._endpoint(job)
+        endpoint = job.envelope.endpoint
         return self.handlers.retry_policy(job) if endpoint is None else self.forwarder.retry_policy(endpoint)
 
     def timeout_s(self, job: Job) -> float | None:
-        return None if self._endpoint(job) is not None else self.handlers.timeout_s(job)
+        return None if job.envelope.endpoint is not None else self.handlers.timeout_s(job)

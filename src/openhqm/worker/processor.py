@@ -23,14 +23,14 @@ from openhqm.backends.base import Backend, Delivery
 from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope, Reply, decode_envelope, encode, new_id
-from openhqm.errors import DeadLetter, Retry, UndecodableMessage
+from openhqm.errors import DeadLetter, RequestRejected, Retry, UndecodableMessage
 from openhqm.logging import get_logger
 from openhqm.policies import RetryPolicy
 from openhqm.results.base import DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
 from openhqm.worker.handlers import Job
 from openhqm.worker.middleware import Middleware
-from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed
+from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed, routed
 
 log = get_logger("openhqm.worker")
 
@@ -76,6 +76,12 @@ class Processor:
                 await self._dead_letter(delivery, None, f"undecodable message: {exc}", delivery.attempt, None)
                 return
             envelope = Envelope(id=delivery.message_id, body=delivery.body, raw=True)
+        try:
+            envelope = routed(envelope, self.target.routing)
+        except RequestRejected as exc:
+            await self._dead_letter(delivery, None if envelope.raw else envelope, f"no route: {exc.message}",
+                                    delivery.attempt, None)
+            return
         attempt = envelope.attempt + delivery.attempt - 1
         structlog.contextvars.bind_contextvars(
             correlation_id=envelope.correlation_id, session_id=envelope.session_id, attempt=attempt,
