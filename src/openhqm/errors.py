@@ -19,6 +19,12 @@
     │   ├── ResponseTooLarge                the response passed max_response_bytes (not retryable)
     │   ├── AuthFailed                      the OAuth2 token endpoint refused or failed
     │   └── CallbackFailed                  a callback could not be delivered (after its retries)
+    ├── ClientError                         the Python client got an error answer; .status_code, .detail
+    │   ├── Unauthorized                    401: missing or invalid API key / token
+    │   │   └── Forbidden                   403: the credential lacks the scope the operation needs
+    │   ├── RequestNotFound                 404: unknown, expired or another client's request
+    │   ├── RequestFailed                   the request ended FAILED, EXPIRED or CANCELLED; .result holds it
+    │   └── RequestTimeout                  the client's wait() ran out before the request finished
     ├── TargetFailed                        a handler or HTTP backend failed (retryable or not)
     ├── TargetDeferred                      not tried now (circuit open): requeue without counting a try
     ├── Retry                               raised by handlers on purpose: try again after delay_s
@@ -30,6 +36,8 @@ retryable=True, the status_code and the parsed Retry-After. Messages never hold 
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class OpenHQMError(Exception):
@@ -107,18 +115,23 @@ class UnsafeURL(RequestRejected):
 
 
 class ForwardError(OpenHQMError):
-    """`retryable`: the worker may try again (after `retry_after_s` when the server or breaker gave one)."""
+    """`retryable`: the worker may try again (after `retry_after_s` when the server or breaker gave one).
+
+    `response` holds the backend's answer (an openhqm.forward.ForwardResponse) when it sent one (a
+    retryable status), so a caller that gives up can still report what the backend said.
+    """
 
     retryable: bool = False
 
     def __init__(self, message: str, *, retryable: bool | None = None, retry_after_s: float | None = None,
-                 status_code: int | None = None, endpoint: str | None = None) -> None:
+                 status_code: int | None = None, endpoint: str | None = None, response: Any = None) -> None:
         super().__init__(message)
         if retryable is not None:
             self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.status_code = status_code
         self.endpoint = endpoint
+        self.response = response
 
     @property
     def message(self) -> str:
@@ -172,3 +185,37 @@ class Retry(OpenHQMError):
 
 class DeadLetter(OpenHQMError):
     """Raise from a handler to give up at once: the request is dead-lettered and FAILED."""
+
+
+class ClientError(OpenHQMError):
+    def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class Unauthorized(ClientError):
+    pass
+
+
+class Forbidden(Unauthorized):
+    pass
+
+
+class RequestNotFound(ClientError):
+    pass
+
+
+class RequestFailed(ClientError):
+    def __init__(self, result: Any) -> None:  # an openhqm.client.RequestResult
+        super().__init__(f"request {result.correlation_id} ended {result.status}: {result.error}")
+        self.result = result
+        self.error: str | None = result.error
+
+
+class RequestTimeout(ClientError):
+    def __init__(self, correlation_id: str, timeout_s: float, last: Any) -> None:  # RequestResult | None
+        state = last.status if last else "unknown"
+        super().__init__(f"request {correlation_id} did not finish within {timeout_s:g} s (last state: {state})")
+        self.correlation_id = correlation_id
+        self.last = last

@@ -333,7 +333,7 @@ async def test_retry_on_status_and_policy_come_from_the_endpoint(backend: Backen
     assert info.value.status_code == 500 and info.value.retry_after_s is None
     assert passthrough.status_code == 503
     assert plain is None
-    assert policy is not None and (policy.max_attempts, policy.max_delay_s, policy.max_age_s) == (4, 9, 60)
+    assert policy is not None and (policy.max_attempts, policy.backoff.max_delay_s, policy.max_age_s) == (4, 9, 60)
 
 
 async def test_slow_backend_times_out_as_retryable(backend: Backend) -> None:

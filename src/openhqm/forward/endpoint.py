@@ -100,6 +100,7 @@ class Endpoint:
                 retry_after_s=parse_retry_after(response.header("retry-after")),
                 status_code=response.status_code,
                 endpoint=self.name,
+                response=response,
             )
         return response
 
