@@ -4,7 +4,7 @@ Kubernetes probes work for workers too."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -15,7 +15,15 @@ from openhqm.backends.base import Backend, Health
 from openhqm.config import Settings
 from openhqm.http.responses import JSONResponse
 from openhqm.results.base import ResultStore
-from openhqm.worker.pool import WorkerPool
+
+
+class Pool(Protocol):
+    """What /health reports of the worker pool (openhqm.worker.pool.WorkerPool)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    concurrency: int
 
 
 def readiness(broker: Health, results: Health) -> JSONResponse:
@@ -27,7 +35,7 @@ def readiness(broker: Health, results: Health) -> JSONResponse:
     return JSONResponse(body, status_code=503 if failing else 200)
 
 
-def health_app(backend: Backend, store: ResultStore, pool: WorkerPool) -> FastAPI:
+def health_app(backend: Backend, store: ResultStore, pool: Pool) -> FastAPI:
     api = FastAPI(title="OpenHQM worker", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.get("/health")
@@ -52,7 +60,7 @@ class HealthServer(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-def health_server(settings: Settings, backend: Backend, store: ResultStore, pool: WorkerPool) -> HealthServer:
+def health_server(settings: Settings, backend: Backend, store: ResultStore, pool: Pool) -> HealthServer:
     config = uvicorn.Config(health_app(backend, store, pool), host=settings.server.host,
                             port=settings.worker.health_port or 0, log_config=None, access_log=False)
     return HealthServer(config)
