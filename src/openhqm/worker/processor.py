@@ -203,7 +203,7 @@ class Processor:
     async def _defer(self, delivery: Delivery, envelope: Envelope, attempt: int, delay_s: float, why: str) -> None:
         """Put the message back without counting a try (e.g. the endpoint's circuit is open)."""
         log.info("deferred", delay_s=round(delay_s, 3), reason=why)
-        again = Envelope(**{**_fields(envelope), "attempt": attempt})
+        again = msgspec.structs.replace(envelope, attempt=attempt)
         await self.backend.publish(self.queue, encode(again), priority=envelope.priority, delay_s=delay_s,
                                    key=delivery.key, message_id=new_id())
         await delivery.ack()
@@ -253,7 +253,3 @@ def as_json(result: Any) -> Any:
     if result is None or isinstance(result, str | bool | float):
         return result
     return orjson.loads(orjson.dumps(result))
-
-
-def _fields(envelope: Envelope) -> dict[str, Any]:
-    return {name: getattr(envelope, name) for name in envelope.__struct_fields__}
