@@ -1,15 +1,8 @@
 """Python client for the OpenHQM HTTP API: `Client` (sync) and `AsyncClient`, both on httpx.
 
-Each operation is built once (`_Call`) and parsed once; the two classes only send. The exceptions
-live here, not in openhqm.errors: they describe answers a caller of the API receives, not failures
-inside openhqm, and `raise_for_answer` is the one place that maps HTTP statuses to them.
-
-    ClientError (OpenHQMError)   any error answer or transport failure; .status_code, .detail
-    ├── Unauthorized             401: missing or invalid API key / token
-    │   └── Forbidden            403: the credential lacks the scope the operation needs
-    ├── RequestNotFound          404: unknown, expired or another client's request
-    ├── RequestFailed            the request ended FAILED, EXPIRED or CANCELLED; .result holds it
-    └── RequestTimeout           wait() ran out before the request finished
+Each operation is built once (`_Call`) and parsed once; the two classes only send. Its exceptions
+(ClientError and below) are in openhqm.errors with every other, and importable from here too;
+`raise_for_answer` is the one place that maps HTTP statuses to them.
 """
 
 from __future__ import annotations
@@ -27,7 +20,7 @@ import httpx
 import msgspec
 
 from openhqm.constants import TERMINAL, Status
-from openhqm.errors import OpenHQMError
+from openhqm.errors import ClientError, Forbidden, RequestFailed, RequestNotFound, RequestTimeout, Unauthorized
 
 DEFAULT_TIMEOUT_S = 10.0
 LONG_POLL_S = 30.0  # one long-poll in wait(); below the server's default max_wait_s (60 s)
@@ -85,40 +78,6 @@ class RequestEvent(msgspec.Struct, frozen=True):
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
-
-
-class ClientError(OpenHQMError):
-    def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.detail = detail
-
-
-class Unauthorized(ClientError):
-    pass
-
-
-class Forbidden(Unauthorized):
-    pass
-
-
-class RequestNotFound(ClientError):
-    pass
-
-
-class RequestFailed(ClientError):
-    def __init__(self, result: RequestResult) -> None:
-        super().__init__(f"request {result.correlation_id} ended {result.status}: {result.error}")
-        self.result = result
-        self.error = result.error
-
-
-class RequestTimeout(ClientError):
-    def __init__(self, correlation_id: str, timeout_s: float, last: RequestResult | None) -> None:
-        state = last.status if last else "unknown"
-        super().__init__(f"request {correlation_id} did not finish within {timeout_s:g} s (last state: {state})")
-        self.correlation_id = correlation_id
-        self.last = last
 
 
 _ERRORS: dict[int, type[ClientError]] = {401: Unauthorized, 403: Forbidden, 404: RequestNotFound}
@@ -403,3 +362,7 @@ class AsyncClient:
                         yield event
                         if event.done:
                             return
+
+
+__all__ = ["AsyncClient", "Client", "ClientError", "Forbidden", "RequestEvent", "RequestFailed", "RequestNotFound",
+           "RequestResult", "RequestStatus", "RequestTimeout", "SubmitResult", "Unauthorized", "raise_for_answer"]

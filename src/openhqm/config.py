@@ -25,13 +25,10 @@ from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV
 from openhqm.errors import ConfigError, MissingDependency
 from openhqm.forward.settings import CallbackSettings, EndpointSettings, ProxySettings
 from openhqm.redact import SECRET_MASK, mask_url
+from openhqm.settings_base import RetrySection, Section
 
 MiB = 1024 * 1024
 _FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("openhqm_config_file_data", default={})  # noqa: B039
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class ServerSettings(Section):
@@ -139,10 +136,8 @@ class ResultsSettings(Section):
     postgres: ResultsPostgresSettings = ResultsPostgresSettings()
 
 
-class RetrySettings(Section):
-    max_attempts: int = Field(3, ge=1)
-    base_delay_s: float = Field(1.0, ge=0)
-    max_delay_s: float = Field(60.0, ge=0)
+class RetrySettings(RetrySection):
+    """`worker.retry` and a handler's `retry=`: `policy()` is the RetryPolicy the worker applies."""
 
 
 PROXY_CONCURRENCY: int = EndpointSettings.model_fields["max_concurrency"].default

@@ -13,16 +13,21 @@ from typing import Any
 import msgspec
 
 from openhqm.constants import DEFAULT_PRIORITY, ENVELOPE_VERSION
-from openhqm.errors import OpenHQMError
-
-
-class UndecodableMessage(OpenHQMError):
-    """A queued message is not an envelope of a version we understand."""
+from openhqm.errors import UndecodableMessage
 
 
 def new_id() -> str:
     """A random, URL-safe id with 144 bits of entropy."""
     return secrets.token_urlsafe(18)
+
+
+class Caller(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Transport facts about who sent the request (for X-Forwarded-For/-Proto/-Host). Only the
+    listener sets them, from the connection; nothing a client writes in a body can."""
+
+    addr: str | None = None
+    proto: str | None = None
+    host: str | None = None
 
 
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -48,6 +53,7 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     content_type: str | None = None
     traceparent: str | None = None
     callback_url: str | None = None
+    caller: Caller | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     raw: bool = False
     v: int = ENVELOPE_VERSION

@@ -63,14 +63,21 @@ class Reconnect:
     def __init__(self, backoff: Backoff = RECONNECT_BACKOFF) -> None:
         self.backoff = backoff
         self.failures = 0
+        self._next_delay_s: float | None = None
 
     @property
     def next_delay_s(self) -> float:
-        return self.backoff.delay_s(self.failures + 1)
+        """What the next `wait()` sleeps (drawn once, so a log line can name it truthfully)."""
+        if self._next_delay_s is None:
+            self._next_delay_s = self.backoff.delay_s(self.failures + 1)
+        return self._next_delay_s
 
     async def wait(self) -> None:
+        delay_s = self.next_delay_s
         self.failures += 1
-        await asyncio.sleep(self.backoff.delay_s(self.failures))
+        self._next_delay_s = None
+        await asyncio.sleep(delay_s)
 
     def reset(self) -> None:
         self.failures = 0
+        self._next_delay_s = None

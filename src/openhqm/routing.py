@@ -8,7 +8,13 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from openhqm.errors import RequestRejected
-from openhqm.worker.handlers import HandlerRegistry
+
+
+class Handlers(Protocol):
+    """The registered handlers (openhqm.worker.handlers.HandlerRegistry): `get` raises
+    RequestRejected (400) listing the valid names for an unknown one."""
+
+    def get(self, name: str) -> object: ...
 
 
 class EndpointResolver(Protocol):
@@ -17,7 +23,7 @@ class EndpointResolver(Protocol):
 
 
 class Routing:
-    def __init__(self, handlers: HandlerRegistry, default_handler: str,
+    def __init__(self, handlers: Handlers, default_handler: str,
                  endpoints: EndpointResolver | None = None) -> None:
         self.handlers = handlers
         self.default_handler = default_handler

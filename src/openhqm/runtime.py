@@ -126,7 +126,7 @@ class Runtime:
     async def _start_workers(self, stack: AsyncExitStack) -> None:
         pool = build_pool(self.app, self.backend, self.store, self.forwarder, self.replies)
         if self.probes and self.settings.worker.health_port:
-            from openhqm.worker.health import serving_probes
+            from openhqm.http.health import serving_probes
 
             # Entered before the pool starts, so probes keep answering while it drains.
             await stack.enter_async_context(serving_probes(self.settings, self.backend, self.store, pool))

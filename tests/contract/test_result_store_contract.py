@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 
+import msgspec
 import pytest
 
 from openhqm.constants import Status
+from openhqm.errors import AlreadyExists
 from openhqm.results import DeadLetterRecord, ResultStore, create_store
 from tests.contract import store_targets
 from tests.records import new_record
@@ -97,6 +99,15 @@ async def test_waiter_on_another_store_instance_is_woken(make_store: StoreFactor
     await first.transition(record.correlation_id, Status.FAILED, error="boom")
     got = await asyncio.wait_for(waiter, 10)
     assert got is not None and got.status == Status.FAILED
+
+
+async def test_creating_an_existing_id_raises_already_exists_and_keeps_the_first(store: ResultStore) -> None:
+    record = new_record(client_id="first")
+    await store.create(record)
+    with pytest.raises(AlreadyExists):
+        await store.create(msgspec.structs.replace(record, client_id="second"))
+    first = await store.get(record.correlation_id)
+    assert first is not None and first.client_id == record.client_id
 
 
 async def test_wait_returns_the_pending_record_after_its_timeout(store: ResultStore) -> None:

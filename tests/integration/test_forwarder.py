@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from openhqm.envelope import Caller
 from openhqm.errors import ConfigError, RequestRejected
 from openhqm.forward import (
     AuthFailed,
@@ -107,9 +108,7 @@ async def test_client_headers_pass_except_hop_by_hop_credentials_and_stripped(ba
                 content_type="application/json",
                 traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                 correlation_id="corr-1",
-                client_addr="10.9.8.7",
-                client_proto="https",
-                client_host="api.example",
+                client=Caller(addr="10.9.8.7", proto="https", host="api.example"),
             )
         )
     seen = echoed(resp)["header_map"]
@@ -334,7 +333,7 @@ async def test_retry_on_status_and_policy_come_from_the_endpoint(backend: Backen
     assert info.value.status_code == 500 and info.value.retry_after_s is None
     assert passthrough.status_code == 503
     assert plain is None
-    assert policy is not None and (policy.max_attempts, policy.max_delay_s, policy.max_age_s) == (4, 9, 60)
+    assert policy is not None and (policy.max_attempts, policy.backoff.max_delay_s, policy.max_age_s) == (4, 9, 60)
 
 
 async def test_slow_backend_times_out_as_retryable(backend: Backend) -> None:

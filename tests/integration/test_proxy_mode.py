@@ -205,6 +205,30 @@ def test_sidecar_replays_method_path_query_and_returns_the_backends_response(
     assert "x-api-key" not in seen["headers"]
 
 
+def test_metadata_cannot_choose_the_forwarded_for_host_or_proto_headers(
+    proxy: Server, backend: tuple[Backend, str]
+) -> None:
+    recorder, _ = backend
+    spoofed = {"endpoint": "echo", "client_addr": "1.2.3.4", "client_host": "admin.internal",
+               "client_proto": "gopher"}
+    assert submit(proxy, {"spoof": True}, spoofed).status_code == 200
+    seen = next(s for s in reversed(recorder.seen) if s["body"] == b'{"spoof":true}')["headers"]
+    assert "1.2.3.4" not in seen.get("x-forwarded-for", "")
+    assert seen.get("x-forwarded-host") != "admin.internal"
+    assert seen.get("x-forwarded-proto") != "gopher"
+
+
+def test_sidecar_tells_the_backend_the_connections_own_address_host_and_scheme(
+    sidecar: Server, backend: tuple[Backend, str]
+) -> None:
+    recorder, _ = backend
+    host = sidecar.url.removeprefix("http://")
+    assert httpx.post(f"{sidecar.url}/svc/whoami", content=b"who", timeout=30).status_code == 200
+    seen = next(s for s in reversed(recorder.seen) if s["path"] == "/whoami")["headers"]
+    assert (seen["x-forwarded-for"], seen["x-forwarded-host"], seen["x-forwarded-proto"]) == (
+        "127.0.0.1", host, "http")
+
+
 def test_sidecar_keeps_the_bridges_own_paths(sidecar: Server) -> None:
     assert httpx.get(f"{sidecar.url}/health").json() == {"status": "ok"}
     assert httpx.get(f"{sidecar.url}/api/v1/status/unknown").status_code == 404

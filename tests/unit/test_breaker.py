@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from openhqm.errors import CircuitOpen
 from openhqm.forward.breaker import CircuitBreaker, State
-from openhqm.forward.errors import CircuitOpen
 from openhqm.forward.settings import CircuitSettings
 
 

@@ -7,7 +7,7 @@ import email.utils
 
 import pytest
 
-from openhqm.forward import ForwardResponse, RetryPolicy, parse_retry_after, result_json
+from openhqm.forward import ForwardResponse, parse_retry_after, result_json
 
 
 def response(body: bytes, content_type: str | None, *extra: tuple[str, str]) -> ForwardResponse:
@@ -81,18 +81,3 @@ def test_retry_after_http_date() -> None:
     now = 1_700_000_000.0
     assert parse_retry_after(email.utils.formatdate(now + 120, usegmt=True), now=now) == pytest.approx(120)
     assert parse_retry_after(email.utils.formatdate(now - 120, usegmt=True), now=now) == 0.0
-
-
-def test_policy_counts_every_attempt_and_respects_max_age() -> None:
-    policy = RetryPolicy(max_attempts=3, max_age_s=60)
-    assert policy.allows_another(1) and policy.allows_another(2)
-    assert not policy.allows_another(3)
-    assert not policy.allows_another(1, age_s=61)
-
-
-def test_policy_backoff_grows_within_bounds_and_retry_after_wins() -> None:
-    policy = RetryPolicy(base_delay_s=1.0, max_delay_s=10.0)
-    for attempts, ceiling in ((1, 1.0), (2, 2.0), (3, 4.0), (10, 10.0), (500, 10.0)):
-        assert ceiling / 2 <= policy.delay_s(attempts) <= ceiling
-    assert policy.delay_s(1, retry_after_s=7.0) == 7.0
-    assert policy.delay_s(1, retry_after_s=70.0) == 10.0

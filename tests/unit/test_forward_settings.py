@@ -10,16 +10,8 @@ from pydantic import ValidationError
 
 from openhqm.config import load_settings
 from openhqm.errors import ConfigError
-from openhqm.forward.settings import (
-    ApiKeyAuth,
-    BasicAuth,
-    BearerAuth,
-    CallbackSettings,
-    CustomAuth,
-    EndpointSettings,
-    ProxySettings,
-    TimeoutSettings,
-)
+from openhqm.forward.auth_settings import ApiKeyAuth, BasicAuth, BearerAuth, CustomAuth
+from openhqm.forward.settings import CallbackSettings, EndpointSettings, ProxySettings, TimeoutSettings
 
 URL = "http://backend.internal:8080/api"
 

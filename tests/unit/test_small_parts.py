@@ -1,4 +1,4 @@
-"""Pure logic: Prefer parsing, retry maths, envelopes, the backend registry, the public API."""
+"""Pure logic: Prefer parsing, envelopes, the backend registry, the public API."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import pytest
 
 import openhqm
 from openhqm.backends.registry import BACKEND_ALIASES, get_backend_class
-from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, decode_reply, encode
-from openhqm.errors import ConfigError
+from openhqm.envelope import Envelope, Reply, decode_envelope, decode_reply, encode
+from openhqm.errors import ConfigError, UndecodableMessage
 from openhqm.forward.client import no_cookies
 from openhqm.http.prefer import parse_prefer
-from openhqm.worker.retry import backoff_s, decide
 
 
 def test_prefer_wait_and_respond_async_are_parsed() -> None:
@@ -20,25 +19,6 @@ def test_prefer_wait_and_respond_async_are_parsed() -> None:
     assert parse_prefer(["handling=lenient", "wait=2.5;foo"]).wait_s == 2.5
     assert parse_prefer(["wait=abc"]).wait_s is None
     assert parse_prefer([]).wait_s is None
-
-
-def test_backoff_grows_and_is_capped() -> None:
-    for attempt in range(1, 10):
-        delay = backoff_s(attempt, 1.0, 8.0)
-        ceiling = min(8.0, 2 ** (attempt - 1))
-        assert ceiling / 2 <= delay <= ceiling
-
-
-def test_max_attempts_counts_every_try() -> None:
-    assert decide(1, max_attempts=3, base_delay_s=0.1, max_delay_s=1).retry
-    assert decide(2, max_attempts=3, base_delay_s=0.1, max_delay_s=1).retry
-    assert not decide(3, max_attempts=3, base_delay_s=0.1, max_delay_s=1).retry
-    assert not decide(1, max_attempts=1, base_delay_s=0.1, max_delay_s=1).retry
-
-
-def test_retry_after_is_honoured_and_max_age_stops_retries() -> None:
-    assert decide(1, max_attempts=5, base_delay_s=0.1, max_delay_s=1, retry_after_s=30).delay_s == 30
-    assert not decide(1, max_attempts=5, base_delay_s=1, max_delay_s=1, age_s=59.5, max_age_s=60).retry
 
 
 def test_envelope_round_trips_binary_bodies() -> None:

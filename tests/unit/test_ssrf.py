@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from openhqm.forward.errors import UnsafeURL
+from openhqm.errors import UnsafeURL
 from openhqm.forward.ssrf import check_url, parse_loose_ipv4, resolve_and_check
 
 REFUSED = {

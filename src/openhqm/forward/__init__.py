@@ -1,7 +1,6 @@
 """Forwarding a queued request to an HTTP service, and result callbacks; see docs/proxy.md."""
 
-from openhqm.forward.callbacks import CallbackDelivery, CallbackSender, check_callback_url, sign, verify
-from openhqm.forward.errors import (
+from openhqm.errors import (
     AuthFailed,
     CallbackFailed,
     CircuitOpen,
@@ -11,10 +10,12 @@ from openhqm.forward.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from openhqm.forward.callbacks import CallbackDelivery, CallbackSender, check_callback_url, sign, verify
 from openhqm.forward.forwarder import Forwarder
 from openhqm.forward.models import ForwardRequest, ForwardResponse, result_json
-from openhqm.forward.retry import RetryPolicy, parse_retry_after
+from openhqm.forward.retry import parse_retry_after
 from openhqm.forward.settings import CallbackSettings, EndpointSettings, ProxySettings
+from openhqm.policies import RetryPolicy
 
 __all__ = [
     "AuthFailed",

@@ -20,17 +20,17 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from openhqm.forward.client import HTTP2_AVAILABLE, display_url, httpx_timeout, ssl_context
-from openhqm.forward.errors import AuthFailed
-from openhqm.forward.settings import (
+from openhqm.errors import AuthFailed
+from openhqm.forward.auth_settings import (
     ApiKeyAuth,
     AuthSettings,
     BasicAuth,
     BearerAuth,
     CustomAuth,
     OAuth2ClientCredentials,
-    TimeoutSettings,
 )
+from openhqm.forward.client import HTTP2_AVAILABLE, display_url, httpx_timeout, ssl_context
+from openhqm.forward.settings import TimeoutSettings
 
 log = logging.getLogger(__name__)
 

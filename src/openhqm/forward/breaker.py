@@ -15,7 +15,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Literal
 
-from openhqm.forward.errors import CircuitOpen
+from openhqm.errors import CircuitOpen
 from openhqm.forward.settings import CircuitSettings
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,17 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from openhqm.errors import ConfigError, OpenHQMError, RequestRejected
+from openhqm.errors import (
+    CallbackFailed,
+    ConfigError,
+    OpenHQMError,
+    RequestRejected,
+    UnsafeURL,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from openhqm.forward.client import display_url, no_cookies
-from openhqm.forward.errors import CallbackFailed, UnsafeURL, UpstreamTimeout, UpstreamUnavailable
-from openhqm.forward.retry import RetryPolicy, parse_retry_after
+from openhqm.forward.retry import parse_retry_after
 from openhqm.forward.settings import CallbackSettings, secret_key
 from openhqm.forward.ssrf import AllowList, Target, check_url, resolve_and_check
 
@@ -85,8 +92,7 @@ class CallbackSender:
         self._settings = settings
         self._key = settings.secret_bytes()
         self._allow = AllowList.of(settings.allow_hosts)
-        retry = settings.retry
-        self._policy = RetryPolicy(retry.max_attempts, retry.base_delay_s, retry.max_delay_s)
+        self._policy = settings.retry.policy()
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -136,13 +142,14 @@ class CallbackSender:
                 if 200 <= status < 300:
                     return CallbackDelivery(webhook_id, status, attempts)
                 reason, retryable = f"receiver answered HTTP {status}", status in (408, 429) or status >= 500
-            if not retryable or not self._policy.allows_another(attempts):
+            delay_s = self._policy.next_delay_s(attempts, retry_after_s=retry_after) if retryable else None
+            if delay_s is None:
                 raise CallbackFailed(
                     f"callback to {where} failed after {attempts} attempt(s): {reason}",
                     attempts=attempts,
                     status_code=status,
                 )
-            await asyncio.sleep(self._policy.delay_s(attempts, retry_after))
+            await asyncio.sleep(delay_s)
 
     async def _attempt(self, target: Target, body: bytes, webhook_id: str) -> tuple[int, float | None]:
         if self._client is None:

@@ -17,7 +17,8 @@ import certifi
 import httpx
 
 from openhqm.errors import ConfigError
-from openhqm.forward.settings import EndpointSettings, TimeoutSettings, TLSSettings
+from openhqm.forward.auth_settings import TLSSettings
+from openhqm.forward.settings import EndpointSettings, TimeoutSettings
 
 HTTP2_AVAILABLE = importlib.util.find_spec("h2") is not None
 

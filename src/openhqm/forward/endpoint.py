@@ -18,16 +18,23 @@ import httpx
 from multidict import CIMultiDict
 from yarl import URL
 
-from openhqm.errors import OpenHQMError, RequestRejected
+from openhqm.errors import (
+    ForwardError,
+    OpenHQMError,
+    RequestRejected,
+    ResponseTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from openhqm.forward.auth import Authenticator, build_auth, scrub
+from openhqm.forward.auth_settings import check_header_name
 from openhqm.forward.breaker import CircuitBreaker, Outcome
 from openhqm.forward.client import build_session, display_url
-from openhqm.forward.errors import ForwardError, ResponseTooLarge, UpstreamTimeout, UpstreamUnavailable
-from openhqm.forward.headers import ClientInfo, HeaderPolicy, Headers, merge, response_headers
+from openhqm.forward.headers import HeaderPolicy, Headers, merge, response_headers
 from openhqm.forward.limits import EndpointLimits
 from openhqm.forward.models import ForwardRequest, ForwardResponse
-from openhqm.forward.retry import RetryPolicy, parse_retry_after
-from openhqm.forward.settings import DEFAULT_RETRY_STATUSES, EndpointSettings, check_header_name
+from openhqm.forward.retry import parse_retry_after
+from openhqm.forward.settings import DEFAULT_RETRY_STATUSES, EndpointSettings
 
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -46,17 +53,7 @@ class Endpoint:
         self._limits = EndpointLimits(settings.max_concurrency, settings.rate_limit_per_s, settings.burst)
         retry = settings.retry
         self.retry_statuses = frozenset(retry.on_status if retry else DEFAULT_RETRY_STATUSES)
-        self.retry_policy = (
-            None
-            if retry is None
-            else RetryPolicy(
-                retry.max_attempts,
-                retry.base_delay_s,
-                retry.max_delay_s,
-                retry.max_age_s,
-                self.retry_statuses,
-            )
-        )
+        self.retry_policy = None if retry is None else retry.policy()
         self._client: aiohttp.ClientSession | None = None
         self._auth: Authenticator | None = None
 
@@ -75,10 +72,9 @@ class Endpoint:
     async def send(self, req: ForwardRequest) -> ForwardResponse:
         method = _method(req.method or self.settings.method)
         url = self._url(req.path, req.query)
-        client = ClientInfo(req.client_addr, req.client_proto, req.client_host)
         headers = self._policy.request_headers(
             req.headers,
-            client=client,
+            client=req.client,
             content_type=req.content_type,
             traceparent=req.traceparent,
             correlation_id=req.correlation_id,

@@ -14,9 +14,9 @@ from typing import Any
 from openhqm.errors import RequestRejected
 from openhqm.forward.endpoint import Endpoint
 from openhqm.forward.models import ForwardRequest, ForwardResponse
-from openhqm.forward.retry import RetryPolicy
 from openhqm.forward.routing import Router
 from openhqm.forward.settings import ProxySettings
+from openhqm.policies import RetryPolicy
 
 
 class Forwarder:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from openhqm.envelope import Caller
+
 Headers = list[tuple[str, str]]
 
 HOP_BY_HOP = frozenset(
@@ -61,13 +63,8 @@ def response_headers(headers: Iterable[tuple[str, str]]) -> Headers:
     return [(n.lower(), v) for n, v in strip_hop_by_hop(headers) if n.lower() not in RESPONSE_DROPPED]
 
 
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """Where the original request came from, for X-Forwarded-*."""
-
-    addr: str | None = None
-    proto: str | None = None
-    host: str | None = None
+# Where the original request came from, for X-Forwarded-*: the envelope's own record of it.
+ClientInfo = Caller
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from openhqm.envelope import Caller
+
 _TEXT_TYPES = frozenset(
     {
         "application/javascript",
@@ -25,7 +27,7 @@ _TEXT_TYPES = frozenset(
 class ForwardRequest:
     """`method` None: the endpoint's method. `path` is the raw, percent-encoded path appended to the
     endpoint URL (sidecar mode: the endpoint URL is the base); `query` the raw query, without '?'.
-    `client_*` describe the original caller, for X-Forwarded-For/-Proto/-Host."""
+    `client` describes the original caller, for X-Forwarded-For/-Proto/-Host."""
 
     endpoint: str
     method: str | None = None
@@ -36,9 +38,7 @@ class ForwardRequest:
     content_type: str | None = None
     traceparent: str | None = None
     correlation_id: str | None = None
-    client_addr: str | None = None
-    client_proto: str | None = None
-    client_host: str | None = None
+    client: Caller = field(default_factory=Caller)
 
     def __repr__(self) -> str:  # headers may hold the client's credentials
         return (

@@ -13,123 +13,27 @@ import binascii
 import ipaddress
 import math
 import re
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from dataclasses import replace
+from typing import Any
 
-import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from openhqm.forward.auth_settings import (
+    AuthSettings,
+    TLSSettings,
+    check_header_name,
+    http_url,
+)
+from openhqm.policies import RetryPolicy
+from openhqm.settings_base import RetrySection, Section
 
 MiB = 1024 * 1024
 DEFAULT_RETRY_STATUSES = (429, 502, 503, 504)
 DEFAULT_ENDPOINT_NAME = "default"  # the endpoint made from a `default_endpoint` URL
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token: header names and methods
 _HEADER_PATTERN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z?\[\]-]+$")  # a name, or a glob such as X-Trace-*
 _ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _HOST_NAME = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?$")
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-def check_header_name(name: str) -> str:
-    if not _TOKEN.match(name):
-        raise ValueError(f"{name!r} is not a valid HTTP header name")
-    return name
-
-
-def _header_safe(secret: SecretStr) -> SecretStr:
-    if any(ch in secret.get_secret_value() for ch in "\r\n\0"):
-        raise ValueError("must not contain CR, LF or NUL characters")
-    return secret
-
-
-def _http_url(url: str) -> str:
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise ValueError(f"not a valid URL: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    return url
-
-
-# --- outbound authentication -------------------------------------------------------------------
-
-
-class BearerAuth(Section):
-    type: Literal["bearer"]
-    token: SecretStr
-
-    _check_token = field_validator("token")(_header_safe)
-
-
-class ApiKeyAuth(Section):
-    type: Literal["api_key"]
-    header: str = "X-API-Key"
-    key: SecretStr
-
-    _check_header = field_validator("header")(check_header_name)
-    _check_key = field_validator("key")(_header_safe)
-
-
-class BasicAuth(Section):
-    type: Literal["basic"]
-    username: str
-    password: SecretStr
-
-    @field_validator("username")
-    @classmethod
-    def _no_colon(cls, value: str) -> str:
-        if ":" in value:
-            raise ValueError("a Basic auth username cannot contain ':'")
-        return value
-
-
-class CustomAuth(Section):
-    type: Literal["custom"]
-    header: str
-    value: SecretStr
-
-    _check_header = field_validator("header")(check_header_name)
-    _check_value = field_validator("value")(_header_safe)
-
-
-class TLSSettings(Section):
-    verify: bool = True
-    ca_file: Path | None = Field(None, description="trust only this CA bundle (replaces the public roots)")
-    client_cert: Path | None = Field(None, description="PEM certificate for mutual TLS")
-    client_key: Path | None = Field(None, description="PEM private key (unencrypted) for client_cert")
-
-    @field_validator("client_key")
-    @classmethod
-    def _key_needs_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None and info.data.get("client_cert") is None:
-            raise ValueError("client_key needs client_cert")
-        return value
-
-
-class OAuth2ClientCredentials(Section):
-    type: Literal["oauth2_client_credentials"]
-    token_url: str
-    client_id: str
-    client_secret: SecretStr
-    scope: str | None = None
-    client_auth: Literal["basic", "body"] = Field(
-        "basic", description="send client_id/client_secret as HTTP Basic (RFC 6749 2.3.1) or in the form body"
-    )
-    refresh_before_s: float = Field(
-        30.0, ge=0, description="refresh this long before expiry (at most half the token's lifetime)"
-    )
-    tls: TLSSettings = TLSSettings()
-
-    _check_url = field_validator("token_url")(_http_url)
-
-
-AuthSettings = Annotated[
-    BearerAuth | ApiKeyAuth | BasicAuth | CustomAuth | OAuth2ClientCredentials, Field(discriminator="type")
-]
 
 
 # --- one endpoint --------------------------------------------------------------------------------
@@ -141,12 +45,12 @@ class TimeoutSettings(Section):
     total: float | None = Field(None, gt=0, description="the whole exchange, body included")
 
 
-class ForwardRetrySettings(Section):
-    max_attempts: int = Field(3, ge=1, description="every call counts, the first one included")
+class ForwardRetrySettings(RetrySection):
     on_status: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRY_STATUSES))
-    base_delay_s: float = Field(1.0, ge=0)
-    max_delay_s: float = Field(60.0, ge=0)
     max_age_s: float | None = Field(None, gt=0, description="give up once the request is this old")
+
+    def policy(self) -> RetryPolicy:
+        return replace(super().policy(), max_age_s=self.max_age_s)
 
     @field_validator("on_status")
     @classmethod
@@ -212,7 +116,7 @@ class EndpointSettings(Section):
         data["auth"] = {key: value for key, value in auth.items() if value is not None}
         return data
 
-    _check_url = field_validator("url")(_http_url)
+    _check_url = field_validator("url")(http_url)
 
     @field_validator("method")
     @classmethod
@@ -341,7 +245,7 @@ class ProxySettings(Section):
         if value is None or endpoints is None:
             return value
         if "://" in value:
-            _http_url(value)
+            http_url(value)
             if DEFAULT_ENDPOINT_NAME in endpoints:
                 raise ValueError(f"is a URL, but an endpoint is already named {DEFAULT_ENDPOINT_NAME!r}")
         elif value not in endpoints:
@@ -386,10 +290,9 @@ def _valid(endpoints: dict[str, EndpointSettings]) -> str:
 # --- result callbacks ----------------------------------------------------------------------------
 
 
-class CallbackRetrySettings(Section):
+class CallbackRetrySettings(RetrySection):
     max_attempts: int = Field(5, ge=1, description="every delivery attempt counts, the first one included")
-    base_delay_s: float = Field(1.0, ge=0)
-    max_delay_s: float = Field(30.0, ge=0)
+    max_delay_s: float = Field(30.0, ge=0, description="also caps a receiver's Retry-After")
 
 
 class CallbackSettings(Section):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from openhqm.forward.errors import UnsafeURL, UpstreamUnavailable
+from openhqm.errors import UnsafeURL, UpstreamUnavailable
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -14,11 +14,14 @@ from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openhqm import metrics
-from openhqm.bridge import Bridge, Submission, json_body
+from openhqm.bridge import Bridge, json_body
+from openhqm.constants import DEFAULT_PRIORITY
+from openhqm.envelope import Envelope
 from openhqm.errors import RequestRejected
 from openhqm.http.auth import current_identity
+from openhqm.http.health import readiness
 from openhqm.http.prefer import parse_prefer
-from openhqm.http.responses import JSONResponse
+from openhqm.http.responses import JSONResponse, raw_response
 from openhqm.http.schemas import (
     DeadLetterEntry,
     ErrorResponse,
@@ -86,7 +89,9 @@ def _schedule(meta: Any) -> tuple[float | None, float | None]:
 
 
 def build_submission(body: SubmitRequest, bridge: Bridge, *, session_header: str | None,
-                     traceparent: str | None, client: str | None) -> Submission:
+                     traceparent: str | None, client: str | None) -> Envelope:
+    """The routed envelope for a JSON submit; any metadata key the API does not know goes to the
+    handler as it came, and none of them can set what the listener alone knows (`Envelope.caller`)."""
     meta = body.metadata
     extra = dict(meta.model_extra or {})
     router_ = bridge.router
@@ -94,9 +99,10 @@ def build_submission(body: SubmitRequest, bridge: Bridge, *, session_header: str
     not_before, expires_at = _schedule(meta)
     if meta.callback_url is not None:
         bridge.check_callback_url(meta.callback_url)
-    return Submission(
-        body=json_body(body.payload), headers=body.headers, handler=handler, endpoint=endpoint,
-        priority=meta.priority if isinstance(meta.priority, int) else 5,
+    return Envelope(
+        body=json_body(body.payload), content_type="application/json", headers=body.headers, handler=handler,
+        endpoint=endpoint,
+        priority=meta.priority if isinstance(meta.priority, int) else DEFAULT_PRIORITY,
         timeout_s=meta.timeout_s or meta.timeout, not_before=not_before, expires_at=expires_at,
         session_id=meta.session_id or session_header, client_id=client, callback_url=meta.callback_url,
         traceparent=traceparent, metadata=extra)
@@ -138,8 +144,7 @@ async def answer_submit(body: SubmitRequest, request: Request) -> Response:
                                   client=client)
     replayed = False
     if idempotency_key:
-        submission.request_hash = request_hash(body)
-        record, is_new = await bridge.submit_once(submission, idempotency_key)
+        record, is_new = await bridge.submit_once(submission, idempotency_key, request_hash(body))
         replayed = not is_new
     elif preferences.wait_s and not preferences.respond_async:
         record = await bridge.submit_and_wait(submission, preferences.wait_s)
@@ -204,7 +209,7 @@ async def answer_response(correlation_id: str, request: Request, wait: float | N
         response.headers["Retry-After"] = str(bridge.settings.server.retry_after_s)
         return response
     if format == "raw":
-        return bridge.raw_response(record)
+        return raw_response(record)
     return finished(record)
 
 
@@ -220,9 +225,8 @@ async def get_session(session_id: str, request: Request,
                       limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
     """A session's requests in submit order, with their states."""
     bridge, client = context(request)
-    records = await bridge.store.list_session(session_id, limit)
-    visible = [r for r in records if client is None or r.client_id in (None, client)]
-    return {"session_id": session_id, "requests": [status_json(r) for r in visible]}
+    records = await bridge.session(session_id, client, limit)
+    return {"session_id": session_id, "requests": [status_json(r) for r in records]}
 
 
 @router.get("/api/v1/requests/{correlation_id}/events", responses=ERRORS,
@@ -238,11 +242,10 @@ async def request_events(correlation_id: str, request: Request
 
 async def event_stream(bridge: Bridge, first: RequestRecord, request: Request) -> AsyncIterator[bytes]:
     cid = first.correlation_id
-    updates = bridge.store.subscribe(cid)
     sent: tuple[str, int] | None = None
     record: RequestRecord | None = first
     deadline = time.monotonic() + EVENTS_MAX_S
-    try:
+    with bridge.updates(cid) as updates:
         while record is not None and time.monotonic() < deadline:
             if (record.status, record.attempts) != sent:
                 sent = (record.status, record.attempts)
@@ -254,11 +257,9 @@ async def event_stream(bridge: Bridge, first: RequestRecord, request: Request) -
             except TimeoutError:
                 # Changes made by another process (a separate worker) reach this one only
                 # through the store, so re-read it now and then.
-                record = await bridge.store.get(cid)
+                record = await bridge.reread(cid)
                 if record is not None and (record.status, record.attempts) == sent:
                     yield b": keep-alive\n\n"
-    finally:
-        bridge.store.unsubscribe(cid, updates)
 
 
 EVENTS_RECHECK_S = 0.5
@@ -316,11 +317,7 @@ async def health() -> dict[str, str]:
 async def ready(request: Request) -> Response:
     """Ready when the broker and the result store both answer within their timeouts."""
     bridge, _ = context(request)
-    broker, store = await bridge.backend.health(), await bridge.store.health()
-    checks = {"queue": {"ok": broker.ok, "detail": broker.detail}, "results": {"ok": store.ok, "detail": store.detail}}
-    failing = [name for name, check in checks.items() if not check["ok"]]
-    body = {"status": "ready" if not failing else f"not ready: {', '.join(failing)} unavailable", "checks": checks}
-    return JSONResponse(body, status_code=503 if failing else 200)
+    return readiness(*await bridge.health())
 
 
 @ops_router.get("/metrics")

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from openhqm.bridge import Bridge, Submission
+from openhqm.bridge import Bridge
 from openhqm.constants import Status
+from openhqm.envelope import Caller, Envelope
 from openhqm.http.prefer import parse_prefer
-from openhqm.http.responses import JSONResponse
+from openhqm.http.responses import JSONResponse, raw_response
 from openhqm.http.routes import accepted
 from openhqm.views import result_json
 
@@ -37,13 +38,13 @@ def sidecar_router(prefix: str) -> APIRouter:
                 headers[name] = f"{headers[name]}, {value}" if name in headers else value
         endpoint, _ = bridge.router.choose(None, None, headers=headers, method=request.method, path=path)
         client = request.client
-        submission = Submission(
+        submission = Envelope(
             body=await request.body(), content_type=request.headers.get("content-type"), headers=headers,
             endpoint=endpoint, method=request.method, path=path, query=request.url.query or None,
             session_id=request.headers.get("x-session-id"), traceparent=request.headers.get("traceparent"),
             client_id=getattr(request.state, "client_id", None),
-            metadata={"client_addr": client.host if client else None, "client_proto": request.url.scheme,
-                      "client_host": request.headers.get("host")})
+            caller=Caller(addr=client.host if client else None, proto=request.url.scheme,
+                          host=request.headers.get("host")))
         preferences = parse_prefer(request.headers.getlist("prefer"))
         if settings.respond_async or preferences.respond_async:
             return accepted(request, await bridge.submit(submission), bridge)
@@ -51,7 +52,7 @@ def sidecar_router(prefix: str) -> APIRouter:
         if not done.terminal:
             return accepted(request, done, bridge)
         if done.status == Status.COMPLETED:
-            return bridge.raw_response(done)
+            return raw_response(done)
         # The backend never answered (timeouts, refused connections, open circuit to the end).
         return JSONResponse(result_json(done), status_code=502)
 

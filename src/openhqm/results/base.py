@@ -72,7 +72,7 @@ class ResultStore(ABC):
 
     @abstractmethod
     async def create(self, record: RequestRecord) -> None:
-        """Insert a new record; raises KeyError (AlreadyExists) when its correlation_id exists."""
+        """Insert a new record; raises AlreadyExists when its correlation_id exists."""
 
     @abstractmethod
     async def delete(self, correlation_id: str) -> None:

@@ -24,8 +24,9 @@ import msgspec
 from openhqm.backends.base import Health
 from openhqm.config import Settings
 from openhqm.constants import TERMINAL
-from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
+from openhqm.policies import Reconnect
 from openhqm.redact import mask_url
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 
@@ -36,7 +37,6 @@ POOL_MAX_SIZE = 10
 HEALTH_TIMEOUT_S = 2.0
 CLOSE_TIMEOUT_S = 5.0
 LISTENER_CHECK_INTERVAL_S = 30.0  # how often an idle LISTEN connection is probed (half-open TCP)
-RECONNECT_BACKOFF_S = (0.1, 5.0)
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_any = msgspec.msgpack.Decoder().decode
@@ -200,7 +200,7 @@ class PostgresResultStore(ResultStore):
 
     async def _supervise(self) -> None:
         """Reopen the LISTEN connection whenever it drops, then wake waiters whose NOTIFY was lost."""
-        backoff_s, recheck = RECONNECT_BACKOFF_S[0], False
+        reconnect, recheck = Reconnect(), False
         while True:
             try:
                 if self.listener_pid is None:
@@ -211,11 +211,11 @@ class PostgresResultStore(ResultStore):
                     await self._wake_finished()
                     recheck = False
             except Exception as exc:
-                log.warning("result store listener lost; reconnecting", error=str(exc), retry_in_s=backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_S[1])
+                log.warning("result store listener lost; reconnecting", error=str(exc),
+                            retry_in_s=round(reconnect.next_delay_s, 3))
+                await reconnect.wait()
                 continue
-            backoff_s = RECONNECT_BACKOFF_S[0]
+            reconnect.reset()
             try:
                 async with asyncio.timeout(LISTENER_CHECK_INTERVAL_S):
                     await self._listen_lost.wait()
@@ -261,7 +261,7 @@ class PostgresResultStore(ResultStore):
             try:
                 await self._db.fetch(sql, _TERMINAL, self._channel, *values)
             except asyncpg.UniqueViolationError as exc:
-                raise KeyError(f"request {record.correlation_id} exists") from exc
+                raise AlreadyExists(f"request {record.correlation_id} exists") from exc
 
     async def delete(self, correlation_id: str) -> None:
         with _mapped("delete"):

@@ -38,8 +38,9 @@ from redis.typing import EncodableT
 from openhqm.backends.base import Health
 from openhqm.config import Settings
 from openhqm.constants import TERMINAL
-from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
+from openhqm.policies import Reconnect
 from openhqm.redact import mask_url
 from openhqm.results import redis_lua as lua
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
@@ -55,7 +56,6 @@ CLEANUP_BATCH = 500
 CLEANUP_MAX_BATCHES = 1000
 SUBSCRIBE_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 2.0
-RECONNECT_BACKOFF_S = (0.1, 5.0)
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
@@ -159,7 +159,7 @@ class RedisResultStore(ResultStore):
 
     async def _listen(self) -> None:
         """Wake waiters from the done channel; redis-py resubscribes on reconnect, then we re-check."""
-        backoff_s, recheck = RECONNECT_BACKOFF_S[0], False
+        reconnect, recheck = Reconnect(), False
         while True:
             try:
                 if recheck:
@@ -168,13 +168,12 @@ class RedisResultStore(ResultStore):
                 message = await self._pubsub.get_message(timeout=None)
             except Exception as exc:  # redis-py already retried; back off, then reconnect
                 log.warning("result store subscription lost; reconnecting", error=str(exc),
-                            retry_in_s=backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, RECONNECT_BACKOFF_S[1])
+                            retry_in_s=round(reconnect.next_delay_s, 3))
+                await reconnect.wait()
                 continue
             if message is None:
                 continue
-            backoff_s = RECONNECT_BACKOFF_S[0]
+            reconnect.reset()
             if message["type"] == "message":
                 self._wake(message["data"].decode())
             elif message["type"] == "subscribe":
@@ -204,7 +203,7 @@ class RedisResultStore(ResultStore):
             keys.append(f"{self._prefix}:session:{record.session_id}")
             args.append(record.session_id)
         if not await self._run("create", lua.CREATE, keys, args):
-            raise KeyError(f"request {cid} exists")
+            raise AlreadyExists(f"request {cid} exists")
 
     async def delete(self, correlation_id: str) -> None:
         keys = [self._req_key(correlation_id), self._counts_key, self._done_key]

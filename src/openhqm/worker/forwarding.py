@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 
 from openhqm import metrics
-from openhqm.config import RetrySettings
+from openhqm.envelope import Caller
 from openhqm.errors import TargetDeferred, TargetFailed
 from openhqm.forward import CircuitOpen, Forwarder, ForwardError, ForwardRequest, result_json
 from openhqm.logging import get_logger
+from openhqm.policies import RetryPolicy
+from openhqm.routing import Routing
 from openhqm.worker.handlers import Job
 from openhqm.worker.targets import HandlerTarget, Outcome
 
@@ -27,15 +29,10 @@ class ForwardTarget:
     def __init__(self, forwarder: Forwarder, handlers: HandlerTarget) -> None:
         self.forwarder = forwarder
         self.handlers = handlers
-
-    def _endpoint(self, job: Job) -> str | None:
-        envelope = job.envelope
-        if envelope.raw:
-            return self.forwarder.resolve(None, method="POST", path="/", headers={}, payload_json=None)
-        return envelope.endpoint
+        self.routing = Routing(handlers.handlers, handlers.routing.default_handler, forwarder)
 
     async def run(self, job: Job) -> Outcome:
-        endpoint = self._endpoint(job)
+        endpoint = job.envelope.endpoint
         if endpoint is None:
             return await self.handlers.run(job)
         envelope = job.envelope
@@ -43,8 +40,7 @@ class ForwardTarget:
             endpoint=endpoint, method=envelope.method, path=envelope.path, query=envelope.query,
             headers=envelope.headers, body=envelope.body, content_type=envelope.content_type,
             traceparent=envelope.traceparent, correlation_id=envelope.correlation_id,
-            client_addr=envelope.metadata.get("client_addr"), client_proto=envelope.metadata.get("client_proto"),
-            client_host=envelope.metadata.get("client_host"))
+            client=envelope.caller or Caller())
         started = time.perf_counter()
         try:
             response = await self.forwarder.forward(request)
@@ -54,9 +50,7 @@ class ForwardTarget:
                 from exc
         except ForwardError as exc:
             self._observe(endpoint, exc.status_code, started)
-            policy = self.forwarder.retry_policy(endpoint)
-            raise TargetFailed(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s,
-                               max_age_s=policy.max_age_s if policy else None) from exc
+            raise TargetFailed(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s) from exc
         self._observe(endpoint, response.status_code, started)
         log.info("forwarded", endpoint=endpoint, status_code=response.status_code,
                  elapsed_ms=round(response.elapsed_s * 1000, 3))
@@ -68,15 +62,9 @@ class ForwardTarget:
         state = _CIRCUIT_VALUES.get(self.forwarder.circuit_state(endpoint), 0)
         metrics.child(metrics.CIRCUIT_STATE, endpoint).set(state)
 
-    def retry_policy(self, job: Job) -> RetrySettings | None:
-        endpoint = self._endpoint(job)
-        if endpoint is None:
-            return self.handlers.retry_policy(job)
-        policy = self.forwarder.retry_policy(endpoint)
-        if policy is None:
-            return None
-        return RetrySettings(max_attempts=policy.max_attempts, base_delay_s=policy.base_delay_s,
-                             max_delay_s=policy.max_delay_s)
+    def retry_policy(self, job: Job) -> RetryPolicy | None:
+        endpoint = job.envelope.endpoint
+        return self.handlers.retry_policy(job) if endpoint is None else self.forwarder.retry_policy(endpoint)
 
     def timeout_s(self, job: Job) -> float | None:
-        return None if self._endpoint(job) is not None else self.handlers.timeout_s(job)
+        return None if job.envelope.endpoint is not None else self.handlers.timeout_s(job)

@@ -18,10 +18,15 @@ from openhqm.errors import DeadLetter, RequestRejected
 
 @dataclass
 class Job:
-    """What a handler receives: the decoded payload plus the request's context."""
+    """What a handler receives: the decoded payload plus the request's context.
+
+    `state` belongs to this attempt alone (middleware timings and the like): unlike `metadata`, it
+    never travels with the request when it is retried or deferred.
+    """
 
     envelope: Envelope
     attempt: int
+    state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def correlation_id(self) -> str:

@@ -26,7 +26,7 @@ class Middleware:
 
 class LoggingMiddleware(Middleware):
     async def before(self, job: Job) -> None:
-        job.metadata.setdefault("_started", time.perf_counter())
+        job.state["started"] = time.perf_counter()
         log.info("job started", attempt=job.attempt, target=job.envelope.handler or job.envelope.endpoint)
 
     async def after(self, job: Job, result: Any) -> None:
@@ -38,5 +38,5 @@ class LoggingMiddleware(Middleware):
 
 
 def _elapsed_ms(job: Job) -> float | None:
-    started = job.metadata.get("_started")
+    started = job.state.get("started")
     return round((time.perf_counter() - started) * 1000, 3) if isinstance(started, float) else None

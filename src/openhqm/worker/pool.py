@@ -15,14 +15,15 @@ from typing import Protocol
 from openhqm import metrics
 from openhqm.backends.base import Backend, Delivery
 from openhqm.logging import get_logger
+from openhqm.policies import Reconnect
 from openhqm.worker.processor import Processor
 
 log = get_logger("openhqm.worker")
 
 
 class Scaler(Protocol):
-    """What the pool runs beside its intake to resize itself (worker/autoscale.py); a protocol, so the
-    pool does not import the autoscaler that imports it."""
+    """What the pool runs beside its intake to resize it (worker/autoscale.py's Autoscaler); a
+    protocol, so the pool does not import the module that imports it."""
 
     async def run(self) -> None: ...
 
@@ -56,7 +57,7 @@ class WorkerPool:
             self._autoscaling = asyncio.create_task(self.autoscaler.run(), name="openhqm-autoscale")
 
     async def _take_messages(self) -> None:
-        backoff_s = 0.1
+        reconnect = Reconnect()
         while True:
             deliveries = self.backend.consume(self.queue, prefetch=self.prefetch)
             try:
@@ -68,15 +69,15 @@ class WorkerPool:
                     except BaseException:
                         self._slots.release()
                         raise
-                    backoff_s = 0.1
+                    reconnect.reset()
                     self._spawn(delivery)
             except StopAsyncIteration:
                 return
             except Exception as exc:
                 # The broker went away: keep trying, with a bounded backoff, until it is back.
-                log.warning("consume failed; retrying", queue=self.queue, error=str(exc), retry_in_s=backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                log.warning("consume failed; retrying", queue=self.queue, error=str(exc),
+                            retry_in_s=round(reconnect.next_delay_s, 3))
+                await reconnect.wait()
             finally:
                 # Closing the iterator lets the backend hand back what it prefetched.
                 with contextlib.suppress(Exception):

@@ -11,26 +11,26 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import orjson
 import structlog
 
 from openhqm import metrics
-from openhqm.app import OpenHQM
 from openhqm.backends.base import Backend, Delivery
-from openhqm.config import RetrySettings
+from openhqm.config import Settings
 from openhqm.constants import Status
-from openhqm.envelope import Envelope, Reply, UndecodableMessage, decode_envelope, encode, new_id
-from openhqm.errors import DeadLetter, Retry
+from openhqm.envelope import Envelope, Reply, decode_envelope, encode, new_id
+from openhqm.errors import DeadLetter, RequestRejected, Retry, UndecodableMessage
 from openhqm.logging import get_logger
+from openhqm.policies import RetryPolicy
 from openhqm.results.base import DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
 from openhqm.worker.handlers import Job
+from openhqm.worker.middleware import Middleware
 from openhqm.worker.replies import BrokerReplies, ReplyRoute
-from openhqm.worker.retry import decide
-from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed
+from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed, routed
 
 log = get_logger("openhqm.worker")
 
@@ -42,12 +42,19 @@ class Failure:
     error: str
     retryable: bool = True
     retry_after_s: float | None = None
-    retry: RetrySettings | None = None
-    max_age_s: float | None = None
+    retry: RetryPolicy | None = None
+
+
+class WorkerApp(Protocol):
+    """What the processor needs of the application (openhqm.app.OpenHQM); a protocol, so the worker
+    does not import the module that imports the worker's handlers and middleware."""
+
+    settings: Settings
+    middleware: list[Middleware]
 
 
 class Processor:
-    def __init__(self, app: OpenHQM, backend: Backend, store: ResultStore, target: Target, queue: str,
+    def __init__(self, app: WorkerApp, backend: Backend, store: ResultStore, target: Target, queue: str,
                  replies: ReplyRoute | None = None) -> None:
         self.app = app
         self.backend = backend
@@ -56,6 +63,7 @@ class Processor:
         self.queue = queue
         self.settings = app.settings.worker
         self.replies = replies or BrokerReplies(backend)  # chosen by the runtime (worker/replies.py)
+        self.retry = self.settings.retry.policy()  # for targets without a policy of their own
 
     async def process(self, delivery: Delivery) -> None:
         try:
@@ -65,6 +73,12 @@ class Processor:
                 await self._dead_letter(delivery, None, f"undecodable message: {exc}", delivery.attempt, None)
                 return
             envelope = Envelope(id=delivery.message_id, body=delivery.body, raw=True)
+        try:
+            envelope = routed(envelope, self.target.routing)
+        except RequestRejected as exc:
+            await self._dead_letter(delivery, None if envelope.raw else envelope, f"no route: {exc.message}",
+                                    delivery.attempt, None)
+            return
         attempt = envelope.attempt + delivery.attempt - 1
         structlog.contextvars.bind_contextvars(
             correlation_id=envelope.correlation_id, session_id=envelope.session_id, attempt=attempt,
@@ -160,20 +174,18 @@ class Processor:
         if isinstance(exc, Retry):
             return Failure(f"Retry: {exc}", retry_after_s=exc.delay_s, retry=policy)
         if isinstance(exc, TargetFailed):
-            return Failure(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s, retry=policy,
-                           max_age_s=exc.max_age_s)
+            return Failure(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s, retry=policy)
         if isinstance(exc, TimeoutError):
             return Failure(f"TimeoutError: {exc}", retry=policy)
         log.exception("handler raised", exc_info=exc)
         return Failure(f"{type(exc).__name__}: {exc}", retry=policy)
 
     async def _failed(self, delivery: Delivery, envelope: Envelope, attempt: int, failure: Failure) -> None:
-        policy = failure.retry or self.settings.retry
-        decision = decide(attempt, max_attempts=policy.max_attempts, base_delay_s=policy.base_delay_s,
-                          max_delay_s=policy.max_delay_s, retry_after_s=failure.retry_after_s,
-                          age_s=time.time() - envelope.created_at, max_age_s=failure.max_age_s)
-        if failure.retryable and decision.retry:
-            await self._retry(delivery, envelope, attempt, failure.error, decision.delay_s)
+        policy = failure.retry or self.retry
+        delay_s = policy.next_delay_s(attempt, retry_after_s=failure.retry_after_s,
+                                      age_s=time.time() - envelope.created_at) if failure.retryable else None
+        if delay_s is not None:
+            await self._retry(delivery, envelope, attempt, failure.error, delay_s)
             return
         reason = "handler gave up" if not failure.retryable else f"failed after {attempt} attempt(s)"
         await self._dead_letter(delivery, envelope, reason, attempt, failure.error)
@@ -188,7 +200,7 @@ class Processor:
     async def _defer(self, delivery: Delivery, envelope: Envelope, attempt: int, delay_s: float, why: str) -> None:
         """Put the message back without counting a try (e.g. the endpoint's circuit is open)."""
         log.info("deferred", delay_s=round(delay_s, 3), reason=why)
-        again = Envelope(**{**_fields(envelope), "attempt": attempt})
+        again = msgspec.structs.replace(envelope, attempt=attempt)
         await self.backend.publish(self.queue, encode(again), priority=envelope.priority, delay_s=delay_s,
                                    key=delivery.key, message_id=new_id())
         await delivery.ack()
@@ -234,7 +246,3 @@ def as_json(result: Any) -> Any:
     if result is None or isinstance(result, str | bool | float):
         return result
     return orjson.loads(orjson.dumps(result))
-
-
-def _fields(envelope: Envelope) -> dict[str, Any]:
-    return {name: getattr(envelope, name) for name in envelope.__struct_fields__}

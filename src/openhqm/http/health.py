@@ -1,25 +1,43 @@
-"""The worker's small HTTP port: /health, /ready and /metrics, so Kubernetes probes work for workers."""
+"""Readiness for both HTTP faces, and the worker's small HTTP port (/health, /ready, /metrics), so
+Kubernetes probes work for workers too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from openhqm import metrics
-from openhqm.backends.base import Backend
+from openhqm.backends.base import Backend, Health
 from openhqm.config import Settings
+from openhqm.http.responses import JSONResponse
 from openhqm.results.base import ResultStore
-from openhqm.worker.pool import WorkerPool
 
 
-def health_app(backend: Backend, store: ResultStore, pool: WorkerPool) -> FastAPI:
+class Pool(Protocol):
+    """What /health reports of the worker pool (openhqm.worker.pool.WorkerPool)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    concurrency: int
+
+
+def readiness(broker: Health, results: Health) -> JSONResponse:
+    """Ready when the broker and the result store both answer within their timeouts."""
+    checks = {"queue": {"ok": broker.ok, "detail": broker.detail},
+              "results": {"ok": results.ok, "detail": results.detail}}
+    failing = [name for name, check in checks.items() if not check["ok"]]
+    body = {"status": "ready" if not failing else f"not ready: {', '.join(failing)} unavailable", "checks": checks}
+    return JSONResponse(body, status_code=503 if failing else 200)
+
+
+def health_app(backend: Backend, store: ResultStore, pool: Pool) -> FastAPI:
     api = FastAPI(title="OpenHQM worker", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.get("/health")
@@ -28,13 +46,7 @@ def health_app(backend: Backend, store: ResultStore, pool: WorkerPool) -> FastAP
 
     @api.get("/ready")
     async def ready() -> Response:
-        broker, results = await backend.health(), await store.health()
-        checks = {"queue": {"ok": broker.ok, "detail": broker.detail},
-                  "results": {"ok": results.ok, "detail": results.detail}}
-        failing = [name for name, check in checks.items() if not check["ok"]]
-        body = {"status": "ready" if not failing else f"not ready: {', '.join(failing)} unavailable",
-                "checks": checks}
-        return JSONResponse(body, status_code=503 if failing else 200)
+        return readiness(await backend.health(), await store.health())
 
     @api.get("/metrics")
     async def prometheus() -> Response:
@@ -50,7 +62,7 @@ class HealthServer(uvicorn.Server):
         return contextlib.nullcontext()
 
 
-def health_server(settings: Settings, backend: Backend, store: ResultStore, pool: WorkerPool) -> HealthServer:
+def health_server(settings: Settings, backend: Backend, store: ResultStore, pool: Pool) -> HealthServer:
     config = uvicorn.Config(health_app(backend, store, pool), host=settings.server.host,
                             port=settings.worker.health_port or 0, log_config=None, access_log=False)
     return HealthServer(config)
@@ -58,7 +70,7 @@ def health_server(settings: Settings, backend: Backend, store: ResultStore, pool
 
 @contextlib.asynccontextmanager
 async def serving_probes(settings: Settings, backend: Backend, store: ResultStore,
-                         pool: WorkerPool) -> AsyncIterator[HealthServer]:
+                         pool: Pool) -> AsyncIterator[HealthServer]:
     """The probe port for as long as the block runs (the runtime keeps it open while the pool drains)."""
     server = health_server(settings, backend, store, pool)
     task = asyncio.create_task(server.serve(), name="openhqm-health")

@@ -1,0 +1,82 @@
+"""Housekeeping off the request path: stats, metrics sampling and retention cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from openhqm import metrics
+from openhqm.backends.base import Backend
+from openhqm.config import ResultsSettings
+from openhqm.constants import Status
+from openhqm.logging import get_logger
+from openhqm.results.base import ResultStore
+from openhqm.stats import RollingStats
+
+log = get_logger("openhqm.listener")
+
+
+class Housekeeping:
+    def __init__(self, backend: Backend, store: ResultStore, queues: tuple[str, str],
+                 results: ResultsSettings) -> None:
+        self.backend = backend
+        self.store = store
+        self.queues = queues
+        self.results = results
+        self.rolling = RollingStats()
+
+    async def queue_depths(self) -> dict[str, int | None]:
+        depths: dict[str, int | None] = {}
+        for queue in self.queues:
+            try:
+                depths[queue] = await self.backend.depth(queue)
+            except NotImplementedError:
+                depths[queue] = None  # the broker cannot count (documented per backend)
+        return depths
+
+    async def oldest_unfinished_age_s(self) -> float | None:
+        oldest = await self.store.oldest_unfinished()
+        return round(time.time() - oldest, 3) if oldest else None
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            "requests": await self.store.counts(),
+            "queues": {name: {"depth": depth} for name, depth in (await self.queue_depths()).items()},
+            "oldest_unfinished_age_s": await self.oldest_unfinished_age_s(),
+            "dead_letters": len(await self.store.list_dead_letters(10_000)),
+            **self.rolling.summary(),
+        }
+
+    async def sample_metrics_forever(self, interval_s: float = 5.0) -> None:
+        """Gauges that need a query (depth, oldest age, store counts), sampled off the hot path."""
+        while True:
+            try:
+                for queue, depth in (await self.queue_depths()).items():
+                    if depth is not None:
+                        metrics.QUEUE_DEPTH.labels(queue).set(depth)
+                metrics.QUEUE_OLDEST_AGE.labels(self.queues[0]).set(await self.oldest_unfinished_age_s() or 0)
+                counts = await self.store.counts()
+                for status in Status:
+                    metrics.RESULTS.labels(status.value).set(counts.get(status.value, 0))
+            except Exception as exc:
+                log.warning("metrics sampling failed", error=str(exc))
+            await asyncio.sleep(interval_s)
+
+    async def cleanup_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.results.cleanup_interval_s)
+            try:
+                removed = await cleanup(self.store, self.results, time.time())
+                if removed:
+                    log.info("expired results removed", count=removed)
+            except Exception as exc:
+                log.warning("cleanup failed", error=str(exc))
+
+
+async def cleanup(store: ResultStore, results: ResultsSettings, now: float, older_than_s: float | None = None) -> int:
+    """Remove finished requests past their retention (`results.ttl_s`, `results.ttl_by_status`), or
+    past `older_than_s` for every state when given."""
+    if older_than_s is not None:
+        return await store.cleanup(now - older_than_s)
+    return sum([await store.cleanup(now - ttl_s, statuses) for ttl_s, statuses in results.retention()])

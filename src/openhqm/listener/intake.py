@@ -1,0 +1,113 @@
+"""Intake: a routed envelope becomes a store record and a queued message, at most once per key.
+
+The store record is written first and the message published second; if the broker refuses, the
+record is removed again, so a client that gets 503 leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import time
+from typing import Any
+
+import msgspec
+import orjson
+
+from openhqm import metrics
+from openhqm.backends.base import Backend
+from openhqm.config import Settings
+from openhqm.constants import Status
+from openhqm.envelope import Envelope, encode
+from openhqm.errors import AlreadyExists, BackendUnavailable, Conflict, OpenHQMError, RequestRejected
+from openhqm.logging import get_logger
+from openhqm.results.base import RequestRecord, ResultStore
+
+log = get_logger("openhqm.listener")
+
+
+class Intake:
+    def __init__(self, settings: Settings, backend: Backend, store: ResultStore) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.request_queue = settings.queue.request_queue
+        self.response_queue = settings.queue.response_queue
+        self.ordered = settings.ordering == "session"
+
+    async def submit(self, envelope: Envelope, *, request_hash: str | None = None) -> RequestRecord:
+        envelope = msgspec.structs.replace(envelope, reply_to=self.response_queue)
+        now = time.time()
+        record = new_record(envelope, now, request_hash)
+        await self.store.create(record)
+        delay_s = envelope.not_before - now if record.status == Status.SCHEDULED and envelope.not_before else None
+        try:
+            await self.backend.publish(
+                self.request_queue, encode(envelope), priority=envelope.priority, delay_s=delay_s,
+                key=envelope.session_id if self.ordered else None, message_id=envelope.id)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self.store.delete(record.correlation_id)
+            if isinstance(exc, OpenHQMError) and not isinstance(exc, BackendUnavailable):
+                raise
+            raise BackendUnavailable(f"the queue did not accept the request: {exc}") from exc
+        self.store.emit(record)
+        metrics.child(metrics.SUBMITTED, self.request_queue).inc()
+        log.info("request queued", correlation_id=record.correlation_id, session_id=envelope.session_id,
+                 endpoint=record.target)
+        return record
+
+    async def submit_and_wait(self, envelope: Envelope, wait_s: float) -> RequestRecord:
+        """Submit, then wait up to `wait_s` for the result (Prefer: wait). The waiter is registered
+        before the message is published, so the record just written needs no second read."""
+        with self.store.waiting(envelope.correlation_id) as finished:
+            record = await self.submit(envelope)
+            done = await self.store.until_terminal(record.correlation_id, finished, record,
+                                                   min(wait_s, self.settings.server.max_wait_s))
+        return done or record
+
+    async def submit_once(self, envelope: Envelope, idempotency_key: str,
+                          request_hash: str | None = None) -> tuple[RequestRecord, bool]:
+        """Submit at most once per (client, key) within `idempotency.window_s`: (record, is_new).
+
+        The correlation id is derived from the key, so the store's unique id settles concurrent
+        repeats: exactly one create wins and only its message reaches the queue.
+        """
+        digest = hashlib.sha256(f"{envelope.client_id or ''}\0{idempotency_key}".encode()).digest()
+        correlation_id = "idem_" + base64.urlsafe_b64encode(digest[:18]).decode()
+        envelope = msgspec.structs.replace(envelope, id=correlation_id, correlation_id=correlation_id)
+        for _ in range(2):
+            try:
+                return await self.submit(envelope, request_hash=request_hash), True
+            except AlreadyExists:
+                existing = await self.store.get(correlation_id)
+            if existing is None:
+                continue  # its submit failed and was undone meanwhile: try ours
+            if time.time() - existing.submitted_at > self.settings.idempotency.window_s and existing.terminal:
+                await self.store.delete(existing.correlation_id)  # the key's window is over: a new request
+                continue
+            if existing.request_hash != request_hash:
+                raise RequestRejected("Idempotency-Key was already used with a different request body",
+                                      status=422)
+            return existing, False
+        raise Conflict("Idempotency-Key is being used by a concurrent request; retry")
+
+
+def new_record(envelope: Envelope, now: float, request_hash: str | None) -> RequestRecord:
+    """The store's view of a request just accepted (a different shape from the wire envelope)."""
+    scheduled = envelope.not_before is not None and envelope.not_before > now
+    return RequestRecord(
+        correlation_id=envelope.correlation_id, status=Status.SCHEDULED if scheduled else Status.PENDING,
+        submitted_at=now, updated_at=now, session_id=envelope.session_id, client_id=envelope.client_id,
+        target=envelope.endpoint or envelope.handler, not_before=envelope.not_before,
+        callback_url=envelope.callback_url, request_hash=request_hash)
+
+
+def json_body(payload: Any) -> bytes:
+    """The payload as the JSON body a handler or backend receives; 422 for what JSON cannot carry
+    on (integers beyond 64 bits, which neither the queue envelope nor most consumers can hold)."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        raise RequestRejected(f"payload cannot be forwarded as JSON: {exc}", status=422) from None

@@ -1,0 +1,79 @@
+"""Replies: a worker's result is stored (waking whoever waits), then its callback is sent.
+
+A reply is acked only after it is stored. A callback that cannot be delivered is recorded on the
+request (`callback_error`), never retried beyond the callback policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from openhqm.backends.base import Backend
+from openhqm.constants import Status
+from openhqm.envelope import Reply, decode_reply
+from openhqm.errors import UndecodableMessage
+from openhqm.forward import CallbackSender
+from openhqm.logging import get_logger
+from openhqm.policies import Reconnect
+from openhqm.results.base import RequestRecord, ResultStore
+from openhqm.views import result_json
+
+log = get_logger("openhqm.listener")
+
+
+class Replies:
+    def __init__(self, backend: Backend, store: ResultStore, response_queue: str,
+                 callbacks: CallbackSender | None) -> None:
+        self.backend = backend
+        self.store = store
+        self.response_queue = response_queue
+        self.callbacks = callbacks
+        self._callback_tasks: set[asyncio.Task[None]] = set()
+
+    async def apply(self, reply: Reply) -> RequestRecord | None:
+        record = await self.store.transition(
+            reply.correlation_id, Status(reply.status), result=reply.result, error=reply.error,
+            attempts=reply.attempts, processing_time_ms=reply.processing_time_ms,
+            raw_response=reply.raw_response, completed_at=reply.completed_at)
+        if record is not None and record.terminal:
+            self._deliver_callback(record)
+        return record
+
+    async def consume(self) -> None:
+        """Store each worker reply and wake whoever waits for it; ack only after it is stored."""
+        reconnect = Reconnect()
+        while True:
+            try:
+                async for delivery in self.backend.consume(self.response_queue, prefetch=64):
+                    reconnect.reset()
+                    try:
+                        reply = decode_reply(delivery.body)
+                    except UndecodableMessage as exc:
+                        log.warning("undecodable reply dead-lettered", error=str(exc))
+                        await delivery.dead_letter(str(exc))
+                        continue
+                    await self.apply(reply)
+                    await delivery.ack()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reply consumer failed; retrying", error=str(exc),
+                            retry_in_s=round(reconnect.next_delay_s, 3))
+                await reconnect.wait()
+
+    def _deliver_callback(self, record: RequestRecord) -> None:
+        if self.callbacks is None or not record.callback_url:
+            return
+        task = asyncio.create_task(self._callback(self.callbacks, record, record.callback_url))
+        self._callback_tasks.add(task)
+        task.add_done_callback(self._callback_tasks.discard)
+
+    async def _callback(self, callbacks: CallbackSender, record: RequestRecord, url: str) -> None:
+        try:
+            await callbacks.send(url, result_json(record), webhook_id=record.correlation_id)
+            log.info("callback delivered", correlation_id=record.correlation_id)
+        except Exception as exc:  # CallbackFailed, or a refused address found at delivery
+            log.warning("callback failed", correlation_id=record.correlation_id, error=str(exc))
+            await self.store.transition(record.correlation_id, Status(record.status), allowed_from=[record.status],
+                                        callback_error=str(exc), completed_at=record.completed_at)

@@ -1,0 +1,64 @@
+"""The processor in the test process, over the memory backend and the memory result store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openhqm.app import OpenHQM
+from openhqm.backends.memory import MemoryBackend
+from openhqm.config import Settings
+from openhqm.envelope import Envelope, decode_envelope, encode
+from openhqm.errors import TargetDeferred
+from openhqm.results.memory import MemoryResultStore
+from openhqm.routing import Routing
+from openhqm.worker.handlers import HandlerRegistry, Job
+from openhqm.worker.processor import Processor
+from openhqm.worker.targets import Outcome
+
+QUEUE = "requests-deferred"
+
+
+class DeferOnce:
+    """Defers its first job (as an open circuit does), then completes."""
+
+    accepts_raw = False
+
+    def __init__(self) -> None:
+        self.seen: list[Envelope] = []
+        self.routing = Routing(HandlerRegistry(), "echo")
+
+    async def run(self, job: Job) -> Outcome:
+        self.seen.append(job.envelope)
+        if len(self.seen) == 1:
+            raise TargetDeferred("come back later", delay_s=0.0)
+        return Outcome({"ok": True})
+
+    def retry_policy(self, job: Job) -> Any:
+        return None
+
+    def timeout_s(self, job: Job) -> float | None:
+        return None
+
+
+async def test_a_deferred_request_goes_back_to_the_queue_without_its_attempts_timing() -> None:
+    target = DeferOnce()
+    async with MemoryBackend(Settings()) as backend:
+        processor = Processor(OpenHQM(Settings()), backend, MemoryResultStore(), target, QUEUE)
+        await backend.publish(QUEUE, encode(Envelope(body=b"{}", metadata={"team": "a"})))
+        deliveries = aiter(backend.consume(QUEUE))
+        await processor.process(await anext(deliveries))
+        again = await anext(deliveries)
+        assert decode_envelope(again.body).metadata == {"team": "a"}
+        await processor.process(again)
+    assert [seen.metadata for seen in target.seen] == [{"team": "a"}, {"team": "a"}]
+
+
+async def test_a_message_without_a_route_is_routed_once_to_the_default_handler() -> None:
+    target = DeferOnce()
+    async with MemoryBackend(Settings()) as backend:
+        processor = Processor(OpenHQM(Settings()), backend, MemoryResultStore(), target, QUEUE + "-unrouted")
+        await backend.publish(QUEUE + "-unrouted", encode(Envelope(body=b"{}")))
+        deliveries = aiter(backend.consume(QUEUE + "-unrouted"))
+        await processor.process(await anext(deliveries))
+        again = decode_envelope((await anext(deliveries)).body)
+    assert target.seen[0].handler == "echo" and again.handler == "echo"
