@@ -182,7 +182,7 @@ def listener(config: ConfigOpt = None,
 def worker(config: ConfigOpt = None,
            concurrency: Annotated[int | None, typer.Option(help="worker.concurrency")] = None) -> None:
     """The worker pool only: consumes the request queue until SIGTERM, then drains."""
-    from openhqm.worker.service import run_worker
+    from openhqm.worker_process import run_worker
 
     settings = settings_from(config, **{"worker.concurrency": concurrency})
     configure_logging(settings.logging)

@@ -27,17 +27,20 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 from openhqm.app import OpenHQM
-from openhqm.backends import create_backend
+from openhqm.backends import Backend, create_backend
 from openhqm.bridge import Bridge
 from openhqm.config import Settings
 from openhqm.forward import CallbackSender, Forwarder
 from openhqm.gc_tuning import settle_after_startup
 from openhqm.results import create_store
+from openhqm.results.base import ResultStore
 from openhqm.routing import Routing
 from openhqm.tracing import shutdown_tracing
+from openhqm.worker.autoscale import Autoscaler
 from openhqm.worker.pool import WorkerPool
+from openhqm.worker.processor import Processor
 from openhqm.worker.replies import BrokerReplies, LocalReplies, ReplyRoute
-from openhqm.worker.runner import build_pool
+from openhqm.worker.targets import HandlerTarget, Target
 
 
 class Runtime:
@@ -133,3 +136,29 @@ class Runtime:
         pool.start()
         stack.push_async_callback(pool.stop, self.settings.worker.shutdown_timeout_s)
         self.pool = pool
+
+
+def build_target(app: OpenHQM, forwarder: Forwarder | None = None) -> Target:
+    handlers = HandlerTarget(app.handlers, app.settings.worker.default_handler)
+    if forwarder is None:
+        return handlers
+    from openhqm.worker.forwarding import ForwardTarget
+
+    return ForwardTarget(forwarder, handlers)
+
+
+def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, forwarder: Forwarder | None,
+               replies: ReplyRoute) -> WorkerPool:
+    """`replies`: where finished requests' replies go (chosen by the runtime, see worker/replies.py)."""
+    settings = app.settings
+    processor = Processor(app, backend, store, build_target(app, forwarder), settings.queue.request_queue,
+                          replies)
+    lease_s = getattr(backend, "lease_s", None)
+    worker = settings.worker
+    scaling = worker.min_concurrency is not None or worker.max_concurrency is not None
+    low = worker.min_concurrency or worker.concurrency
+    pool = WorkerPool(processor, concurrency=low if scaling else worker.concurrency, prefetch=worker.prefetch,
+                      lease_s=lease_s if isinstance(lease_s, int | float) else None)
+    if scaling:
+        pool.autoscaler = Autoscaler(pool, low, worker.max_concurrency or max(low, worker.concurrency))
+    return pool
