@@ -57,6 +57,18 @@ environment variables that carry it. values.yaml ("Broker and result store") exp
       "key" (dig "secretKeys" "userPasswordKey" "password" $auth) | toJson -}}
 {{- end -}}
 
+{{/* The Redis URL variables the selected types need, less those in .skip (set by the user). */}}
+{{- define "openhqm.redisVariables" -}}
+{{- $vars := list -}}
+{{- if and (eq (include "openhqm.queueType" .root) "redis") (not (has "OPENHQM_QUEUE__REDIS__URL" .skip)) -}}
+{{- $vars = append $vars "OPENHQM_QUEUE__REDIS__URL" -}}
+{{- end -}}
+{{- if and (eq (include "openhqm.resultsType" .root) "redis") (not (has "OPENHQM_RESULTS__REDIS__URL" .skip)) -}}
+{{- $vars = append $vars "OPENHQM_RESULTS__REDIS__URL" -}}
+{{- end -}}
+{{- toJson $vars -}}
+{{- end -}}
+
 {{/*
 The variables that connect OpenHQM to Redis and PostgreSQL, as a list of EnvVar, for the types
 config.queue.type and config.results.type select. Takes (dict "root" $ "skip" <names set by the user>):
@@ -66,10 +78,7 @@ a name the user sets in secretEnv/extraEnv is theirs, and the chart leaves it ou
 {{- $v := .root.Values -}}
 {{- $secretName := include "openhqm.secretName" .root -}}
 {{- $env := list -}}
-{{- $redisVars := list -}}
-{{- if eq (include "openhqm.queueType" .root) "redis" }}{{ $redisVars = append $redisVars "OPENHQM_QUEUE__REDIS__URL" }}{{ end -}}
-{{- if eq (include "openhqm.resultsType" .root) "redis" }}{{ $redisVars = append $redisVars "OPENHQM_RESULTS__REDIS__URL" }}{{ end -}}
-{{- $redisVars = without $redisVars .skip -}}
+{{- $redisVars := include "openhqm.redisVariables" (dict "root" .root "skip" .skip) | fromJsonArray -}}
 {{- if $redisVars -}}
 {{- if $v.redis.enabled -}}
 {{- $redis := include "openhqm.bundledRedis" .root | fromJson -}}
@@ -168,11 +177,14 @@ a name the user sets in secretEnv/extraEnv is theirs, and the chart leaves it ou
 {{- $chartSecret := and $v.secret.create (not $v.secret.existingSecret) -}}
 {{- $userVars := list -}}
 {{- range concat $v.secretEnv $v.extraEnv }}{{ $userVars = append $userVars .name }}{{ end -}}
+{{- range $var := list "OPENHQM_QUEUE__REDIS__URL" "OPENHQM_RESULTS__REDIS__URL" "OPENHQM_RESULTS__POSTGRES__DSN" -}}
+{{- $bundled := ternary $v.postgresql.enabled $v.redis.enabled (hasSuffix "DSN" $var) -}}
+{{- if and $bundled (has $var $userVars) -}}
+{{- fail (printf "%s is in secretEnv/extraEnv, so the bundled %s (%s.enabled) would go unused: remove one of them" $var (ternary "PostgreSQL" "Redis" (hasSuffix "DSN" $var)) (ternary "postgresql" "redis" (hasSuffix "DSN" $var))) -}}
+{{- end -}}
+{{- end -}}
 {{- $usesRedis := and (has "redis" (list $queueType $resultsType)) (not $v.redis.enabled) (not $v.externalRedis.existingSecret) -}}
-{{- $redisVars := list -}}
-{{- if eq $queueType "redis" }}{{ $redisVars = append $redisVars "OPENHQM_QUEUE__REDIS__URL" }}{{ end -}}
-{{- if eq $resultsType "redis" }}{{ $redisVars = append $redisVars "OPENHQM_RESULTS__REDIS__URL" }}{{ end -}}
-{{- if and $usesRedis (without $redisVars $userVars) -}}
+{{- if and $usesRedis (include "openhqm.redisVariables" (dict "root" . "skip" $userVars) | fromJsonArray) -}}
 {{- if and (not $chartSecret) (not $v.secret.existingSecret) -}}
 {{- fail "Redis is the queue or the result store, and its URL has no Secret: set externalRedis.existingSecret, secret.existingSecret or secret.create=true (with externalRedis.url), or redis.enabled=true" -}}
 {{- end -}}
