@@ -416,6 +416,12 @@ def test_the_users_own_variables_win_over_the_charts_store_wiring(chart_tools: N
         assert names.count("OPENHQM_QUEUE__REDIS__URL") == names.count("OPENHQM_RESULTS__REDIS__URL") == 1
 
 
+def test_workers_without_a_listener_may_keep_results_to_themselves(chart_tools: None) -> None:
+    """Queue -> HTTP relays: no listener answers status queries, so a pod-local store loses nothing."""
+    objects = render_with({"listener": {"enabled": False}, "config": {"results": {"type": "sqlite"}}})
+    assert [d["metadata"]["name"] for d in of_kind(objects, "Deployment")] == ["openhqm-worker"]
+
+
 def test_one_serve_pod_may_keep_everything_in_memory(chart_tools: None) -> None:
     objects = render_with({"mode": "serve", "worker": {"enabled": False}, "listener": {"replicas": 1},
                            "config": {"queue": {"type": "memory"}, "results": {"type": "memory"}}})
@@ -486,6 +492,8 @@ def test_chart_dependencies_are_optional_and_off_by_default(chart_tools: None) -
       "secretEnv": [{"name": "OPENHQM_RESULTS__POSTGRES__DSN", "key": "dsn"}]}, "bundled PostgreSQL"),
     ({"redis": {"enabled": True}, "extraEnv": [{"name": "OPENHQM_QUEUE__REDIS__URL", "value": "redis://x"}]},
      "bundled Redis (redis.enabled) would go unused"),
+    ({"redis": {"enabled": True}, "extraEnv": [{"name": "REDIS_PASSWORD", "value": "x"}]},
+     "REDIS_PASSWORD is set by the chart"),
     ({"externalRedis": {"uri": "redis://x"}}, "uri"),              # values.schema.json: unknown key
     ({"mode": "serve", "keda": {"enabled": True}}, "mode=split"),
     ({"mode": "serve", "sidecar": {"enabled": True}}, "mode=split"),

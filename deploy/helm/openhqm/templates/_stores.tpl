@@ -153,7 +153,7 @@ a name the user sets in secretEnv/extraEnv is theirs, and the chart leaves it ou
 {{- if and (eq $v.mode "serve") (has $queueType $local) (gt (int $v.listener.replicas) 1) -}}
 {{- fail (printf "mode=serve with the %s queue runs one replica only (SQLite's locking does not work across nodes, even on a ReadWriteMany volume): set listener.replicas=1 or use a network broker" $queueType) -}}
 {{- end -}}
-{{- if and $consumers (has $resultsType $local) -}}
+{{- if and $consumers $v.listener.enabled (has $resultsType $local) -}}
 {{- fail (printf "config.results.type %s keeps results inside one pod, but listener and worker pods both read and write them: use %s" $resultsType $stores) -}}
 {{- end -}}
 {{- if and $v.listener.enabled (has $resultsType $local) (gt (int $v.listener.replicas) 1) -}}
@@ -181,6 +181,11 @@ a name the user sets in secretEnv/extraEnv is theirs, and the chart leaves it ou
 {{- $bundled := ternary $v.postgresql.enabled $v.redis.enabled (hasSuffix "DSN" $var) -}}
 {{- if and $bundled (has $var $userVars) -}}
 {{- fail (printf "%s is in secretEnv/extraEnv, so the bundled %s (%s.enabled) would go unused: remove one of them" $var (ternary "PostgreSQL" "Redis" (hasSuffix "DSN" $var)) (ternary "postgresql" "redis" (hasSuffix "DSN" $var))) -}}
+{{- end -}}
+{{- end -}}
+{{- range $var, $bundled := dict "REDIS_PASSWORD" $v.redis.enabled "POSTGRES_PASSWORD" $v.postgresql.enabled -}}
+{{- if and $bundled (has $var $userVars) -}}
+{{- fail (printf "%s is set by the chart from the bundled server's Secret: remove it from secretEnv/extraEnv" $var) -}}
 {{- end -}}
 {{- end -}}
 {{- $usesRedis := and (has "redis" (list $queueType $resultsType)) (not $v.redis.enabled) (not $v.externalRedis.existingSecret) -}}
