@@ -414,6 +414,12 @@ def test_the_users_own_variables_win_over_the_charts_store_wiring(chart_tools: N
     for env in store_env(objects):
         names = [e["name"] for e in env]
         assert names.count("OPENHQM_QUEUE__REDIS__URL") == names.count("OPENHQM_RESULTS__REDIS__URL") == 1
+    # the URL under secret.data alone is enough too: the chart reads it from its Secret
+    objects = render_with({"secret": legacy["secret"], "externalRedis": {"url": ""}})
+    assert one(objects, "Secret")["stringData"] == {"redis-url": "redis://cache.internal:6379/2"}
+    for env in store_env(objects):
+        refs = [e["valueFrom"]["secretKeyRef"] for e in env if e["name"] in STORE_VARIABLES]
+        assert refs == [{"name": "openhqm", "key": "redis-url"}] * 2
 
 
 def test_workers_without_a_listener_may_keep_results_to_themselves(chart_tools: None) -> None:

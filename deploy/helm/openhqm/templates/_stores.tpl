@@ -193,7 +193,7 @@ a name the user sets in secretEnv/extraEnv is theirs, and the chart leaves it ou
 {{- if and (not $chartSecret) (not $v.secret.existingSecret) -}}
 {{- fail "Redis is the queue or the result store, and its URL has no Secret: set externalRedis.existingSecret, secret.existingSecret or secret.create=true (with externalRedis.url), or redis.enabled=true" -}}
 {{- end -}}
-{{- if and $chartSecret (not $v.externalRedis.url) -}}
+{{- if and $chartSecret (not $v.externalRedis.url) (not (hasKey (default dict $v.secret.data) $v.externalRedis.existingSecretKey)) -}}
 {{- fail "Redis is the queue or the result store: set externalRedis.url (or externalRedis.existingSecret), or redis.enabled=true" -}}
 {{- end -}}
 {{- end -}}
@@ -202,7 +202,7 @@ a name the user sets in secretEnv/extraEnv is theirs, and the chart leaves it ou
 {{- if and (not $chartSecret) (not $v.secret.existingSecret) -}}
 {{- fail "config.results.type postgres and its DSN has no Secret: set externalPostgresql.existingSecret, secret.existingSecret or secret.create=true (with externalPostgresql.dsn), or postgresql.enabled=true" -}}
 {{- end -}}
-{{- if and $chartSecret (not $v.externalPostgresql.dsn) -}}
+{{- if and $chartSecret (not $v.externalPostgresql.dsn) (not (hasKey (default dict $v.secret.data) $v.externalPostgresql.existingSecretKey)) -}}
 {{- fail "config.results.type postgres: set externalPostgresql.dsn (or externalPostgresql.existingSecret), or postgresql.enabled=true" -}}
 {{- end -}}
 {{- end -}}
