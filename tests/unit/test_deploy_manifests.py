@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from openhqm import metrics
+from openhqm.backends.redis_streams import RedisStreamsOptions
 from openhqm.config import Settings, check_environment, load_settings
 from openhqm.constants import DEFAULT_REQUEST_QUEUE
 from tests.services import IN_CI, free_port, stop_process
@@ -213,9 +214,13 @@ def container_settings(objects: list[dict[str, Any]], container: dict[str, Any],
         (mount / key).write_text(text)
     for name in [n for n in os.environ if n.startswith("OPENHQM_")]:
         monkeypatch.delenv(name)
+    defined: dict[str, str] = {}
     for item in container["env"]:
         ref = item.get("valueFrom", {}).get("secretKeyRef")
         value = secrets.get(ref["name"], {}).get(ref["key"], "placeholder://secret") if ref else item["value"]
+        # the kubelet expands $(VAR) from the variables defined before this one
+        value = re.sub(r"\$\((\w+)\)", lambda m: defined.get(m.group(1), m.group(0)), value)
+        defined[item["name"]] = value
         monkeypatch.setenv(item["name"], value)
     monkeypatch.setenv("OPENHQM_CONFIG", str(mount / Path(os.environ["OPENHQM_CONFIG"]).name))
     return load_settings()
@@ -228,7 +233,8 @@ def test_config_and_secrets_are_wired(rendered: dict[str, list[dict[str, Any]]],
     values = SCENARIOS[scenario]
     configmap = one(objects, "ConfigMap")
     secrets = {s["metadata"]["name"]: s for s in of_kind(objects, "Secret")}
-    external = values.get("secret", {}).get("existingSecret")
+    external = {values.get(section, {}).get("existingSecret")
+                for section in ("secret", "externalRedis", "externalPostgresql")} - {None, ""}
     for deployment in of_kind(objects, "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         config_volume = next(v for v in pod["volumes"] if v["name"] == "openhqm-config")
@@ -239,8 +245,8 @@ def test_config_and_secrets_are_wired(rendered: dict[str, list[dict[str, Any]]],
             assert env["OPENHQM_CONFIG"]["value"] == "/etc/openhqm/config.yaml"
             for item in env.values():
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
-                if ref is not None and external:
-                    assert ref["name"] == external
+                if ref is not None and ref["name"] not in secrets:
+                    assert ref["name"] in external, f"{item['name']} reads a Secret nobody provides"
                 elif ref is not None:
                     assert ref["key"] in secrets[ref["name"]]["stringData"]
             if "OPENHQM_PROXY__ENABLED" in env and "proxy" not in Settings.model_fields:
@@ -251,6 +257,7 @@ def test_config_and_secrets_are_wired(rendered: dict[str, list[dict[str, Any]]],
             assert str(settings.data_dir) == "/var/lib/openhqm"
             assert settings.worker.shutdown_timeout_s == values.get("shutdownTimeoutSeconds", 30)
             assert settings.queue.type == values.get("config", {}).get("queue", {}).get("type", "redis")
+            assert settings.results.type == values.get("config", {}).get("results", {}).get("type", "redis")
             if "OPENHQM_WORKER__HEALTH_PORT" in env:
                 assert settings.worker.health_port == int(env["OPENHQM_WORKER__HEALTH_PORT"]["value"])
             if "OPENHQM_PROXY__ENABLED" in env:
@@ -340,9 +347,160 @@ def test_serve_mode_is_one_pod_owning_its_sqlite_volume(rendered: dict[str, list
     assert env_of(openhqm_containers(deployment)[0])["OPENHQM_DATA_DIR"]["value"] == "/var/lib/openhqm"
 
 
+STORE_VARIABLES = ("OPENHQM_QUEUE__REDIS__URL", "OPENHQM_RESULTS__REDIS__URL", "OPENHQM_RESULTS__POSTGRES__DSN")
+
+
+def store_env(objects: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Each OpenHQM container's environment, in order."""
+    return [c["env"] for d in of_kind(objects, "Deployment") for c in openhqm_containers(d)]
+
+
+def test_external_redis_and_postgresql_come_from_secrets(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    values = SCENARIOS["external-stores"]
+    objects = rendered["external-stores"]
+    (secret,) = of_kind(objects, "Secret")
+    assert secret["stringData"] == {"postgres-dsn": values["externalPostgresql"]["dsn"]}, \
+        "the chart's Secret holds the DSN only: the Redis URL is in the user's Secret"
+    for env in store_env(objects):
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if e["name"] in STORE_VARIABLES}
+        assert refs == {"OPENHQM_QUEUE__REDIS__URL": {"name": "managed-redis", "key": "url"},
+                        "OPENHQM_RESULTS__POSTGRES__DSN": {"name": "openhqm", "key": "postgres-dsn"}}
+
+
+@pytest.mark.parametrize(("release", "redis_host", "postgres_host"), [
+    ("openhqm", "openhqm-redis-master", "openhqm-postgresql"),
+    ("queue-redis", "queue-redis-master", "queue-redis-postgresql"),   # Bitnami drops a repeated name
+])
+def test_bundled_redis_and_postgresql_connect_with_their_charts_passwords(
+        chart_tools: None, release: str, redis_host: str, postgres_host: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dependencies themselves cannot be downloaded here: this checks the names and Secret keys the
+    Bitnami charts use (<release>-redis-master, <release>-redis/redis-password, <release>-postgresql/password)."""
+    values = vm._merge(SCENARIOS["default"], {"config": {"results": {"type": "postgres"}},
+                                               "redis": {"enabled": True}, "postgresql": {"enabled": True}})
+    objects = vm.render(values, name=release)
+    assert vm.validate(objects) == []
+    assert one(objects, "Secret").get("stringData") == {}, "no URL or password of the bundled servers is copied"
+    redis_secret, postgres_secret = redis_host.removesuffix("-master"), postgres_host
+    for env in store_env(objects):
+        names = [e["name"] for e in env]
+        assert names.index("REDIS_PASSWORD") < names.index("OPENHQM_QUEUE__REDIS__URL")
+        assert names.index("POSTGRES_PASSWORD") < names.index("OPENHQM_RESULTS__POSTGRES__DSN")
+        by_name = {e["name"]: e for e in env}
+        assert by_name["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": redis_secret,
+                                                                          "key": "redis-password"}
+        assert by_name["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": postgres_secret,
+                                                                             "key": "password"}
+    # the Secrets the dependencies would create, with the alphanumeric passwords they generate
+    generated = [{"kind": "Secret", "metadata": {"name": redis_secret}, "stringData": {"redis-password": "r3d1s"}},
+                 {"kind": "Secret", "metadata": {"name": postgres_secret}, "stringData": {"password": "pg5ql"}}]
+    worker = openhqm_containers(next(d for d in of_kind(objects, "Deployment")
+                                     if d["metadata"]["name"].endswith("-worker")))[0]
+    settings = container_settings(objects + generated, worker, tmp_path, monkeypatch)
+    redis_url = httpx.URL(settings.queue.options_for("redis", RedisStreamsOptions).url.get_secret_value())
+    assert (redis_url.host, redis_url.port, redis_url.password) == (redis_host, 6379, "r3d1s")
+    dsn = httpx.URL(settings.results.postgres.dsn.get_secret_value())
+    assert (dsn.host, dsn.port, dsn.username, dsn.password, dsn.path) == \
+        (postgres_host, 5432, "openhqm", "pg5ql", "/openhqm")
+
+
+def test_the_users_own_variables_win_over_the_charts_store_wiring(chart_tools: None) -> None:
+    """The chart's 0.1.0 values (the URL under secret.data, the variables in secretEnv) keep working."""
+    legacy = {"secret": {"data": {"redis-url": "redis://cache.internal:6379/2"}},
+              "secretEnv": [{"name": "OPENHQM_QUEUE__REDIS__URL", "key": "redis-url"},
+                            {"name": "OPENHQM_RESULTS__REDIS__URL", "key": "redis-url"}]}
+    objects = render_with(legacy)
+    assert one(objects, "Secret")["stringData"] == {"redis-url": "redis://cache.internal:6379/2"}
+    for env in store_env(objects):
+        names = [e["name"] for e in env]
+        assert names.count("OPENHQM_QUEUE__REDIS__URL") == names.count("OPENHQM_RESULTS__REDIS__URL") == 1
+    # the URL under secret.data alone is enough too: the chart reads it from its Secret
+    objects = render_with({"secret": legacy["secret"], "externalRedis": {"url": ""}})
+    assert one(objects, "Secret")["stringData"] == {"redis-url": "redis://cache.internal:6379/2"}
+    for env in store_env(objects):
+        refs = [e["valueFrom"]["secretKeyRef"] for e in env if e["name"] in STORE_VARIABLES]
+        assert refs == [{"name": "openhqm", "key": "redis-url"}] * 2
+
+
+def test_workers_without_a_listener_may_keep_results_to_themselves(chart_tools: None) -> None:
+    """Queue -> HTTP relays: no listener answers status queries, so a pod-local store loses nothing."""
+    objects = render_with({"listener": {"enabled": False}, "config": {"results": {"type": "sqlite"}}})
+    assert [d["metadata"]["name"] for d in of_kind(objects, "Deployment")] == ["openhqm-worker"]
+
+
+def test_one_serve_pod_may_keep_everything_in_memory(chart_tools: None) -> None:
+    objects = render_with({"mode": "serve", "worker": {"enabled": False}, "listener": {"replicas": 1},
+                           "config": {"queue": {"type": "memory"}, "results": {"type": "memory"}}})
+    (deployment,) = of_kind(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert not [e for env in store_env(objects) for e in env if e["name"] in STORE_VARIABLES]
+
+
+def notes(values: dict[str, Any]) -> str:
+    text: str = vm.render_files(values)["openhqm/templates/NOTES.txt"]
+    return text
+
+
+def test_install_notes_say_where_the_queue_and_the_results_live(chart_tools: None) -> None:
+    default = notes(SCENARIOS["default"])
+    assert "queue: redis (external Redis, URL from Secret openhqm key redis-url)" in default
+    assert "results: redis (external Redis" in default
+    bundled = notes(vm._merge(SCENARIOS["default"], {"config": {"results": {"type": "postgres"}},
+                                                     "redis": {"enabled": True}, "postgresql": {"enabled": True}}))
+    assert "queue: redis (bundled Redis, openhqm-redis-master)" in bundled
+    assert "results: postgres (bundled PostgreSQL, openhqm-postgresql)" in bundled
+    assert "helm dependency update" in bundled
+    assert "lost when the pod is rescheduled" in notes(vm._merge(SCENARIOS["serve-sqlite"],
+                                                                 {"persistence": {"enabled": False}}))
+
+
+def test_chart_dependencies_are_optional_and_off_by_default(chart_tools: None) -> None:
+    """Nothing is downloaded at test time: every dependency has a condition, off by default, and lint
+    still reports a missing one as soon as values enable it."""
+    chart = yaml.safe_load((ROOT / "deploy" / "helm" / "openhqm" / "Chart.yaml").read_text())
+    defaults = yaml.safe_load((ROOT / "deploy" / "helm" / "openhqm" / "values.yaml").read_text())
+    names = [d["name"] for d in chart["dependencies"]]
+    assert names == ["redis", "postgresql"]
+    for dependency in chart["dependencies"]:
+        assert dependency["condition"] == f"{dependency['name']}.enabled"
+        assert defaults[dependency["name"]]["enabled"] is False
+    assert vm.disabled_dependencies({}) == set(names)
+    assert any("missing these dependencies" in finding for finding in vm.lint({"redis": {"enabled": True}}))
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    assert "helm dependency update deploy/helm/openhqm" in guide
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"config": {"queue": {"type": "sqlite"}}}, "use a network broker"),
+    ({"config": {"queue": {"type": "memory"}}}, "use a network broker"),
     ({"mode": "serve", "config": {"queue": {"type": "sqlite"}}, "listener": {"replicas": 2}}, "one replica"),
+    ({"mode": "serve", "config": {"queue": {"type": "sqlite"}}, "listener": {"replicas": 2},
+      "persistence": {"enabled": True, "accessModes": ["ReadWriteMany"]}}, "even on a ReadWriteMany volume"),
+    ({"mode": "serve", "config": {"queue": {"type": "memory"}, "results": {"type": "memory"}},
+      "listener": {"replicas": 3}}, "one replica"),
+    # a network broker, but a store each pod keeps to itself
+    ({"config": {"results": {"type": "sqlite"}}}, "listener and worker pods both read and write them"),
+    ({"config": {"results": {"type": "memory"}}, "listener": {"replicas": 1}},
+     "listener and worker pods both read and write them"),
+    ({"config": {"results": {"type": "sqlite"}}, "worker": {"enabled": False}},
+     "listener.replicas=2: each replica would keep its own results"),
+    ({"mode": "serve", "config": {"results": {"type": "memory"}}}, "each replica would keep its own results"),
+    ({"config": {"results": None}}, "config.results.type sqlite keeps results inside one pod"),  # OpenHQM default
+    # where the URL or DSN would come from
+    ({"externalRedis": {"url": ""}}, "set externalRedis.url"),
+    ({"secret": {"create": False}}, "its URL has no Secret"),
+    ({"config": {"results": {"type": "postgres"}}}, "set externalPostgresql.dsn"),
+    ({"redis": {"enabled": True}, "externalRedis": {"existingSecret": "mine"}}, "use one of them"),
+    ({"redis": {"enabled": True, "sentinel": {"enabled": True}}}, "no master Service"),
+    ({"config": {"results": {"type": "postgres"}}, "postgresql": {"enabled": True, "auth": {"username": "postgres"}}},
+     "set postgresql.auth.username (not postgres)"),
+    ({"postgresql": {"enabled": True}, "config": {"results": {"type": "postgres"}},
+      "secretEnv": [{"name": "OPENHQM_RESULTS__POSTGRES__DSN", "key": "dsn"}]}, "bundled PostgreSQL"),
+    ({"redis": {"enabled": True}, "extraEnv": [{"name": "OPENHQM_QUEUE__REDIS__URL", "value": "redis://x"}]},
+     "bundled Redis (redis.enabled) would go unused"),
+    ({"redis": {"enabled": True}, "extraEnv": [{"name": "REDIS_PASSWORD", "value": "x"}]},
+     "REDIS_PASSWORD is set by the chart"),
+    ({"externalRedis": {"uri": "redis://x"}}, "uri"),              # values.schema.json: unknown key
     ({"mode": "serve", "keda": {"enabled": True}}, "mode=split"),
     ({"mode": "serve", "sidecar": {"enabled": True}}, "mode=split"),
     ({"persistence": {"enabled": True}}, "persistence is for mode=serve"),
@@ -525,6 +683,18 @@ def test_compose_runs_a_listener_two_proxying_workers_and_a_backend() -> None:
     assert worker["depends_on"]["backend"]["condition"] == "service_healthy"
     mount = services["backend"]["volumes"][0].split(":")[0]
     assert (ROOT / mount).is_file()
+
+
+def test_readme_says_how_to_build_the_image_and_start_the_stack() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Container image", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in section.splitlines() if line.startswith("docker ")]
+    assert "docker build -t openhqm ." in commands  # the context holds the Dockerfile
+    assert "docker compose up --build" in commands
+    assert (ROOT / "Dockerfile").is_file() and (ROOT / "docker-compose.yml").is_file()
+    services = compose()["services"]
+    assert "build" in services["listener"] and "build" in services["worker"], "compose builds the image itself"
+    assert "helm dependency update deploy/helm/openhqm" in section
 
 
 def test_echo_backend_echoes_and_stops_on_sigterm() -> None:

@@ -161,6 +161,13 @@ prometheus.io/path: /metrics
 - name: {{ $name }}
   value: {{ $value | quote }}
 {{- end }}
+{{- $userVars := list }}
+{{- range concat .root.Values.secretEnv .root.Values.extraEnv (default list .extraEnv) }}
+{{- $userVars = append $userVars .name }}
+{{- end }}
+{{- with include "openhqm.storeEnv" (dict "root" .root "skip" $userVars) | fromYamlArray }}
+{{ toYaml . }}
+{{- end }}
 {{- $secretName := include "openhqm.secretName" .root }}
 {{- range .root.Values.secretEnv }}
 - name: {{ .name }}
@@ -235,16 +242,10 @@ imagePullSecrets:
 
 {{/* Refuse combinations that cannot work, with a message that says what to change. ------------ */}}
 {{- define "openhqm.validate" -}}
-{{- $queueType := include "openhqm.queueType" . -}}
 {{- if not (has .Values.mode (list "split" "serve")) -}}
 {{- fail (printf "mode must be split or serve, not %q" .Values.mode) -}}
 {{- end -}}
-{{- if and (eq .Values.mode "split") (eq $queueType "sqlite") (or .Values.worker.enabled .Values.sidecar.enabled) -}}
-{{- fail "config.queue.type sqlite keeps the queue in one pod's files, so listener and worker pods cannot share it: use a network broker (redis, rabbitmq, kafka, sqs, nats, ...) or mode=serve" -}}
-{{- end -}}
-{{- if and (eq .Values.mode "serve") (eq $queueType "sqlite") (gt (int .Values.listener.replicas) 1) -}}
-{{- fail "mode=serve with the sqlite queue runs one replica only: set listener.replicas=1 or use a network broker" -}}
-{{- end -}}
+{{- include "openhqm.validateStores" . -}}
 {{- if and .Values.keda.enabled (eq .Values.mode "serve") -}}
 {{- fail "keda.enabled scales the worker Deployment, and mode=serve has none: use mode=split" -}}
 {{- end -}}
