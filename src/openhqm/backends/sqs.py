@@ -1,32 +1,22 @@
 """AWS SQS through aioboto3 (aiobotocore): long polling, visibility-timeout leases, redrive DLQs.
 
-Connection: `queue.sqs.endpoint_url` (unset = AWS itself) and `queue.sqs.region`; credentials come
-from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
-AWS_PROFILE, an IAM role). Options: `visibility_timeout_s` (the lease), `wait_time_s` (long poll,
-at most 20), `max_receive_count` (redrive policy), `fifo`, `queue_name` (SQS name of the request
-queue). `connect()` opens no connection: a wrong endpoint shows in `health()` and the first call.
-Names (`sqs_queue_name`): characters outside [A-Za-z0-9_-] become `-`, so `<queue>.dlq` is
-`<queue>-dlq`; a `.fifo` suffix stays last (`jobs.fifo.dlq` -> `jobs-dlq.fifo`); names longer than
-80 characters are cut and end in a hash. Queues are created on first use (and again when they
-vanish): the DLQ first (14-day retention), then the queue with a redrive policy pointing at it.
-Native: delay up to 900 s (DelaySeconds); nack delay and extend_lease (ChangeMessageVisibility, at
-most 12 h after the receive); attempt (ApproximateReceiveCount); dead letters (the redrive policy
-moves a message after `max_receive_count` receives; `dead_letter()` sends a copy with an
-`openhqm-reason` attribute to the DLQ, then deletes the original).
-Emulated (`kit.admission`): longer delays carry `openhqm-not-before`; a consumer that receives such
-a message early sends a copy with the remaining delay (at most 900 s per hop) and deletes the early
-one; a nack delay beyond the visibility budget is sent the same way. Copies keep the message id and
-carry `openhqm-attempt` (the attempt their next delivery is), so attempts keep counting.
-FIFO queues (name ending `.fifo`, or `fifo: true`): MessageGroupId = key (else the message id, so
-keyless messages do not wait for each other), MessageDeduplicationId = message id. A FIFO consume
-receives one message per call, so SQS's group lock hands out a key's messages one at a time, in
-order, across all consumers. FIFO has no per-message delay: a delayed message is held invisible
-until due, which holds back the rest of its group too. The capability flags describe standard
-queues (no ordering key); see docs/backends/sqs.md. No priority.
-Bodies that are not SQS-safe text travel base64-encoded (`openhqm-encoding` attribute).
-On a crash: an unsettled message becomes visible again when its visibility timeout ends, one
-receive (attempt) higher. Messages received but not yet handed out are released at once when a
-consume() iterator ends or the backend closes, and count one receive more.
+URL: none; `queue.sqs.endpoint_url` (unset = AWS) and `region`, credentials from the standard AWS
+chain. Options (`queue.sqs.*`): `visibility_timeout_s` (the lease), `wait_time_s` (long poll, at
+most 20), `max_receive_count` (redrive policy), `fifo`, `queue_name` (SQS name of the request queue).
+Queue Q is the SQS queue `sqs_queue_name(Q)` (Q.dlq is Q-dlq), made with a redrive policy to its
+DLQ on first use (see sqs_queues.py). Details: docs/backends/sqs.md.
+Native: delay up to 900 s; nack delay and extend_lease (visibility, at most 12 h after the receive);
+attempt (ApproximateReceiveCount); dead letters (redrive after `max_receive_count` receives, and
+`dead_letter()` sends a copy with `openhqm-reason`). No priority.
+Emulated (`kit.admission`): longer delays carry `openhqm-not-before`; an early receive is sent again
+with the time left (at most 900 s a hop), as is a nack delay beyond the visibility budget; copies
+carry `openhqm-attempt`, so attempts keep counting. FIFO queues (`.fifo` names or `fifo: true`): key
+= MessageGroupId, message id = MessageDeduplicationId, one message per receive (SQS hands out a key's
+messages one at a time, in order); a delayed message is held invisible until due, holding back its
+group. The capability flags describe standard queues. Bodies that are not SQS-safe text travel
+base64-encoded (`openhqm-encoding`).
+On a crash: an unsettled message comes back when its visibility timeout ends, one receive higher.
+Messages received but not handed out go back at once when consume() ends or the backend closes.
 """
 
 from __future__ import annotations
@@ -35,32 +25,21 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import json
 import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aioboto3
-import aiohttp
 import structlog
-from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    NoCredentialsError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
 from pydantic import Field
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
-from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
+from openhqm.backends.kit import Admit, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.sqs_queues import QueueGone, SQSQueues, SQSRequestFailed, sqs_queue_name
+from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
-from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
+from openhqm.errors import BackendError, BackendUnavailable
 from openhqm.policies import Reconnect
 from openhqm.redact import mask_url
 
@@ -74,18 +53,11 @@ MAX_DELAY_S = 900  # SQS's DelaySeconds limit
 MAX_VISIBILITY_S = 43_200  # 12 h, counted from the receive
 HOLD_MAX_S = MAX_VISIBILITY_S - 60  # what we ask for at most, clear of that limit
 MAX_BATCH = 10
-MAX_NAME_LENGTH = 80
-DLQ_RETENTION_S = 1_209_600  # 14 days, the SQS maximum
 MAX_MESSAGE_BYTES = 190 * 1024  # 256 KiB per message with attributes, after base64 (4/3)
-MAX_CONNECTIONS = 50
-CONNECT_TIMEOUT_S = 5.0
 
 ENCODING_ATTR = Wire.PREFIX + "encoding"  # SQS only: how a body that is not SQS-safe text travels
 
-_QUEUE_GONE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
-_ALREADY_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
 _NOT_IN_FLIGHT = frozenset({"AWS.SimpleQueueService.MessageNotInflight", "MessageNotInflight"})
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _NOT_SQS_TEXT = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")  # also \r, which XML would normalise
 _FIFO_TOKEN = re.compile(r"[!-~]{1,128}")
 _RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "ApproximateFirstReceiveTimestamp"]
@@ -103,68 +75,14 @@ class SQSOptions(BackendOptions):
     fifo: bool = Field(False, description="make every queue FIFO (names ending .fifo are FIFO anyway)")
 
 
-class SQSRequestFailed(BackendError):
-    """SQS answered a request with an error; `codes` holds its error codes."""
-
-    def __init__(self, message: str, codes: frozenset[str]) -> None:
-        super().__init__(message)
-        self.codes = codes
-
-
-class QueueGone(SQSRequestFailed):
-    """The SQS queue does not exist (deleted, or an emulator restarted); it is created again on use."""
-
-
-def _refine(exc: BaseException, action: str) -> OpenHQMError | None:
-    """SQS's answers carry error codes: a vanished queue and throttling need their own errors."""
-    if isinstance(exc, NoCredentialsError):
-        return BackendError(f"sqs: {action}: no AWS credentials (set AWS_ACCESS_KEY_ID and "
-                            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an IAM role)")
-    if not isinstance(exc, ClientError):
-        return None
-    error = exc.response.get("Error", {})
-    codes = frozenset({error.get("Code", ""), error.get("QueryErrorCode", "")} - {""})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    text = f"sqs: {action}: {error.get('Code', '?')}: {error.get('Message', '')}"
-    if codes & _QUEUE_GONE:
-        return QueueGone(text, codes)
-    if status >= 500 or any("Throttl" in code for code in codes):
-        return BackendUnavailable(text)
-    return SQSRequestFailed(text, codes)
-
-
-errors = ErrorMap("sqs", [
-    ((BotoConnectionError, HTTPClientError, aiohttp.ClientError, OSError), BackendUnavailable),
-    (BotoCoreError, BackendError),
-], refine=_refine)
-
-
-def sqs_queue_name(queue: str, *, fifo: bool = False, request_queue: str | None = None,
-                   override: str | None = None) -> str:
-    """The SQS name of an openhqm queue (see the module docstring); `override` renames the request queue."""
-    dead = queue.endswith(DEAD_LETTER_SUFFIX)
-    base = queue[: -len(DEAD_LETTER_SUFFIX)] if dead else queue
-    if override and base == request_queue:
-        base = override
-    suffix = ".fifo" if fifo or base.endswith(".fifo") else ""
-    stem = _NAME_UNSAFE.sub("-", base.removesuffix(".fifo")) + ("-dlq" if dead else "")
-    room = MAX_NAME_LENGTH - len(suffix)
-    if len(stem) > room:
-        stem = f"{stem[: room - 9]}-{hashlib.sha256(stem.encode()).hexdigest()[:8]}"
-    return stem + suffix
-
-
 def _encode_body(body: bytes) -> tuple[str, str | None]:
     """SQS bodies are XML-safe, non-empty text; anything else travels base64-encoded."""
     if not body:
         return "-", "empty"
-    try:
-        text = body.decode()
-    except UnicodeDecodeError:
-        return base64.b64encode(body).decode(), "base64"
-    if _NOT_SQS_TEXT.search(text):
-        return base64.b64encode(body).decode(), "base64"
-    return text, None
+    with contextlib.suppress(UnicodeDecodeError):
+        if not _NOT_SQS_TEXT.search(text := body.decode()):
+            return text, None
+    return base64.b64encode(body).decode(), "base64"
 
 
 def _decode_body(text: str, encoding: str | None) -> bytes:
@@ -238,10 +156,8 @@ class SQSBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._client: Any = None
-        self._stack: AsyncExitStack | None = None
-        self._urls: dict[str, str] = {}
-        self._url_lock = asyncio.Lock()
+        self.queues = SQSQueues(self.queue_name, visibility_timeout_s=self.options.visibility_timeout_s,
+                                max_receive_count=self.options.max_receive_count)
         self._closed = asyncio.Event()
         self._waits: set[asyncio.Future[Any]] = set()
         self._buffers: set[PrefetchBuffer[Received]] = set()
@@ -258,21 +174,13 @@ class SQSBackend(Backend):
         return self.queue_name(queue).endswith(".fifo")
 
     async def connect(self) -> None:
-        if self._client is not None:
-            return
-        config = AioConfig(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=self.options.wait_time_s + 10,
-                           retries={"mode": "standard", "max_attempts": 3},
-                           max_pool_connections=MAX_CONNECTIONS)
-        stack = AsyncExitStack()
-        session = aioboto3.Session(region_name=self.options.region)
-        with errors("create client"):
-            self._client = await stack.enter_async_context(
-                session.client("sqs", endpoint_url=self.options.endpoint_url, config=config))
-        self._stack = stack
-        self._closed.clear()
+        if not self.queues.connected:
+            await self.queues.open(endpoint_url=self.options.endpoint_url, region=self.options.region,
+                                   read_timeout_s=self.options.wait_time_s + 10)
+            self._closed.clear()
 
     async def close(self) -> None:
-        if self._client is None:
+        if not self.queues.connected:
             return
         self._closed.set()
         # Stop the long polls, then hand back what was received but not handed out, and only then
@@ -282,36 +190,17 @@ class SQSBackend(Backend):
             task.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
         await asyncio.gather(*(buffer.close() for buffer in list(self._buffers)))
-        self._client = None
-        self._urls.clear()
-        if self._stack is not None:
-            await self._stack.aclose()
+        await self.queues.close()
 
     async def ping(self) -> None:
         with contextlib.suppress(QueueGone):  # reachable and authorised; queues are made on first use
-            await self._call("get_queue_url", QueueName=self.queue_name(self.settings.queue.request_queue))
+            await self.queues.call("get_queue_url", QueueName=self.queue_name(self.settings.queue.request_queue))
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        if self._client is None:
-            raise BackendUnavailable("sqs backend is not connected")
-        with errors(operation.replace("_", " ")):
-            response: dict[str, Any] = await getattr(self._client, operation)(**kwargs)
-        return response
-
-    async def _on_queue(self, queue: str, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """Call `operation` on `queue`'s URL, creating the queue again once if it vanished."""
-        url = await self._url(queue)
-        try:
-            return await self._call(operation, QueueUrl=url, **kwargs)
-        except QueueGone:
-            self._forget(queue)
-        return await self._call(operation, QueueUrl=await self._url(queue), **kwargs)
-
     async def _set_visibility(self, url: str, handle: str, seconds: int, *, missing_ok: bool = False) -> None:
         try:
-            await self._call("change_message_visibility", QueueUrl=url, ReceiptHandle=handle,
+            await self.queues.call("change_message_visibility", QueueUrl=url, ReceiptHandle=handle,
                              VisibilityTimeout=seconds)
         except SQSRequestFailed as exc:
             # A nacked message whose lease already ran out is visible again, as the nack asked.
@@ -322,7 +211,7 @@ class SQSBackend(Backend):
         """Delete by a receive's handle. A handle the lease outlived (the message went out again) is
         refused by SQS: that late settle changes nothing, as with every backend's fencing."""
         try:
-            await self._call("delete_message", QueueUrl=url, ReceiptHandle=handle)
+            await self.queues.call("delete_message", QueueUrl=url, ReceiptHandle=handle)
         except SQSRequestFailed as exc:
             if "ReceiptHandleIsInvalid" not in exc.codes:
                 raise
@@ -338,57 +227,6 @@ class SQSBackend(Backend):
             self._waits.discard(task)
             task.cancel()
         return None if task.cancelled() else task.result()
-
-    # -- queues ---------------------------------------------------------------------------------
-
-    def _forget(self, queue: str) -> None:
-        self._urls.pop(queue, None)
-        self._urls.pop(dead_letter_queue(queue), None)
-
-    async def _url(self, queue: str) -> str:
-        url = self._urls.get(queue)
-        if url is None:
-            async with self._url_lock:
-                url = await self._existing_url(queue) or await self._create(queue)
-                self._urls[queue] = url
-        return url
-
-    async def _existing_url(self, queue: str) -> str | None:
-        if queue in self._urls:
-            return self._urls[queue]
-        try:
-            response = await self._call("get_queue_url", QueueName=self.queue_name(queue))
-        except QueueGone:
-            return None
-        url: str = response["QueueUrl"]
-        self._urls[queue] = url
-        return url
-
-    async def _create(self, queue: str) -> str:
-        name = self.queue_name(queue)
-        attributes = {"VisibilityTimeout": str(self.options.visibility_timeout_s)}
-        if name.endswith(".fifo"):
-            attributes["FifoQueue"] = "true"
-        if queue.endswith(DEAD_LETTER_SUFFIX):
-            attributes["MessageRetentionPeriod"] = str(DLQ_RETENTION_S)
-        else:
-            dlq = dead_letter_queue(queue)
-            dlq_url = await self._existing_url(dlq) or await self._create(dlq)
-            self._urls[dlq] = dlq_url
-            arn = (await self._call("get_queue_attributes", QueueUrl=dlq_url,
-                                    AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
-            attributes["RedrivePolicy"] = json.dumps(
-                {"deadLetterTargetArn": arn, "maxReceiveCount": str(self.options.max_receive_count)})
-        try:
-            response = await self._call("create_queue", QueueName=name, Attributes=attributes)
-        except SQSRequestFailed as exc:
-            if not exc.codes & _ALREADY_EXISTS:
-                raise
-            # Someone made it meanwhile, or earlier with other attributes: use it as it is.
-            response = await self._call("get_queue_url", QueueName=name)
-        log.info("sqs queue ready", queue=queue, sqs_name=name)
-        url: str = response["QueueUrl"]
-        return url
 
     # -- publishing -----------------------------------------------------------------------------
 
@@ -422,7 +260,7 @@ class SQSBackend(Backend):
             request["DelaySeconds"] = min(max(0, math.ceil(delay_s)), MAX_DELAY_S)
         request["MessageAttributes"] = {name: {"DataType": "String", "StringValue": value}
                                         for name, value in attributes.items()}
-        await self._on_queue(queue, "send_message", **request)
+        await self.queues.on_queue(queue, "send_message", **request)
 
     async def _repost(self, queue: str, url: str, message: dict[str, Any], attributes: dict[str, str],
                       headers: dict[str, str]) -> None:
@@ -446,7 +284,7 @@ class SQSBackend(Backend):
                     try:
                         await self._receive(queue, count, received)
                     except QueueGone:
-                        self._forget(queue)  # made again by the next receive
+                        self.queues.forget(queue)  # made again by the next receive
                     except BackendUnavailable as exc:
                         log.warning("sqs receive failed; retrying", queue=queue, error=str(exc))
                         await self._unless_closed(reconnect.wait())
@@ -467,8 +305,8 @@ class SQSBackend(Backend):
 
     async def _receive(self, queue: str, count: int, into: PrefetchBuffer[Received]) -> None:
         """One long poll (given up at close())."""
-        url = await self._url(queue)
-        response = await self._unless_closed(self._call(
+        url = await self.queues.url(queue)
+        response = await self._unless_closed(self.queues.call(
             "receive_message", QueueUrl=url, MaxNumberOfMessages=count,
             WaitTimeSeconds=self.options.wait_time_s, VisibilityTimeout=self.options.visibility_timeout_s,
             MessageAttributeNames=["All"], MessageSystemAttributeNames=_RECEIVE_ATTRIBUTES))
@@ -515,26 +353,26 @@ class SQSBackend(Backend):
     # -- inspection -----------------------------------------------------------------------------
 
     async def _count(self, url: str) -> int:
-        response = await self._call("get_queue_attributes", QueueUrl=url, AttributeNames=[
+        response = await self.queues.call("get_queue_attributes", QueueUrl=url, AttributeNames=[
             "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"])
         return sum(int(value) for value in response.get("Attributes", {}).values())
 
     async def depth(self, queue: str) -> int:
         """Visible plus delayed messages (SQS's approximate counts); 0 for a queue not yet created."""
-        url = await self._existing_url(queue)
+        url = await self.queues.existing_url(queue)
         if url is None:
             return 0
         try:
             return await self._count(url)
         except QueueGone:
-            self._forget(queue)
+            self.queues.forget(queue)
             return 0
 
     async def purge(self, queue: str) -> int:
         """PurgeQueue (SQS allows one per queue per 60 s); returns the approximate count before."""
-        url = await self._existing_url(queue)
+        url = await self.queues.existing_url(queue)
         if url is None:
             return 0
         count = await self._count(url)
-        await self._call("purge_queue", QueueUrl=url)
+        await self.queues.call("purge_queue", QueueUrl=url)
         return count
