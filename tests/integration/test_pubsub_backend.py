@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from openhqm.backends import gcp_pubsub
-from openhqm.backends.gcp_pubsub import PubSubBackend, resource_id
+from openhqm.backends.gcp_pubsub import PubSubBackend
+from openhqm.backends.gcp_pubsub_topics import resource_id
 from openhqm.config import Settings
 from openhqm.errors import BackendError
 from tests.contract.receiver import Receiver

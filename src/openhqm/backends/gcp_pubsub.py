@@ -3,10 +3,9 @@
 URL: none. Options (`queue.pubsub.*`): `project_id`; `emulator_host` (host:port, else the standard
 PUBSUB_EMULATOR_HOST, else Google with Application Default Credentials); `ack_deadline_s`,
 `max_delivery_attempts`, `timeout_s`.
-Queue Q is a topic and a subscription with the same id (see `resource_id`), created on first use:
-topic Q.dlq and its subscription first, then topic Q and subscription Q with message ordering, ack
-deadline `ack_deadline_s` and a dead-letter policy to Q.dlq after `max_delivery_attempts`, which
-also makes Pub/Sub count deliveries (`attempt`). Existing subscriptions are used as they are.
+Queue Q is a topic and a subscription (made on first use by gcp_pubsub_topics.py) with message
+ordering and a dead-letter policy to Q.dlq after `max_delivery_attempts`, which also makes Pub/Sub
+count deliveries (`attempt`).
 Native: ordering key (the client library hands out one message per key at a time, in order),
 lease extension (the library extends the lease of every unsettled delivery), attempt.
 Emulated (`kit.admission`): delay (attribute `openhqm-not-before`; a consumer that gets the message
@@ -24,28 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
-import re
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-import grpc  # type: ignore[import-untyped]
 import structlog
 from google.api_core import exceptions as gexc
-from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.message import Message
-from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
-from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 from pydantic import Field
 
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
-from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
+from openhqm.backends.gcp_pubsub_topics import PubSubTopics, errors
+from openhqm.backends.kit import Admit, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
-from openhqm.errors import BackendError, BackendUnavailable, ConfigError, OpenHQMError
+from openhqm.errors import BackendError
 from openhqm.policies import Reconnect
 
 if TYPE_CHECKING:
@@ -56,40 +50,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 MAX_ACK_DEADLINE_S = 600  # Pub/Sub's limit for one ModifyAckDeadline
-_GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 _FATAL = (gexc.PermissionDenied, gexc.Unauthenticated, gexc.InvalidArgument)
-_ALLOWED = re.compile(r"[A-Za-z0-9\-_.~+]")
-
-T = TypeVar("T")
-
-
-def _refine(exc: BaseException, action: str) -> OpenHQMError | None:
-    if isinstance(exc, DefaultCredentialsError):
-        return ConfigError(f"pubsub: no Google credentials to {action}; set GOOGLE_APPLICATION_CREDENTIALS, "
-                           "or queue.pubsub.emulator_host for the emulator")
-    return None
-
-
-errors = ErrorMap("pubsub", [
-    ((gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.Aborted, gexc.InternalServerError),
-     BackendUnavailable),
-    ((gexc.GoogleAPICallError, ValueError, RuntimeError), BackendError),
-], refine=_refine)
-
-
-def resource_id(queue: str) -> str:
-    """Topic and subscription id of `queue`: as is when Pub/Sub allows it, else percent-encoded.
-
-    Every character outside [A-Za-z0-9-_.~+] becomes %XX (UTF-8); an id that would not start with a
-    letter, or would start with "goog", gets the prefix "q%-" (never produced by the encoding).
-    """
-    encoded = "".join(c if _ALLOWED.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode())
-                      for c in queue)
-    if not encoded[:1].isalpha() or not encoded.isascii() or encoded.lower().startswith("goog"):
-        encoded = "q%-" + encoded
-    if len(encoded) > 255 or len(encoded) < 3:
-        raise ConfigError(f"queue name {queue!r} gives the Pub/Sub id {encoded!r}: ids have 3 to 255 characters")
-    return encoded
 
 
 def _attempt(message: Message) -> int:
@@ -122,7 +83,7 @@ class PubSubDelivery(Delivery):
         self._message = message
 
     async def _ack(self) -> None:
-        await self._backend.acknowledge(self.queue, self._message)
+        await self._backend.topics.acknowledge(self.queue, self._message)
 
     async def _nack(self, delay_s: float | None) -> None:
         attributes = self._message.attributes
@@ -138,12 +99,12 @@ class PubSubDelivery(Delivery):
 
     async def _dead_letter(self, reason: str) -> None:
         copy = {Wire.ID: self.message_id, Wire.REASON: Wire.reason(reason)}
-        await self._backend.publish_copy(dead_letter_queue(self.queue), self.body, copy, self.key)
-        await self._backend.acknowledge(self.queue, self._message)
+        await self._backend.topics.publish(dead_letter_queue(self.queue), self.body, copy, self.key)
+        await self._backend.topics.acknowledge(self.queue, self._message)
 
     async def extend_lease(self, seconds: float) -> None:
         """The client library already extends the lease while the delivery is unsettled; this sets it now."""
-        await self._backend.modify_deadline(self.queue, self._message, min(seconds, MAX_ACK_DEADLINE_S))
+        await self._backend.topics.modify_deadline(self.queue, self._message, min(seconds, MAX_ACK_DEADLINE_S))
 
 
 class _Ended:
@@ -170,8 +131,8 @@ class _Stream:
         flow = pubsub_v1.types.FlowControl(
             max_messages=self.prefetch, max_duration_per_lease_extension=self._backend.options.ack_deadline_s)
         with errors(f"subscribe to {self.queue}"):
-            future = self._backend.subscriber.subscribe(
-                self._backend.subscription_path(self.queue), callback=self._hand_over, flow_control=flow)
+            future = self._backend.topics.subscriber.subscribe(
+                self._backend.topics.subscription_path(self.queue), callback=self._hand_over, flow_control=flow)
         future.add_done_callback(lambda _: self._hand_over(ENDED))
         self.future = future
 
@@ -181,6 +142,8 @@ class _Stream:
             self._loop.call_soon_threadsafe(self._put, item)
 
     def _put(self, item: Message | _Ended) -> None:
+        if self.buffer.closed and isinstance(item, _Ended):
+            return  # stopped on purpose
         task = self._loop.create_task(self.buffer.put(item))
         self._handovers.add(task)
         task.add_done_callback(self._handovers.discard)
@@ -220,10 +183,9 @@ class PubSubBackend(Backend):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.emulator_host = self.options.emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST") or None
-        self._publisher: pubsub_v1.PublisherClient | None = None
-        self._subscriber: pubsub_v1.SubscriberClient | None = None
-        self._ensured: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.topics = PubSubTopics(
+            self.options.project_id, self.emulator_host, ack_deadline_s=self.options.ack_deadline_s,
+            max_delivery_attempts=self.options.max_delivery_attempts, timeout_s=self.options.timeout_s)
         self._streams: set[_Stream] = set()
         self._closed = asyncio.Event()
 
@@ -232,97 +194,23 @@ class PubSubBackend(Backend):
         where = f"emulator {self.emulator_host}" if self.emulator_host else "pubsub.googleapis.com"
         return f"pubsub://{self.options.project_id} ({where})"
 
-    # -- clients ----------------------------------------------------------------------------------
-
-    def _client_options(self, transport: type[Any]) -> dict[str, Any]:
-        # An explicit insecure channel instead of setting PUBSUB_EMULATOR_HOST for the whole process.
-        if not self.emulator_host:
-            return {}
-        return {"transport": transport(channel=grpc.insecure_channel(self.emulator_host, options=_GRPC_OPTIONS))}
-
-    @property
-    def publisher(self) -> pubsub_v1.PublisherClient:
-        if self._publisher is None:
-            raise BackendUnavailable("pubsub backend is not connected")
-        return self._publisher
-
-    @property
-    def subscriber(self) -> pubsub_v1.SubscriberClient:
-        if self._subscriber is None:
-            raise BackendUnavailable("pubsub backend is not connected")
-        return self._subscriber
-
-    def topic_path(self, queue: str) -> str:
-        return f"projects/{self.options.project_id}/topics/{resource_id(queue)}"
-
-    def subscription_path(self, queue: str) -> str:
-        return f"projects/{self.options.project_id}/subscriptions/{resource_id(queue)}"
-
-    async def call(self, func: Callable[..., T], /, **kwargs: Any) -> T:
-        """A blocking client call, off the event loop, bounded by `timeout_s`."""
-        result: T = await asyncio.to_thread(func, **{"timeout": self.options.timeout_s, **kwargs})
-        return result
-
     async def connect(self) -> None:
-        if self._publisher is not None:
-            return
-        with errors("create the clients"):
-            self._publisher = pubsub_v1.PublisherClient(
-                publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True),
-                **self._client_options(PublisherGrpcTransport))
-            self._subscriber = pubsub_v1.SubscriberClient(**self._client_options(SubscriberGrpcTransport))
-        self._closed.clear()
+        if not self.topics.connected:
+            self.topics.open()
+            self._closed.clear()
 
     async def close(self) -> None:
-        publisher, subscriber = self._publisher, self._subscriber
-        if publisher is None or subscriber is None:
+        if not self.topics.connected:
             return
         self._closed.set()
         # Every stream first: they end their consume() and hand back what they hold, with the clients.
         await asyncio.gather(*(stream.stop() for stream in list(self._streams)))
         self._streams.clear()
-        self._publisher = self._subscriber = None
-        self._ensured.clear()
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(publisher.stop)  # sends what is batched, then refuses more
-        with contextlib.suppress(Exception):
-            publisher.transport.close()
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(subscriber.close)
+        await self.topics.close()
 
     async def ping(self) -> None:
-        await self.call(self.publisher.list_topics, timeout=HEALTH_TIMEOUT_S,
-                        request={"project": f"projects/{self.options.project_id}", "page_size": 1})
-
-    # -- topics and subscriptions -------------------------------------------------------------------
-
-    def _forget(self, queue: str) -> None:
-        self._ensured.discard(queue)
-        self._ensured.discard(dead_letter_queue(queue))
-
-    async def _ensure(self, queue: str) -> None:
-        """Create what `queue` needs, once per connection: the dead-letter side first (the policy names it)."""
-        if queue in self._ensured:
-            return
-        async with self._locks.setdefault(queue, asyncio.Lock()):
-            if queue in self._ensured:
-                return
-            is_dead_letter = queue.endswith(DEAD_LETTER_SUFFIX)
-            if not is_dead_letter:
-                await self._ensure(dead_letter_queue(queue))
-            with errors(f"create topic {self.topic_path(queue)}"), contextlib.suppress(gexc.AlreadyExists):
-                await self.call(self.publisher.create_topic, name=self.topic_path(queue))
-            request: dict[str, Any] = {
-                "name": self.subscription_path(queue), "topic": self.topic_path(queue),
-                "ack_deadline_seconds": self.options.ack_deadline_s, "enable_message_ordering": True}
-            if not is_dead_letter:
-                request["dead_letter_policy"] = {"dead_letter_topic": self.topic_path(dead_letter_queue(queue)),
-                                                 "max_delivery_attempts": self.options.max_delivery_attempts}
-            with errors(f"create subscription {request['name']}"), contextlib.suppress(gexc.AlreadyExists):
-                await self.call(self.subscriber.create_subscription, request=request)
-            self._ensured.add(queue)
-
-    # -- publishing ------------------------------------------------------------------------------
+        await self.topics.call(self.topics.publisher.list_topics, timeout=HEALTH_TIMEOUT_S,
+                               request={"project": f"projects/{self.options.project_id}", "page_size": 1})
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
@@ -330,39 +218,17 @@ class PubSubBackend(Backend):
         attributes = {Wire.ID: message_id or new_id()}
         if delay_s and delay_s > 0:
             attributes[Wire.NOT_BEFORE] = Wire.time(time.time() + delay_s)
-        await self.publish_copy(queue, body, attributes, key)
-
-    async def publish_copy(self, queue: str, body: bytes, attributes: dict[str, str], key: str | None) -> None:
-        with errors(f"publish to {self.topic_path(queue)}"):
-            await self._ensure(queue)
-            try:
-                await self._publish_once(queue, body, attributes, key)
-            except gexc.NotFound:
-                # The topic went away (an emulator restart, someone deleted it): create it, publish again.
-                self._forget(queue)
-                await self._ensure(queue)
-                await self._publish_once(queue, body, attributes, key)
-
-    async def _publish_once(self, queue: str, body: bytes, attributes: dict[str, str], key: str | None) -> None:
-        publisher, topic, timeout_s = self.publisher, self.topic_path(queue), self.options.timeout_s
-        try:
-            future = publisher.publish(topic, body, ordering_key=key or "", timeout=timeout_s, **attributes)
-            async with asyncio.timeout(timeout_s + 5):
-                await asyncio.wrap_future(future)
-        except BaseException:
-            if key:  # a failed publish pauses its ordering key until resumed
-                publisher.resume_publish(topic, key)
-            raise
+        await self.topics.publish(queue, body, attributes, key)
 
     async def repost(self, queue: str, message: Message, attributes: dict[str, str]) -> None:
         """Publish a copy of `message` with `attributes`, then ack it: a fresh delivery count."""
-        await self.publish_copy(queue, bytes(message.data), attributes, message.ordering_key or None)
-        await self.acknowledge(queue, message)
+        await self.topics.publish(queue, bytes(message.data), attributes, message.ordering_key or None)
+        await self.topics.acknowledge(queue, message)
 
     # -- consuming ---------------------------------------------------------------------------------
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
-        await self._ensure(queue)
+        await self.topics.ensure(queue)
         stream = _Stream(self, queue, prefetch)
         self._streams.add(stream)
         try:
@@ -390,9 +256,9 @@ class PubSubBackend(Backend):
             await self._pause(stream.reconnect)
             if self._closed.is_set():
                 return
-            self._ensured.discard(stream.queue)
+            self.topics.forget(stream.queue)
             try:
-                await self._ensure(stream.queue)
+                await self.topics.ensure(stream.queue)
                 stream.start()
                 return
             except BackendError as exc:
@@ -424,22 +290,11 @@ class PubSubBackend(Backend):
 
     # -- settling ----------------------------------------------------------------------------------
 
-    async def acknowledge(self, queue: str, message: Message) -> None:
-        with errors(f"acknowledge on {self.subscription_path(queue)}"):
-            await self.call(self.subscriber.acknowledge, subscription=self.subscription_path(queue),
-                            ack_ids=[message.ack_id])
-        message.drop()  # after the ack: dropping releases the next message of its ordering key
-
     async def set_deadline(self, queue: str, message: Message, seconds: float) -> None:
         """Hand the message back to Pub/Sub, to be delivered again after `seconds`."""
         # Out of lease management first, so that the library's next extension cannot undo the deadline.
         message.drop()
-        await self.modify_deadline(queue, message, seconds)
-
-    async def modify_deadline(self, queue: str, message: Message, seconds: float) -> None:
-        with errors(f"modify an ack deadline on {self.subscription_path(queue)}"):
-            await self.call(self.subscriber.modify_ack_deadline, subscription=self.subscription_path(queue),
-                            ack_ids=[message.ack_id], ack_deadline_seconds=math.ceil(seconds))
+        await self.topics.modify_deadline(queue, message, seconds)
 
     # -- the rest of the contract ------------------------------------------------------------------
 
@@ -450,8 +305,6 @@ class PubSubBackend(Backend):
 
     async def purge(self, queue: str) -> int:
         """Delete and re-create the subscription (the emulator has no Seek). Pub/Sub does not say how many."""
-        with errors(f"purge {self.subscription_path(queue)}"), contextlib.suppress(gexc.NotFound):
-            await self.call(self.subscriber.delete_subscription, subscription=self.subscription_path(queue))
-        self._ensured.discard(queue)
-        await self._ensure(queue)
+        await self.topics.delete_subscription(queue)
+        await self.topics.ensure(queue)
         return 0
