@@ -170,7 +170,7 @@ async def test_backend_resumes_publishing_and_consuming_after_the_emulator_resta
 ) -> None:
     pids = _state_dir() / "pids"
     recorded = pids.exists() and any(line.split()[:1] == ["pubsub"] for line in pids.read_text().splitlines())
-    if emulator != "127.0.0.1:8085" or not recorded:
+    if emulator != f"127.0.0.1:{os.environ.get('PUBSUB_PORT', '8085')}" or not recorded:
         pytest.skip("the emulator was not started by scripts/brokers-up here, so this test may not stop it")
     backend = await make_backend()
     await backend.publish(queue, b"before")
