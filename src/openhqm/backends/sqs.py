@@ -196,12 +196,12 @@ class SQSBackend(Backend):
         with contextlib.suppress(QueueGone):  # reachable and authorised; queues are made on first use
             await self.queues.call("get_queue_url", QueueName=self.queue_name(self.settings.queue.request_queue))
 
-    # -- requests -------------------------------------------------------------------------------
+    # -- settling -------------------------------------------------------------------------------
 
     async def _set_visibility(self, url: str, handle: str, seconds: int, *, missing_ok: bool = False) -> None:
         try:
             await self.queues.call("change_message_visibility", QueueUrl=url, ReceiptHandle=handle,
-                             VisibilityTimeout=seconds)
+                                   VisibilityTimeout=seconds)
         except SQSRequestFailed as exc:
             # A nacked message whose lease already ran out is visible again, as the nack asked.
             if not (missing_ok and exc.codes & _NOT_IN_FLIGHT):
