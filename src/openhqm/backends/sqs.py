@@ -36,7 +36,7 @@ from pydantic import Field
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.backends.kit import Admit, PrefetchBuffer, Wire, admission, redelivery
-from openhqm.backends.sqs_queues import QueueGone, SQSQueues, SQSRequestFailed, sqs_queue_name
+from openhqm.backends.sqs_queues import QueueGone, SQSQueues, sqs_queue_name
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
@@ -53,11 +53,11 @@ MAX_DELAY_S = 900  # SQS's DelaySeconds limit
 MAX_VISIBILITY_S = 43_200  # 12 h, counted from the receive
 HOLD_MAX_S = MAX_VISIBILITY_S - 60  # what we ask for at most, clear of that limit
 MAX_BATCH = 10
+LEASE_MARGIN_S = 1.0  # what a receive's response may take to reach us, at most
 MAX_MESSAGE_BYTES = 190 * 1024  # 256 KiB per message with attributes, after base64 (4/3)
 
 ENCODING_ATTR = Wire.PREFIX + "encoding"  # SQS only: how a body that is not SQS-safe text travels
 
-_NOT_IN_FLIGHT = frozenset({"AWS.SimpleQueueService.MessageNotInflight", "MessageNotInflight"})
 _NOT_SQS_TEXT = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")  # also \r, which XML would normalise
 _FIFO_TOKEN = re.compile(r"[!-~]{1,128}")
 _RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "ApproximateFirstReceiveTimestamp"]
@@ -114,34 +114,49 @@ class SQSDelivery(Delivery):
         self._backend = backend
         self._attributes = attributes
         self._handle: str = self._message["ReceiptHandle"]
+        self._lease_until = backend._lease_end(self._received_at)
 
     def _visibility_budget(self) -> int:
         """Seconds of invisibility this receive can still get (SQS counts 12 h from the receive)."""
         return max(0, int(HOLD_MAX_S - (time.monotonic() - self._received_at)))
 
+    def _late(self) -> bool:
+        """Past this receive's lease: the message may be another consumer's now, and a settle by this
+        receipt handle could change that live copy (moto deletes by it), so it changes nothing."""
+        if time.monotonic() < self._lease_until:
+            return False
+        log.warning("sqs.late_settle", queue=self.queue, message_id=self.message_id)
+        return True
+
     async def _ack(self) -> None:
-        await self._backend._delete(self.queue, self._url, self._handle)
+        if not self._late():
+            await self._backend.queues.delete(self._url, self._handle)
 
     async def _nack(self, delay_s: float | None) -> None:
+        if self._late():
+            return
         seconds = math.ceil(max(0.0, delay_s or 0.0))
         if seconds <= self._visibility_budget():
-            await self._backend._set_visibility(self._url, self._handle, seconds, missing_ok=True)
+            await self._backend.queues.set_visibility(self._url, self._handle, seconds, missing_ok=True)
             return
         await self._backend._repost(self.queue, self._url, self._message, self._attributes,
                                     redelivery(self.attempt, delay_s, time.time()))
 
     async def _dead_letter(self, reason: str) -> None:
+        if self._late():
+            return
         copy = {k: v for k, v in self._attributes.items() if k not in (Wire.NOT_BEFORE, Wire.ATTEMPT)}
         copy[Wire.REASON] = Wire.reason(reason)
         await self._backend._send(dead_letter_queue(self.queue), self._message["Body"], copy,
                                   dedup_id=self.message_id)
-        await self._backend._delete(self.queue, self._url, self._handle)
+        await self._backend.queues.delete(self._url, self._handle)
 
     async def extend_lease(self, seconds: float) -> None:
         """Keep the message invisible `seconds` from now; capped at 12 h after the receive."""
-        if self.settled is None:
-            visibility = min(math.ceil(seconds), self._visibility_budget())
-            await self._backend._set_visibility(self._url, self._handle, visibility)
+        if self.settled is None and not self._late():
+            now, visibility = time.monotonic(), min(math.ceil(seconds), self._visibility_budget())
+            await self._backend.queues.set_visibility(self._url, self._handle, visibility)
+            self._lease_until = now + visibility
 
 
 class SQSBackend(Backend):
@@ -173,6 +188,12 @@ class SQSBackend(Backend):
     def _is_fifo(self, queue: str) -> bool:
         return self.queue_name(queue).endswith(".fifo")
 
+    def _lease_end(self, received_at: float) -> float:
+        """When a receive's visibility ends at the latest: SQS started it before our clock read
+        `received_at`, by up to the response's way back (allowed for here)."""
+        lease_s = self.options.visibility_timeout_s
+        return received_at + lease_s - min(LEASE_MARGIN_S, lease_s / 4)
+
     async def connect(self) -> None:
         if not self.queues.connected:
             await self.queues.open(endpoint_url=self.options.endpoint_url, region=self.options.region,
@@ -195,27 +216,6 @@ class SQSBackend(Backend):
     async def ping(self) -> None:
         with contextlib.suppress(QueueGone):  # reachable and authorised; queues are made on first use
             await self.queues.call("get_queue_url", QueueName=self.queue_name(self.settings.queue.request_queue))
-
-    # -- settling -------------------------------------------------------------------------------
-
-    async def _set_visibility(self, url: str, handle: str, seconds: int, *, missing_ok: bool = False) -> None:
-        try:
-            await self.queues.call("change_message_visibility", QueueUrl=url, ReceiptHandle=handle,
-                                   VisibilityTimeout=seconds)
-        except SQSRequestFailed as exc:
-            # A nacked message whose lease already ran out is visible again, as the nack asked.
-            if not (missing_ok and exc.codes & _NOT_IN_FLIGHT):
-                raise
-
-    async def _delete(self, queue: str, url: str, handle: str) -> None:
-        """Delete by a receive's handle. A handle the lease outlived (the message went out again) is
-        refused by SQS: that late settle changes nothing, as with every backend's fencing."""
-        try:
-            await self.queues.call("delete_message", QueueUrl=url, ReceiptHandle=handle)
-        except SQSRequestFailed as exc:
-            if "ReceiptHandleIsInvalid" not in exc.codes:
-                raise
-            log.warning("sqs.late_settle", queue=queue)
 
     async def _unless_closed(self, awaitable: Awaitable[T]) -> T | None:
         """Await `awaitable`, or give up with None as soon as close() is called."""
@@ -268,7 +268,7 @@ class SQSBackend(Backend):
         copy = {k: v for k, v in attributes.items() if k not in (Wire.NOT_BEFORE, Wire.ATTEMPT)} | headers
         # A fresh deduplication id: on a FIFO queue the original's would swallow the copy.
         await self._send(queue, message["Body"], copy, dedup_id=new_id())
-        await self._delete(queue, url, message["ReceiptHandle"])
+        await self.queues.delete(url, message["ReceiptHandle"])
 
     # -- consuming ------------------------------------------------------------------------------
 
@@ -294,7 +294,7 @@ class SQSBackend(Backend):
                 item = await received.get()
                 if item is None:
                     return
-                if time.monotonic() - item[2] >= self.options.visibility_timeout_s:
+                if time.monotonic() >= self._lease_end(item[2]):
                     continue  # its visibility timeout ran out: SQS hands it out again
                 delivery = await self._admit(queue, item)
                 if delivery is not None:
@@ -336,7 +336,8 @@ class SQSBackend(Backend):
             return SQSDelivery(self, queue, received, attributes, attempt)
         try:
             if fifo:
-                await self._set_visibility(url, message["ReceiptHandle"], min(math.ceil(decision.wait_s), HOLD_MAX_S))
+                hold_s = min(math.ceil(decision.wait_s), HOLD_MAX_S)
+                await self.queues.set_visibility(url, message["ReceiptHandle"], hold_s)
             else:
                 due = {Wire.ATTEMPT: str(attempt), Wire.NOT_BEFORE: attributes[Wire.NOT_BEFORE]}
                 await self._repost(queue, url, message, attributes, due)
@@ -348,14 +349,9 @@ class SQSBackend(Backend):
     async def _release(self, received: Received) -> None:
         """Make a received message that was never handed out visible again now."""
         url, message, _ = received
-        await self._set_visibility(url, message["ReceiptHandle"], 0, missing_ok=True)
+        await self.queues.set_visibility(url, message["ReceiptHandle"], 0, missing_ok=True)
 
     # -- inspection -----------------------------------------------------------------------------
-
-    async def _count(self, url: str) -> int:
-        response = await self.queues.call("get_queue_attributes", QueueUrl=url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"])
-        return sum(int(value) for value in response.get("Attributes", {}).values())
 
     async def depth(self, queue: str) -> int:
         """Visible plus delayed messages (SQS's approximate counts); 0 for a queue not yet created."""
@@ -363,7 +359,7 @@ class SQSBackend(Backend):
         if url is None:
             return 0
         try:
-            return await self._count(url)
+            return await self.queues.count(url)
         except QueueGone:
             self.queues.forget(queue)
             return 0
@@ -373,6 +369,6 @@ class SQSBackend(Backend):
         url = await self.queues.existing_url(queue)
         if url is None:
             return 0
-        count = await self._count(url)
+        count = await self.queues.count(url)
         await self.queues.call("purge_queue", QueueUrl=url)
         return count

@@ -38,6 +38,7 @@ CONNECT_TIMEOUT_S = 5.0
 
 _QUEUE_GONE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 _ALREADY_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
+_NOT_IN_FLIGHT = frozenset({"AWS.SimpleQueueService.MessageNotInflight", "MessageNotInflight"})
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -135,6 +136,31 @@ class SQSQueues:
         except QueueGone:
             self.forget(queue)
         return await self.call(operation, QueueUrl=await self.url(queue), **kwargs)
+
+    async def set_visibility(self, url: str, handle: str, seconds: int, *, missing_ok: bool = False) -> None:
+        """`missing_ok`: a message no longer in flight (its lease ran out) is visible already."""
+        try:
+            await self.call("change_message_visibility", QueueUrl=url, ReceiptHandle=handle,
+                            VisibilityTimeout=seconds)
+        except SQSRequestFailed as exc:
+            if not (missing_ok and exc.codes & _NOT_IN_FLIGHT):
+                raise
+
+    async def delete(self, url: str, handle: str) -> None:
+        """Delete by a receive's handle; one SQS refuses (the message was received again since) is
+        a late settle that changes nothing."""
+        try:
+            await self.call("delete_message", QueueUrl=url, ReceiptHandle=handle)
+        except SQSRequestFailed as exc:
+            if "ReceiptHandleIsInvalid" not in exc.codes:
+                raise
+            log.warning("sqs.stale_receipt_handle", url=url)
+
+    async def count(self, url: str) -> int:
+        """Visible plus delayed messages (SQS's approximate counts)."""
+        response = await self.call("get_queue_attributes", QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"])
+        return sum(int(value) for value in response.get("Attributes", {}).values())
 
     def forget(self, queue: str) -> None:
         self._urls.pop(queue, None)
