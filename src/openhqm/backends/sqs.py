@@ -189,8 +189,8 @@ class SQSBackend(Backend):
         return self.queue_name(queue).endswith(".fifo")
 
     def _lease_end(self, received_at: float) -> float:
-        """When a receive's visibility ends at the latest: SQS started it before our clock read
-        `received_at`, by up to the response's way back (allowed for here)."""
+        """The earliest a receive's visibility may end: SQS started its clock before ours read
+        `received_at`, by as much as the response took to arrive (LEASE_MARGIN_S at most)."""
         lease_s = self.options.visibility_timeout_s
         return received_at + lease_s - min(LEASE_MARGIN_S, lease_s / 4)
 
