@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from openhqm.backends import gcp_pubsub
-from openhqm.backends.gcp_pubsub import PubSubBackend, resource_id
+from openhqm.backends.gcp_pubsub import PubSubBackend
+from openhqm.backends.gcp_pubsub_topics import resource_id
 from openhqm.config import Settings
 from openhqm.errors import BackendError
 from tests.contract.receiver import Receiver
@@ -169,7 +170,7 @@ async def test_backend_resumes_publishing_and_consuming_after_the_emulator_resta
 ) -> None:
     pids = _state_dir() / "pids"
     recorded = pids.exists() and any(line.split()[:1] == ["pubsub"] for line in pids.read_text().splitlines())
-    if emulator != "127.0.0.1:8085" or not recorded:
+    if emulator != f"127.0.0.1:{os.environ.get('PUBSUB_PORT', '8085')}" or not recorded:
         pytest.skip("the emulator was not started by scripts/brokers-up here, so this test may not stop it")
     backend = await make_backend()
     await backend.publish(queue, b"before")

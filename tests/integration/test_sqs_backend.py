@@ -23,7 +23,8 @@ from botocore.exceptions import ClientError
 
 from openhqm.backends import create_backend
 from openhqm.backends import sqs as sqs_module
-from openhqm.backends.sqs import SQSBackend, sqs_queue_name
+from openhqm.backends.sqs import SQSBackend
+from openhqm.backends.sqs_queues import sqs_queue_name
 from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable

@@ -3,46 +3,44 @@
 URL: none. Options (`queue.pubsub.*`): `project_id`; `emulator_host` (host:port, else the standard
 PUBSUB_EMULATOR_HOST, else Google with Application Default Credentials); `ack_deadline_s`,
 `max_delivery_attempts`, `timeout_s`.
-Queue Q is a topic and a subscription with the same id (see `resource_id`), created on first use:
-topic Q.dlq and its subscription first, then topic Q and subscription Q with message ordering, ack
-deadline `ack_deadline_s` and a dead-letter policy to Q.dlq after `max_delivery_attempts`, which
-also makes Pub/Sub count deliveries (`attempt`). Existing subscriptions are used as they are.
+Queue Q is a topic and a subscription (made on first use by gcp_pubsub_topics.py) with message
+ordering and a dead-letter policy to Q.dlq after `max_delivery_attempts`, which also makes Pub/Sub
+count deliveries (`attempt`).
 Native: ordering key (the client library hands out one message per key at a time, in order),
 lease extension (the library extends the lease of every unsettled delivery), attempt.
-Emulated: delay (attribute `openhqm-not-before`; a consumer that gets the message early sets its ack
-deadline to the time left, at most 600 s a step, and re-publishes a copy for longer waits),
-nack(delay) (the ack deadline set to the delay; a copy when that is impossible), dead letters (a copy
-with `openhqm-dead-letter-reason` to Q.dlq, then ack). No priority. No depth: the emulator has no
-monitoring API. Settles are unary Acknowledge/ModifyAckDeadline calls awaited by the caller.
+Emulated (`kit.admission`): delay (attribute `openhqm-not-before`; a consumer that gets the message
+early sets its ack deadline to the time left, at most 600 s a step, and re-publishes a copy for
+longer waits), nack(delay) (the ack deadline set to the delay; a copy carrying `openhqm-attempt`
+when that is impossible), dead letters (a copy with `openhqm-reason` to Q.dlq, then ack). No
+priority. No depth: the emulator has no monitoring API. Settles are unary Acknowledge/
+ModifyAckDeadline calls awaited by the caller.
 On a crash: unsettled messages come back once their lease runs out (at most `ack_deadline_s` after
-the last extension), to any consumer, with delivery_attempt+1.
+the last extension), to any consumer, with delivery_attempt+1. Messages received but not handed
+out go back at once when consume() ends or the backend closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-import grpc  # type: ignore[import-untyped]
 import structlog
 from google.api_core import exceptions as gexc
-from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.message import Message
-from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
-from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 from pydantic import Field
 
-from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Health, Support
-from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
+from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
+from openhqm.backends.gcp_pubsub_topics import PubSubTopics, errors
+from openhqm.backends.kit import Admit, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
-from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.errors import BackendError
+from openhqm.policies import Reconnect
 
 if TYPE_CHECKING:
     from google.cloud.pubsub_v1.subscriber.futures import StreamingPullFuture
@@ -51,72 +49,20 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-ID_ATTRIBUTE = "openhqm-id"
-NOT_BEFORE_ATTRIBUTE = "openhqm-not-before"  # epoch seconds, the publisher's clock
-ATTEMPTS_BEFORE_ATTRIBUTE = "openhqm-attempts-before"  # deliveries used up by earlier copies
-REASON_ATTRIBUTE = "openhqm-dead-letter-reason"
-
 MAX_ACK_DEADLINE_S = 600  # Pub/Sub's limit for one ModifyAckDeadline
-_GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-_UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.Aborted,
-                gexc.InternalServerError, TimeoutError)
 _FATAL = (gexc.PermissionDenied, gexc.Unauthenticated, gexc.InvalidArgument)
-_ALLOWED = re.compile(r"[A-Za-z0-9\-_.~+]")
-_CLOSED = object()  # inbox marker: the backend closed
-_ENDED = object()  # inbox marker: the streaming pull stopped on an error
-
-T = TypeVar("T")
-
-
-def resource_id(queue: str) -> str:
-    """Topic and subscription id of `queue`: as is when Pub/Sub allows it, else percent-encoded.
-
-    Every character outside [A-Za-z0-9-_.~+] becomes %XX (UTF-8); an id that would not start with a
-    letter, or would start with "goog", gets the prefix "q%-" (never produced by the encoding).
-    """
-    encoded = "".join(c if _ALLOWED.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode())
-                      for c in queue)
-    if not encoded[:1].isalpha() or not encoded.isascii() or encoded.lower().startswith("goog"):
-        encoded = "q%-" + encoded
-    if len(encoded) > 255 or len(encoded) < 3:
-        raise ConfigError(f"queue name {queue!r} gives the Pub/Sub id {encoded!r}: ids have 3 to 255 characters")
-    return encoded
-
-
-@contextlib.contextmanager
-def _errors(action: str) -> Iterator[None]:
-    """The one place where client errors become openhqm errors."""
-    try:
-        yield
-    except BackendError:
-        raise
-    except DefaultCredentialsError as exc:
-        raise ConfigError(f"pubsub: no Google credentials to {action}; set GOOGLE_APPLICATION_CREDENTIALS, "
-                          "or queue.pubsub.emulator_host for the emulator") from exc
-    except _UNAVAILABLE as exc:
-        raise BackendUnavailable(f"pubsub: cannot {action}: {exc}") from exc
-    except (gexc.GoogleAPICallError, ValueError, RuntimeError) as exc:
-        raise BackendError(f"pubsub: cannot {action}: {exc}") from exc
-
-
-def _number(text: str | None, default: float) -> float:
-    try:
-        return float(text) if text else default
-    except ValueError:
-        return default
 
 
 def _attempt(message: Message) -> int:
-    """Deliveries of this message: those of earlier copies, plus Pub/Sub's count for this one less
+    """This delivery's attempt: the one the copy was sent for, plus Pub/Sub's redeliveries of it, less
     the deliveries spent waiting for a not-before time (0, 1 or 2 per copy, see `_admit`)."""
-    before = int(_number(message.attributes.get(ATTEMPTS_BEFORE_ATTRIBUTE), 0))
+    first = Wire.attempt(message.attributes.get(Wire.ATTEMPT))
     delivered: int | None = message.delivery_attempt
     if delivered is None:  # a subscription without a dead-letter policy: Pub/Sub does not count
-        return before + 1
-    lead_s = _number(message.attributes.get(NOT_BEFORE_ATTRIBUTE), 0) - message.publish_time.timestamp()
+        return first
+    lead_s = (Wire.number(message.attributes.get(Wire.NOT_BEFORE)) or 0) - message.publish_time.timestamp()
     waits = 0 if lead_s <= 0 else 1 if lead_s <= MAX_ACK_DEADLINE_S else 2
-    return before + max(1, delivered - waits)
-
+    return first + max(0, delivered - waits - 1)
 
 
 class PubSubOptions(BackendOptions):
@@ -130,92 +76,92 @@ class PubSubOptions(BackendOptions):
 
 class PubSubDelivery(Delivery):
     def __init__(self, backend: PubSubBackend, queue: str, message: Message) -> None:
-        key = message.ordering_key or None
         super().__init__(queue, bytes(message.data), attempt=_attempt(message),
-                         message_id=message.attributes.get(ID_ATTRIBUTE) or message.message_id, key=key)
+                         message_id=message.attributes.get(Wire.ID) or message.message_id,
+                         key=message.ordering_key or None)
         self._backend = backend
         self._message = message
 
     async def _ack(self) -> None:
-        await self._backend.acknowledge(self.queue, self._message)
+        await self._backend.topics.acknowledge(self.queue, self._message)
 
     async def _nack(self, delay_s: float | None) -> None:
-        delay_s = max(0.0, delay_s or 0.0)
         attributes = self._message.attributes
-        if (self._message.delivery_attempt is None or delay_s > MAX_ACK_DEADLINE_S
-                or NOT_BEFORE_ATTRIBUTE in attributes):
+        if (self._message.delivery_attempt is None or (delay_s or 0) > MAX_ACK_DEADLINE_S
+                or Wire.NOT_BEFORE in attributes):
             # Pub/Sub would not count this redelivery as we need (no policy, or deliveries spent on a
             # not-before wait), or cannot wait that long: a copy carries the count instead.
-            copy = {k: v for k, v in attributes.items() if k != NOT_BEFORE_ATTRIBUTE}
-            copy[ATTEMPTS_BEFORE_ATTRIBUTE] = str(self.attempt)
-            if delay_s:
-                copy[NOT_BEFORE_ATTRIBUTE] = f"{time.time() + delay_s:.3f}"
-            await self._backend.publish_copy(self.queue, self.body, copy, self.key)
-            await self._backend.acknowledge(self.queue, self._message)
+            copy = {k: v for k, v in attributes.items() if k != Wire.NOT_BEFORE}
+            copy |= redelivery(self.attempt, delay_s, time.time())
+            await self._backend.repost(self.queue, self._message, copy)
         else:
-            await self._backend.set_deadline(self.queue, self._message, delay_s)
+            await self._backend.set_deadline(self.queue, self._message, max(0.0, delay_s or 0.0))
 
     async def _dead_letter(self, reason: str) -> None:
-        copy = {ID_ATTRIBUTE: self.message_id, REASON_ATTRIBUTE: reason}
-        await self._backend.publish_copy(dead_letter_queue(self.queue), self.body, copy, self.key)
-        await self._backend.acknowledge(self.queue, self._message)
+        copy = {Wire.ID: self.message_id, Wire.REASON: Wire.reason(reason)}
+        await self._backend.topics.publish(dead_letter_queue(self.queue), self.body, copy, self.key)
+        await self._backend.topics.acknowledge(self.queue, self._message)
 
     async def extend_lease(self, seconds: float) -> None:
         """The client library already extends the lease while the delivery is unsettled; this sets it now."""
-        with _errors("extend a lease"):
-            await self._backend.call(self._backend.subscriber.modify_ack_deadline,
-                                     subscription=self._backend.subscription_path(self.queue),
-                                     ack_ids=[self._message.ack_id],
-                                     ack_deadline_seconds=math.ceil(min(seconds, MAX_ACK_DEADLINE_S)))
+        await self._backend.topics.modify_deadline(self.queue, self._message, min(seconds, MAX_ACK_DEADLINE_S))
+
+
+class _Ended:
+    """Put in a stream's buffer when the streaming pull stopped on an error."""
+
+
+ENDED = _Ended()
 
 
 class _Stream:
-    """One streaming pull: the client's threads call `_received`, which hands over to asyncio."""
+    """One streaming pull: the client's threads hand messages to asyncio, into a PrefetchBuffer."""
 
     def __init__(self, backend: PubSubBackend, queue: str, prefetch: int) -> None:
         self._backend = backend
         self._loop = asyncio.get_running_loop()
         self.queue = queue
         self.prefetch = prefetch
-        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.buffer = PrefetchBuffer[Message | _Ended](prefetch + 1, self._release)
+        self.reconnect = Reconnect()
         self.future: StreamingPullFuture | None = None
-
-    def _call(self, func: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: the library nacks the message
-            self._loop.call_soon_threadsafe(func, *args)
+        self._handovers: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         flow = pubsub_v1.types.FlowControl(
             max_messages=self.prefetch, max_duration_per_lease_extension=self._backend.options.ack_deadline_s)
-        with _errors(f"subscribe to {self.queue}"):
-            future = self._backend.subscriber.subscribe(
-                self._backend.subscription_path(self.queue), callback=self._received, flow_control=flow)
-        future.add_done_callback(lambda _: self._call(self.inbox.put_nowait, _ENDED))
+        with errors(f"subscribe to {self.queue}"):
+            future = self._backend.topics.subscriber.subscribe(
+                self._backend.topics.subscription_path(self.queue), callback=self._hand_over, flow_control=flow)
+        future.add_done_callback(lambda _: self._hand_over(ENDED))
         self.future = future
 
-    def _received(self, message: Message) -> None:
-        self._call(self.inbox.put_nowait, message)
+    def _hand_over(self, item: Message | _Ended) -> None:
+        """From the client's threads: into the buffer, on the event loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the library nacks the message
+            self._loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: Message | _Ended) -> None:
+        if self.buffer.closed and isinstance(item, _Ended):
+            return  # stopped on purpose
+        task = self._loop.create_task(self.buffer.put(item))
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
+
+    async def _release(self, item: Message | _Ended) -> None:
+        if isinstance(item, Message):
+            with contextlib.suppress(BackendError):
+                await self._backend.set_deadline(self.queue, item, 0)
 
     async def stop(self) -> None:
         """Cancel the pull; what it received but never handed out goes back at once."""
+        await self.buffer.close()
         future, self.future = self.future, None
-        unused = [m for m in self._drain() if isinstance(m, Message)]
-        if unused:
-            with contextlib.suppress(BackendError):
-                await self._backend.call(
-                    self._backend.subscriber.modify_ack_deadline,
-                    subscription=self._backend.subscription_path(self.queue),
-                    ack_ids=[m.ack_id for m in unused], ack_deadline_seconds=0)
         if future is not None:
             future.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(future.result, self._backend.options.timeout_s)
-
-    def _drain(self) -> list[Any]:
-        items = []
-        while not self.inbox.empty():
-            items.append(self.inbox.get_nowait())
-        return items
+        await asyncio.gather(*self._handovers, return_exceptions=True)
 
     def error(self) -> BaseException | None:
         if self.future is None or not self.future.done() or self.future.cancelled():
@@ -236,12 +182,10 @@ class PubSubBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-
         self.emulator_host = self.options.emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST") or None
-        self._publisher: pubsub_v1.PublisherClient | None = None
-        self._subscriber: pubsub_v1.SubscriberClient | None = None
-        self._ensured: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.topics = PubSubTopics(
+            self.options.project_id, self.emulator_host, ack_deadline_s=self.options.ack_deadline_s,
+            max_delivery_attempts=self.options.max_delivery_attempts, timeout_s=self.options.timeout_s)
         self._streams: set[_Stream] = set()
         self._closed = asyncio.Event()
 
@@ -250,143 +194,50 @@ class PubSubBackend(Backend):
         where = f"emulator {self.emulator_host}" if self.emulator_host else "pubsub.googleapis.com"
         return f"pubsub://{self.options.project_id} ({where})"
 
-    # -- clients ----------------------------------------------------------------------------------
-
-    def _client_options(self, transport: type[Any]) -> dict[str, Any]:
-        # An explicit insecure channel instead of setting PUBSUB_EMULATOR_HOST for the whole process.
-        if not self.emulator_host:
-            return {}
-        return {"transport": transport(channel=grpc.insecure_channel(self.emulator_host, options=_GRPC_OPTIONS))}
-
-    @property
-    def publisher(self) -> pubsub_v1.PublisherClient:
-        if self._publisher is None:
-            raise BackendUnavailable("pubsub backend is not connected")
-        return self._publisher
-
-    @property
-    def subscriber(self) -> pubsub_v1.SubscriberClient:
-        if self._subscriber is None:
-            raise BackendUnavailable("pubsub backend is not connected")
-        return self._subscriber
-
-    def topic_path(self, queue: str) -> str:
-        return f"projects/{self.options.project_id}/topics/{resource_id(queue)}"
-
-    def subscription_path(self, queue: str) -> str:
-        return f"projects/{self.options.project_id}/subscriptions/{resource_id(queue)}"
-
-    async def call(self, func: Callable[..., T], /, **kwargs: Any) -> T:
-        """A blocking client call, off the event loop, bounded by `timeout_s`."""
-        result: T = await asyncio.to_thread(func, **kwargs, timeout=self.options.timeout_s)
-        return result
-
     async def connect(self) -> None:
-        if self._publisher is not None:
-            return
-        with _errors("create the clients"):
-            self._publisher = pubsub_v1.PublisherClient(
-                publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True),
-                **self._client_options(PublisherGrpcTransport))
-            self._subscriber = pubsub_v1.SubscriberClient(**self._client_options(SubscriberGrpcTransport))
-        self._closed.clear()
+        if not self.topics.connected:
+            self.topics.open()
+            self._closed.clear()
 
     async def close(self) -> None:
-        publisher, subscriber = self._publisher, self._subscriber
-        if publisher is None or subscriber is None:
+        if not self.topics.connected:
             return
         self._closed.set()
-        for stream in list(self._streams):
-            await stream.stop()
-            stream.inbox.put_nowait(_CLOSED)  # after stop(), which empties the inbox
+        # Every stream first: they end their consume() and hand back what they hold, with the clients.
+        await asyncio.gather(*(stream.stop() for stream in list(self._streams)))
         self._streams.clear()
-        self._publisher = self._subscriber = None
-        self._ensured.clear()
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(publisher.stop)  # sends what is batched, then refuses more
-        with contextlib.suppress(Exception):
-            publisher.transport.close()
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(subscriber.close)
+        await self.topics.close()
 
-    # -- topics and subscriptions -------------------------------------------------------------------
-
-    async def _ensure(self, queue: str) -> None:
-        """Create what `queue` needs, once per connection: the dead-letter side first (the policy names it)."""
-        if queue in self._ensured:
-            return
-        async with self._locks.setdefault(queue, asyncio.Lock()):
-            if queue in self._ensured:
-                return
-            is_dead_letter = queue.endswith(DEAD_LETTER_SUFFIX)
-            if not is_dead_letter:
-                await self._ensure(dead_letter_queue(queue))
-            with _errors(f"create topic {self.topic_path(queue)}"), contextlib.suppress(gexc.AlreadyExists):
-                await self.call(self.publisher.create_topic, name=self.topic_path(queue))
-            request: dict[str, Any] = {
-                "name": self.subscription_path(queue), "topic": self.topic_path(queue),
-                "ack_deadline_seconds": self.options.ack_deadline_s, "enable_message_ordering": True}
-            if not is_dead_letter:
-                request["dead_letter_policy"] = {"dead_letter_topic": self.topic_path(dead_letter_queue(queue)),
-                                                 "max_delivery_attempts": self.options.max_delivery_attempts}
-            with _errors(f"create subscription {request['name']}"), contextlib.suppress(gexc.AlreadyExists):
-                await self.call(self.subscriber.create_subscription, request=request)
-            self._ensured.add(queue)
-
-    # -- publishing ------------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self.topics.call(self.topics.publisher.list_topics, timeout=HEALTH_TIMEOUT_S,
+                               request={"project": f"projects/{self.options.project_id}", "page_size": 1})
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
-        attributes = {ID_ATTRIBUTE: message_id or new_id()}
+        attributes = {Wire.ID: message_id or new_id()}
         if delay_s and delay_s > 0:
-            attributes[NOT_BEFORE_ATTRIBUTE] = f"{time.time() + delay_s:.3f}"
-        await self.publish_copy(queue, body, attributes, key)
+            attributes[Wire.NOT_BEFORE] = Wire.time(time.time() + delay_s)
+        await self.topics.publish(queue, body, attributes, key)
 
-    async def publish_copy(self, queue: str, body: bytes, attributes: dict[str, str], key: str | None) -> None:
-        await self._ensure(queue)
-        try:
-            await self._publish_once(queue, body, attributes, key)
-        except gexc.NotFound:
-            # The topic went away (an emulator restart, someone deleted it): create it, publish again.
-            self._ensured.discard(queue)
-            self._ensured.discard(dead_letter_queue(queue))
-            await self._ensure(queue)
-            with _errors(f"publish to {self.topic_path(queue)}"):
-                await self._publish_once(queue, body, attributes, key)
-
-    async def _publish_once(self, queue: str, body: bytes, attributes: dict[str, str], key: str | None) -> None:
-        topic = self.topic_path(queue)
-        timeout_s = self.options.timeout_s
-        try:
-            with _errors(f"publish to {topic}"):
-                future = self.publisher.publish(topic, body, ordering_key=key or "", timeout=timeout_s,
-                                                **attributes)
-                async with asyncio.timeout(timeout_s + 5):
-                    await asyncio.wrap_future(future)
-        except BaseException as exc:
-            if key:  # a failed publish pauses its ordering key until resumed
-                self.publisher.resume_publish(topic, key)
-            cause = exc.__cause__
-            if isinstance(cause, gexc.NotFound):
-                raise cause from None
-            raise
+    async def repost(self, queue: str, message: Message, attributes: dict[str, str]) -> None:
+        """Publish a copy of `message` with `attributes`, then ack it: a fresh delivery count."""
+        await self.topics.publish(queue, bytes(message.data), attributes, message.ordering_key or None)
+        await self.topics.acknowledge(queue, message)
 
     # -- consuming ---------------------------------------------------------------------------------
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
-        await self._ensure(queue)
+        await self.topics.ensure(queue)
         stream = _Stream(self, queue, prefetch)
-        stream.start()
         self._streams.add(stream)
         try:
-            while not self._closed.is_set():
-                item = await stream.inbox.get()
-                if item is _CLOSED or self._closed.is_set():
-                    return
-                if item is _ENDED:
+            stream.start()
+            while (item := await stream.buffer.get()) is not None:
+                if isinstance(item, _Ended):
                     await self._restart(stream)
                     continue
+                stream.reconnect.reset()
                 delivery = await self._admit(queue, item)
                 if delivery is not None:
                     yield delivery
@@ -396,59 +247,54 @@ class PubSubBackend(Backend):
 
     async def _restart(self, stream: _Stream) -> None:
         """The streaming pull ended on an error: recreate what is missing and pull again, with backoff."""
-        delay_s = 1.0
         while not self._closed.is_set():
             error = stream.error()
             if isinstance(error, _FATAL):
                 raise BackendError(f"pubsub: pulling {stream.queue} failed: {error}") from error
-            log.warning("pubsub.stream_ended", queue=stream.queue, error=str(error), retry_in_s=delay_s)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay_s):
-                    await self._closed.wait()
+            log.warning("pubsub.stream_ended", queue=stream.queue, error=str(error),
+                        retry_in_s=round(stream.reconnect.next_delay_s, 3))
+            await self._pause(stream.reconnect)
             if self._closed.is_set():
                 return
-            self._ensured.discard(stream.queue)
+            self.topics.forget(stream.queue)
             try:
-                await self._ensure(stream.queue)
+                await self.topics.ensure(stream.queue)
                 stream.start()
                 return
             except BackendError as exc:
                 log.warning("pubsub.resubscribe_failed", queue=stream.queue, error=str(exc))
-                delay_s = min(delay_s * 2, 30.0)
+
+    async def _pause(self, reconnect: Reconnect) -> None:
+        """`reconnect.wait()`, cut short by close()."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(reconnect.next_delay_s):
+                await self._closed.wait()
+        reconnect.failures += 1
 
     async def _admit(self, queue: str, message: Message) -> PubSubDelivery | None:
         """A delivery, or None when the message is not due yet and was put back to wait."""
-        wait_s = _number(message.attributes.get(NOT_BEFORE_ATTRIBUTE), 0) - time.time()
-        if wait_s <= 0:
+        not_before = Wire.number(message.attributes.get(Wire.NOT_BEFORE))
+        decision = admission(not_before, time.time(), max_hold_s=MAX_ACK_DEADLINE_S)
+        if decision.action is Admit.DELIVER:
             return PubSubDelivery(self, queue, message)
         try:
-            if wait_s > MAX_ACK_DEADLINE_S and (message.delivery_attempt or 0) > 1:
-                # A second long wait on this copy: a fresh copy, so waits never use up the
-                # dead-letter policy's delivery attempts.
-                await self.publish_copy(queue, bytes(message.data), dict(message.attributes),
-                                        message.ordering_key or None)
-                await self.acknowledge(queue, message)
+            # No native delay: a message comes back at once, so a re-post follows a first hold of the
+            # longest deadline, and waits never use up the dead-letter policy's delivery attempts.
+            if decision.action is Admit.REPOST and (message.delivery_attempt or 0) > 1:
+                await self.repost(queue, message, dict(message.attributes))
             else:
-                await self.set_deadline(queue, message, min(wait_s, MAX_ACK_DEADLINE_S))
+                await self.set_deadline(queue, message, min(decision.wait_s, MAX_ACK_DEADLINE_S))
         except BackendError as exc:
             log.warning("pubsub.delay_failed", queue=queue, error=str(exc))  # it comes back after its lease
         return None
 
     # -- settling ----------------------------------------------------------------------------------
 
-    async def acknowledge(self, queue: str, message: Message) -> None:
-        with _errors(f"acknowledge on {self.subscription_path(queue)}"):
-            await self.call(self.subscriber.acknowledge, subscription=self.subscription_path(queue),
-                            ack_ids=[message.ack_id])
-        message.drop()  # after the ack: dropping releases the next message of its ordering key
-
     async def set_deadline(self, queue: str, message: Message, seconds: float) -> None:
         """Hand the message back to Pub/Sub, to be delivered again after `seconds`."""
         # Out of lease management first, so that the library's next extension cannot undo the deadline.
         message.drop()
-        with _errors(f"modify an ack deadline on {self.subscription_path(queue)}"):
-            await self.call(self.subscriber.modify_ack_deadline, subscription=self.subscription_path(queue),
-                            ack_ids=[message.ack_id], ack_deadline_seconds=math.ceil(seconds))
+        await self.topics.modify_deadline(queue, message, seconds)
 
     # -- the rest of the contract ------------------------------------------------------------------
 
@@ -457,22 +303,8 @@ class PubSubBackend(Backend):
             "pubsub cannot count waiting messages here: that needs the Cloud Monitoring metric "
             "subscription/num_undelivered_messages, which the emulator lacks (capabilities.depth is False)")
 
-    async def health(self) -> Health:
-        if self._publisher is None:
-            return Health(False, "pubsub backend is not connected")
-        try:
-            async with asyncio.timeout(2):
-                await asyncio.to_thread(self._publisher.list_topics,
-                                        request={"project": f"projects/{self.options.project_id}",
-                                                 "page_size": 1}, timeout=1.5)
-        except Exception as exc:
-            return Health(False, f"{self.display_url}: {exc or type(exc).__name__}")
-        return Health(True)
-
     async def purge(self, queue: str) -> int:
         """Delete and re-create the subscription (the emulator has no Seek). Pub/Sub does not say how many."""
-        with _errors(f"purge {self.subscription_path(queue)}"), contextlib.suppress(gexc.NotFound):
-            await self.call(self.subscriber.delete_subscription, subscription=self.subscription_path(queue))
-        self._ensured.discard(queue)
-        await self._ensure(queue)
+        await self.topics.delete_subscription(queue)
+        await self.topics.ensure(queue)
         return 0
