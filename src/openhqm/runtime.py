@@ -153,12 +153,11 @@ def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, forwarder: Fo
     settings = app.settings
     processor = Processor(app, backend, store, build_target(app, forwarder), settings.queue.request_queue,
                           replies)
-    lease_s = getattr(backend, "lease_s", None)
     worker = settings.worker
     scaling = worker.min_concurrency is not None or worker.max_concurrency is not None
     low = worker.min_concurrency or worker.concurrency
     pool = WorkerPool(processor, concurrency=low if scaling else worker.concurrency, prefetch=worker.prefetch,
-                      lease_s=lease_s if isinstance(lease_s, int | float) else None)
+                      lease_s=backend.lease_s)
     if scaling:
         pool.autoscaler = Autoscaler(pool, low, worker.max_concurrency or max(low, worker.concurrency))
     return pool

@@ -183,3 +183,11 @@ async def test_a_consumer_cancelled_as_an_item_arrives_leaves_the_item_in_the_bu
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert await buffer.get() == 7
+
+
+@pytest.mark.parametrize("name", ["memory", "sqlite", "redis", "sqs", "nats"])
+def test_backends_that_extend_leases_tell_the_pool_how_long_a_lease_lasts(name: str, tmp_path: object) -> None:
+    from openhqm.backends import create_backend
+
+    backend = create_backend(load_settings(overrides={"queue": {"type": name}, "data_dir": str(tmp_path)}))
+    assert backend.capabilities.lease_extension and backend.lease_s is not None and backend.lease_s > 0

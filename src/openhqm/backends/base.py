@@ -127,6 +127,13 @@ class Backend(ABC):
         self.options = settings.queue.options_for(self.name, self.options_model)
 
     @property
+    def lease_s(self) -> float | None:
+        """How long a delivery stays hidden from other consumers; the worker pool extends it while a
+        job runs (where `capabilities.lease_extension`). None: no lease to keep (held while the
+        connection lives, or the client library extends it itself)."""
+        return None
+
+    @property
     def display_url(self) -> str:
         """Where this backend points, with any password masked."""
         return self.name

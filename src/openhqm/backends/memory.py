@@ -86,6 +86,10 @@ class MemoryBackend(Backend):
         self._closed = asyncio.Event()
         self._connected = False
 
+    @property
+    def lease_s(self) -> float | None:
+        return _LEASE_S
+
     def _queue(self, name: str) -> _Queue:
         if name not in self._queues:
             self._queues[name] = _Queue()

@@ -141,6 +141,10 @@ class NATSJetStreamBackend(Backend):
         self._pullers: set[Puller] = set()  # stopped by close(), which ends their consume() or mover
 
     @property
+    def lease_s(self) -> float | None:
+        return self.options.ack_wait_s
+
+    @property
     def display_url(self) -> str:
         return mask_url(self.options.url.get_secret_value())
 

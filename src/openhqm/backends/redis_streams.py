@@ -137,6 +137,10 @@ class RedisStreamsBackend(Backend):
         self._prefetched: set[PrefetchBuffer[Entry]] = set()
 
     @property
+    def lease_s(self) -> float | None:
+        return self.options.lease_s
+
+    @property
     def display_url(self) -> str:
         return mask_url(self.options.url.get_secret_value())
 

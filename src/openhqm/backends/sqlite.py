@@ -126,11 +126,14 @@ class SQLiteBackend(Backend):
         super().__init__(settings)
         options = self.options
         self.path = settings.data_dir / "openhqm.db"
-        self.lease_s = options.lease_s
         self.poll_interval_s = options.poll_interval_s
         self._db: SQLiteDB = shared_db(self.path, options.synchronous)
         self._connected = False
         self._closed = asyncio.Event()
+
+    @property
+    def lease_s(self) -> float | None:
+        return self.options.lease_s
 
     @property
     def display_url(self) -> str:
@@ -164,7 +167,7 @@ class SQLiteBackend(Backend):
 
     def _fetch(self, conn: sqlite3.Connection, queue: str, limit: int) -> tuple[list[Any], float | None]:
         now = time.time()
-        rows = conn.execute(_FETCH, {"queue": queue, "now": now, "lease_until": now + self.lease_s,
+        rows = conn.execute(_FETCH, {"queue": queue, "now": now, "lease_until": now + self.options.lease_s,
                                      "limit": limit}).fetchall()
         if rows:
             rows.sort(key=lambda r: (-r[2], r[0]))

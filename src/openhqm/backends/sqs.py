@@ -178,6 +178,10 @@ class SQSBackend(Backend):
         self._buffers: set[PrefetchBuffer[Received]] = set()
 
     @property
+    def lease_s(self) -> float | None:
+        return float(self.options.visibility_timeout_s)
+
+    @property
     def display_url(self) -> str:
         return mask_url(self.options.endpoint_url or f"https://sqs.{self.options.region}.amazonaws.com")
 
