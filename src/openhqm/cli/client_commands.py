@@ -83,16 +83,13 @@ def submit(payload: Annotated[str, typer.Argument(help="JSON payload, or @file, 
     if idempotency_key is not None:
         headers["Idempotency-Key"] = idempotency_key
     response = _call("POST", url, "/api/v1/submit", json={"payload": data, "metadata": meta}, headers=headers)
-    if response.status_code != 202:
+    unfinished = bool(wait) and response.status_code == 202
+    if as_json or response.status_code >= 400 or (wait and not unfinished):
         show(response, key_values, as_json=as_json)
-        return
-    body = response.json()
-    if as_json:
-        print_json(body)
-    else:
-        typer.echo(body["correlation_id"])
-    if wait:
-        typer.secho(f"not finished within {wait:g} s; still {body['status']}", err=True)
+    else:  # the id is the answer, also when an Idempotency-Key repeat finds the request finished
+        typer.echo(response.json()["correlation_id"])
+    if unfinished:
+        typer.secho(f"not finished within {wait:g} s; still {response.json()['status']}", err=True)
         raise typer.Exit(NOT_FINISHED_EXIT)
 
 
