@@ -22,6 +22,7 @@ from openhqm.cli.server import check_connections
 from openhqm.config import redacted
 from openhqm.config_sources import FLAG, setting_sources
 
+VALUE_COLUMN_CHARS = 40
 # The flags `serve` takes, by the setting they set: check the configuration `serve` would run with.
 FLAG_NAMES = {"server.host": "--host", "server.port": "--port", "queue.type": "--queue-type",
               "data_dir": "--data-dir", "worker.concurrency": "--concurrency"}
@@ -58,8 +59,10 @@ def _flag_label(key: str, source: str) -> str:
 
 
 def _sources_table(found: dict[str, tuple[Any, str]]) -> str:
-    values = {key: cell(value) for key, (value, _) in found.items()}
+    """`key  value  source` lines; a value longer than the column is shown whole and pushes only its
+    own source to the right."""
+    values = {key: cell(value, limit=None) for key, (value, _) in found.items()}
     key_width = max(map(len, found), default=0)
-    value_width = max(map(len, values.values()), default=0)
+    value_width = min(max(map(len, values.values()), default=0), VALUE_COLUMN_CHARS)
     return "\n".join(f"{key.ljust(key_width)}  {values[key].ljust(value_width)}  {source}"
                      for key, (_, source) in found.items())
