@@ -16,7 +16,7 @@ import httpx
 import typer
 
 from openhqm.cli.common import DEFAULT_URL, IdArg, JsonOpt, UrlOpt, fail
-from openhqm.cli.output import ProgressDisplay, body_of, is_terminal, key_values, print_json, show, table
+from openhqm.cli.output import ProgressDisplay, is_terminal, key_values, print_json, show, table
 from openhqm.constants import Status
 
 NOT_FINISHED_EXIT = 3
@@ -115,36 +115,33 @@ def wait(correlation_id: IdArg, url: UrlOpt = DEFAULT_URL,
          as_json: JsonOpt = False) -> None:
     """Wait until a request finishes, showing its progress: exit 0 COMPLETED, 1 otherwise, 3 on --timeout."""
     response = _poll_until_finished(correlation_id, url, timeout)
-    if response is None or response.status_code == 202:
-        last = body_of(response) if response is not None else {}
-        still = last.get("status", "unknown") if isinstance(last, dict) else "unknown"
+    if response.status_code == 202:
+        last = response.json()
         if as_json or not is_terminal():
             print_json(last)
-        typer.secho(f"{correlation_id} not finished within {timeout:g} s; still {still}", err=True)
+        typer.secho(f"{correlation_id} not finished within {timeout:g} s; still {last.get('status')}", err=True)
         raise typer.Exit(NOT_FINISHED_EXIT)
     show(response, key_values, as_json=as_json)
-    if body_of(response).get("status") != Status.COMPLETED:
+    if response.json().get("status") != Status.COMPLETED:
         raise typer.Exit(1)
 
 
-def _poll_until_finished(correlation_id: str, url: str, timeout_s: float) -> httpx.Response | None:
+def _poll_until_finished(correlation_id: str, url: str, timeout_s: float) -> httpx.Response:
     """The first answer that is not 202 (the result, or an error), else the last 202 at the deadline."""
     deadline = time.monotonic() + timeout_s
     display = ProgressDisplay()
-    response: httpx.Response | None = None
     try:
         with _client(url) as client:
-            while (remaining := deadline - time.monotonic()) > 0:
-                poll_s = min(remaining, WAIT_POLL_S)
+            while True:
+                poll_s = max(0.0, min(deadline - time.monotonic(), WAIT_POLL_S))
                 response = client.get(f"/api/v1/response/{correlation_id}", params={"wait": f"{poll_s:.3f}"})
-                if response.status_code != 202:
-                    break
+                if response.status_code != 202 or time.monotonic() >= deadline:
+                    return response
                 display.update(response.json())
     except httpx.HTTPError as exc:
         fail(f"cannot reach the listener at {url}: {exc}")
     finally:
         display.close()
-    return response
 
 
 def stats(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
