@@ -42,8 +42,11 @@ def _call(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
 
 
 def _read_payload(payload: str) -> Any:
-    text = sys.stdin.read() if payload == "-" else Path(payload[1:]).read_text() if payload.startswith("@") \
-        else payload
+    try:
+        text = sys.stdin.read() if payload == "-" else Path(payload[1:]).read_text() if payload.startswith("@") \
+            else payload
+    except OSError as exc:
+        fail(f"payload file {payload[1:]} cannot be read: {exc.strerror}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
