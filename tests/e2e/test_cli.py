@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
+import click
+import httpx
+import typer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from openhqm.cli import cli
 from tests.harness import Sample, served, settings
+from tests.integration.http_servers import serve
 from tests.processes import SUBPROCESS_PYTHONPATH
 
 
@@ -90,3 +105,157 @@ def test_an_unreachable_broker_is_reported_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"cannot connect to the queue redis://127.0.0.1:{port}/0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = openhqm("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"openhqm {version('openhqm')}"
+
+
+def test_every_command_option_and_argument_has_help_text() -> None:
+    def walk(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    for path, command in walk(typer.main.get_command(cli), "openhqm"):
+        assert command.help, f"{path} has no help text"
+        for param in command.params:
+            assert getattr(param, "help", None), f"{path} {param.name} has no help text"
+
+
+def sources_of(output: str) -> dict[str, tuple[str, str]]:
+    rows = (re.split(r"\s{2,}", line.strip(), maxsplit=2) for line in output.splitlines())
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def test_config_check_sources_names_the_default_file_environment_and_flag_of_each_value(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  port: 9100\nworker:\n  prefetch: 8\n"
+                      "results:\n  redis:\n    url: redis://:canary-pw-5@cache:6379/0\n")
+    result = openhqm("config", "check", "--sources", "--config", str(config), "--data-dir", str(tmp_path),
+                     env={"OPENHQM_WORKER__CONCURRENCY": "7", "OPENHQM_WORKER__PREFETCH": "9"})
+    assert result.returncode == 0, result.stderr
+    sources = sources_of(result.stdout)
+    assert sources["server.port"] == ("9100", f"YAML file {config}")
+    assert sources["worker.concurrency"] == ("7", "environment variable OPENHQM_WORKER__CONCURRENCY")
+    assert sources["worker.prefetch"] == ("9", "environment variable OPENHQM_WORKER__PREFETCH")
+    assert sources["data_dir"] == (str(tmp_path), "flag --data-dir")
+    assert sources["server.host"] == ("127.0.0.1", "default")
+    assert sources["results.redis.url"][1] == f"YAML file {config}"
+    assert "canary-pw-5" not in result.stdout
+
+
+def test_config_check_connect_says_ok_for_a_reachable_queue_and_store(tmp_path: Path) -> None:
+    result = openhqm("config", "check", "--connect", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^queue sqlite://\S+: OK$", result.stdout, re.MULTILINE)
+    assert "result store sqlite: OK" in result.stdout
+
+
+def test_config_check_connect_names_the_part_it_cannot_reach(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = openhqm("config", "check", "--connect", "--queue-type", "redis", "--data-dir", str(tmp_path),
+                     env={"OPENHQM_QUEUE__REDIS__URL": f"redis://127.0.0.1:{port}/0"})
+    assert result.returncode == 1
+    assert f"queue redis://127.0.0.1:{port}/0: failed:" in result.stdout
+    assert "result store sqlite: OK" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_cleanup_older_than_zero_removes_every_finished_request_and_keeps_waiting_ones(tmp_path: Path) -> None:
+    with served(Sample().app, settings(tmp_path)) as url:
+        done = httpx.post(url + "/api/v1/submit", json={"payload": 1}, headers={"Prefer": "wait=30"}).json()
+        assert done["status"] == "COMPLETED"
+        scheduled = httpx.post(url + "/api/v1/submit", json={"payload": 2, "metadata": {"delay_s": 300}}).json()
+        result = openhqm("cleanup", "--older-than", "0", env={"OPENHQM_DATA_DIR": str(tmp_path)})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "removed 1 finished request(s)"
+        assert httpx.get(f"{url}/api/v1/status/{done['correlation_id']}").status_code == 404
+        assert httpx.get(f"{url}/api/v1/status/{scheduled['correlation_id']}").json()["status"] == "SCHEDULED"
+
+
+def on_a_terminal(*args: str, env: dict[str, str], stream: str = "stdout") -> tuple[int, str, str]:
+    """Run `openhqm` with `stream` (stdout or stderr) on a pseudo-terminal: (exit code, what the
+    terminal showed, the other stream)."""
+    controller, terminal = pty.openpty()
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: terminal}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENHQM_")}
+    process = subprocess.Popen([sys.executable, "-m", "openhqm", *args], stdin=subprocess.DEVNULL, **streams,
+                               env={**clean, "PYTHONPATH": SUBPROCESS_PYTHONPATH, **env})
+    os.close(terminal)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    stdout, stderr = process.communicate(timeout=60)
+    other = stderr if stream == "stdout" else stdout
+    return process.returncode, shown.decode(), other.decode()
+
+
+def test_status_on_a_terminal_prints_aligned_key_value_lines(tmp_path: Path) -> None:
+    with served(Sample().app, settings(tmp_path)) as url:
+        done = httpx.post(url + "/api/v1/submit", json={"payload": 1}, headers={"Prefer": "wait=30"}).json()
+        code, shown, _ = on_a_terminal("status", done["correlation_id"], env={"OPENHQM_URL": url})
+    assert code == 0
+    lines = shown.splitlines()
+    assert f"correlation_id  {done['correlation_id']}" in lines
+    assert "status          COMPLETED" in lines
+    assert "error           -" in lines
+
+
+def test_dlq_list_on_a_terminal_prints_a_table(tmp_path: Path) -> None:
+    with served(Sample().app, settings(tmp_path)) as url:
+        failed = httpx.post(url + "/api/v1/submit", json={"payload": 1, "metadata": {"handler": "give_up"}},
+                            headers={"Prefer": "wait=30"}).json()
+        code, shown, _ = on_a_terminal("dlq", "list", env={"OPENHQM_URL": url})
+    assert code == 0
+    header, row = shown.splitlines()[:2]
+    assert header.split() == ["id", "correlation_id", "reason", "attempts", "dead_lettered_at", "last_error"]
+    assert failed["correlation_id"] in row.split()
+
+
+def progress_listener(answers: list[tuple[int, dict[str, Any]]]) -> Starlette:
+    """A stand-in listener answering the response route with `answers` in turn: the status JSON's
+    `progress` comes from handlers that report it, which this listener cannot make yet."""
+    remaining = iter(answers)
+
+    async def response(request: Request) -> JSONResponse:
+        status_code, body = next(remaining)
+        return JSONResponse(body, status_code=status_code)
+
+    return Starlette(routes=[Route("/api/v1/response/{correlation_id}", response)])
+
+
+PROGRESSING = [
+    (202, {"correlation_id": "r1", "status": "PROCESSING", "progress": {"fraction": 0.25, "message": "reading"}}),
+    (202, {"correlation_id": "r1", "status": "PROCESSING", "progress": {"fraction": 0.25, "message": "reading"}}),
+    (202, {"correlation_id": "r1", "status": "PROCESSING", "progress": {"fraction": 0.75, "message": "writing"}}),
+    (200, {"correlation_id": "r1", "status": "COMPLETED", "result": 42}),
+]
+
+
+def test_wait_prints_each_progress_change_as_a_plain_line_when_not_on_a_terminal() -> None:
+    with serve(progress_listener(PROGRESSING)) as url:
+        result = openhqm("wait", "r1", env={"OPENHQM_URL": url})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["25% reading", "75% writing"]
+    assert json.loads(result.stdout)["result"] == 42
+
+
+def test_wait_draws_a_progress_bar_on_a_terminal() -> None:
+    with serve(progress_listener(PROGRESSING)) as url:
+        code, shown, stdout = on_a_terminal("wait", "r1", env={"OPENHQM_URL": url}, stream="stderr")
+    assert code == 0
+    assert f"\r[{'#' * 8}{'-' * 22}]  25% reading" in shown
+    assert f"\r[{'#' * 22}{'-' * 8}]  75% writing" in shown
+    assert json.loads(stdout)["status"] == "COMPLETED"
