@@ -205,7 +205,7 @@ async def test_delivery_can_be_acked_after_a_reconnect_and_does_not_come_back(
             await backend.publish(queue, b"across a cut")
             delivery = await receiver.next()
             proxy.cut()
-            # paho reconnects within its 1-10 s backoff; the session resumes and Mosquitto re-sends
+            # paho reconnects within its 1-5 s backoff; the session resumes and Mosquitto re-sends
             # the unacked message (DUP), which the consumer recognises as the one it still holds.
             async with asyncio.timeout(20):
                 while not (await backend.health()).ok:
