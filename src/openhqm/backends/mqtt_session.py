@@ -176,9 +176,12 @@ class Session:
             future.set_result(code)
 
     async def publish(self, topic: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """The PUBACK's reason code. Without a connection paho keeps the message and sends it on reconnect."""
+        """The PUBACK's reason code."""
         if self.closed:
             raise BackendUnavailable("mqtt backend is closed")
+        if not self._client.is_connected():
+            # Refused at once: paho would keep the message and send it on reconnect, after we refused it.
+            raise BackendUnavailable(f"mqtt: not connected to {self.broker.host}:{self.broker.port}; reconnecting")
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if headers:  # openhqm's Wire headers travel as MQTT 5 user properties
             properties.UserProperty = list(headers.items())
@@ -192,8 +195,19 @@ class Session:
             try:
                 async with asyncio.timeout(self.broker.timeout_s):
                     return await future
+            except BaseException:
+                self._forget(info.mid)
+                raise
             finally:
                 self._pending.pop(info.mid, None)
+
+    def _forget(self, mid: int) -> None:
+        """A publish reported as failed must not go out later: paho would re-send it after reconnecting.
+        On a live connection it may have reached the broker already (at-least-once: so may any timeout)."""
+        client = self._client
+        if not client.is_connected():  # paho 2.x keeps it here (no public call removes it)
+            with client._out_message_mutex:
+                client._out_messages.pop(mid, None)
 
     def puback(self, mid: int) -> bool:
         """False without a connection: paho would drop the PUBACK when it reconnects."""
