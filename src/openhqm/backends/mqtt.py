@@ -1,23 +1,18 @@
-"""MQTT 5 (checked against Mosquitto 2.0.11) through paho-mqtt, whose network thread reconnects.
+"""MQTT 5 through paho-mqtt (checked against Mosquitto 2.0.11); details in docs/backends/mqtt.md.
 
 URL: `queue.mqtt.url`, `mqtt://user:password@host:1883` (`mqtts://` for TLS, default port 8883).
 Options (`queue.mqtt.*`): `share_group`, `client_id`, `topic_prefix`, `session_expiry_s`,
 `create_session_on_publish`, `max_held`, `timeout_s`, `keepalive_s`.
-Queue Q is the topic `<topic_prefix>/Q`. Each consume() is a persistent session (clean start off,
-`session_expiry_s`) named `<client_id>-Q-<n>`, n the lowest number free in this process, subscribed
-with QoS 1 as `$share/<share_group>/<topic_prefix>/Q`. A PUBACK goes back only when the delivery is
-settled (paho `manual_ack=True`); `publish` returns on the broker's PUBACK.
-MQTT drops what nobody subscribed to: such a publish (PUBACK reason 0x10) raises BackendUnavailable,
-or with `create_session_on_publish` creates the session `<client_id>-Q-0` to hold it.
-Emulated (openhqm's `Wire` headers as MQTT 5 user properties): delay (`openhqm-not-before`; the
-consumer that receives it holds it unacked until due), nack (a copy with `openhqm-attempt`+1, then
-ack), dead letters (a copy with `openhqm-reason` to `<topic_prefix>/Q.dlq`, held by the one session
-`<share_group>-Q.dlq`). No priority, no ordering key, no depth: MQTT cannot count what a broker holds.
-On a crash: unacked messages stay in that session and come back (DUP) only when the same client id
-connects again; Mosquitto does not give them to another member of the share group. A DUP message
-is re-published with attempt+1, so crashes count. The broker drops messages beyond its per-session
-queue limit (Mosquitto `max_queued_messages`, 1000 by default) although it PUBACKed them.
-See docs/backends/mqtt.md.
+Queue Q is the topic `<topic_prefix>/Q`, read as `$share/<share_group>/<topic_prefix>/Q` (QoS 1) by
+persistent sessions `<client_id>-Q-<n>`, n the lowest free in this process. A delivery is PUBACKed
+when settled; `publish` returns on the broker's PUBACK, and raises BackendUnavailable where nobody
+subscribes (MQTT drops such messages) unless `create_session_on_publish` makes `<client_id>-Q-0` hold it.
+Emulated with openhqm's `Wire` headers as user properties: delay (the consumer holds the message
+unacked until due), nack (a copy with attempt+1, then PUBACK), dead letters (a copy with the reason to
+`Q.dlq`, held by the one session `<share_group>-Q.dlq`). No priority, ordering key or depth.
+A crashed consumer's unacked messages come back (DUP, counted by a copy with attempt+1) only when its
+client id connects again. Mosquitto drops what a session holds beyond `max_queued_messages` (1000 by
+default) although it PUBACKed it.
 """
 
 from __future__ import annotations
@@ -95,7 +90,7 @@ class _Consumer(Session):
     """One consume(): its persistent session, the messages it holds, and its delay timers."""
 
     def __init__(self, backend: MQTTBackend, queue: str, session_id: str, prefetch: int) -> None:
-        super().__init__(backend.broker, session_id, expiry_s=backend.options.session_expiry_s or NEVER_EXPIRE,
+        super().__init__(backend.broker, session_id, expiry_s=backend.expiry_s,
                          receive_maximum=min(MAX_RECEIVE, prefetch + backend.options.max_held),
                          subscription=backend.subscription(queue))
         self.backend = backend
@@ -103,16 +98,15 @@ class _Consumer(Session):
         self.inbox: asyncio.Queue[MQTTDelivery | BackendError | None] = asyncio.Queue()
         self.held: set[int] = set()  # mids we have: waiting for their time, queued in inbox, or yielded
         self.unsettled: set[int] = set()  # mids yielded and not settled
-        self.acked_offline: set[int] = set()  # settled while disconnected: PUBACK when the broker re-sends
-        # Settled on this connection. A resumed session re-sends what was unacked at CONNACK time, so
-        # a DUP of one of these, arriving after our PUBACK went out, is that re-send, not new work.
-        self.acked_here: set[int] = set()
+        # Settled mids -> whether their PUBACK went out on this connection. A resumed session re-sends
+        # (DUP) what was unacked at its CONNACK: not new work, but a PUBACK is due if ours is not out yet.
+        self.acked: dict[int, bool] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
 
     def on_connect(self) -> None:
-        self.acked_here.clear()
+        self.acked = {mid: False for mid, sent in self.acked.items() if not sent}
 
     def on_lost(self, error: BackendError) -> None:
         self.inbox.put_nowait(error)
@@ -138,16 +132,11 @@ class _Consumer(Session):
 
     def _seen(self, message: mqtt.MQTTMessage) -> bool:
         """A re-send of a message this consumer already has or settled (the broker resumed the session)."""
-        if message.mid in self.acked_here:
-            self.acked_here.discard(message.mid)
-            if message.dup:
-                return True  # re-sent on resume before our PUBACK for it reached the broker
-            # otherwise the broker reused the packet id for a new message
-        if message.mid in self.acked_offline:
-            self.acked_offline.discard(message.mid)
-            if message.dup:  # the resumed session re-sends what we settled while the connection was down
+        sent = self.acked.pop(message.mid, None)
+        if sent is not None and message.dup:  # without DUP, the broker reused the packet id for new work
+            if not sent:  # settled while the connection was down
                 self._puback(message.mid)
-                return True
+            return True  # else re-sent on resume before our PUBACK (sent on this connection) reached it
         return message.mid in self.held  # the broker re-sent (after a reconnect) what we still have
 
     def _due(self, message: mqtt.MQTTMessage, headers: dict[str, str]) -> None:
@@ -170,10 +159,7 @@ class _Consumer(Session):
         self.settle(mid)
 
     def _puback(self, mid: int) -> None:
-        if self.puback(mid):
-            self.acked_here.add(mid)
-        else:
-            self.acked_offline.add(mid)
+        self.acked[mid] = self.puback(mid)
 
     def settle(self, mid: int) -> None:
         self._puback(mid)
@@ -218,6 +204,7 @@ class MQTTBackend(Backend):
         self._url = self.options.url.get_secret_value()
         self.broker = Broker.parse(self._url, keepalive_s=self.options.keepalive_s, timeout_s=self.options.timeout_s)
         self.client_id = self.options.client_id or f"openhqm-{socket.gethostname()}"
+        self.expiry_s = self.options.session_expiry_s or NEVER_EXPIRE  # of every persistent session
         self._validate_topic_part("queue.mqtt.topic_prefix", self.options.topic_prefix)
         self._validate_topic_part("queue.mqtt.share_group", self.options.share_group, levels=False)
         self._publisher: Session | None = None
@@ -282,6 +269,7 @@ class MQTTBackend(Backend):
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
+        # A first attempt, due after delay_s: the headers a nack of "attempt 0" would give its copy.
         headers = {Wire.ID: message_id or new_id()} | redelivery(0, delay_s, time.time())
         if key is not None:
             headers[Wire.KEY] = key
@@ -310,8 +298,8 @@ class MQTTBackend(Backend):
             session_id = self._session_id(queue, 0)
             if session_id in Session.IN_USE:
                 raise BackendUnavailable(f"mqtt: session {session_id!r} is still subscribing; try again")
-            holder = Session(self.broker, session_id, expiry_s=self.options.session_expiry_s or NEVER_EXPIRE,
-                             receive_maximum=1, subscription=self.subscription(queue))
+            holder = Session(self.broker, session_id, expiry_s=self.expiry_s, receive_maximum=1,
+                             subscription=self.subscription(queue))
             await holder.open()
             await holder.close()
             log.info("mqtt.session_created_on_publish", queue=queue, session=session_id)
