@@ -66,7 +66,6 @@ class MQTTDelivery(Delivery):
     """Settled by PUBACK; nack and dead letter publish a copy first (MQTT has no way to refuse one)."""
 
     def __init__(self, consumer: _Consumer, message: mqtt.MQTTMessage, headers: dict[str, str]) -> None:
-        headers.setdefault(Wire.ID, new_id())  # a message from another MQTT client has none
         super().__init__(consumer.queue, bytes(message.payload), attempt=Wire.attempt(headers.get(Wire.ATTEMPT)),
                          message_id=headers[Wire.ID], key=headers.get(Wire.KEY))
         self.mid = message.mid
@@ -116,6 +115,7 @@ class _Consumer(Session):
             return
         self.held.add(message.mid)
         headers = headers_of(message)
+        headers.setdefault(Wire.ID, new_id())  # a message from another MQTT client has none
         admit = admission(Wire.number(headers.get(Wire.NOT_BEFORE)), time.time(), max_hold_s=None)
         if admit.action is Admit.HOLD:
             # Held unacked until due: a crash leaves it in the session, still carrying its due time.
