@@ -176,12 +176,10 @@ class Session:
             future.set_result(code)
 
     async def publish(self, topic: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """The PUBACK's reason code."""
+        """The PUBACK's reason code. Without a connection paho keeps the message and sends it once
+        reconnected, so a publish (or a nack's copy) rides out a short outage within timeout_s."""
         if self.closed:
             raise BackendUnavailable("mqtt backend is closed")
-        if not self._client.is_connected():
-            # Refused at once: paho would keep the message and send it on reconnect, after we refused it.
-            raise BackendUnavailable(f"mqtt: not connected to {self.broker.host}:{self.broker.port}; reconnecting")
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if headers:  # openhqm's Wire headers travel as MQTT 5 user properties
             properties.UserProperty = list(headers.items())
@@ -202,8 +200,8 @@ class Session:
                 self._pending.pop(info.mid, None)
 
     def _forget(self, mid: int) -> None:
-        """A publish reported as failed must not go out later: paho would re-send it after reconnecting.
-        On a live connection it may have reached the broker already (at-least-once: so may any timeout)."""
+        """A publish that raised must not go out later, when paho reconnects (a 503 then a client's retry
+        would duplicate it). On a live connection it may have reached the broker already, as on any timeout."""
         client = self._client
         if not client.is_connected():  # paho 2.x keeps it here (no public call removes it)
             with client._out_message_mutex:
