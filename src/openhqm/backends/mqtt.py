@@ -122,9 +122,9 @@ class _Consumer(Session):
             self._timers[message.mid] = asyncio.get_running_loop().call_later(
                 admit.wait_s, self._due, message, headers)
         elif message.dup:
-            # Sent before and never acked: whoever had it may have crashed while handling it. A copy with
-            # attempt+1 makes repeated crashes count (MQTT itself keeps no delivery counter).
-            task = asyncio.ensure_future(self._count_attempt(message, headers))
+            # Sent before and never acked: whoever had it may have crashed while handling it. A nack (its copy
+            # has attempt+1) makes repeated crashes count (MQTT itself keeps no delivery counter).
+            task = asyncio.ensure_future(self._count_attempt(MQTTDelivery(self, message, headers)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
@@ -143,14 +143,12 @@ class _Consumer(Session):
         self._timers.pop(message.mid, None)
         self.inbox.put_nowait(MQTTDelivery(self, message, headers))
 
-    async def _count_attempt(self, message: mqtt.MQTTMessage, headers: dict[str, str]) -> None:
-        attempt = Wire.attempt(headers.get(Wire.ATTEMPT))
+    async def _count_attempt(self, delivery: MQTTDelivery) -> None:
         try:
-            await self.replace(message.mid, self.queue, bytes(message.payload),
-                               headers | redelivery(attempt, None, time.time()))
+            await delivery.nack()
         except BackendError as exc:
             # Left unacked: the broker sends it again after the next reconnect.
-            self.held.discard(message.mid)
+            self.held.discard(delivery.mid)
             log.warning("mqtt.redelivery_copy_failed", queue=self.queue, error=str(exc))
 
     async def replace(self, mid: int, queue: str, body: bytes, headers: dict[str, str]) -> None:

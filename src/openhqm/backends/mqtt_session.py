@@ -76,6 +76,7 @@ class Session:
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[int]] = {}  # PUBACK reason codes by packet id
         self.closed = False
+        self.online = False  # connected, as the event loop has seen it (paho's thread runs ahead)
         self._clean_start = not expiry_s
         self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if expiry_s:
@@ -131,7 +132,7 @@ class Session:
             return
         # Queued before any message of this connection (paho calls on_connect first), so the
         # consumer sees the new connection before what the broker re-sends on it.
-        self._call(self.on_connect)
+        self._call(self._set_online, True)
         if self._subscription is not None:
             # On every (re)connect: a session the broker lost (expired, no persistence) needs it again.
             client.subscribe(self._subscription, options=SubscribeOptions(qos=1))
@@ -160,11 +161,17 @@ class Session:
 
     def _disconnected(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
                       reason: ReasonCode, properties: Properties | None) -> None:
+        self._call(self._set_online, False)
         if not self.closed:
             # Mosquitto 2.0.11 closes the older of two connections with one client id without a DISCONNECT
             # 0x8E, so a duplicate id looks like a network failure: both reconnect in turn. Say so.
             log.warning("mqtt.connection_lost", session=self.client_id or "publisher", reason=str(reason),
                         hint="paho reconnects; if this repeats every few seconds, another process uses this id")
+
+    def _set_online(self, online: bool) -> None:
+        self.online = online
+        if online:
+            self.on_connect()
 
     def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                    properties: Properties | None) -> None:
@@ -208,10 +215,11 @@ class Session:
                 client._out_messages.pop(mid, None)
 
     def puback(self, mid: int) -> bool:
-        """False without a connection: paho would drop the PUBACK when it reconnects."""
+        """False without a connection (paho would drop the PUBACK), and until the loop has seen on_connect
+        of a new one: a PUBACK sent there would count as sent on the old one, and its re-send as new work."""
         if self.closed:
             raise BackendUnavailable(f"mqtt: session {self.client_id!r} is closed; its message comes back")
-        if not self._client.is_connected():
+        if not (self.online and self._client.is_connected()):
             return False
         with ERRORS("send PUBACK"):
             return self._client.ack(mid, 1) == MQTTErrorCode.MQTT_ERR_SUCCESS
