@@ -105,6 +105,8 @@ class _Consumer(Session):
         self.draining = False
 
     def on_connect(self) -> None:
+        # A DUP under a mid PUBACKed on the old connection may be a new message under a reused packet id
+        # (lost in flight): handled as work (at-least-once), never dropped. Unsent PUBACKs are still due.
         self.acked = {mid: False for mid, sent in self.acked.items() if not sent}
 
     def on_lost(self, error: BackendError) -> None:
