@@ -210,8 +210,9 @@ class Session:
         """A publish that raised must not go out later, when paho reconnects (a 503 then a client's retry
         would duplicate it). On a live connection it may have reached the broker already, as on any timeout."""
         client = self._client
-        if not client.is_connected():  # paho 2.x keeps it here (no public call removes it)
-            with client._out_message_mutex:
+        # paho 2.x keeps it in a private queue (no public call removes it); another paho: at-least-once.
+        if not client.is_connected():
+            with contextlib.suppress(AttributeError), client._out_message_mutex:
                 client._out_messages.pop(mid, None)
 
     def puback(self, mid: int) -> bool:
