@@ -21,8 +21,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from openhqm.backends import create_backend
+from openhqm.backends.kit import Wire
 from openhqm.backends.mqtt import MQTTBackend
+from openhqm.backends.mqtt_session import headers_of
 from openhqm.config import Settings
+from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
 from tests.services import require_service
@@ -129,6 +132,51 @@ async def test_message_from_a_plain_mqtt_client_arrives_as_a_first_attempt(
         await delivery.ack()
 
 
+async def test_copies_carry_openhqm_wire_headers_as_mqtt_user_properties(
+    make_backend: Factory, queue: str, broker_url: str
+) -> None:
+    backend = await make_backend(f"it-{uuid.uuid4().hex[:6]}")
+    loop = asyncio.get_running_loop()
+    seen: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
+    watching = asyncio.Event()
+    url = urlparse(broker_url)
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)  # a plain, non-shared subscriber
+
+    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        loop.call_soon_threadsafe(seen.put_nowait, message)
+
+    def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        loop.call_soon_threadsafe(watching.set)
+
+    watcher.on_message = on_message
+    watcher.on_subscribe = on_subscribe
+    watcher.connect(url.hostname or "127.0.0.1", url.port or 1883)
+    watcher.loop_start()
+    try:
+        watcher.subscribe([(backend.topic(queue), 1), (backend.topic(dead_letter_queue(queue)), 1)])
+        async with asyncio.timeout(10):
+            await watching.wait()
+        async with Receiver(backend, queue) as receiver:
+            await subscribed(backend)
+            await backend.publish(queue, b"to the dlq", message_id="m-1", key="k-1")
+            await (await receiver.next()).dead_letter("no\nhandler")
+            await backend.publish(queue, b"later", message_id="m-2")
+            nacked_at = time.time()
+            await (await receiver.next()).nack(delay_s=60)
+            copies: dict[str, dict[str, str]] = {}
+            async with asyncio.timeout(10):
+                while len(copies) < 2:
+                    message = await seen.get()
+                    headers = headers_of(message)
+                    if message.topic.endswith(".dlq") or headers.get(Wire.ATTEMPT) == "2":
+                        copies[headers[Wire.ID]] = headers
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
+    assert copies["m-1"] == {Wire.ID: "m-1", Wire.KEY: "k-1", Wire.REASON: "no handler"}
+    assert nacked_at + 59 < float(copies["m-2"][Wire.NOT_BEFORE]) < time.time() + 61  # epoch seconds
+
+
 async def test_message_of_a_killed_member_waits_for_its_session_not_for_another_member(
     make_backend: Factory, queue: str, broker_url: str
 ) -> None:
@@ -205,7 +253,7 @@ async def test_delivery_can_be_acked_after_a_reconnect_and_does_not_come_back(
             await backend.publish(queue, b"across a cut")
             delivery = await receiver.next()
             proxy.cut()
-            # paho reconnects within its 1-10 s backoff; the session resumes and Mosquitto re-sends
+            # paho reconnects within its 1-5 s backoff; the session resumes and Mosquitto re-sends
             # the unacked message (DUP), which the consumer recognises as the one it still holds.
             async with asyncio.timeout(20):
                 while not (await backend.health()).ok:
