@@ -11,13 +11,8 @@ import openhqm
 SRC = Path(openhqm.__file__).parent
 MAX_MODULE_LINES = 400
 WEB_FRAMEWORKS = ("starlette", "fastapi")
-# Known debts of the backends, paid on the backend-kit branch (issue 11, part 3): remove each entry
-# as it is fixed, so that it cannot come back.
 KNOWN_CYCLES: list[list[str]] = []
-# config.py shrinks as each broker's options move next to its backend (same branch).
-KNOWN_LONG_MODULES = frozenset({
-    "openhqm.config", "openhqm.backends.gcp_pubsub", "openhqm.backends.mqtt", "openhqm.backends.sqs",
-})
+KNOWN_LONG_MODULES: frozenset[str] = frozenset()
 
 
 def _module_name(path: Path) -> str:
