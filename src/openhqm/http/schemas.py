@@ -111,5 +111,3 @@ class Problem(BaseModel):
     detail: str = Field(description="what was wrong, naming the field, header or setting")
     errors: list[FieldError] | None = Field(None, description="each invalid field, for 422 validation errors")
 
-
-ErrorResponse = Problem  # the name routes and older imports used
