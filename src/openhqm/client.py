@@ -87,13 +87,21 @@ def raise_for_answer(response: httpx.Response) -> None:
     """The one place an HTTP error answer becomes an exception, carrying the server's `detail`."""
     if response.is_success:
         return
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        detail = response.text
+    detail = _problem_detail(response)
     kind = _ERRORS.get(response.status_code, ClientError)
     raise kind(f"{response.request.method} {response.request.url.path} answered {response.status_code}: {detail}",
                status_code=response.status_code, detail=detail)
+
+
+def _problem_detail(response: httpx.Response) -> str:
+    """The `detail` of the server's problem details (RFC 9457, every error it answers); the body as
+    text from anything else on the way (a proxy's own error page)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return detail if isinstance(detail, str) else response.text
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Sample, served, settings, wait_until
+from tests.harness import Sample, in_process, served, settings, wait_until
 
 
 @dataclass
@@ -121,7 +121,8 @@ def test_malformed_json_answers_422_naming_where(server: Server) -> None:
     response = httpx.post(f"{server.url}/api/v1/submit", content=b'{"payload": ',
                           headers={"content-type": "application/json"})
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"][0] == "body"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["loc"][0] == "body" and "JSON" in response.json()["detail"]
 
 
 def test_invalid_priority_answers_422_naming_the_field(server: Server) -> None:
@@ -218,7 +219,7 @@ def test_unusual_requests_on_the_hot_routes_get_the_frameworks_own_answers(serve
     for query, field in (({"wait": "soon"}, "wait"), ({"wait": "-1"}, "wait"), ({"format": "xml"}, "format")):
         refused = httpx.get(url, params=query)
         assert refused.status_code == 422, query
-        assert refused.json()["detail"][0]["loc"] == ["query", field]
+        assert refused.json()["errors"][0]["loc"] == ["query", field]
     assert httpx.get(f"{url}?wait=1&wait=2").status_code == 200
     assert httpx.get(f"{server.url}/api/v1/response/unknown-id").status_code == 404
 
@@ -229,4 +230,13 @@ def test_unusual_requests_on_the_hot_routes_get_the_frameworks_own_answers(serve
                           headers={"content-type": "text/plain"})
     assert not_json.status_code == 422
     unknown_field = httpx.post(f"{server.url}/api/v1/submit", json={"payload": 1, "extra": True})
-    assert unknown_field.status_code == 422 and unknown_field.json()["detail"][0]["loc"] == ["body", "extra"]
+    assert unknown_field.status_code == 422 and unknown_field.json()["errors"][0]["loc"] == ["body", "extra"]
+
+
+async def test_preference_applied_states_the_wait_capped_at_max_wait(tmp_path: Path) -> None:
+    sample = Sample()
+    async with in_process(sample.app, settings(tmp_path, server={"max_wait_s": 7})) as hq:
+        inline = await hq.submit(1, headers={"Prefer": "wait=999"})
+        assert inline.status_code == 200 and inline.headers["Preference-Applied"] == "wait=7"
+        keyed = await hq.submit(2, headers={"Prefer": "wait=999", "Idempotency-Key": "capped-wait"})
+        assert keyed.status_code == 200 and keyed.headers["Preference-Applied"] == "wait=7"

@@ -295,3 +295,10 @@ def test_callback_name_resolving_to_a_refused_address_is_recorded_on_the_request
 
         wait_until(lambda: status().get("callback_error"))  # delivery happens after the answer
         assert "127.0.0.1" in status()["callback_error"]
+
+
+def test_sidecar_reply_carries_one_server_and_one_date_header(sidecar: Server) -> None:
+    response = httpx.post(f"{sidecar.url}/svc/once", content=b"x", timeout=30)
+    assert response.status_code == 200
+    assert len(response.headers.get_list("server")) == 1
+    assert len(response.headers.get_list("date")) == 1

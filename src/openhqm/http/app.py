@@ -7,13 +7,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from openhqm.app import OpenHQM
 from openhqm.errors import BackendUnavailable, RequestRejected
-from openhqm.http.auth import SECURITY_SCHEMES, AuthMiddleware, build_authenticator
+from openhqm.http.auth import AuthMiddleware, build_authenticator
 from openhqm.http.fastpath import FastPath
 from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
-from openhqm.http.responses import JSONResponse, rejected, unavailable
+from openhqm.http.openapi import install_docs
+from openhqm.http.responses import JSONResponse, problem, rejected, unavailable
 from openhqm.http.routes import ops_router, router
 from openhqm.http.sidecar import sidecar_router
 from openhqm.logging import get_logger
@@ -38,7 +41,10 @@ def create_app(app: OpenHQM, *, run_workers: bool = False, settle_gc: bool = Tru
             yield
 
     api = FastAPI(title="OpenHQM", version="0.1.0", lifespan=lifespan, default_response_class=JSONResponse,
-                  description="HTTP to message-queue bridge: submit, poll, long-poll, Prefer: wait.")
+                  description="HTTP to message-queue bridge: submit, poll, long-poll, Prefer: wait. "
+                              "Every error answers `application/problem+json` (RFC 9457).",
+                  docs_url=None, redoc_url=None)
+    install_docs(api, secured=settings.auth.enabled)
     api.state.runtime = runtime
     api.state.bridge = runtime.bridge
     api.include_router(router)
@@ -48,30 +54,16 @@ def create_app(app: OpenHQM, *, run_workers: bool = False, settle_gc: bool = Tru
         api.include_router(sidecar_router(settings.proxy.sidecar.prefix))
     api.add_exception_handler(RequestRejected, _rejected)
     api.add_exception_handler(BackendUnavailable, _unavailable)
+    api.add_exception_handler(RequestValidationError, _invalid)
+    api.add_exception_handler(HTTPException, _http_error)
+    api.add_exception_handler(Exception, _internal_error)
     # Innermost: auth, the body limit and metrics apply to the fast path as to every route.
     api.add_middleware(FastPath)
     api.add_middleware(MetricsMiddleware)
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     # Outermost: a request without valid credentials is refused before its body is read.
     api.add_middleware(AuthMiddleware, auth=build_authenticator(settings.auth))
-    if settings.auth.enabled:
-        _document_security(api)
     return api
-
-
-def _document_security(api: FastAPI) -> None:
-    """Show the two ways to authenticate in /docs; the AuthMiddleware does the checking."""
-    build = api.openapi
-
-    def openapi() -> dict[str, Any]:
-        if api.openapi_schema is None:
-            schema = build()
-            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-            schema["security"] = [{"bearer": []}, {"apiKey": []}]
-            api.openapi_schema = schema
-        return api.openapi_schema
-
-    api.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _rejected(request: Request, exc: Any) -> JSONResponse:
@@ -80,3 +72,23 @@ async def _rejected(request: Request, exc: Any) -> JSONResponse:
 
 async def _unavailable(request: Request, exc: Any) -> JSONResponse:
     return unavailable(exc)
+
+
+async def _invalid(request: Request, exc: Any) -> JSONResponse:
+    """FastAPI's validation errors as problem details: each location in `errors`, all in `detail`."""
+    errors = [{"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
+    detail = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in errors)
+    return problem(422, detail or "invalid request", errors=errors)
+
+
+async def _http_error(request: Request, exc: Any) -> JSONResponse:
+    detail = str(exc.detail)
+    if exc.status_code in (404, 405):  # the framework's bare "Not Found": say what was not found
+        detail = f"{detail}: {request.method} {request.url.path}"
+    return problem(exc.status_code, detail, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # The exception itself goes to the server's log (Starlette re-raises it after this answer);
+    # the client learns nothing of the internals.
+    return problem(500, "internal server error; the server's log has the details")

@@ -24,14 +24,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openhqm.config import ApiKeySettings, AuthSettings, JWTSettings
 from openhqm.errors import ConfigError
-from openhqm.http.responses import JSONResponse
+from openhqm.http.openapi import ASSETS_PATH, DOCS_PATHS
+from openhqm.http.responses import problem
 from openhqm.logging import get_logger
 
 log = get_logger("openhqm.auth")
 
 ScopeName = Literal["submit", "read", "admin"]
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
-                        "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"}) | DOCS_PATHS
 UNAUTHORIZED_DETAIL = "missing or invalid credentials"
 LEEWAY_S = 30.0  # clock skew tolerated for exp/nbf between the token issuer and this host
 MIN_HMAC_KEY_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
@@ -180,25 +180,29 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         identity = None
-        if self.auth is not None and _route_path(scope) not in OPEN_PATHS:
+        if self.auth is not None and not is_open(_route_path(scope)):
             identity = self.auth.authenticate(Headers(scope=scope))
             if identity is None:
-                response = JSONResponse({"detail": UNAUTHORIZED_DETAIL}, status_code=401,
-                                        headers={"WWW-Authenticate": 'Bearer realm="openhqm"'})
+                response = problem(401, UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": 'Bearer realm="openhqm"'})
                 await response(scope, receive, send)
                 return
             # Scopes are checked here, once, rather than by a dependency on every route: the same
             # rule covers the API and the sidecar paths, and costs nothing when access control is off.
             needed = required_scope(scope["method"], _route_path(scope))
             if needed not in identity.scopes:
-                response = JSONResponse({"detail": f"client {identity.client_id!r} lacks the scope {needed!r} "
-                                                   "this operation needs"}, status_code=403)
+                response = problem(403, f"client {identity.client_id!r} lacks the scope {needed!r} "
+                                        "this operation needs")
                 await response(scope, receive, send)
                 return
         state = scope.setdefault("state", {})
         state["identity"] = identity
         state["client_id"] = identity.client_id if identity else None  # what the sidecar route reads
         await self.app(scope, receive, send)
+
+
+def is_open(path: str) -> bool:
+    """Probes, metrics and the API's documentation (its page assets too) need no credentials."""
+    return path in OPEN_PATHS or path.startswith(ASSETS_PATH + "/")
 
 
 def _route_path(scope: Scope) -> str:
@@ -224,9 +228,3 @@ def required_scope(method: str, path: str) -> ScopeName:
     if path.startswith("/api/v1/"):
         return "submit" if (method, path) == ("POST", "/api/v1/submit") else "read"
     return "submit"
-
-
-SECURITY_SCHEMES: dict[str, Any] = {
-    "bearer": {"type": "http", "scheme": "bearer", "description": "API key or JWT"},
-    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-}

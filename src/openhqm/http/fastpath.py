@@ -6,8 +6,9 @@ is parsed and validated here in one step with the same pydantic model (`model_va
 `GET /api/v1/response/{id}` with plain `wait`/`format` values is answered directly; both run the
 routes' own code (`answer_submit`, `answer_response`) and send the same response objects. Anything
 not handled exactly like the route -- another content type, an empty or invalid body, an unusual
-query -- continues to the FastAPI route (with the body replayed), so every error answer, and the
-OpenAPI document, stay the framework's own.
+query -- continues to the FastAPI route (with the body replayed), so every validation error, and
+the OpenAPI document, stay the framework's own; the bridge's refusals answer the same problem
+details as on the route (`rejected`, `unavailable` in http/responses.py).
 """
 
 from __future__ import annotations

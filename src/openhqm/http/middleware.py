@@ -9,13 +9,14 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openhqm import metrics
+from openhqm.http.responses import PROBLEM_JSON, problem_body
 
 
 def _json_error(status: int, detail: str) -> list[Message]:
-    body = orjson.dumps({"detail": detail})
+    body = orjson.dumps(problem_body(status, detail))
     return [
         {"type": "http.response.start", "status": status,
-         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+         "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()),
                      (b"connection", b"close")]},
         {"type": "http.response.body", "body": body},
     ]

@@ -1,7 +1,10 @@
-"""JSON responses rendered with orjson: faster than the standard library on every answer."""
+"""JSON responses rendered with orjson (faster than the standard library on every answer), and the
+one error format: RFC 9457 problem details, `application/problem+json`, for every 4xx and 5xx."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -13,6 +16,10 @@ from openhqm.results.base import RequestRecord
 
 # Describe the body as the backend sent it; recomputed for the body the client receives.
 _RECOMPUTED = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
+# Set by the server that answers the client (uvicorn adds its own): relaying the backend's too
+# would send each twice.
+_SET_BY_SERVER = frozenset({"server", "date"})
+_DROPPED = _RECOMPUTED | _SET_BY_SERVER
 
 
 class JSONResponse(_StarletteJSONResponse):
@@ -20,12 +27,34 @@ class JSONResponse(_StarletteJSONResponse):
         return orjson.dumps(content)
 
 
+PROBLEM_JSON = "application/problem+json"
+# RFC 9457 4.2.1: "about:blank" says the status code is all the type there is; `title` is then its phrase.
+PROBLEM_TYPE = "about:blank"
+UNAVAILABLE_RETRY_AFTER_S = 5
+
+
+def problem_body(status: int, detail: str, *, errors: Sequence[Mapping[str, Any]] | None = None,
+                 **extensions: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": PROBLEM_TYPE, "title": HTTPStatus(status).phrase, "status": status,
+                            "detail": detail, **extensions}
+    if errors is not None:
+        body["errors"] = list(errors)
+    return body
+
+
+def problem(status: int, detail: str, *, headers: Mapping[str, str] | None = None,
+            errors: Sequence[Mapping[str, Any]] | None = None, **extensions: Any) -> JSONResponse:
+    """An error answer; `detail` says what was wrong in words, `errors` lists field-level problems."""
+    return JSONResponse(problem_body(status, detail, errors=errors, **extensions), status_code=status,
+                        headers=headers, media_type=PROBLEM_JSON)
+
+
 def rejected(exc: RequestRejected) -> JSONResponse:
-    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    return problem(exc.status, exc.message)
 
 
 def unavailable(exc: BackendUnavailable) -> JSONResponse:
-    return JSONResponse({"detail": f"queue unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+    return problem(503, f"queue unavailable: {exc}", headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
 
 
 def raw_response(record: RequestRecord) -> Response:
@@ -34,5 +63,5 @@ def raw_response(record: RequestRecord) -> Response:
     if record.raw_response is None or "status_code" not in result:
         raise RequestRejected(f"request {record.correlation_id} has no raw HTTP response "
                               "(it was not forwarded to an HTTP endpoint)", status=406)
-    headers = {k: v for k, v in (result.get("headers") or {}).items() if k.lower() not in _RECOMPUTED}
+    headers = {k: v for k, v in (result.get("headers") or {}).items() if k.lower() not in _DROPPED}
     return Response(record.raw_response, status_code=int(result["status_code"]), headers=headers)

@@ -20,11 +20,11 @@ from openhqm.envelope import Envelope
 from openhqm.errors import RequestRejected
 from openhqm.http.auth import current_identity
 from openhqm.http.health import readiness
+from openhqm.http.openapi import ERRORS, RESPONSE_RESPONSES, SUBMIT_RESPONSES
 from openhqm.http.prefer import parse_prefer
 from openhqm.http.responses import JSONResponse, raw_response
 from openhqm.http.schemas import (
     DeadLetterEntry,
-    ErrorResponse,
     ReplayResponse,
     ResultResponse,
     StatusResponse,
@@ -37,10 +37,6 @@ from openhqm.views import result_json, status_json
 
 router = APIRouter()
 ops_router = APIRouter()
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-    413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 
 
 def context(request: Request) -> tuple[Bridge, str | None]:
@@ -65,6 +61,13 @@ def accepted(request: Request, record: RequestRecord, bridge: Bridge) -> JSONRes
 
 def finished(record: RequestRecord) -> JSONResponse:
     return JSONResponse(result_json(record), status_code=200)
+
+
+def waited(record: RequestRecord, wait_s: float, bridge: Bridge) -> JSONResponse:
+    """200 after `Prefer: wait`, stating the wait applied: the one asked for, at most server.max_wait_s."""
+    response = finished(record)
+    response.headers["Preference-Applied"] = f"wait={min(wait_s, bridge.settings.server.max_wait_s):g}"
+    return response
 
 
 def _schedule(meta: Any) -> tuple[float | None, float | None]:
@@ -124,7 +127,7 @@ SUBMIT_HEADERS = {"parameters": [
 
 
 @router.post("/api/v1/submit", status_code=202, response_model=SubmitResponse,
-             responses={200: {"model": ResultResponse}, **ERRORS}, openapi_extra=SUBMIT_HEADERS)
+             responses=SUBMIT_RESPONSES, openapi_extra=SUBMIT_HEADERS)
 async def submit(body: SubmitRequest, request: Request) -> Response:
     """Queue a request. `Prefer: wait=N` answers 200 with the result if it completes within N s.
     An `Idempotency-Key` repeat within `idempotency.window_s` returns the original request."""
@@ -150,9 +153,7 @@ async def answer_submit(body: SubmitRequest, request: Request) -> Response:
         record = await bridge.submit_and_wait(submission, preferences.wait_s)
         if not record.terminal:
             return accepted(request, record, bridge)
-        answer = finished(record)
-        answer.headers["Preference-Applied"] = f"wait={preferences.wait_s:g}"
-        return answer
+        return waited(record, preferences.wait_s, bridge)
     else:
         record = await bridge.submit(submission)
     response = await _answer(request, bridge, record, preferences.wait_s, preferences.respond_async, client)
@@ -173,9 +174,7 @@ async def _answer(request: Request, bridge: Bridge, record: RequestRecord, wait_
     if wait_s and not respond_async:
         done = await bridge.wait(record.correlation_id, wait_s, client)
         if done.terminal:
-            response = finished(done)
-            response.headers["Preference-Applied"] = f"wait={wait_s:g}"
-            return response
+            return waited(done, wait_s, bridge)
         record = done
     return accepted(request, record, bridge)
 
@@ -187,7 +186,7 @@ async def get_status(correlation_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/api/v1/response/{correlation_id}", response_model=ResultResponse,
-            responses={202: {"model": StatusResponse}, **ERRORS})
+            responses=RESPONSE_RESPONSES)
 async def get_response(
     correlation_id: str, request: Request,
     wait: Annotated[float | None, Query(ge=0, description="long-poll up to this many seconds")] = None,
@@ -313,7 +312,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@ops_router.get("/ready", responses={503: {"model": ErrorResponse}})
+@ops_router.get("/ready", responses={503: {"description": "Not ready: the same report, naming what is down"}})
 async def ready(request: Request) -> Response:
     """Ready when the broker and the result store both answer within their timeouts."""
     bridge, _ = context(request)

@@ -96,5 +96,18 @@ class ReplayResponse(BaseModel):
     replayed_from: str
 
 
-class ErrorResponse(BaseModel):
-    detail: str | list[Any]
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: `body`, `query`, `path` or `header`, then the field path")
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every 4xx and 5xx (`application/problem+json`)."""
+
+    type: str = Field("about:blank", description="about:blank: the status code says what kind of error")
+    title: str = Field(description="the status code's phrase")
+    status: int
+    detail: str = Field(description="what was wrong, naming the field, header or setting")
+    errors: list[FieldError] | None = Field(None, description="each invalid field, for 422 validation errors")
+

@@ -11,9 +11,8 @@ from openhqm.bridge import Bridge
 from openhqm.constants import Status
 from openhqm.envelope import Caller, Envelope
 from openhqm.http.prefer import parse_prefer
-from openhqm.http.responses import JSONResponse, raw_response
+from openhqm.http.responses import problem, raw_response
 from openhqm.http.routes import accepted
-from openhqm.views import result_json
 
 BRIDGE_PATHS = ("/api/v1/", "/health", "/ready", "/metrics", "/docs", "/openapi.json", "/redoc")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -28,7 +27,7 @@ def sidecar_router(prefix: str) -> APIRouter:
     @router.api_route(base + "/{path:path}", methods=METHODS, include_in_schema=False)
     async def relay(request: Request) -> Response:
         if is_bridge_path(request.url.path):
-            return JSONResponse({"detail": f"no bridge route {request.url.path}"}, status_code=404)
+            return problem(404, f"no bridge route {request.url.path}")
         bridge: Bridge = request.app.state.bridge
         settings = bridge.settings.proxy.sidecar
         path = request.url.path[len(base):] or "/"
@@ -54,7 +53,8 @@ def sidecar_router(prefix: str) -> APIRouter:
         if done.status == Status.COMPLETED:
             return raw_response(done)
         # The backend never answered (timeouts, refused connections, open circuit to the end).
-        return JSONResponse(result_json(done), status_code=502)
+        return problem(502, f"the backend gave no answer to request {done.correlation_id} "
+                            f"({done.status}): {done.error}", correlation_id=done.correlation_id, error=done.error)
 
     return router
 
