@@ -13,7 +13,9 @@ def new_record(**fields: object) -> RequestRecord:
     return RequestRecord(correlation_id=uuid.uuid4().hex, **fields)  # type: ignore[arg-type]
 
 
-async def waiting_for(store: ResultStore, correlation_id: str, timeout_s: float = 30) -> asyncio.Task[RequestRecord | None]:
+async def waiting_for(
+    store: ResultStore, correlation_id: str, timeout_s: float = 30
+) -> asyncio.Task[RequestRecord | None]:
     """`store.wait(correlation_id)` as a task, returned once it has registered and read the record:
     from then on only a wake-up can finish it (what the sleep before a change used to hope for).
 

@@ -14,10 +14,14 @@ BULK_COUNT = 10_000
 ALLOWED_DUPLICATES = 1_000
 
 
-async def make_settings(tmp_path: Path) -> Settings:
-    host = require_service("pubsub")
+SERVICE = "pubsub"
+
+
+async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address: str | None = None) -> Settings:
+    broker = require_service("pubsub")
+    host = address or broker
     # ack_deadline_s 10 is Pub/Sub's minimum: a consumer that died without settling gives its
     # message back within about 20 s (the lease it last extended runs out).
     return Settings(queue={"type": "pubsub", "pubsub": {
-        "project_id": "openhqm-contract", "emulator_host": host, "ack_deadline_s": 10,
+        "project_id": "openhqm-contract", "emulator_host": host, "ack_deadline_s": round(lease_s or 10),
     }}, data_dir=tmp_path)
