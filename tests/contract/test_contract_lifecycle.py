@@ -26,8 +26,9 @@ from tests.waiting import publish_once_reachable
 # once rather than when their lease runs out.
 SHORT_LEASE_S = 2.0
 LONG_LEASE_S = 60.0
-# A broker that is gone must make publish fail within this bound rather than hang.
-PUBLISH_FAILS_WITHIN_S = 45.0
+# A broker that is gone must make publish fail within this bound rather than hang: above the longest
+# configured request timeout (Event Hubs' Kafka client is held to at least 60 s, as Microsoft advises).
+PUBLISH_FAILS_WITHIN_S = 90.0
 
 
 def skip_if_untestable(target: ModuleType, behaviour: str) -> None:
@@ -192,6 +193,7 @@ async def test_a_consumer_resumes_after_its_connection_is_cut(
         await receive_after_the_outage(receiver)
 
 
+@pytest.mark.timeout(240)  # the publish may take its whole request timeout to fail
 async def test_publish_while_the_broker_is_unreachable_raises_backend_unavailable_and_works_after(
     make_backend: BackendFactory, target: ModuleType, proxy: CuttableProxy, queue: str
 ) -> None:

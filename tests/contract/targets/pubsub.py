@@ -15,6 +15,12 @@ ALLOWED_DUPLICATES = 1_000
 
 
 SERVICE = "pubsub"
+MIN_LEASE_S = 10.0  # Pub/Sub's smallest ack deadline
+UNTESTABLE = {
+    "late_settle": "google-cloud-pubsub's lease management extends every unsettled delivery's lease while "
+                   "its subscriber runs (up to an hour), so a lease passes only when its holder is gone "
+                   "and no late settle can follow",
+}
 
 
 async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address: str | None = None) -> Settings:
@@ -25,3 +31,12 @@ async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address
     return Settings(queue={"type": "pubsub", "pubsub": {
         "project_id": "openhqm-contract", "emulator_host": host, "ack_deadline_s": round(lease_s or 10),
     }}, data_dir=tmp_path)
+
+KNOWN_BUGS = {
+    "test_prefetched_but_unconsumed_messages_are_released_on_close[[]*-backend[]]": (
+        "gcp_pubsub.py _Stream.stop (line 188), reached from close(): it gives back (modack 0) only what "
+        "sits in the inbox at that moment; messages the library already leased but whose _received "
+        "callback (line 185) reaches the loop after the drain, or that the library still holds, are "
+        "never released and come back only after ack_deadline_s (60 s here). Suspected cause, seen in "
+        "every run here; not yet traced inside the library"),
+}
