@@ -32,11 +32,12 @@ async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address
         "project_id": "openhqm-contract", "emulator_host": host, "ack_deadline_s": round(lease_s or 10),
     }}, data_dir=tmp_path)
 
-KNOWN_BUGS = {
-    "test_prefetched_but_unconsumed_messages_are_released_on_close[[]*-backend[]]": (
-        "gcp_pubsub.py _Stream.stop (line 188), reached from close(): it gives back (modack 0) only what "
-        "sits in the inbox at that moment; messages the library already leased but whose _received "
-        "callback (line 185) reaches the loop after the drain, or that the library still holds, are "
-        "never released and come back only after ack_deadline_s (60 s here). Suspected cause, seen in "
-        "every run here; not yet traced inside the library"),
+# Failed in every run here when close() ends the stream, in one run of two when the iterator does.
+RACY_BUGS = {
+    "test_prefetched_but_unconsumed_messages_are_released_on_close[[]*[]]": (
+        "gcp_pubsub.py _Stream.stop (line 188), reached from close() or the end of consume(): it gives "
+        "back (modack 0) only what sits in the inbox at that moment; messages the library already "
+        "leased but whose _received callback (line 185) reaches the loop after the drain, or that the "
+        "library still holds, are never released and come back only after ack_deadline_s (60 s here). Suspected cause, "
+        "not yet traced inside the library"),
 }

@@ -44,3 +44,11 @@ KNOWN_BUGS = {
         "pulling); the messages it received but never yielded stay invisible for the whole "
         "visibility timeout instead of being made visible again (ChangeMessageVisibility 0)"),
 }
+
+# Seen in one run of two: the stale receipt handle still changes the visibility of the live receive.
+RACY_BUGS = {
+    "test_a_late_settle_after_the_lease_passed_changes_nothing[[]*-nack[]]": (
+        "sqs.py SQSDelivery._nack (line 222): ChangeMessageVisibility 0 with the receipt handle of a receive "
+        "whose visibility timeout passed makes the message visible while another consumer holds it: "
+        "one more copy arrives"),
+}
