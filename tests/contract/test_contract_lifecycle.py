@@ -1,7 +1,7 @@
 """The contract around a consumer's life: close, leases, prefetch and a lost connection.
 
-Run against every target like test_contract.py. A target that truly cannot show a behaviour names it
-in UNTESTABLE with the reason, and the test skips with that reason.
+Run against every target like test_contract.py; capability flags choose what applies (no lease, no
+lease tests), and a target that truly cannot show a behaviour names it in UNTESTABLE with the reason.
 """
 
 from __future__ import annotations
@@ -181,9 +181,8 @@ async def receive_after_the_outage(receiver: Receiver) -> None:
 
 
 async def test_a_consumer_resumes_after_its_connection_is_cut(
-    make_backend: BackendFactory, target: ModuleType, proxy: CuttableProxy, queue: str
+    make_backend: BackendFactory, proxy: CuttableProxy, queue: str
 ) -> None:
-    skip_if_untestable(target, "reconnect")
     publisher, consumer = await make_backend(), await make_backend(address=proxy.address)
     await publisher.publish(queue, b"before")
     async with Receiver(consumer, queue) as receiver:
@@ -195,9 +194,8 @@ async def test_a_consumer_resumes_after_its_connection_is_cut(
 
 @pytest.mark.timeout(240)  # the publish may take its whole request timeout to fail
 async def test_publish_while_the_broker_is_unreachable_raises_backend_unavailable_and_works_after(
-    make_backend: BackendFactory, target: ModuleType, proxy: CuttableProxy, queue: str
+    make_backend: BackendFactory, proxy: CuttableProxy, queue: str
 ) -> None:
-    skip_if_untestable(target, "reconnect")
     backend = await make_backend(address=proxy.address)
     await backend.publish(queue, b"before")
     async with Receiver(backend, queue) as receiver:
