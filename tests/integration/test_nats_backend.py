@@ -1,7 +1,8 @@
 """NATS JetStream-specific behaviour against the machine's nats-server (never restarted by tests).
 
 What the contract suite cannot see: subjects and durables, max_deliver, the dead-letter reason
-header, dedup, the delay subject, pulled messages given back, and a dropped client connection.
+header, dedup, the delay subject and a deleted stream (pulled messages given back, in-progress
+leases and a dropped connection are contract tests now).
 Every test gets its own stream and subject prefix and deletes the stream afterwards.
 """
 

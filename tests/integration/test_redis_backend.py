@@ -1,8 +1,8 @@
 """Redis Streams behaviour beyond the contract, against the machine's Redis on 127.0.0.1.
 
 The shared Redis is never flushed, paused or restarted here: every test uses its own queue name
-(its own keys), kills only its own backend's connections (found by client name), and simulates an
-outage with a TCP proxy of its own in front of Redis.
+(its own keys) and simulates an outage with a TCP proxy of its own in front of Redis. Close, lease
+extension, late settles, prefetch release and reconnects are in the contract suite (tests/contract).
 """
 
 from __future__ import annotations
@@ -61,14 +61,6 @@ async def make_backend(redis_url: str) -> AsyncIterator[MakeBackend]:
     yield factory
     for backend in reversed(opened):
         await backend.close()
-
-
-async def _kill_connections_of(raw: aioredis.Redis, backend: RedisStreamsBackend) -> int:
-    clients = await raw.client_list()
-    ids = [c["id"] for c in clients if c.get("name") == f"openhqm-{backend.consumer}"]
-    for client_id in ids:
-        await raw.client_kill_filter(_id=client_id)
-    return len(ids)
 
 
 async def test_consume_backs_off_and_resumes_when_redis_is_unreachable_for_a_while(
