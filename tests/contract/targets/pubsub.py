@@ -40,4 +40,10 @@ RACY_BUGS = {
         "leased but whose _received callback (line 185) reaches the loop after the drain, or that the "
         "library still holds, are never released and come back only after ack_deadline_s (60 s here). Suspected cause, "
         "not yet traced inside the library"),
+    # Seen in one full run of three here.
+    "test_publish_while_the_broker_is_unreachable_raises_backend_unavailable_and_works_after[[]*[]]": (
+        "gcp_pubsub.py _publish_once (lines 345-359): when asyncio.timeout(timeout_s + 5) gives up (raised "
+        "as BackendUnavailable), the library's publish future is neither cancelled nor awaited, and its "
+        "batch keeps retrying; once the emulator answers again it is sent, so a publish reported as "
+        "refused (HTTP 503) arrives after all. Likely cause, not traced inside the library"),
 }
