@@ -47,9 +47,9 @@ class OpenHQMProcess:
 
     def start(self, wait_ready: bool = True) -> OpenHQMProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "openhqm", self.command], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir)
+        with self.log_path.open("ab") as log:  # the child writes to its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "openhqm", self.command], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir)
         if wait_ready and self.command != "worker":
             try:
                 self.wait_ready()

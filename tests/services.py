@@ -28,7 +28,7 @@ def service_address(name: str) -> str:
     return os.environ.get(variable, default)
 
 
-def _host_port(address: str) -> tuple[str, int]:
+def host_port(address: str) -> tuple[str, int]:
     if "://" not in address:
         address = "tcp://" + address
     parsed = urlparse(address)
@@ -36,7 +36,7 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def port_answers(address: str, timeout_s: float = 1.0) -> bool:
-    host, port = _host_port(address)
+    host, port = host_port(address)
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return True

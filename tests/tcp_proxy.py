@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 
 
 class CuttableProxy:
@@ -15,6 +16,10 @@ class CuttableProxy:
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
         self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
@@ -28,14 +33,17 @@ class CuttableProxy:
             return
         self._writers += [writer, up_writer]
 
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, from_broker: bool) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await self._read(source, from_broker):
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    async def _read(self, source: asyncio.StreamReader, from_broker: bool) -> bytes:
+        return await source.read(65536)
 
     def cut(self) -> None:
         for writer in self._writers:
@@ -48,3 +56,21 @@ class CuttableProxy:
             self.cut()
             await self._server.wait_closed()
             self._server = None
+
+
+class KafkaProxy(CuttableProxy):
+    """A Kafka client connects to the broker addresses a Metadata (or FindCoordinator) response names,
+    not to its bootstrap address: the broker's advertised port is rewritten to the proxy's in every
+    response, so all of the client's connections go through the proxy and `cut()` reaches them all.
+
+    Responses are framed (a 4-byte size, then the payload); the rewrite keeps every length the same.
+    """
+
+    async def _read(self, source: asyncio.StreamReader, from_broker: bool) -> bytes:
+        if not from_broker:
+            return await source.read(65536)
+        header = await source.readexactly(4)
+        payload = await source.readexactly(int.from_bytes(header, "big"))
+        host = self._target[0].encode()
+        advertised = host + struct.pack(">i", self._target[1])
+        return header + payload.replace(advertised, host + struct.pack(">i", self.port))

@@ -18,7 +18,7 @@ from openhqm.constants import Status
 from openhqm.errors import AlreadyExists
 from openhqm.results import DeadLetterRecord, ResultStore, create_store
 from tests.contract import store_targets
-from tests.records import new_record
+from tests.records import new_record, waiting_for
 
 TARGETS = sorted((importlib.import_module(f"{store_targets.__name__}.{i.name}")
                   for i in pkgutil.iter_modules(store_targets.__path__)), key=lambda m: m.NAME)
@@ -82,8 +82,7 @@ async def test_transition_respects_allowed_from(store: ResultStore) -> None:
 async def test_waiter_is_woken_when_the_record_becomes_terminal(store: ResultStore) -> None:
     record = new_record()
     await store.create(record)
-    waiter = asyncio.ensure_future(store.wait(record.correlation_id, timeout_s=30))
-    await asyncio.sleep(0.05)
+    waiter = await waiting_for(store, record.correlation_id)
     assert not waiter.done()
     await store.transition(record.correlation_id, Status.COMPLETED, result="r")
     got = await asyncio.wait_for(waiter, 10)
@@ -94,8 +93,7 @@ async def test_waiter_on_another_store_instance_is_woken(make_store: StoreFactor
     first, second = await make_store(), await make_store()
     record = new_record()
     await first.create(record)
-    waiter = asyncio.ensure_future(second.wait(record.correlation_id, timeout_s=30))
-    await asyncio.sleep(0.05)
+    waiter = await waiting_for(second, record.correlation_id)
     await first.transition(record.correlation_id, Status.FAILED, error="boom")
     got = await asyncio.wait_for(waiter, 10)
     assert got is not None and got.status == Status.FAILED

@@ -18,13 +18,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from openhqm.backends import Backend, create_backend
+from openhqm.backends import create_backend
 from openhqm.backends.kafka import KafkaBackend
 from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
 from tests.services import free_port, port_answers, require_service
+from tests.waiting import publish_once_reachable, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("BROKERS_STATE_DIR", "/tmp/openhqm-brokers"))
@@ -153,9 +154,7 @@ async def test_a_delivery_handed_out_before_its_iterator_closed_can_still_be_ack
     await receiver.close()  # the consume() iterator ends; the group member stays until the ack
     await delivery.ack()
     assert await backend.depth(queue) == 0
-    async with asyncio.timeout(30):
-        while backend.consumers:  # then it leaves the group on its own
-            await asyncio.sleep(0.1)
+    await wait_until(lambda: not backend.consumers, timeout_s=30, what="the member leaves the group on its own")
 
 
 async def test_fetching_pauses_at_max_buffered_and_resumes_as_deliveries_settle(
@@ -325,17 +324,6 @@ def _brokers(script: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-async def _eventually_publish(backend: Backend, queue: str, body: bytes) -> None:
-    """While the client reconnects a publish may raise BackendUnavailable (HTTP 503); retry in a bound."""
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                await backend.publish(queue, body)
-                return
-            except BackendUnavailable:
-                await asyncio.sleep(0.5)  # the broker is coming back; nothing to wait on but time
-
-
 async def test_backend_resumes_publishing_and_consuming_after_the_broker_restarts(
     address: str, backend: KafkaBackend, queue: str
 ) -> None:
@@ -356,7 +344,7 @@ async def test_backend_resumes_publishing_and_consuming_after_the_broker_restart
         assert not port_answers(address)
         _brokers("brokers-up")
         await create_topics(address, queue, queue + ".delay", partitions=4)  # see the docstring
-        await _eventually_publish(backend, queue, b"after")
+        await publish_once_reachable(backend, queue, b"after")
         delivery = await receiver.next(60)
         assert delivery.body == b"after"
         await delivery.ack()

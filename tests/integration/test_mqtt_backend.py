@@ -30,6 +30,7 @@ from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
 from tests.services import require_service
 from tests.tcp_proxy import CuttableProxy
+from tests.waiting import wait_until
 
 Factory = Callable[..., Awaitable[MQTTBackend]]
 
@@ -92,10 +93,8 @@ async def make_backend(broker_url: str) -> AsyncIterator[Factory]:
 
 async def subscribed(backend: MQTTBackend) -> None:
     """Wait until a consume() of `backend` holds its subscription (its SUBACK arrived)."""
-    async with asyncio.timeout(10):
-        # consume() signals nothing when its SUBACK arrives; the backend lists the consumer then.
-        while not backend.consumers:
-            await asyncio.sleep(0.01)
+    # consume() signals nothing when its SUBACK arrives; the backend lists the consumer then.
+    await wait_until(lambda: bool(backend.consumers), timeout_s=10, what="the consumer's SUBACK")
 
 
 async def test_publish_to_a_queue_nobody_subscribes_to_is_refused_not_lost(
@@ -255,9 +254,10 @@ async def test_delivery_can_be_acked_after_a_reconnect_and_does_not_come_back(
             proxy.cut()
             # paho reconnects within its 1-5 s backoff; the session resumes and Mosquitto re-sends
             # the unacked message (DUP), which the consumer recognises as the one it still holds.
-            async with asyncio.timeout(20):
-                while not (await backend.health()).ok:
-                    await asyncio.sleep(0.2)
+            async def healthy() -> bool:
+                return (await backend.health()).ok
+
+            await wait_until(healthy, timeout_s=20, what="the backend reconnects")
             await delivery.ack()
             assert await receiver.nothing_within(2.0)
     finally:
@@ -271,7 +271,9 @@ async def test_delay_survives_a_consumer_restart(make_backend: Factory, queue: s
         await subscribed(first)
         published_at = time.monotonic()
         await first.publish(queue, b"later", delay_s=3.0)
-        await asyncio.sleep(0.5)  # the consumer now holds it unacked, waiting for its time
+        # The consumer holds it unacked, on a timer for its due time (the backend exposes no event).
+        await wait_until(lambda: any(c._timers for c in first.consumers), timeout_s=10,
+                         what="the consumer holds the delayed message")
     await first.close()
     second = await make_backend(client_id)
     async with Receiver(second, queue) as receiver:

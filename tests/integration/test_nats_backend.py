@@ -1,7 +1,8 @@
 """NATS JetStream-specific behaviour against the machine's nats-server (never restarted by tests).
 
 What the contract suite cannot see: subjects and durables, max_deliver, the dead-letter reason
-header, dedup, the delay subject, pulled messages given back, and a dropped client connection.
+header, dedup, the delay subject and a deleted stream (pulled messages given back, in-progress
+leases and a dropped connection are contract tests now).
 Every test gets its own stream and subject prefix and deletes the stream afterwards.
 """
 
@@ -206,67 +207,6 @@ async def test_messages_queued_with_the_earlier_header_spelling_still_read(
         assert time.time() >= due
         assert (delivery.body, delivery.message_id, delivery.key, delivery.attempt) == (b"old", "old-1", "k-1", 1)
         await delivery.ack()
-
-
-async def test_in_progress_keeps_a_long_job_from_other_workers(make_backend: Factory, queue: str) -> None:
-    first, second = await make_backend(ack_wait_s=1.0), await make_backend(ack_wait_s=1.0)
-    await first.publish(queue, b"long job")
-    async with Receiver(first, queue) as mine:
-        delivery = await mine.next()
-
-        async def keep_alive() -> None:
-            while True:
-                await delivery.extend_lease(1.0)
-                await asyncio.sleep(0.3)  # a handler's heartbeat
-
-        heartbeat = asyncio.create_task(keep_alive())
-        try:
-            async with Receiver(second, queue) as other:
-                assert await other.nothing_within(3.0)  # ack_wait alone would have let it go after 1 s
-        finally:
-            heartbeat.cancel()
-        await delivery.ack()
-    assert await first.depth(queue) == 0
-
-
-async def test_messages_pulled_but_not_handed_out_are_given_back_when_consume_ends(
-    make_backend: Factory, queue: str
-) -> None:
-    first, second = await make_backend(), await make_backend()  # ack_wait 30 s: too long to wait for
-    for i in range(5):
-        await first.publish(queue, b"%d" % i)
-    consumer = first.consume(queue, prefetch=5)  # one pull request fetches all five
-    taken = await anext(consumer)
-    await consumer.aclose()  # the four still in its inbox are nak'ed, not left to ack_wait
-    async with Receiver(second, queue) as other:
-        rest = [await other.next(10) for _ in range(4)]
-        for delivery in rest:
-            await delivery.ack()
-    assert sorted([taken.body, *(d.body for d in rest)]) == [b"0", b"1", b"2", b"3", b"4"]
-    await taken.ack()
-
-
-async def test_consume_keeps_working_after_the_client_connection_drops(make_backend: Factory, queue: str) -> None:
-    backend = await make_backend()
-    await backend.publish(queue, b"before")
-    async with Receiver(backend, queue) as receiver:
-        await (await receiver.next()).ack()
-        # Drop the TCP connection from our side (the machine's nats-server must not be restarted);
-        # nats-py sees the connection end and reconnects by itself.
-        nc = backend._nc
-        assert nc is not None and nc._transport is not None
-        nc._transport.close()
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    await backend.publish(queue, b"after")
-                    break
-                except BackendUnavailable:
-                    await asyncio.sleep(0.2)  # reconnecting; nothing to wait on but time
-        delivery = await receiver.next(30)
-        assert delivery.body == b"after"
-        await delivery.ack()
-    assert (await backend.health()).ok
 
 
 async def test_a_deleted_stream_is_created_again_for_publish_and_an_open_consumer(

@@ -17,7 +17,7 @@ import pytest
 from openhqm.constants import Status
 from openhqm.results.postgres import PostgresResultStore
 from tests.contract.store_targets.postgres import unique_table
-from tests.records import new_record
+from tests.records import new_record, waiting_for
 from tests.services import require_service
 
 StoreFactory = Callable[[], Awaitable[PostgresResultStore]]
@@ -74,8 +74,7 @@ async def test_waiter_is_woken_after_the_listen_connection_is_terminated(
     # Registered after the reconnect's re-check, so only a NOTIFY on the new connection can wake it.
     record = new_record()
     await writer.create(record)
-    waiter = asyncio.ensure_future(waiting.wait(record.correlation_id, timeout_s=30))
-    await asyncio.sleep(0.05)
+    waiter = await waiting_for(waiting, record.correlation_id)
     await writer.transition(record.correlation_id, Status.COMPLETED, result={"n": 1})
     got = await asyncio.wait_for(waiter, 10)
     assert got is not None and got.status == Status.COMPLETED and got.result == {"n": 1}
@@ -87,8 +86,7 @@ async def test_completion_whose_notify_was_missed_wakes_the_waiter_after_reconne
     store = await make_store()
     record = new_record()
     await store.create(record)
-    waiter = asyncio.ensure_future(store.wait(record.correlation_id, timeout_s=30))
-    await asyncio.sleep(0.05)
+    waiter = await waiting_for(store, record.correlation_id)
     # Finish the record without NOTIFY, as if it was notified while the listener was away.
     await admin.execute(f"UPDATE \"{table}\" SET status = 'FAILED', completed_at = $2"
                         " WHERE correlation_id = $1", record.correlation_id, time.time())

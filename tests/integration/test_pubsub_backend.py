@@ -23,6 +23,7 @@ from openhqm.config import Settings
 from openhqm.errors import BackendError
 from tests.contract.receiver import Receiver
 from tests.services import require_service
+from tests.waiting import publish_once_reachable
 
 Factory = Callable[..., Awaitable[PubSubBackend]]
 REPO = Path(__file__).resolve().parents[2]
@@ -179,13 +180,8 @@ async def test_backend_resumes_publishing_and_consuming_after_the_emulator_resta
         await _script("brokers-down", "pubsub")
         await _script("brokers-up", "pubsub")
         # The emulator keeps state in memory: topic and subscription are gone and are created again.
-        async with asyncio.timeout(90):
-            while True:
-                try:
-                    await backend.publish(queue, b"after")
-                    break
-                except BackendError:
-                    await asyncio.sleep(0.5)  # the emulator may still be starting
+        # While the emulator starts, a publish fails with any BackendError, not only BackendUnavailable.
+        await publish_once_reachable(backend, queue, b"after", timeout_s=90, refusal=BackendError)
         delivery = await receiver.next(timeout_s=60)
         assert delivery.body == b"after"
         await delivery.ack()

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from openhqm.constants import Status
 from openhqm.results.redis import RedisResultStore
 from tests.contract.store_targets.redis import TEST_PREFIX
-from tests.records import new_record
+from tests.records import new_record, waiting_for
 from tests.services import require_service
 
 StoreFactory = Callable[..., Awaitable[RedisResultStore]]
@@ -76,8 +76,7 @@ async def test_waiter_is_woken_after_the_subscriber_connection_is_killed(
     await wait_until_resubscribed(admin, waiting, old_id)
     record = new_record()
     await writer.create(record)
-    waiter = asyncio.ensure_future(waiting.wait(record.correlation_id, timeout_s=30))
-    await asyncio.sleep(0.05)
+    waiter = await waiting_for(waiting, record.correlation_id)
     await writer.transition(record.correlation_id, Status.COMPLETED, result="after reconnect")
     got = await asyncio.wait_for(waiter, 10)
     assert got is not None and got.status == Status.COMPLETED and got.result == "after reconnect"
@@ -88,8 +87,7 @@ async def test_completion_whose_publish_was_missed_wakes_the_waiter_after_reconn
     store = await make_store()
     record = new_record()
     await store.create(record)
-    waiter = asyncio.ensure_future(store.wait(record.correlation_id, timeout_s=30))
-    await asyncio.sleep(0.05)
+    waiter = await waiting_for(store, record.correlation_id)
     # Finish the record without a publish, as if it was published while the subscriber was away.
     done = msgspec.structs.replace(record, status=Status.COMPLETED, completed_at=time.time())
     await admin.hset(store._req_key(record.correlation_id),

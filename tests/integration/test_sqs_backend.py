@@ -255,18 +255,6 @@ async def test_fifo_delay_is_held_and_its_delivery_counts_as_the_first_attempt(
         await again.ack()
 
 
-async def test_extend_lease_keeps_the_message_from_other_consumers(make_backend: Factory, queue: str) -> None:
-    first, second = await make_backend(visibility_timeout_s=1), await make_backend(visibility_timeout_s=1)
-    await first.publish(queue, b"long job")
-    async with Receiver(first, queue) as mine:
-        delivery = await mine.next()
-        await delivery.extend_lease(6)
-        async with Receiver(second, queue) as other:
-            assert await other.nothing_within(3.0)  # the 1 s visibility timeout alone would have let it go
-        await delivery.ack()
-    assert await first.depth(queue) == 0
-
-
 async def test_health_reports_an_unreachable_endpoint_without_raising(prefix: str) -> None:
     backend = create_backend(Settings(queue={"type": "sqs", "sqs": {"endpoint_url": "http://127.0.0.1:9"}}))
     await backend.connect()

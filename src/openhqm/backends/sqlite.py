@@ -130,6 +130,7 @@ class SQLiteBackend(Backend):
         self._db: SQLiteDB = shared_db(self.path, options.synchronous)
         self._connected = False
         self._closed = asyncio.Event()
+        self._held: list[list[Any]] = []  # each open consume()'s fetched rows not yet handed out
 
     @property
     def lease_s(self) -> float | None:
@@ -150,8 +151,15 @@ class SQLiteBackend(Backend):
     async def close(self) -> None:
         if not self._connected:
             return
-        self._connected = False
         self._closed.set()
+        # Fetched ahead but never handed out: back to the queue now, not after their lease.
+        held = [row for rows in self._held for row in rows]
+        for rows in self._held:
+            rows.clear()
+        if held:
+            with contextlib.suppress(Exception):
+                await self._release(held)
+        self._connected = False
         for event in list(self._db._events.values()):
             event.set()
         self._db.release()
@@ -178,17 +186,19 @@ class SQLiteBackend(Backend):
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
         event = self._db.event(queue)
         unyielded: list[Any] = []
+        self._held.append(unyielded)
         try:
             version = self._db.others_version()
             while not self._closed.is_set():
                 event.clear()
                 rows, next_due = await self._db.run(lambda c: self._fetch(c, queue, prefetch))
-                unyielded = list(rows)
+                unyielded[:] = rows
                 while unyielded:
                     yield SQLiteDelivery(self, queue, unyielded.pop(0))
                 if not rows:
                     version = await self._wait(event, version, next_due)
         finally:
+            self._held = [rows for rows in self._held if rows is not unyielded]
             if unyielded and self._connected:
                 # Prefetched but never handed out (the consumer stopped): release them at once
                 # instead of letting them wait out their lease.

@@ -8,6 +8,7 @@ ForwardErrors here and only here; every message is scrubbed of the endpoint's se
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 import httpx
+from aiohttp.payload import TOO_LARGE_BYTES_BODY
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -141,8 +143,7 @@ class Endpoint:
             with self._mapped(url):
                 target = self._base_for_aiohttp if url is self._base else URL(str(url), encoded=True)
                 response = await self._client.request(
-                    method, target, headers=outgoing, data=body or None,
-                    allow_redirects=False)
+                    method, target, headers=outgoing, data=_payload(body), allow_redirects=False)
             try:
                 location = response.headers.get("location")
                 if response.status in _REDIRECTS and location and self.settings.follow_redirects:
@@ -234,3 +235,11 @@ def _method(method: str) -> str:
         return check_header_name(method).upper()
     except ValueError:
         raise RequestRejected(f"method {method[:20]!r} is not a valid HTTP method") from None
+
+
+def _payload(body: bytes) -> bytes | io.BytesIO | None:
+    """aiohttp writes a bytes body in one piece and warns (ResourceWarning) above 1 MiB that this holds
+    the loop; a BytesIO goes in chunks. Smaller bodies stay bytes: aiohttp reads a BytesIO in a thread."""
+    if len(body) > TOO_LARGE_BYTES_BODY:
+        return io.BytesIO(body)
+    return body or None

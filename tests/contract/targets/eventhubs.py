@@ -12,6 +12,7 @@ from pathlib import Path
 
 from openhqm.config import Settings
 from tests.services import require_service
+from tests.tcp_proxy import KafkaProxy
 
 NAME = "eventhubs"
 BULK_COUNT = 10_000
@@ -23,9 +24,13 @@ CONNECTION_STRING = ("Endpoint=sb://openhqm-test.servicebus.windows.net/;"
                      "SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=bm90LWEtcmVhbC1rZXk=")
 
 
-async def make_settings(tmp_path: Path) -> Settings:
-    address = require_service("kafka")  # the data path runs on tansu; there is no "eventhubs" service
-    eventhubs = {"connection_string": CONNECTION_STRING, "kafka_bootstrap_servers": address,
+SERVICE = "kafka"  # the data path runs on tansu; there is no "eventhubs" service
+PROXY = KafkaProxy
+
+
+async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address: str | None = None) -> Settings:
+    broker = require_service("kafka")
+    eventhubs = {"connection_string": CONNECTION_STRING, "kafka_bootstrap_servers": address or broker,
                  "security_protocol": "PLAINTEXT"}
     kafka = {"group_id": f"contract-{uuid.uuid4().hex[:8]}", "session_timeout_s": 2.0,
              "heartbeat_interval_s": 0.3, "rebalance_grace_s": 2.0}

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from openhqm.config import Settings
 from tests.services import require_service
+from tests.tcp_proxy import KafkaProxy
 
 NAME = "kafka"
 BULK_COUNT = 10_000
@@ -14,10 +15,14 @@ BULK_COUNT = 10_000
 ALLOWED_DUPLICATES = 50
 
 
-async def make_settings(tmp_path: Path) -> Settings:
-    address = require_service("kafka")
+SERVICE = "kafka"
+PROXY = KafkaProxy
+
+
+async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address: str | None = None) -> Settings:
+    broker = require_service("kafka")
     kafka = {
-        "bootstrap_servers": address,
+        "bootstrap_servers": address or broker,
         "group_id": f"contract-{uuid.uuid4().hex[:8]}",
         # A consumer that dies without leaving its group is noticed after 2 s, not 45 s.
         "session_timeout_s": 2.0,

@@ -9,5 +9,10 @@ BULK_COUNT = 10_000
 ALLOWED_DUPLICATES = 0
 
 
-async def make_settings(tmp_path: Path) -> Settings:
+SERVICE = None
+# Its lease is a module constant, not a setting: the contract suite patches it to shorten it.
+LEASE_CONSTANT = "openhqm.backends.memory._LEASE_S"
+
+
+async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address: str | None = None) -> Settings:
     return Settings(queue={"type": "memory"}, data_dir=tmp_path)

@@ -14,10 +14,36 @@ BULK_COUNT = 10_000
 ALLOWED_DUPLICATES = 1_000
 
 
-async def make_settings(tmp_path: Path) -> Settings:
-    host = require_service("pubsub")
+SERVICE = "pubsub"
+MIN_LEASE_S = 10.0  # Pub/Sub's smallest ack deadline
+UNTESTABLE = {
+    "late_settle": "google-cloud-pubsub's lease management extends every unsettled delivery's lease while "
+                   "its subscriber runs (up to an hour), so a lease passes only when its holder is gone "
+                   "and no late settle can follow",
+}
+
+
+async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address: str | None = None) -> Settings:
+    broker = require_service("pubsub")
+    host = address or broker
     # ack_deadline_s 10 is Pub/Sub's minimum: a consumer that died without settling gives its
     # message back within about 20 s (the lease it last extended runs out).
     return Settings(queue={"type": "pubsub", "pubsub": {
-        "project_id": "openhqm-contract", "emulator_host": host, "ack_deadline_s": 10,
+        "project_id": "openhqm-contract", "emulator_host": host, "ack_deadline_s": round(lease_s or 10),
     }}, data_dir=tmp_path)
+
+# Failed in every run here when close() ends the stream, in one run of two when the iterator does.
+RACY_BUGS = {
+    "test_prefetched_but_unconsumed_messages_are_released_on_close[[]*[]]": (
+        "gcp_pubsub.py _Stream.stop (line 188), reached from close() or the end of consume(): it gives "
+        "back (modack 0) only what sits in the inbox at that moment; messages the library already "
+        "leased but whose _received callback (line 185) reaches the loop after the drain, or that the "
+        "library still holds, are never released and come back only after ack_deadline_s (60 s here). Suspected cause, "
+        "not yet traced inside the library"),
+    # Seen in one full run of three here.
+    "test_publish_while_the_broker_is_unreachable_raises_backend_unavailable_and_works_after[[]*[]]": (
+        "gcp_pubsub.py _publish_once (lines 345-359): when asyncio.timeout(timeout_s + 5) gives up (raised "
+        "as BackendUnavailable), the library's publish future is neither cancelled nor awaited, and its "
+        "batch keeps retrying; once the emulator answers again it is sent, so a publish reported as "
+        "refused (HTTP 503) arrives after all. Likely cause, not traced inside the library"),
+}

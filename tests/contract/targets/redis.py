@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from openhqm.config import Settings
+from tests.contract.targets import with_address
 from tests.services import require_service
 
 NAME = "redis"
@@ -10,8 +11,18 @@ BULK_COUNT = 10_000
 ALLOWED_DUPLICATES = 0
 
 
-async def make_settings(tmp_path: Path) -> Settings:
-    url = require_service("redis")
+SERVICE = "redis"
+
+
+async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address: str | None = None) -> Settings:
+    url = with_address(require_service("redis"), address)
     # Queue names are unique per test (tests/contract/conftest.py), so keys never collide on the
     # shared Redis; a 1 s lease brings a dead consumer's message back quickly.
-    return Settings(queue={"type": "redis", "redis": {"url": url, "lease_s": 1.0}}, data_dir=tmp_path)
+    return Settings(queue={"type": "redis", "redis": {"url": url, "lease_s": lease_s or 1.0}}, data_dir=tmp_path)
+
+KNOWN_BUGS = {
+    "test_prefetched_but_unconsumed_messages_are_released_on_close[[]*-backend[]]": (
+        "redis_streams.py: close() (line 253) does not end a consume() generator suspended at its "
+        "yield (its consumer is not pulling), and _hand_back (line 339) returns early once _closed is "
+        "set; entries read but not yielded stay pending until their lease runs out"),
+}

@@ -9,5 +9,9 @@ BULK_COUNT = 10_000
 ALLOWED_DUPLICATES = 0
 
 
-async def make_settings(tmp_path: Path) -> Settings:
-    return Settings(queue={"type": "sqlite", "sqlite": {"lease_s": 1.0}}, data_dir=tmp_path)
+SERVICE = None
+
+
+async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address: str | None = None) -> Settings:
+    return Settings(queue={"type": "sqlite", "sqlite": {"lease_s": lease_s or 1.0}}, data_dir=tmp_path)
+
