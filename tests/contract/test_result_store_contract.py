@@ -193,3 +193,18 @@ async def test_concurrent_transitions_from_two_stores_apply_exactly_once(make_st
     finals = await asyncio.gather(*(second.transition(r.correlation_id, Status.COMPLETED) for r in records))
     assert all(final is not None and final.status == Status.COMPLETED for final in finals)
     assert await first.counts() == {"COMPLETED": len(records)}
+
+
+async def test_amend_changes_a_finished_record_without_a_transition(make_store: StoreFactory) -> None:
+    store = await make_store()
+    seen: list[str] = []
+    store.add_listener(lambda record: seen.append(record.status))
+    record = new_record()
+    await store.create(record)
+    await store.transition(record.correlation_id, Status.COMPLETED, result={"ok": 1})
+    amended = await store.amend(record.correlation_id, Status.COMPLETED, callback_error="receiver said 400")
+    assert amended is not None and amended.callback_error == "receiver said 400"
+    assert seen == [Status.COMPLETED]  # a lifecycle hook sees the completion once
+    assert await store.amend(record.correlation_id, Status.PENDING, callback_error="stale") is None
+    again = await (await make_store()).get(record.correlation_id)
+    assert again is not None and again.callback_error == "receiver said 400" and again.result == {"ok": 1}

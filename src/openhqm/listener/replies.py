@@ -75,5 +75,4 @@ class Replies:
             log.info("callback delivered", correlation_id=record.correlation_id)
         except Exception as exc:  # CallbackFailed, or a refused address found at delivery
             log.warning("callback failed", correlation_id=record.correlation_id, error=str(exc))
-            await self.store.transition(record.correlation_id, Status(record.status), allowed_from=[record.status],
-                                        callback_error=str(exc), completed_at=record.completed_at)
+            await self.store.amend(record.correlation_id, record.status, callback_error=str(exc))

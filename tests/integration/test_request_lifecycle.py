@@ -1,0 +1,83 @@
+"""What an operator sees of one request's life, in the test process (tests/harness.py): lifecycle
+hooks, callback deliveries, stats against metrics, what a waiting request waits on, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tests.harness import InProcess, Sample, in_process, settings
+from tests.integration.http_servers import serve
+
+CALLBACK_SECRET = "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHM="
+
+
+@dataclass
+class Receiver:
+    """A callback receiver on 127.0.0.1 answering the statuses it is given, in order, then 204."""
+
+    url: str = ""
+    headers: list[dict[str, str]] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+
+    async def hook(self, request: Request) -> Response:
+        self.headers.append(dict(request.headers))
+        return Response(status_code=self.answers.pop(0) if self.answers else 204)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    with serve(Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])])) as url:
+        receiver.url = url + "/hook"
+        yield receiver
+
+
+@pytest.fixture
+def sample() -> Sample:
+    return Sample()
+
+
+def with_callbacks(tmp_path: Path, **sections: Any) -> Any:
+    callbacks = {"enabled": True, "secret": CALLBACK_SECRET, "allow_hosts": ["127.0.0.1"],
+                 "retry": {"max_attempts": 1}}
+    return settings(tmp_path, callbacks=callbacks, **sections)
+
+
+@pytest.fixture
+async def hq(sample: Sample, tmp_path: Path) -> AsyncIterator[InProcess]:
+    async with in_process(sample.app, with_callbacks(tmp_path)) as running:
+        yield running
+
+
+async def status_of(hq: InProcess, correlation_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = (await hq.client.get(f"/api/v1/status/{correlation_id}")).json()
+    return body
+
+
+async def status_until(hq: InProcess, correlation_id: str, condition: Callable[[dict[str, Any]], Any],
+                       timeout_s: float = 10.0) -> dict[str, Any]:
+    """The status JSON once `condition` holds: for what is recorded after the answer (callbacks)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition(status := await status_of(hq, correlation_id)):
+            await asyncio.sleep(0.01)
+    return status
+
+
+async def test_completed_hook_fires_once_when_the_callback_fails(
+    hq: InProcess, sample: Sample, receiver: Receiver
+) -> None:
+    receiver.answers = [400]
+    cid = (await hq.accepted({"name": "a"}, handler="record", callback_url=receiver.url))["correlation_id"]
+    assert (await hq.result(cid))["status"] == "COMPLETED"
+    await status_until(hq, cid, lambda status: status.get("callback_error"))
+    assert sample.completed_hooks == [cid]
