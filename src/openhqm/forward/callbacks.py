@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from types import TracebackType
 from typing import Any
 
@@ -40,6 +41,7 @@ from openhqm.forward.settings import CallbackSettings, secret_key
 from openhqm.forward.ssrf import AllowList, Target, check_url, resolve_and_check
 
 DEFAULT_TOLERANCE_S = 300
+USER_AGENT = f"openhqm/{version('openhqm')}"  # receivers see who calls, not the HTTP library
 
 
 def sign(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -99,7 +101,7 @@ class CallbackSender:
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._settings.timeout_s), follow_redirects=False, trust_env=False,
-                cookies=no_cookies(),
+                cookies=no_cookies(), headers={"User-Agent": USER_AGENT},
             )
 
     async def close(self) -> None:
