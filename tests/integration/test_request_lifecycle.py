@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,35 @@ async def test_completed_hook_fires_once_when_the_callback_fails(
     assert (await hq.result(cid))["status"] == "COMPLETED"
     await status_until(hq, cid, lambda status: status.get("callback_error"))
     assert sample.completed_hooks == [cid]
+
+
+def gauge(metrics_text: str, name: str, label: str) -> float:
+    """One sample of the Prometheus text format: `name{...label...} value`."""
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} sample with {label}")
+
+
+@pytest.mark.parametrize("queue_type", ["sqlite", "memory"])
+async def test_stats_and_metrics_report_the_same_figures_after_a_delayed_request_is_cancelled(
+    sample: Sample, tmp_path: Path, queue_type: str
+) -> None:
+    async with in_process(sample.app, settings(tmp_path, queue={"type": queue_type})) as hq:
+        cid = (await hq.accepted({"name": "later"}, handler="record", delay_s=3600))["correlation_id"]
+        assert (await hq.client.delete(f"/api/v1/requests/{cid}")).json()["status"] == "CANCELLED"
+        stats = (await hq.client.get("/api/v1/stats")).json()
+        exported = (await hq.client.get("/metrics")).text
+    depth = stats["queues"]["openhqm-requests"]["depth"]
+    assert gauge(exported, "openhqm_queue_depth", 'queue="openhqm-requests"') == depth
+    assert gauge(exported, "openhqm_results", 'status="CANCELLED"') == stats["requests"]["CANCELLED"] == 1
+    assert stats["oldest_unfinished_age_s"] is None
+
+
+async def test_callbacks_say_they_come_from_openhqm_and_its_version(hq: InProcess, receiver: Receiver) -> None:
+    cid = (await hq.accepted({"name": "a"}, handler="record", callback_url=receiver.url))["correlation_id"]
+    await hq.result(cid)
+    async with asyncio.timeout(10):
+        while not receiver.headers:
+            await asyncio.sleep(0.01)  # the callback is sent after the result is stored
+    assert receiver.headers[0]["user-agent"] == f"openhqm/{version('openhqm')}"
