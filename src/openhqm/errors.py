@@ -95,9 +95,12 @@ class TargetFailed(OpenHQMError):
 
 
 class TargetDeferred(OpenHQMError):
-    def __init__(self, message: str, *, delay_s: float) -> None:
+    """Not run, not a try: `waiting_on` names what it waits for (the status JSON shows it)."""
+
+    def __init__(self, message: str, *, delay_s: float, waiting_on: str) -> None:
         super().__init__(message)
         self.delay_s = delay_s
+        self.waiting_on = waiting_on
 
 
 class AlreadyExists(OpenHQMError):

@@ -24,4 +24,5 @@ def status_json(record: RequestRecord) -> dict[str, Any]:
         "submitted_at": rfc3339(record.submitted_at), "updated_at": rfc3339(record.updated_at),
         "completed_at": rfc3339(record.completed_at), "attempts": record.attempts, "error": record.error,
         "session_id": record.session_id, "callback_error": record.callback_error,
+        "waiting_on": record.waiting_on, "next_attempt_at": rfc3339(record.next_attempt_at),
     }

@@ -208,3 +208,19 @@ async def test_amend_changes_a_finished_record_without_a_transition(make_store: 
     assert await store.amend(record.correlation_id, Status.PENDING, callback_error="stale") is None
     again = await (await make_store()).get(record.correlation_id)
     assert again is not None and again.callback_error == "receiver said 400" and again.result == {"ok": 1}
+
+
+async def test_what_a_request_waits_on_is_kept_and_cleared_when_it_runs(make_store: StoreFactory) -> None:
+    store = await make_store()
+    record = msgspec.structs.replace(new_record(), status=Status.SCHEDULED, waiting_on="schedule",
+                                     next_attempt_at=time.time() + 60)
+    await store.create(record)
+    reader = await make_store()
+    got = await reader.get(record.correlation_id)
+    assert got is not None and (got.waiting_on, got.next_attempt_at) == ("schedule", record.next_attempt_at)
+    await store.transition(record.correlation_id, Status.RETRY, waiting_on="retry", next_attempt_at=123.5)
+    got = await reader.get(record.correlation_id)
+    assert got is not None and (got.waiting_on, got.next_attempt_at) == ("retry", 123.5)
+    await store.transition(record.correlation_id, Status.PROCESSING)
+    got = await reader.get(record.correlation_id)
+    assert got is not None and (got.waiting_on, got.next_attempt_at) == (None, None)

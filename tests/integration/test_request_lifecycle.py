@@ -4,6 +4,7 @@ hooks, callback deliveries, stats against metrics, what a waiting request waits 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from openhqm.timefmt import parse_rfc3339, rfc3339
 from tests.harness import InProcess, Sample, in_process, settings
 from tests.integration.http_servers import serve
 
@@ -114,3 +116,53 @@ async def test_callbacks_say_they_come_from_openhqm_and_its_version(hq: InProces
         while not receiver.headers:
             await asyncio.sleep(0.01)  # the callback is sent after the result is stored
     assert receiver.headers[0]["user-agent"] == f"openhqm/{version('openhqm')}"
+
+
+# --- what a waiting request waits on -------------------------------------------------------------
+
+
+def is_time_ahead(value: str | None) -> bool:
+    return value is not None and parse_rfc3339(value) > time.time()
+
+
+async def test_a_scheduled_request_waits_on_its_schedule_until_its_run_at(hq: InProcess) -> None:
+    run_at = time.time() + 3600
+    cid = (await hq.accepted({"name": "later"}, handler="record", run_at=rfc3339(run_at)))["correlation_id"]
+    status = await status_of(hq, cid)
+    assert (status["status"], status["waiting_on"]) == ("SCHEDULED", "schedule")
+    assert status["next_attempt_at"] == rfc3339(run_at)
+
+
+async def test_a_request_in_retry_backoff_waits_on_retry(sample: Sample, tmp_path: Path) -> None:
+    slow_retries = {"retry": {"max_attempts": 3, "base_delay_s": 60, "max_delay_s": 60}}
+    async with in_process(sample.app, settings(tmp_path, worker=slow_retries)) as hq:
+        cid = (await hq.accepted({}, handler="flaky"))["correlation_id"]
+        status = await status_until(hq, cid, lambda status: status["status"] == "RETRY")
+    assert status["waiting_on"] == "retry" and status["attempts"] == 1
+    assert "marker present" in status["error"] and is_time_ahead(status["next_attempt_at"])
+
+
+async def test_waiting_is_cleared_once_the_request_runs_and_ends(sample: Sample, tmp_path: Path) -> None:
+    async with in_process(sample.app, settings(tmp_path)) as hq:
+        cid = (await hq.accepted({}, handler="fail_once"))["correlation_id"]
+        assert (await hq.result(cid))["status"] == "COMPLETED"
+        status = await status_of(hq, cid)
+    assert (status["waiting_on"], status["next_attempt_at"], status["attempts"]) == (None, None, 2)
+
+
+async def always_unavailable(request: Request) -> Response:
+    return Response(b"down", status_code=503)
+
+
+async def test_a_request_deferred_by_an_open_circuit_is_pending_and_names_the_circuit(
+    sample: Sample, tmp_path: Path
+) -> None:
+    endpoint = {"circuit": {"failure_threshold": 1, "reset_timeout_s": 600},
+                "retry": {"max_attempts": 5, "base_delay_s": 0.01, "max_delay_s": 0.02}}
+    with serve(Starlette(routes=[Route("/", always_unavailable, methods=["POST"])])) as url:
+        proxy = {"enabled": True, "endpoints": {"down": {"url": url + "/", **endpoint}}}
+        async with in_process(sample.app, settings(tmp_path, proxy=proxy)) as hq:
+            cid = (await hq.accepted({}, endpoint="down"))["correlation_id"]
+            status = await status_until(hq, cid, lambda status: status["waiting_on"] == "circuit:down")
+    assert (status["status"], status["waiting_on"], status["attempts"]) == ("PENDING", "circuit:down", 1)
+    assert is_time_ahead(status["next_attempt_at"])

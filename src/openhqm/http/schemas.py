@@ -77,6 +77,9 @@ class StatusResponse(BaseModel):
     error: str | None = None
     session_id: str | None = None
     callback_error: str | None = Field(None, description="why the result callback could not be delivered")
+    waiting_on: str | None = Field(None, description='what a request not running waits for: "circuit:<endpoint>", '
+                                   '"retry", "schedule" or "limit:<name>" (null: a free worker, or nothing)')
+    next_attempt_at: str | None = Field(None, description="when it is tried next (RFC 3339), while waiting_on is set")
 
 
 class DeadLetterEntry(BaseModel):

@@ -40,6 +40,10 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     callback_url: str | None = None
     callback_error: str | None = None
     request_hash: str | None = None
+    # What a request that is not running waits for, other than a free worker ("circuit:<endpoint>",
+    # "retry", "schedule", "limit:<name>"), and when it is next tried; cleared when it runs or ends.
+    waiting_on: str | None = None
+    next_attempt_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -122,6 +126,9 @@ class ResultStore(ABC):
         changes = {"status": str(status), "updated_at": now, **fields}
         if status in TERMINAL:
             changes.setdefault("completed_at", now)
+        if status in TERMINAL or status == Status.PROCESSING:  # no longer waiting for anything
+            changes.setdefault("waiting_on", None)
+            changes.setdefault("next_attempt_at", None)
         record = await self._transition(correlation_id, changes, allowed_from)
         if record is not None:
             self.emit(record)

@@ -114,7 +114,7 @@ class Processor:
                 job = Job(msgspec.structs.replace(envelope, traceparent=traceparent), attempt)
                 outcome = await self._run(job)
         except TargetDeferred as exc:
-            await self._defer(delivery, envelope, attempt, exc.delay_s, str(exc))
+            await self._defer(delivery, envelope, attempt, exc)
             return
         except Exception as exc:  # handlers may raise anything; _failure sorts it out
             failure = self._failure(exc, Job(envelope, attempt))
@@ -193,13 +193,20 @@ class Processor:
     async def _retry(self, delivery: Delivery, envelope: Envelope, attempt: int, error: str, delay_s: float) -> None:
         log.info("retry scheduled", delay_s=round(delay_s, 3), error=error)
         if not envelope.raw:
-            await self.store.transition(envelope.correlation_id, Status.RETRY, error=error, attempts=attempt)
+            await self.store.transition(envelope.correlation_id, Status.RETRY, error=error, attempts=attempt,
+                                        waiting_on="retry", next_attempt_at=time.time() + delay_s)
         await delivery.nack(delay_s=delay_s)
         metrics.child(metrics.MESSAGES, self.queue, "retried").inc()
 
-    async def _defer(self, delivery: Delivery, envelope: Envelope, attempt: int, delay_s: float, why: str) -> None:
-        """Put the message back without counting a try (e.g. the endpoint's circuit is open)."""
-        log.info("deferred", delay_s=round(delay_s, 3), reason=why)
+    async def _defer(self, delivery: Delivery, envelope: Envelope, attempt: int, deferred: TargetDeferred) -> None:
+        """Put the message back without counting a try (e.g. the endpoint's circuit is open); the
+        record says PENDING and what it waits on, not PROCESSING, until it runs again."""
+        delay_s = deferred.delay_s
+        log.info("deferred", delay_s=round(delay_s, 3), reason=str(deferred))
+        if not envelope.raw:
+            await self.store.transition(envelope.correlation_id, Status.PENDING, allowed_from=[Status.PROCESSING],
+                                        attempts=attempt - 1, waiting_on=deferred.waiting_on,
+                                        next_attempt_at=time.time() + delay_s)
         again = msgspec.structs.replace(envelope, attempt=attempt)
         await self.backend.publish(self.queue, encode(again), priority=envelope.priority, delay_s=delay_s,
                                    key=delivery.key, message_id=new_id())
