@@ -88,10 +88,12 @@ class Conflict(RequestRejected):
 
 
 class TargetFailed(OpenHQMError):
-    def __init__(self, message: str, *, retryable: bool = True, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, retry_after_s: float | None = None,
+                 status_code: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        self.status_code = status_code  # the backend's answer, when there was one
 
 
 class TargetDeferred(OpenHQMError):

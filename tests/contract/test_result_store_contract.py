@@ -153,11 +153,14 @@ async def test_dead_letters_are_listed_taken_and_purged(store: ResultStore) -> N
     for i in range(2):
         await store.add_dead_letter(DeadLetterRecord(
             id=f"d{i}", correlation_id=f"c{i}", queue="q", reason="handler failed", attempts=3,
-            last_error="ValueError: x", dead_lettered_at=time.time() + i, body=b"\x00\x01"))
+            last_error="ValueError: x", dead_lettered_at=time.time() + i, body=b"\x00\x01",
+            target="api", status_code=503, traceback="Traceback (most recent call last):\nValueError: x\n"))
     listed = await store.list_dead_letters()
     assert [d.id for d in listed] == ["d0", "d1"]
     taken = await store.take_dead_letter("d0")
     assert taken is not None and taken.body == b"\x00\x01"
+    assert (taken.target, taken.status_code, taken.traceback) == (
+        "api", 503, "Traceback (most recent call last):\nValueError: x\n")
     assert await store.take_dead_letter("d0") is None
     assert await store.purge_dead_letters() == 1
 

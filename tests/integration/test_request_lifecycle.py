@@ -166,3 +166,58 @@ async def test_a_request_deferred_by_an_open_circuit_is_pending_and_names_the_ci
             status = await status_until(hq, cid, lambda status: status["waiting_on"] == "circuit:down")
     assert (status["status"], status["waiting_on"], status["attempts"]) == ("PENDING", "circuit:down", 1)
     assert is_time_ahead(status["next_attempt_at"])
+
+
+# --- dead letters say where and why --------------------------------------------------------------
+
+
+async def dead_letter_of(hq: InProcess, correlation_id: str) -> dict[str, Any]:
+    assert (await hq.result(correlation_id))["status"] == "FAILED"
+    [entry] = [d for d in (await hq.client.get("/api/v1/dlq")).json() if d["correlation_id"] == correlation_id]
+    return dict(entry)
+
+
+async def test_a_dead_letter_carries_its_handler_and_traceback_with_secrets_masked(
+    sample: Sample, tmp_path: Path
+) -> None:
+    @sample.app.handler("leaky")
+    async def leaky(job: Any) -> Any:
+        raise RuntimeError(f"could not sign with {CALLBACK_SECRET}")
+
+    async with in_process(sample.app, with_callbacks(tmp_path, worker={"retry": {"max_attempts": 1}})) as hq:
+        entry = await dead_letter_of(hq, (await hq.accepted({}, handler="leaky"))["correlation_id"])
+    assert (entry["target"], entry["status_code"]) == ("leaky", None)
+    assert "RuntimeError: could not sign with **********" in entry["traceback"] and "in leaky" in entry["traceback"]
+    assert entry["last_error"] == "RuntimeError: could not sign with **********"
+
+
+async def test_a_dead_letter_keeps_the_end_of_a_long_traceback(sample: Sample, tmp_path: Path) -> None:
+    @sample.app.handler("deep")
+    async def deep(job: Any) -> Any:
+        def ping(level: int) -> None:  # two functions: Python shortens a repeated frame, not a pair
+            if level == 0:
+                raise ValueError("bottom reached")
+            pong(level - 1)
+
+        def pong(level: int) -> None:
+            ping(level)
+
+        ping(200)
+
+    async with in_process(sample.app, settings(tmp_path, worker={"retry": {"max_attempts": 1}})) as hq:
+        entry = await dead_letter_of(hq, (await hq.accepted({}, handler="deep"))["correlation_id"])
+    trace = entry["traceback"]
+    assert len(trace) <= 8192 and "characters cut]" in trace.splitlines()[0]
+    assert trace.endswith("ValueError: bottom reached\n")
+
+
+async def test_a_dead_letter_of_a_forward_carries_the_endpoint_and_its_last_status(
+    sample: Sample, tmp_path: Path
+) -> None:
+    with serve(Starlette(routes=[Route("/", always_unavailable, methods=["POST"])])) as url:
+        endpoint = {"url": url + "/", "retry": {"max_attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02}}
+        proxy = {"enabled": True, "endpoints": {"down": endpoint}}
+        async with in_process(sample.app, settings(tmp_path, proxy=proxy)) as hq:
+            entry = await dead_letter_of(hq, (await hq.accepted({}, endpoint="down"))["correlation_id"])
+    assert (entry["target"], entry["status_code"], entry["attempts"]) == ("down", 503, 2)
+    assert "HTTP 503" in entry["last_error"] and "TargetFailed" in entry["traceback"]

@@ -90,6 +90,9 @@ class DeadLetterEntry(BaseModel):
     last_error: str | None
     dead_lettered_at: str | None
     queue: str
+    target: str | None = Field(None, description="the handler or endpoint it was for")
+    status_code: int | None = Field(None, description="the backend's last HTTP status (forwards)")
+    traceback: str | None = Field(None, description="of the last error; at most 8 KiB, configured secrets masked")
 
 
 class ReplayResponse(BaseModel):

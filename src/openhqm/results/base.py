@@ -59,6 +59,9 @@ class DeadLetterRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     last_error: str | None
     dead_lettered_at: float
     body: bytes = b""
+    target: str | None = None  # the handler or endpoint it was for
+    status_code: int | None = None  # the backend's last HTTP status, for a forward
+    traceback: str | None = None  # of the last error: bounded, configured secrets masked
 
 
 class ResultStore(ABC):
