@@ -17,6 +17,7 @@ import pytest
 from openhqm.constants import Status
 from openhqm.errors import AlreadyExists
 from openhqm.results import DeadLetterRecord, ResultStore, create_store
+from openhqm.results.base import CallbackAttempt
 from tests.contract import store_targets
 from tests.records import new_record
 
@@ -205,12 +206,15 @@ async def test_amend_changes_a_finished_record_without_a_transition(make_store: 
     record = new_record()
     await store.create(record)
     await store.transition(record.correlation_id, Status.COMPLETED, result={"ok": 1})
-    amended = await store.amend(record.correlation_id, Status.COMPLETED, callback_error="receiver said 400")
-    assert amended is not None and amended.callback_error == "receiver said 400"
+    tries = [CallbackAttempt(attempt=1, at=time.time(), status_code=400, error="receiver said 400")]
+    amended = await store.amend(record.correlation_id, Status.COMPLETED, callback_error="receiver said 400",
+                                callbacks=tries)
+    assert amended is not None and amended.callback_error == "receiver said 400" and amended.callbacks == tries
     assert seen == [Status.COMPLETED]  # a lifecycle hook sees the completion once
     assert await store.amend(record.correlation_id, Status.PENDING, callback_error="stale") is None
     again = await (await make_store()).get(record.correlation_id)
     assert again is not None and again.callback_error == "receiver said 400" and again.result == {"ok": 1}
+    assert again.callbacks == tries
 
 
 async def test_what_a_request_waits_on_is_kept_and_cleared_when_it_runs(make_store: StoreFactory) -> None:

@@ -50,9 +50,9 @@ def sample() -> Sample:
     return Sample()
 
 
-def with_callbacks(tmp_path: Path, **sections: Any) -> Any:
+def with_callbacks(tmp_path: Path, retry: dict[str, Any] | None = None, **sections: Any) -> Any:
     callbacks = {"enabled": True, "secret": CALLBACK_SECRET, "allow_hosts": ["127.0.0.1"],
-                 "retry": {"max_attempts": 1}}
+                 "retry": retry or {"max_attempts": 1}}
     return settings(tmp_path, callbacks=callbacks, **sections)
 
 
@@ -221,3 +221,59 @@ async def test_a_dead_letter_of_a_forward_carries_the_endpoint_and_its_last_stat
             entry = await dead_letter_of(hq, (await hq.accepted({}, endpoint="down"))["correlation_id"])
     assert (entry["target"], entry["status_code"], entry["attempts"]) == ("down", 503, 2)
     assert "HTTP 503" in entry["last_error"] and "TargetFailed" in entry["traceback"]
+
+
+# --- callback deliveries -------------------------------------------------------------------------
+
+
+async def test_every_callback_attempt_is_kept_on_the_request(
+    sample: Sample, tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.answers = [503]
+    config = with_callbacks(tmp_path, retry={"max_attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.01})
+    async with in_process(sample.app, config) as hq:
+        cid = (await hq.accepted({}, handler="record", callback_url=receiver.url))["correlation_id"]
+        status = await status_until(hq, cid, lambda status: len(status["callbacks"]) == 2)
+    first, second = status["callbacks"]
+    assert (first["attempt"], first["status_code"], first["error"]) == (1, 503, "receiver answered HTTP 503")
+    assert (second["attempt"], second["status_code"], second["error"]) == (2, 204, None)
+    assert parse_rfc3339(first["at"]) <= parse_rfc3339(second["at"]) and status["callback_error"] is None
+
+
+async def test_a_failed_callback_is_delivered_again_on_request(
+    hq: InProcess, sample: Sample, receiver: Receiver
+) -> None:
+    receiver.answers = [400]
+    cid = (await hq.accepted({}, handler="record", callback_url=receiver.url))["correlation_id"]
+    await status_until(hq, cid, lambda status: status["callback_error"])
+    response = await hq.client.post(f"/api/v1/requests/{cid}/callback")
+    assert response.status_code == 200, response.text
+    outcome = response.json()
+    assert (outcome["delivered"], outcome["error"]) == (True, None)
+    assert [(a["attempt"], a["status_code"]) for a in outcome["attempts"]] == [(2, 204)]
+    status = await status_of(hq, cid)
+    assert [a["status_code"] for a in status["callbacks"]] == [400, 204] and status["callback_error"] is None
+    assert len(receiver.headers) == 2 and sample.completed_hooks == [cid]
+
+
+async def test_only_the_latest_callback_attempts_are_kept(hq: InProcess, receiver: Receiver) -> None:
+    cid = (await hq.accepted({}, handler="record", callback_url=receiver.url))["correlation_id"]
+    await status_until(hq, cid, lambda status: status["callbacks"])
+    for _ in range(21):
+        assert (await hq.client.post(f"/api/v1/requests/{cid}/callback")).json()["delivered"]
+    attempts = [a["attempt"] for a in (await status_of(hq, cid))["callbacks"]]
+    assert attempts == list(range(3, 23))
+
+
+async def test_callback_redelivery_answers_409_before_the_end_or_without_a_url_and_404_for_unknown_ids(
+    hq: InProcess, receiver: Receiver
+) -> None:
+    later = (await hq.accepted({}, handler="record", callback_url=receiver.url, delay_s=3600))["correlation_id"]
+    unfinished = await hq.client.post(f"/api/v1/requests/{later}/callback")
+    assert unfinished.status_code == 409 and "not finished" in unfinished.text
+    plain = (await hq.accepted({}, handler="record"))["correlation_id"]
+    await hq.result(plain)
+    no_url = await hq.client.post(f"/api/v1/requests/{plain}/callback")
+    assert no_url.status_code == 409 and "no callback_url" in no_url.text
+    assert (await hq.client.post("/api/v1/requests/nope/callback")).status_code == 404
+    assert receiver.headers == []

@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from types import TracebackType
@@ -79,6 +79,15 @@ def check_callback_url(url: str, settings: CallbackSettings) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackTry:
+    """One HTTP attempt of a delivery, as the request's record keeps it."""
+
+    at: float
+    status_code: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class CallbackDelivery:
     webhook_id: str
     status_code: int
@@ -119,10 +128,13 @@ class CallbackSender:
         await self.close()
 
     async def send(
-        self, url: str, payload: Mapping[str, Any] | bytes, *, webhook_id: str | None = None
+        self, url: str, payload: Mapping[str, Any] | bytes, *, webhook_id: str | None = None,
+        on_try: Callable[[CallbackTry], None] | None = None,
     ) -> CallbackDelivery:
         """Deliver `payload` (JSON-encoded unless bytes), retrying as configured. Pass the request's
-        id as `webhook_id` so a redelivery after a crash carries the same id."""
+        id as `webhook_id` so a redelivery after a crash carries the same id; `on_try` hears of
+        every HTTP attempt (the request's record lists them)."""
+        noted = on_try or (lambda _: None)
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         webhook_id = webhook_id or "msg_" + secrets.token_urlsafe(18)
         where = display_url(url) if "://" in url else "the callback URL"
@@ -131,10 +143,12 @@ class CallbackSender:
             attempts += 1
             status: int | None = None
             retry_after: float | None = None
+            at = time.time()
             try:
                 target = await resolve_and_check(url, self._allow)
                 status, retry_after = await self._attempt(target, body, webhook_id)
             except UnsafeURL as exc:
+                noted(CallbackTry(at, None, f"refused: {exc.message}"))
                 raise CallbackFailed(
                     f"callback to {where} refused: {exc.message}", attempts=attempts
                 ) from exc
@@ -142,8 +156,10 @@ class CallbackSender:
                 reason, retryable = exc.message, True
             else:
                 if 200 <= status < 300:
+                    noted(CallbackTry(at, status, None))
                     return CallbackDelivery(webhook_id, status, attempts)
                 reason, retryable = f"receiver answered HTTP {status}", status in (408, 429) or status >= 500
+            noted(CallbackTry(at, status, reason))
             delay_s = self._policy.next_delay_s(attempts, retry_after_s=retry_after) if retryable else None
             if delay_s is None:
                 raise CallbackFailed(

@@ -67,6 +67,13 @@ class ResultResponse(BaseModel):
     attempts: int = 0
 
 
+class CallbackAttemptEntry(BaseModel):
+    attempt: int = Field(description="counts on across redeliveries")
+    at: str | None
+    status_code: int | None = None
+    error: str | None = None
+
+
 class StatusResponse(BaseModel):
     correlation_id: str
     status: str
@@ -80,6 +87,7 @@ class StatusResponse(BaseModel):
     waiting_on: str | None = Field(None, description='what a request not running waits for: "circuit:<endpoint>", '
                                    '"retry", "schedule" or "limit:<name>" (null: a free worker, or nothing)')
     next_attempt_at: str | None = Field(None, description="when it is tried next (RFC 3339), while waiting_on is set")
+    callbacks: list[CallbackAttemptEntry] = Field([], description="the latest 20 attempts to deliver its callback")
 
 
 class DeadLetterEntry(BaseModel):

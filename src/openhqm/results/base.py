@@ -21,6 +21,17 @@ import msgspec
 from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL, Status
 
+MAX_CALLBACK_ATTEMPTS_KEPT = 20  # per request: the latest attempts to deliver its callback
+
+
+class CallbackAttempt(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One HTTP attempt to deliver a request's callback; `attempt` counts on across redeliveries."""
+
+    attempt: int
+    at: float
+    status_code: int | None = None
+    error: str | None = None
+
 
 class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     correlation_id: str
@@ -44,6 +55,7 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     # "retry", "schedule", "limit:<name>"), and when it is next tried; cleared when it runs or ends.
     waiting_on: str | None = None
     next_attempt_at: float | None = None
+    callbacks: list[CallbackAttempt] = msgspec.field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
