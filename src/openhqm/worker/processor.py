@@ -49,7 +49,7 @@ class Failure:
     retry_after_s: float | None = None
     retry: RetryPolicy | None = None
     status_code: int | None = None
-    traceback: str | None = None
+    cause: BaseException | None = None  # formatted only if it is dead-lettered
 
 
 class WorkerApp(Protocol):
@@ -177,7 +177,7 @@ class Processor:
 
     def _failure(self, exc: BaseException, job: Job) -> Failure:
         failure = self._classify(exc, job)
-        failure.traceback = bounded_traceback(exc, self._secrets)
+        failure.cause = exc
         if isinstance(exc, TargetFailed):
             failure.status_code = exc.status_code
         return failure
@@ -231,13 +231,14 @@ class Processor:
                            last: Failure | None) -> None:
         correlation_id = envelope.correlation_id if envelope else ""
         last_error = bounded(mask_secrets(last.error, self._secrets)) if last else None
+        trace = bounded_traceback(last.cause, self._secrets) if last and last.cause else None
         log.warning("dead-lettered", reason=reason, last_error=last_error)
         record = DeadLetterRecord(id=new_id(), correlation_id=correlation_id, queue=self.queue, reason=reason,
                                   attempts=attempt, last_error=last_error, dead_lettered_at=time.time(),
                                   body=delivery.body,
                                   target=(envelope.endpoint or envelope.handler) if envelope else None,
                                   status_code=last.status_code if last else None,
-                                  traceback=last.traceback if last else None)
+                                  traceback=trace)
         metrics.child(metrics.MESSAGES, self.queue, "dead_lettered").inc()
         try:
             await self.store.add_dead_letter(record)
