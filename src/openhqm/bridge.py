@@ -17,7 +17,7 @@ from openhqm.listener.dead_letters import DeadLetters
 from openhqm.listener.housekeeping import Housekeeping, cleanup
 from openhqm.listener.intake import Intake, json_body
 from openhqm.listener.reading import Reading
-from openhqm.listener.replies import Replies
+from openhqm.listener.replies import CallbackOutcome, Replies
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 from openhqm.routing import Routing
 from openhqm.stats import RollingStats
@@ -91,6 +91,9 @@ class Bridge:
 
     async def consume_replies(self) -> None:
         await self.replies.consume()
+
+    async def resend_callback(self, correlation_id: str, client_id: str | None = None) -> CallbackOutcome:
+        return await self.replies.resend_callback(await self.reading.get(correlation_id, client_id))
 
     # dead letters
     async def replay(self, dead_letter_id: str) -> tuple[RequestRecord, DeadLetterRecord]:

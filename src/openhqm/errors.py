@@ -88,16 +88,21 @@ class Conflict(RequestRejected):
 
 
 class TargetFailed(OpenHQMError):
-    def __init__(self, message: str, *, retryable: bool = True, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, retry_after_s: float | None = None,
+                 status_code: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        self.status_code = status_code  # the backend's answer, when there was one
 
 
 class TargetDeferred(OpenHQMError):
-    def __init__(self, message: str, *, delay_s: float) -> None:
+    """Not run, not a try: `waiting_on` names what it waits for (the status JSON shows it)."""
+
+    def __init__(self, message: str, *, delay_s: float, waiting_on: str) -> None:
         super().__init__(message)
         self.delay_s = delay_s
+        self.waiting_on = waiting_on
 
 
 class AlreadyExists(OpenHQMError):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
 
 SECRET_MASK = "**********"
 
@@ -10,3 +14,34 @@ SECRET_MASK = "**********"
 def mask_url(url: str) -> str:
     """Hide the password in a URL (or in any text holding URLs)."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1" + SECRET_MASK + "@", url)
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """Every configured secret (SecretStr anywhere in the settings: tokens, keys, DSNs), for
+    `mask_secrets` over free text such as a stored traceback."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+            for extra in (value.model_extra or {}).values():
+                walk(extra)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(settings)
+    return [secret for secret in found if secret]
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """`text` with URL passwords and every given secret masked (longest first, so none leaks partly)."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, SECRET_MASK)
+    return mask_url(text)

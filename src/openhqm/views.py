@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from openhqm.results.base import RequestRecord
+from openhqm.results.base import CallbackAttempt, RequestRecord
 from openhqm.timefmt import rfc3339
 
 
@@ -24,4 +24,11 @@ def status_json(record: RequestRecord) -> dict[str, Any]:
         "submitted_at": rfc3339(record.submitted_at), "updated_at": rfc3339(record.updated_at),
         "completed_at": rfc3339(record.completed_at), "attempts": record.attempts, "error": record.error,
         "session_id": record.session_id, "callback_error": record.callback_error,
+        "waiting_on": record.waiting_on, "next_attempt_at": rfc3339(record.next_attempt_at),
+        "callbacks": [callback_attempt_json(attempt) for attempt in record.callbacks],
     }
+
+
+def callback_attempt_json(attempt: CallbackAttempt) -> dict[str, Any]:
+    return {"attempt": attempt.attempt, "at": rfc3339(attempt.at), "status_code": attempt.status_code,
+            "error": attempt.error}

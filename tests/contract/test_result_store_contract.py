@@ -17,6 +17,7 @@ import pytest
 from openhqm.constants import Status
 from openhqm.errors import AlreadyExists
 from openhqm.results import DeadLetterRecord, ResultStore, create_store
+from openhqm.results.base import CallbackAttempt
 from tests.contract import store_targets
 from tests.records import new_record, waiting_for
 
@@ -151,11 +152,14 @@ async def test_dead_letters_are_listed_taken_and_purged(store: ResultStore) -> N
     for i in range(2):
         await store.add_dead_letter(DeadLetterRecord(
             id=f"d{i}", correlation_id=f"c{i}", queue="q", reason="handler failed", attempts=3,
-            last_error="ValueError: x", dead_lettered_at=time.time() + i, body=b"\x00\x01"))
+            last_error="ValueError: x", dead_lettered_at=time.time() + i, body=b"\x00\x01",
+            target="api", status_code=503, traceback="Traceback (most recent call last):\nValueError: x\n"))
     listed = await store.list_dead_letters()
     assert [d.id for d in listed] == ["d0", "d1"]
     taken = await store.take_dead_letter("d0")
     assert taken is not None and taken.body == b"\x00\x01"
+    assert (taken.target, taken.status_code, taken.traceback) == (
+        "api", 503, "Traceback (most recent call last):\nValueError: x\n")
     assert await store.take_dead_letter("d0") is None
     assert await store.purge_dead_letters() == 1
 
@@ -191,3 +195,37 @@ async def test_concurrent_transitions_from_two_stores_apply_exactly_once(make_st
     finals = await asyncio.gather(*(second.transition(r.correlation_id, Status.COMPLETED) for r in records))
     assert all(final is not None and final.status == Status.COMPLETED for final in finals)
     assert await first.counts() == {"COMPLETED": len(records)}
+
+
+async def test_amend_changes_a_finished_record_without_a_transition(make_store: StoreFactory) -> None:
+    store = await make_store()
+    seen: list[str] = []
+    store.add_listener(lambda record: seen.append(record.status))
+    record = new_record()
+    await store.create(record)
+    await store.transition(record.correlation_id, Status.COMPLETED, result={"ok": 1})
+    tries = [CallbackAttempt(attempt=1, at=time.time(), status_code=400, error="receiver said 400")]
+    amended = await store.amend(record.correlation_id, Status.COMPLETED, callback_error="receiver said 400",
+                                callbacks=tries)
+    assert amended is not None and amended.callback_error == "receiver said 400" and amended.callbacks == tries
+    assert seen == [Status.COMPLETED]  # a lifecycle hook sees the completion once
+    assert await store.amend(record.correlation_id, Status.PENDING, callback_error="stale") is None
+    again = await (await make_store()).get(record.correlation_id)
+    assert again is not None and again.callback_error == "receiver said 400" and again.result == {"ok": 1}
+    assert again.callbacks == tries
+
+
+async def test_what_a_request_waits_on_is_kept_and_cleared_when_it_runs(make_store: StoreFactory) -> None:
+    store = await make_store()
+    record = msgspec.structs.replace(new_record(), status=Status.SCHEDULED, waiting_on="schedule",
+                                     next_attempt_at=time.time() + 60)
+    await store.create(record)
+    reader = await make_store()
+    got = await reader.get(record.correlation_id)
+    assert got is not None and (got.waiting_on, got.next_attempt_at) == ("schedule", record.next_attempt_at)
+    await store.transition(record.correlation_id, Status.RETRY, waiting_on="retry", next_attempt_at=123.5)
+    got = await reader.get(record.correlation_id)
+    assert got is not None and (got.waiting_on, got.next_attempt_at) == ("retry", 123.5)
+    await store.transition(record.correlation_id, Status.PROCESSING)
+    got = await reader.get(record.correlation_id)
+    assert got is not None and (got.waiting_on, got.next_attempt_at) == (None, None)

@@ -113,6 +113,13 @@ def test_admin_routes_need_the_admin_scope(server: Server) -> None:
     assert httpx.delete(f"{server.url}/api/v1/dlq", headers=as_client("b")).status_code == 403
 
 
+def test_callback_redelivery_needs_the_admin_scope_and_hides_foreign_requests(server: Server) -> None:
+    cid = submit(server, as_client("a"), wait_s=10).json()["correlation_id"]
+    resend = f"{server.url}/api/v1/requests/{cid}/callback"
+    assert httpx.post(resend, headers=as_client("a")).status_code == 403
+    assert httpx.post(resend, headers=jwt_headers(scope="read submit admin")).status_code == 404  # not its own
+
+
 def test_jwt_client_submits_and_reads_end_to_end(server: Server) -> None:
     response = submit(server, jwt_headers(), wait_s=10)
     assert response.status_code == 200 and response.json()["status"] == "COMPLETED"

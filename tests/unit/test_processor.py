@@ -30,7 +30,7 @@ class DeferOnce:
     async def run(self, job: Job) -> Outcome:
         self.seen.append(job.envelope)
         if len(self.seen) == 1:
-            raise TargetDeferred("come back later", delay_s=0.0)
+            raise TargetDeferred("come back later", delay_s=0.0, waiting_on="limit:test")
         return Outcome({"ok": True})
 
     def retry_policy(self, job: Job) -> Any:

@@ -10,7 +10,7 @@ from openhqm.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from openhqm.forward.callbacks import CallbackDelivery, CallbackSender, check_callback_url, sign, verify
+from openhqm.forward.callbacks import CallbackDelivery, CallbackSender, CallbackTry, check_callback_url, sign, verify
 from openhqm.forward.forwarder import Forwarder
 from openhqm.forward.models import ForwardRequest, ForwardResponse, result_json
 from openhqm.forward.retry import parse_retry_after
@@ -23,6 +23,7 @@ __all__ = [
     "CallbackFailed",
     "CallbackSender",
     "CallbackSettings",
+    "CallbackTry",
     "CircuitOpen",
     "EndpointSettings",
     "ForwardError",

@@ -16,8 +16,9 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from types import TracebackType
 from typing import Any
 
@@ -40,6 +41,7 @@ from openhqm.forward.settings import CallbackSettings, secret_key
 from openhqm.forward.ssrf import AllowList, Target, check_url, resolve_and_check
 
 DEFAULT_TOLERANCE_S = 300
+USER_AGENT = f"openhqm/{version('openhqm')}"  # receivers see who calls, not the HTTP library
 
 
 def sign(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -77,6 +79,15 @@ def check_callback_url(url: str, settings: CallbackSettings) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackTry:
+    """One HTTP attempt of a delivery, as the request's record keeps it."""
+
+    at: float
+    status_code: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class CallbackDelivery:
     webhook_id: str
     status_code: int
@@ -99,7 +110,7 @@ class CallbackSender:
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._settings.timeout_s), follow_redirects=False, trust_env=False,
-                cookies=no_cookies(),
+                cookies=no_cookies(), headers={"User-Agent": USER_AGENT},
             )
 
     async def close(self) -> None:
@@ -117,10 +128,13 @@ class CallbackSender:
         await self.close()
 
     async def send(
-        self, url: str, payload: Mapping[str, Any] | bytes, *, webhook_id: str | None = None
+        self, url: str, payload: Mapping[str, Any] | bytes, *, webhook_id: str | None = None,
+        on_try: Callable[[CallbackTry], None] | None = None,
     ) -> CallbackDelivery:
         """Deliver `payload` (JSON-encoded unless bytes), retrying as configured. Pass the request's
-        id as `webhook_id` so a redelivery after a crash carries the same id."""
+        id as `webhook_id` so a redelivery after a crash carries the same id; `on_try` hears of
+        every HTTP attempt (the request's record lists them)."""
+        noted = on_try or (lambda _: None)
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         webhook_id = webhook_id or "msg_" + secrets.token_urlsafe(18)
         where = display_url(url) if "://" in url else "the callback URL"
@@ -129,10 +143,12 @@ class CallbackSender:
             attempts += 1
             status: int | None = None
             retry_after: float | None = None
+            at = time.time()
             try:
                 target = await resolve_and_check(url, self._allow)
                 status, retry_after = await self._attempt(target, body, webhook_id)
             except UnsafeURL as exc:
+                noted(CallbackTry(at, None, f"refused: {exc.message}"))
                 raise CallbackFailed(
                     f"callback to {where} refused: {exc.message}", attempts=attempts
                 ) from exc
@@ -140,8 +156,10 @@ class CallbackSender:
                 reason, retryable = exc.message, True
             else:
                 if 200 <= status < 300:
+                    noted(CallbackTry(at, status, None))
                     return CallbackDelivery(webhook_id, status, attempts)
                 reason, retryable = f"receiver answered HTTP {status}", status in (408, 429) or status >= 500
+            noted(CallbackTry(at, status, reason))
             delay_s = self._policy.next_delay_s(attempts, retry_after_s=retry_after) if retryable else None
             if delay_s is None:
                 raise CallbackFailed(

@@ -33,7 +33,7 @@ from openhqm.http.schemas import (
 )
 from openhqm.results.base import RequestRecord
 from openhqm.timefmt import parse_rfc3339, rfc3339
-from openhqm.views import result_json, status_json
+from openhqm.views import callback_attempt_json, result_json, status_json
 
 router = APIRouter()
 ops_router = APIRouter()
@@ -287,7 +287,8 @@ async def list_dead_letters(request: Request, limit: Annotated[int, Query(ge=1, 
 
 def dead_letter_json(d: Any) -> dict[str, Any]:
     return {"id": d.id, "correlation_id": d.correlation_id, "reason": d.reason, "attempts": d.attempts,
-            "last_error": d.last_error, "dead_lettered_at": rfc3339(d.dead_lettered_at), "queue": d.queue}
+            "last_error": d.last_error, "dead_lettered_at": rfc3339(d.dead_lettered_at), "queue": d.queue,
+            "target": d.target, "status_code": d.status_code, "traceback": d.traceback}
 
 
 @router.post("/api/v1/dlq/{dead_letter_id}/replay", response_model=ReplayResponse, status_code=202,
@@ -304,6 +305,16 @@ async def replay_dead_letter(dead_letter_id: str, request: Request) -> dict[str,
 async def purge_dead_letters(request: Request) -> dict[str, int]:
     bridge, _ = context(request)
     return {"purged": await bridge.purge_dead_letters()}
+
+
+@router.post("/api/v1/requests/{correlation_id}/callback", responses=ERRORS)
+async def resend_callback(correlation_id: str, request: Request) -> dict[str, Any]:
+    """Deliver a finished request's callback again (admin); answers with how that went. 409 while it
+    is unfinished or when it has no callback_url."""
+    bridge, client = context(request)
+    outcome = await bridge.resend_callback(correlation_id, client)
+    return {"correlation_id": correlation_id, "delivered": outcome.delivered, "error": outcome.error,
+            "attempts": [callback_attempt_json(attempt) for attempt in outcome.attempts]}
 
 
 @ops_router.get("/health")

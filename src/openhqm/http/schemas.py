@@ -67,6 +67,13 @@ class ResultResponse(BaseModel):
     attempts: int = 0
 
 
+class CallbackAttemptEntry(BaseModel):
+    attempt: int = Field(description="counts on across redeliveries")
+    at: str | None
+    status_code: int | None = None
+    error: str | None = None
+
+
 class StatusResponse(BaseModel):
     correlation_id: str
     status: str
@@ -77,6 +84,10 @@ class StatusResponse(BaseModel):
     error: str | None = None
     session_id: str | None = None
     callback_error: str | None = Field(None, description="why the result callback could not be delivered")
+    waiting_on: str | None = Field(None, description='what a request not running waits for: "circuit:<endpoint>", '
+                                   '"retry", "schedule" or "limit:<name>" (null: a free worker, or nothing)')
+    next_attempt_at: str | None = Field(None, description="when it is tried next (RFC 3339), while waiting_on is set")
+    callbacks: list[CallbackAttemptEntry] = Field([], description="the latest 20 attempts to deliver its callback")
 
 
 class DeadLetterEntry(BaseModel):
@@ -87,6 +98,9 @@ class DeadLetterEntry(BaseModel):
     last_error: str | None
     dead_lettered_at: str | None
     queue: str
+    target: str | None = Field(None, description="the handler or endpoint it was for")
+    status_code: int | None = Field(None, description="the backend's last HTTP status (forwards)")
+    traceback: str | None = Field(None, description="of the last error; at most 8 KiB, configured secrets masked")
 
 
 class ReplayResponse(BaseModel):

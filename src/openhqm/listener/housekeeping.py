@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from openhqm import metrics
@@ -15,6 +16,21 @@ from openhqm.results.base import ResultStore
 from openhqm.stats import RollingStats
 
 log = get_logger("openhqm.listener")
+
+
+@dataclass(frozen=True)
+class Figures:
+    requests: dict[str, int]
+    depths: dict[str, int | None]
+    oldest_unfinished_age_s: float | None
+
+    def export(self, request_queue: str) -> None:
+        for queue, depth in self.depths.items():
+            if depth is not None:  # None: the broker cannot count (documented per backend)
+                metrics.QUEUE_DEPTH.labels(queue).set(depth)
+        metrics.QUEUE_OLDEST_AGE.labels(request_queue).set(self.oldest_unfinished_age_s or 0)
+        for status in Status:
+            metrics.RESULTS.labels(status.value).set(self.requests.get(status.value, 0))
 
 
 class Housekeeping:
@@ -32,33 +48,36 @@ class Housekeeping:
             try:
                 depths[queue] = await self.backend.depth(queue)
             except NotImplementedError:
-                depths[queue] = None  # the broker cannot count (documented per backend)
+                depths[queue] = None
         return depths
 
     async def oldest_unfinished_age_s(self) -> float | None:
         oldest = await self.store.oldest_unfinished()
         return round(time.time() - oldest, 3) if oldest else None
 
+    async def figures(self) -> Figures:
+        """The one reading of counts, depths and age: `stats()` answers with it and the gauges are set
+        from it, so /api/v1/stats and /metrics never disagree about the same moment."""
+        figures = Figures(requests=await self.store.counts(), depths=await self.queue_depths(),
+                          oldest_unfinished_age_s=await self.oldest_unfinished_age_s())
+        figures.export(self.queues[0])
+        return figures
+
     async def stats(self) -> dict[str, Any]:
+        figures = await self.figures()
         return {
-            "requests": await self.store.counts(),
-            "queues": {name: {"depth": depth} for name, depth in (await self.queue_depths()).items()},
-            "oldest_unfinished_age_s": await self.oldest_unfinished_age_s(),
+            "requests": figures.requests,
+            "queues": {name: {"depth": depth} for name, depth in figures.depths.items()},
+            "oldest_unfinished_age_s": figures.oldest_unfinished_age_s,
             "dead_letters": len(await self.store.list_dead_letters(10_000)),
             **self.rolling.summary(),
         }
 
     async def sample_metrics_forever(self, interval_s: float = 5.0) -> None:
-        """Gauges that need a query (depth, oldest age, store counts), sampled off the hot path."""
+        """Keep the gauges that need a query current, off the hot path."""
         while True:
             try:
-                for queue, depth in (await self.queue_depths()).items():
-                    if depth is not None:
-                        metrics.QUEUE_DEPTH.labels(queue).set(depth)
-                metrics.QUEUE_OLDEST_AGE.labels(self.queues[0]).set(await self.oldest_unfinished_age_s() or 0)
-                counts = await self.store.counts()
-                for status in Status:
-                    metrics.RESULTS.labels(status.value).set(counts.get(status.value, 0))
+                await self.figures()
             except Exception as exc:
                 log.warning("metrics sampling failed", error=str(exc))
             await asyncio.sleep(interval_s)

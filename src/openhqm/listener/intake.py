@@ -101,7 +101,8 @@ def new_record(envelope: Envelope, now: float, request_hash: str | None) -> Requ
         correlation_id=envelope.correlation_id, status=Status.SCHEDULED if scheduled else Status.PENDING,
         submitted_at=now, updated_at=now, session_id=envelope.session_id, client_id=envelope.client_id,
         target=envelope.endpoint or envelope.handler, not_before=envelope.not_before,
-        callback_url=envelope.callback_url, request_hash=request_hash)
+        callback_url=envelope.callback_url, request_hash=request_hash,
+        waiting_on="schedule" if scheduled else None, next_attempt_at=envelope.not_before if scheduled else None)
 
 
 def json_body(payload: Any) -> bytes:

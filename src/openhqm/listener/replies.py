@@ -1,21 +1,23 @@
 """Replies: a worker's result is stored (waking whoever waits), then its callback is sent.
 
-A reply is acked only after it is stored. A callback that cannot be delivered is recorded on the
-request (`callback_error`), never retried beyond the callback policy.
+A reply is acked only after it is stored. Every HTTP attempt of the callback is kept on the request
+(`callbacks`, the latest 20) and a failed delivery's reason in `callback_error`; it is never retried
+beyond the callback policy, but an operator can deliver it again (`resend_callback`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from openhqm.backends.base import Backend
 from openhqm.constants import Status
 from openhqm.envelope import Reply, decode_reply
-from openhqm.errors import UndecodableMessage
-from openhqm.forward import CallbackSender
+from openhqm.errors import Conflict, UndecodableMessage
+from openhqm.forward import CallbackSender, CallbackTry
 from openhqm.logging import get_logger
 from openhqm.policies import Reconnect
-from openhqm.results.base import RequestRecord, ResultStore
+from openhqm.results.base import MAX_CALLBACK_ATTEMPTS_KEPT, CallbackAttempt, RequestRecord, ResultStore
 from openhqm.views import result_json
 
 log = get_logger("openhqm.listener")
@@ -28,7 +30,7 @@ class Replies:
         self.store = store
         self.response_queue = response_queue
         self.callbacks = callbacks
-        self._callback_tasks: set[asyncio.Task[None]] = set()
+        self._callback_tasks: set[asyncio.Task[CallbackOutcome]] = set()
 
     async def apply(self, reply: Reply) -> RequestRecord | None:
         record = await self.store.transition(
@@ -69,11 +71,41 @@ class Replies:
         self._callback_tasks.add(task)
         task.add_done_callback(self._callback_tasks.discard)
 
-    async def _callback(self, callbacks: CallbackSender, record: RequestRecord, url: str) -> None:
+    async def resend_callback(self, record: RequestRecord) -> CallbackOutcome:
+        """Deliver a finished request's callback again (an operator's redelivery), now."""
+        if not record.terminal:
+            raise Conflict(f"request {record.correlation_id} is not finished (it is {record.status}): "
+                           "its callback is sent when it is")
+        if not record.callback_url:
+            raise Conflict(f"request {record.correlation_id} has no callback_url")
+        if self.callbacks is None:
+            raise Conflict("callbacks are disabled (callbacks.enabled: false)")
+        return await self._callback(self.callbacks, record, record.callback_url)
+
+    async def _callback(self, callbacks: CallbackSender, record: RequestRecord, url: str) -> CallbackOutcome:
+        tries: list[CallbackTry] = []
+        error: str | None = None
         try:
-            await callbacks.send(url, result_json(record), webhook_id=record.correlation_id)
+            await callbacks.send(url, result_json(record), webhook_id=record.correlation_id, on_try=tries.append)
             log.info("callback delivered", correlation_id=record.correlation_id)
         except Exception as exc:  # CallbackFailed, or a refused address found at delivery
-            log.warning("callback failed", correlation_id=record.correlation_id, error=str(exc))
-            await self.store.transition(record.correlation_id, Status(record.status), allowed_from=[record.status],
-                                        callback_error=str(exc), completed_at=record.completed_at)
+            error = str(exc)
+            log.warning("callback failed", correlation_id=record.correlation_id, error=error)
+        return CallbackOutcome(error is None, error, await self._keep(record, tries, error))
+
+    async def _keep(self, record: RequestRecord, tries: list[CallbackTry], error: str | None) -> list[CallbackAttempt]:
+        """Add this delivery's attempts to the record (the latest MAX_CALLBACK_ATTEMPTS_KEPT)."""
+        current = await self.store.get(record.correlation_id) or record
+        done = current.callbacks[-1].attempt if current.callbacks else 0
+        attempts = [CallbackAttempt(attempt=done + n, at=t.at, status_code=t.status_code, error=t.error)
+                    for n, t in enumerate(tries, start=1)]
+        kept = [*current.callbacks, *attempts][-MAX_CALLBACK_ATTEMPTS_KEPT:]
+        await self.store.amend(record.correlation_id, record.status, callbacks=kept, callback_error=error)
+        return attempts
+
+
+@dataclass(frozen=True)
+class CallbackOutcome:
+    delivered: bool
+    error: str | None
+    attempts: list[CallbackAttempt]

@@ -1,7 +1,8 @@
 """ResultStore: the lifecycle and result of every request, and the dead-letter index.
 
 Lifecycle: PENDING | SCHEDULED -> PROCESSING (<-> RETRY) -> COMPLETED | FAILED | CANCELLED | EXPIRED.
-A terminal record never changes again, so replayed or duplicated replies are harmless.
+A terminal record never changes state again, so replayed or duplicated replies are harmless;
+`amend()` adds to a record without a transition (callback deliveries), unseen by lifecycle hooks.
 `wait()` is woken by events: at once for changes made through this store object, and by the
 store's own change feed (`_watch`) for changes made by other processes.
 """
@@ -19,6 +20,17 @@ import msgspec
 
 from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL, Status
+
+MAX_CALLBACK_ATTEMPTS_KEPT = 20  # per request: the latest attempts to deliver its callback
+
+
+class CallbackAttempt(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One HTTP attempt to deliver a request's callback; `attempt` counts on across redeliveries."""
+
+    attempt: int
+    at: float
+    status_code: int | None = None
+    error: str | None = None
 
 
 class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -39,6 +51,11 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     callback_url: str | None = None
     callback_error: str | None = None
     request_hash: str | None = None
+    # What a request that is not running waits for, other than a free worker ("circuit:<endpoint>",
+    # "retry", "schedule", "limit:<name>"), and when it is next tried; cleared when it runs or ends.
+    waiting_on: str | None = None
+    next_attempt_at: float | None = None
+    callbacks: list[CallbackAttempt] = msgspec.field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -54,6 +71,9 @@ class DeadLetterRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     last_error: str | None
     dead_lettered_at: float
     body: bytes = b""
+    target: str | None = None  # the handler or endpoint it was for
+    status_code: int | None = None  # the backend's last HTTP status, for a forward
+    traceback: str | None = None  # of the last error: bounded, configured secrets masked
 
 
 class ResultStore(ABC):
@@ -121,11 +141,24 @@ class ResultStore(ABC):
         changes = {"status": str(status), "updated_at": now, **fields}
         if status in TERMINAL:
             changes.setdefault("completed_at", now)
+        if status in TERMINAL or status == Status.PROCESSING:  # no longer waiting for anything
+            changes.setdefault("waiting_on", None)
+            changes.setdefault("next_attempt_at", None)
         record = await self._transition(correlation_id, changes, allowed_from)
         if record is not None:
             self.emit(record)
             if record.terminal:
                 self._wake(correlation_id, record)
+        return record
+
+    async def amend(self, correlation_id: str, status: str, **fields: Any) -> RequestRecord | None:
+        """Change fields other than the status while the record is still in `status`. Not a transition:
+        lifecycle hooks and rolling stats do not see it (a COMPLETED hook must fire once); readers of
+        the request's updates do."""
+        record = await self._transition(correlation_id, fields, [status])
+        if record is not None:
+            for queue in self._subscribers.get(correlation_id, ()):
+                queue.put_nowait(record)
         return record
 
     async def oldest_unfinished(self) -> float | None:

@@ -46,11 +46,12 @@ class ForwardTarget:
             response = await self.forwarder.forward(request)
         except CircuitOpen as exc:
             self._observe(endpoint, None, started)
-            raise TargetDeferred(f"circuit of endpoint {endpoint!r} is open", delay_s=exc.retry_after_s or 1.0) \
-                from exc
+            raise TargetDeferred(f"circuit of endpoint {endpoint!r} is open", delay_s=exc.retry_after_s or 1.0,
+                                 waiting_on=f"circuit:{endpoint}") from exc
         except ForwardError as exc:
             self._observe(endpoint, exc.status_code, started)
-            raise TargetFailed(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s) from exc
+            raise TargetFailed(str(exc), retryable=exc.retryable, retry_after_s=exc.retry_after_s,
+                               status_code=exc.status_code) from exc
         self._observe(endpoint, response.status_code, started)
         log.info("forwarded", endpoint=endpoint, status_code=response.status_code,
                  elapsed_ms=round(response.elapsed_s * 1000, 3))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ from openhqm.envelope import Envelope, Reply, decode_envelope, encode, new_id
 from openhqm.errors import DeadLetter, RequestRejected, Retry, UndecodableMessage
 from openhqm.logging import get_logger
 from openhqm.policies import RetryPolicy
+from openhqm.redact import mask_secrets, secret_values
 from openhqm.results.base import DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
 from openhqm.worker.handlers import Job
@@ -37,12 +39,17 @@ log = get_logger("openhqm.worker")
 _RUNNABLE = (Status.PENDING, Status.SCHEDULED, Status.RETRY, Status.PROCESSING)
 
 
+MAX_ERROR_CHARS = 8192  # a dead letter's error and traceback each: the tail (raising frames, error) is kept
+
+
 @dataclass
 class Failure:
     error: str
     retryable: bool = True
     retry_after_s: float | None = None
     retry: RetryPolicy | None = None
+    status_code: int | None = None
+    cause: BaseException | None = None  # formatted only if it is dead-lettered
 
 
 class WorkerApp(Protocol):
@@ -64,6 +71,7 @@ class Processor:
         self.settings = app.settings.worker
         self.replies = replies or BrokerReplies(backend)  # chosen by the runtime (worker/replies.py)
         self.retry = self.settings.retry.policy()  # for targets without a policy of their own
+        self._secrets = secret_values(app.settings)  # masked in stored tracebacks
 
     async def process(self, delivery: Delivery) -> None:
         try:
@@ -114,7 +122,7 @@ class Processor:
                 job = Job(msgspec.structs.replace(envelope, traceparent=traceparent), attempt)
                 outcome = await self._run(job)
         except TargetDeferred as exc:
-            await self._defer(delivery, envelope, attempt, exc.delay_s, str(exc))
+            await self._defer(delivery, envelope, attempt, exc)
             return
         except Exception as exc:  # handlers may raise anything; _failure sorts it out
             failure = self._failure(exc, Job(envelope, attempt))
@@ -168,6 +176,13 @@ class Processor:
         return outcome
 
     def _failure(self, exc: BaseException, job: Job) -> Failure:
+        failure = self._classify(exc, job)
+        failure.cause = exc
+        if isinstance(exc, TargetFailed):
+            failure.status_code = exc.status_code
+        return failure
+
+    def _classify(self, exc: BaseException, job: Job) -> Failure:
         policy = self.target.retry_policy(job)
         if isinstance(exc, DeadLetter):
             return Failure(f"DeadLetter: {exc}", retryable=False)
@@ -188,30 +203,42 @@ class Processor:
             await self._retry(delivery, envelope, attempt, failure.error, delay_s)
             return
         reason = "handler gave up" if not failure.retryable else f"failed after {attempt} attempt(s)"
-        await self._dead_letter(delivery, envelope, reason, attempt, failure.error)
+        await self._dead_letter(delivery, envelope, reason, attempt, failure)
 
     async def _retry(self, delivery: Delivery, envelope: Envelope, attempt: int, error: str, delay_s: float) -> None:
         log.info("retry scheduled", delay_s=round(delay_s, 3), error=error)
         if not envelope.raw:
-            await self.store.transition(envelope.correlation_id, Status.RETRY, error=error, attempts=attempt)
+            await self.store.transition(envelope.correlation_id, Status.RETRY, error=error, attempts=attempt,
+                                        waiting_on="retry", next_attempt_at=time.time() + delay_s)
         await delivery.nack(delay_s=delay_s)
         metrics.child(metrics.MESSAGES, self.queue, "retried").inc()
 
-    async def _defer(self, delivery: Delivery, envelope: Envelope, attempt: int, delay_s: float, why: str) -> None:
-        """Put the message back without counting a try (e.g. the endpoint's circuit is open)."""
-        log.info("deferred", delay_s=round(delay_s, 3), reason=why)
+    async def _defer(self, delivery: Delivery, envelope: Envelope, attempt: int, deferred: TargetDeferred) -> None:
+        """Put the message back without counting a try (e.g. the endpoint's circuit is open); the
+        record says PENDING and what it waits on, not PROCESSING, until it runs again."""
+        delay_s = deferred.delay_s
+        log.info("deferred", delay_s=round(delay_s, 3), reason=str(deferred))
+        if not envelope.raw:
+            await self.store.transition(envelope.correlation_id, Status.PENDING, allowed_from=[Status.PROCESSING],
+                                        attempts=attempt - 1, waiting_on=deferred.waiting_on,
+                                        next_attempt_at=time.time() + delay_s)
         again = msgspec.structs.replace(envelope, attempt=attempt)
         await self.backend.publish(self.queue, encode(again), priority=envelope.priority, delay_s=delay_s,
                                    key=delivery.key, message_id=new_id())
         await delivery.ack()
 
     async def _dead_letter(self, delivery: Delivery, envelope: Envelope | None, reason: str, attempt: int,
-                           last_error: str | None) -> None:
+                           last: Failure | None) -> None:
         correlation_id = envelope.correlation_id if envelope else ""
+        last_error = bounded(mask_secrets(last.error, self._secrets)) if last else None
+        trace = bounded_traceback(last.cause, self._secrets) if last and last.cause else None
         log.warning("dead-lettered", reason=reason, last_error=last_error)
         record = DeadLetterRecord(id=new_id(), correlation_id=correlation_id, queue=self.queue, reason=reason,
                                   attempts=attempt, last_error=last_error, dead_lettered_at=time.time(),
-                                  body=delivery.body)
+                                  body=delivery.body,
+                                  target=(envelope.endpoint or envelope.handler) if envelope else None,
+                                  status_code=last.status_code if last else None,
+                                  traceback=trace)
         metrics.child(metrics.MESSAGES, self.queue, "dead_lettered").inc()
         try:
             await self.store.add_dead_letter(record)
@@ -237,6 +264,19 @@ class Processor:
         if delivery.settled is None:
             with contextlib.suppress(Exception):
                 await delivery.nack()
+
+
+def bounded_traceback(exc: BaseException, secrets: list[str]) -> str:
+    """The error's traceback as a dead letter keeps it: configured secrets masked, bounded."""
+    return bounded(mask_secrets("".join(traceback.format_exception(exc)), secrets))
+
+
+def bounded(text: str) -> str:
+    """At most MAX_ERROR_CHARS; the start is cut, as a traceback's last frames say where it failed."""
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    marker = f"[{len(text) - MAX_ERROR_CHARS} characters cut]\n"
+    return marker + text[len(text) - MAX_ERROR_CHARS + len(marker):]
 
 
 def as_json(result: Any) -> Any:
