@@ -244,12 +244,13 @@ async def request_events(correlation_id: str, request: Request) -> EventSourceRe
 async def event_stream(bridge: Bridge, first: RequestRecord, seen: str | None
                        ) -> AsyncIterator[ServerSentEvent]:
     cid = first.correlation_id
-    sent: tuple[str, int] | None = None
+    # Resumed at the state the client already has: send only what comes after it.
+    sent = (first.status, first.attempts) if event_id(first) == seen else None
     record: RequestRecord | None = first
     deadline = time.monotonic() + EVENTS_MAX_S
     with bridge.updates(cid) as updates:
         while record is not None and time.monotonic() < deadline:
-            if (record.status, record.attempts) != sent and event_id(record) != seen:
+            if (record.status, record.attempts) != sent:
                 sent = (record.status, record.attempts)
                 yield status_event(record)
             if record.terminal:
