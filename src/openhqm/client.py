@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import httpx
 import msgspec
+from httpx_sse import EventSource, ServerSentEvent
 
 from openhqm.constants import TERMINAL, Status
 from openhqm.errors import ClientError, Forbidden, RequestFailed, RequestNotFound, RequestTimeout, Unauthorized
@@ -26,6 +27,7 @@ DEFAULT_TIMEOUT_S = 10.0
 LONG_POLL_S = 30.0  # one long-poll in wait(); below the server's default max_wait_s (60 s)
 MIN_POLL_INTERVAL_S = 1.0
 USER_AGENT = "openhqm-python-client"
+DEFAULT_SSE_RETRY_S = 1.0  # before resuming an event stream, until the server's `retry:` says otherwise
 
 
 class SubmitResult(msgspec.Struct, frozen=True):
@@ -205,26 +207,26 @@ class _Deadline:
         return max(0.0, min(MIN_POLL_INTERVAL_S - elapsed, self.remaining_s()))
 
 
-class _SSEParser:
-    """Server-Sent Events, line by line (WHATWG HTML 9.2.6): `status` events become RequestEvents."""
+class _EventCursor:
+    """How far a stream of events got: a stream the server ends before the terminal event (its time
+    limit, a restart) is resumed with the last event's id as `Last-Event-ID`, after the server's `retry`."""
 
-    def __init__(self) -> None:
-        self._event = "message"
-        self._data: list[str] = []
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+        self.last_id: str | None = None
+        self.retry_s = DEFAULT_SSE_RETRY_S
 
-    def feed(self, line: str) -> RequestEvent | None:
-        if line == "":
-            data, event = "\n".join(self._data), self._event
-            self._data, self._event = [], "message"
-            if data and event in ("message", "status"):
-                return msgspec.json.decode(data, type=RequestEvent)
-            return None
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "data":
-            self._data.append(value)
-        elif field == "event":
-            self._event = value
+    def headers(self) -> dict[str, str]:
+        resume = {"Last-Event-ID": self.last_id} if self.last_id else {}
+        return {**(self.call.headers or {}), **resume}
+
+    def read(self, sse: ServerSentEvent) -> RequestEvent | None:
+        if sse.id:
+            self.last_id = sse.id
+        if sse.retry is not None:
+            self.retry_s = sse.retry / 1000
+        if sse.data and sse.event in ("message", "status"):
+            return msgspec.json.decode(sse.data, type=RequestEvent)
         return None
 
 
@@ -291,18 +293,22 @@ class Client:
         return _decode(self._send(_cancel_call(correlation_id)), RequestStatus)
 
     def events(self, correlation_id: str) -> Iterator[RequestEvent]:
-        """Each state change as it happens, ending after the terminal one."""
-        call, parser = _events_call(correlation_id), _SSEParser()
-        with _transport_errors(call), self._http.stream(call.method, call.path, headers=call.headers) as response:
-            if not response.is_success:
-                response.read()
-                raise_for_answer(response)
-            for line in response.iter_lines():
-                event = parser.feed(line)
-                if event is not None:
-                    yield event
-                    if event.done:
-                        return
+        """Each state change as it happens, ending after the terminal one (a stream the server ends
+        early is resumed where it stopped)."""
+        cursor = _EventCursor(_events_call(correlation_id))
+        while True:
+            with _transport_errors(cursor.call), self._http.stream(cursor.call.method, cursor.call.path,
+                                                                   headers=cursor.headers()) as response:
+                if not response.is_success:
+                    response.read()
+                    raise_for_answer(response)
+                for sse in EventSource(response).iter_sse():
+                    event = cursor.read(sse)
+                    if event is not None:
+                        yield event
+                        if event.done:
+                            return
+            time.sleep(cursor.retry_s)  # SSE reconnection: the pause the server asked for with `retry:`
 
 
 class AsyncClient:
@@ -358,18 +364,22 @@ class AsyncClient:
 
     async def events(self, correlation_id: str) -> AsyncIterator[RequestEvent]:
         """Close it early with `contextlib.aclosing(...)` if you stop before the terminal event."""
-        call, parser = _events_call(correlation_id), _SSEParser()
-        with _transport_errors(call):
-            async with self._http.stream(call.method, call.path, headers=call.headers) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise_for_answer(response)
-                async for line in response.aiter_lines():
-                    event = parser.feed(line)
-                    if event is not None:
-                        yield event
-                        if event.done:
-                            return
+        cursor = _EventCursor(_events_call(correlation_id))
+        while True:
+            with _transport_errors(cursor.call):
+                async with self._http.stream(cursor.call.method, cursor.call.path,
+                                             headers=cursor.headers()) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise_for_answer(response)
+                    async with contextlib.aclosing(EventSource(response).aiter_sse()) as stream:
+                        async for sse in stream:
+                            event = cursor.read(sse)
+                            if event is not None:
+                                yield event
+                                if event.done:
+                                    return
+            await asyncio.sleep(cursor.retry_s)  # SSE reconnection: the pause the server asked for with `retry:`
 
 
 __all__ = ["AsyncClient", "Client", "ClientError", "Forbidden", "RequestEvent", "RequestFailed", "RequestNotFound",

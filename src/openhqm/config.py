@@ -185,6 +185,7 @@ class JWTSettings(Section):
     algorithm: Literal["HS256", "RS256"] = "HS256"
     key: SecretStr | None = Field(None, description="HS256 secret, or RS256 public key (PEM)")
     jwks_file: Path | None = None
+    jwks_uri: str | None = Field(None, description="the token issuer's JWKS URL (https, or http on loopback)")
     audience: str | None = None
     issuer: str | None = None
 

@@ -1,14 +1,23 @@
-"""Every Prometheus metric openhqm exports, with bounded labels (route templates, queue and endpoint names)."""
+"""Every Prometheus metric openhqm exports, with bounded labels (route templates, queue names, and
+handler and endpoint names from configuration, never from a request)."""
 
 from __future__ import annotations
 
 import functools
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.metrics import MetricWrapperBase
 
+from openhqm.envelope import Envelope
+from openhqm.errors import RequestRejected
+from openhqm.routing import Routing
+
 M = TypeVar("M", bound=MetricWrapperBase)
+
+# A `_created` series per counter and histogram child doubles the series count and no dashboard or
+# alert reads it; off in code, so no deployment has to remember PROMETHEUS_DISABLE_CREATED_SERIES.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -21,10 +30,11 @@ HTTP_DURATION = Histogram("openhqm_http_request_duration_seconds", "Listener req
 QUEUE_DEPTH = Gauge("openhqm_queue_depth", "Messages waiting in a queue", ["queue"], registry=REGISTRY)
 QUEUE_OLDEST_AGE = Gauge("openhqm_queue_oldest_age_seconds", "Age of the oldest unfinished request",
                          ["queue"], registry=REGISTRY)
-MESSAGES = Counter("openhqm_messages", "Messages handled by workers, by outcome",
-                   ["queue", "outcome"], registry=REGISTRY)
+# `handler` and `endpoint`: exactly one is set; both "" for a message without a known target.
+MESSAGES = Counter("openhqm_messages", "Messages handled by workers, by outcome and target",
+                   ["queue", "outcome", "handler", "endpoint"], registry=REGISTRY)
 PROCESSING_DURATION = Histogram("openhqm_processing_duration_seconds", "Handler or forward duration",
-                                ["queue"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+                                ["queue", "handler", "endpoint"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 INFLIGHT = Gauge("openhqm_inflight", "Messages being processed now", ["queue"], registry=REGISTRY)
 UPSTREAM_REQUESTS = Counter("openhqm_upstream_requests", "Calls to HTTP backends",
                             ["endpoint", "status_class"], registry=REGISTRY)
@@ -47,3 +57,25 @@ def child(metric: M, *values: str) -> M:
 
 def status_class(status: int | None) -> str:
     return f"{status // 100}xx" if status else "error"
+
+
+@functools.lru_cache(maxsize=1024)
+def _known_target(routing: Routing, handler: str | None, endpoint: str | None) -> tuple[str, str]:
+    try:
+        if handler is not None:
+            routing.handlers.get(handler)
+            return handler, ""
+        if endpoint is not None and routing.endpoints is not None:
+            return "", routing.endpoints.resolve(endpoint, method="POST", path="/", headers={}, payload_json=None)
+    except RequestRejected:  # named by another system's message: not a value configuration allows
+        pass
+    return "", ""
+
+
+def target_labels(envelope: Envelope | None, routing: Routing) -> tuple[str, str]:
+    """(handler, endpoint) label values for a routed message. Only names the routing knows (registered
+    handlers, configured endpoints) become values, so a message published by another system naming
+    anything it likes cannot grow the series count; the cache keeps the hot path at one lookup."""
+    if envelope is None:
+        return "", ""
+    return _known_target(routing, envelope.handler, envelope.endpoint)

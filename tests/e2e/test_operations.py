@@ -85,8 +85,10 @@ def test_metrics_have_bounded_labels_after_real_traffic(tmp_path: Path) -> None:
     assert routes <= {"/api/v1/submit", "/api/v1/status/{correlation_id}", "/api/v1/response/{correlation_id}",
                       "/metrics", "/ready", "/health", "unmatched"}
     assert "/api/v1/response/{correlation_id}" in routes and "unmatched" in routes
-    assert 'openhqm_messages_total{outcome="completed",queue="openhqm-requests"} 5.0' in text
-    assert 'openhqm_messages_total{outcome="dead_lettered",queue="openhqm-requests"} 1.0' in text
+    assert ('openhqm_messages_total{endpoint="",handler="echo",outcome="completed",queue="openhqm-requests"} 5.0'
+            in text)
+    assert ('openhqm_messages_total{endpoint="",handler="give_up",outcome="dead_lettered",queue="openhqm-requests"}'
+            ' 1.0' in text)
     assert 'openhqm_queue_depth{queue="openhqm-requests"} 0.0' in text
     assert 'openhqm_results{status="COMPLETED"} 5.0' in text
     assert "openhqm_processing_duration_seconds_bucket" in text

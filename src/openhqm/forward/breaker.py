@@ -5,6 +5,14 @@ CircuitOpen(retry_after_s=remaining cool-down), so the worker delays the message
 queue instead of failing it or spinning. After `reset_timeout_s` it is half-open: up to
 `half_open_max_calls` trial calls pass at once; a success closes it, a failure opens it again.
 State is per process (each worker process learns on its own).
+
+Why our own code (checked 2026-12 against pybreaker 1.4, purgatory 3.0, aiobreaker 1.2,
+circuitbreaker 2.1): none caps half-open trial calls (pybreaker and purgatory let every caller through
+once the cool-down ends, so all workers hit a recovering backend at once), none has a "neutral"
+outcome (a 4xx says nothing about health) other than by exception type, none hands back the remaining
+cool-down the worker defers by, and pybreaker's async path needs tornado; aiobreaker is unmaintained.
+pybreaker and purgatory do keep state in Redis: the candidates if the flow-control issue wants one
+circuit shared by all processes, at the price of a Redis round trip per call.
 """
 
 from __future__ import annotations

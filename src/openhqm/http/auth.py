@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+import anyio.to_thread
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from fastapi import Request
@@ -35,6 +38,9 @@ OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"}) | DOCS_PATHS
 UNAUTHORIZED_DETAIL = "missing or invalid credentials"
 LEEWAY_S = 30.0  # clock skew tolerated for exp/nbf between the token issuer and this host
 MIN_HMAC_KEY_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
+JWKS_LIFESPAN_S = 300.0  # a fetched key set is used this long before it is fetched again
+JWKS_COOLDOWN_S = 30.0  # a token with an unknown kid refetches at most this often (made-up kids cost nothing)
+JWKS_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -92,14 +98,50 @@ class JWKSFile:
             self._refresh()
         except (OSError, ValueError, jwt.PyJWTError) as exc:  # half-written file: keep the last good set
             log.warning("jwks file unreadable; using the previous keys", path=str(self.path), error=str(exc))
-        if kid is None:
-            if len(self._keys.keys) == 1:
-                return self._keys.keys[0]
-            raise jwt.InvalidKeyError("token has no kid and the key set holds several keys")
+        return _single_or_named(self._keys.keys, kid)
+
+
+def _single_or_named(keys: list[jwt.PyJWK], kid: str | None) -> jwt.PyJWK:
+    if kid is None:
+        if len(keys) == 1:
+            return keys[0]
+        raise jwt.InvalidKeyError("token has no kid and the key set holds several keys")
+    for key in keys:
+        if key.key_id == kid:
+            return key
+    raise jwt.InvalidKeyError(f"no key with kid {kid!r}")
+
+
+class JWKSURI:
+    """The token issuer's key set over HTTP, with PyJWT's PyJWKClient: cached for JWKS_LIFESPAN_S,
+    refetched early for an unknown kid (key rotation) at most once per JWKS_COOLDOWN_S. Fetched once
+    at startup, so a wrong URL is a ConfigError rather than 401s. Fetching blocks (urllib), so the
+    middleware verifies these tokens in a worker thread."""
+
+    def __init__(self, uri: str) -> None:
+        parts = urlsplit(uri)
+        if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(parts.hostname)):
+            raise ConfigError(f"auth.jwt.jwks_uri {uri!r}: must be https:// (http:// only on a loopback host)")
+        self.client = jwt.PyJWKClient(uri, lifespan=JWKS_LIFESPAN_S, timeout=JWKS_TIMEOUT_S,
+                                      cooldown_duration=JWKS_COOLDOWN_S)
         try:
-            return self._keys[kid]
-        except KeyError:
-            raise jwt.InvalidKeyError(f"no key with kid {kid!r}") from None
+            self.client.get_jwk_set()
+        except jwt.PyJWTError as exc:
+            raise ConfigError(f"auth.jwt.jwks_uri {uri!r}: {exc}") from exc
+
+    def key(self, kid: str | None) -> jwt.PyJWK:
+        if kid is None:
+            return _single_or_named(self.client.get_jwk_set().keys, None)
+        return self.client.get_signing_key(kid)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _static_key(settings: JWTSettings, secret: str) -> Any:
@@ -117,12 +159,17 @@ def _static_key(settings: JWTSettings, secret: str) -> Any:
 
 class JWTVerifier:
     def __init__(self, settings: JWTSettings) -> None:
-        if (settings.key is None) == (settings.jwks_file is None):
-            raise ConfigError("auth.jwt: set exactly one of key (HS256 secret or RS256 PEM public key) "
-                              "and jwks_file")
+        if [settings.key, settings.jwks_file, settings.jwks_uri].count(None) != 2:
+            raise ConfigError("auth.jwt: set exactly one of key (HS256 secret or RS256 PEM public key), "
+                              "jwks_file and jwks_uri")
         self.settings = settings
         self._key: Any = _static_key(settings, settings.key.get_secret_value()) if settings.key else None
-        self._jwks = JWKSFile(settings.jwks_file) if settings.jwks_file else None
+        self._jwks: JWKSFile | JWKSURI | None = None
+        if settings.jwks_file:
+            self._jwks = JWKSFile(settings.jwks_file)
+        elif settings.jwks_uri:
+            self._jwks = JWKSURI(settings.jwks_uri)
+        self.blocking = isinstance(self._jwks, JWKSURI)
 
     def verify(self, token: str) -> Identity:
         """Raises jwt.PyJWTError for any invalid token; `sub` and `exp` are required."""
@@ -139,6 +186,7 @@ class Authenticator:
     def __init__(self, settings: AuthSettings) -> None:
         self.keys = APIKeys(settings.api_keys)
         self.jwt = JWTVerifier(settings.jwt) if settings.jwt else None
+        self.blocking = self.jwt is not None and self.jwt.blocking  # may fetch keys over the network
 
     def authenticate(self, headers: Headers) -> Identity | None:
         credential = bearer_token(headers) or headers.get("x-api-key")
@@ -181,7 +229,11 @@ class AuthMiddleware:
             return
         identity = None
         if self.auth is not None and not is_open(_route_path(scope)):
-            identity = self.auth.authenticate(Headers(scope=scope))
+            headers = Headers(scope=scope)
+            if self.auth.blocking:
+                identity = await anyio.to_thread.run_sync(self.auth.authenticate, headers)
+            else:
+                identity = self.auth.authenticate(headers)
             if identity is None:
                 response = problem(401, UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": 'Bearer realm="openhqm"'})
                 await response(scope, receive, send)

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from openhqm import metrics
 from openhqm.bridge import Bridge, json_body
@@ -229,27 +229,30 @@ async def get_session(session_id: str, request: Request,
 
 
 @router.get("/api/v1/requests/{correlation_id}/events", responses=ERRORS,
-            response_class=StreamingResponse)
-async def request_events(correlation_id: str, request: Request
-                         ) -> StreamingResponse:
-    """Server-Sent Events: one `data:` JSON line per state change, until a terminal state."""
+            response_class=EventSourceResponse)
+async def request_events(correlation_id: str, request: Request) -> EventSourceResponse:
+    """Server-Sent Events: one `status` event per state change, until a terminal state. A client
+    that reconnects with `Last-Event-ID` gets the current state only if it changed since."""
     bridge, client = context(request)
     current = await bridge.get(correlation_id, client)  # 404 before the stream starts
-    return StreamingResponse(event_stream(bridge, current, request), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    seen = request.headers.get("last-event-id")
+    # sse-starlette ends the stream when the client goes away or the server shuts down, and pings.
+    return EventSourceResponse(event_stream(bridge, current, seen), ping=EVENTS_PING_S)
 
 
-async def event_stream(bridge: Bridge, first: RequestRecord, request: Request) -> AsyncIterator[bytes]:
+async def event_stream(bridge: Bridge, first: RequestRecord, seen: str | None
+                       ) -> AsyncIterator[ServerSentEvent]:
     cid = first.correlation_id
-    sent: tuple[str, int] | None = None
+    # Resumed at the state the client already has: send only what comes after it.
+    sent = (first.status, first.attempts) if event_id(first) == seen else None
     record: RequestRecord | None = first
     deadline = time.monotonic() + EVENTS_MAX_S
     with bridge.updates(cid) as updates:
         while record is not None and time.monotonic() < deadline:
             if (record.status, record.attempts) != sent:
                 sent = (record.status, record.attempts)
-                yield sse_event(record)
-            if record.terminal or await request.is_disconnected():
+                yield status_event(record)
+            if record.terminal:
                 return
             try:
                 record = await asyncio.wait_for(updates.get(), EVENTS_RECHECK_S)
@@ -257,18 +260,25 @@ async def event_stream(bridge: Bridge, first: RequestRecord, request: Request) -
                 # Changes made by another process (a separate worker) reach this one only
                 # through the store, so re-read it now and then.
                 record = await bridge.reread(cid)
-                if record is not None and (record.status, record.attempts) == sent:
-                    yield b": keep-alive\n\n"
 
 
 EVENTS_RECHECK_S = 0.5
 EVENTS_MAX_S = 3600.0
+EVENTS_PING_S = 5.0  # a comment line this often: below the Python client's default read timeout (10 s)
+EVENTS_RETRY_MS = 1000  # how long a client waits before it reconnects
 
 
-def sse_event(record: RequestRecord) -> bytes:
+def event_id(record: RequestRecord) -> str:
+    """The record's last update time: compared for equality only, so clocks of other processes
+    need not agree, and a resumed stream needs no history on the server."""
+    return f"{record.updated_at:.6f}"
+
+
+def status_event(record: RequestRecord) -> ServerSentEvent:
     data = {"correlation_id": record.correlation_id, "status": record.status,
             "at": rfc3339(record.updated_at), "attempts": record.attempts, "error": record.error}
-    return b"event: status\ndata: " + orjson.dumps(data) + b"\n\n"
+    return ServerSentEvent(orjson.dumps(data).decode(), event="status", id=event_id(record),
+                           retry=EVENTS_RETRY_MS)
 
 
 @router.get("/api/v1/stats")

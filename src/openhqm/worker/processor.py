@@ -105,12 +105,14 @@ class Processor:
         if envelope.expires_at is not None and envelope.expires_at < now:
             await self._finish(delivery, envelope, Reply(correlation_id=envelope.correlation_id,
                                status=Status.EXPIRED, error="expired before it started", attempts=attempt - 1))
-            metrics.child(metrics.MESSAGES, self.queue, "expired").inc()
+            metrics.child(metrics.MESSAGES, self.queue, "expired",
+                          *metrics.target_labels(envelope, self.target.routing)).inc()
             return
         if not await self._claim(envelope, attempt):
             log.info("skipped: request is no longer runnable")
             await delivery.ack()
-            metrics.child(metrics.MESSAGES, self.queue, "cancelled").inc()
+            metrics.child(metrics.MESSAGES, self.queue, "cancelled",
+                          *metrics.target_labels(envelope, self.target.routing)).inc()
             return
         started = time.perf_counter()
         metrics.child(metrics.INFLIGHT, self.queue).inc()
@@ -130,7 +132,8 @@ class Processor:
             return
         finally:
             metrics.child(metrics.INFLIGHT, self.queue).dec()
-            metrics.child(metrics.PROCESSING_DURATION, self.queue).observe(time.perf_counter() - started)
+            metrics.child(metrics.PROCESSING_DURATION, self.queue, *metrics.target_labels(
+                envelope, self.target.routing)).observe(time.perf_counter() - started)
         try:
             result = as_json(outcome.result)
         except TypeError as exc:  # retrying would run the handler again for the same answer
@@ -140,7 +143,8 @@ class Processor:
                       raw_response=outcome.raw_response, attempts=attempt, started_at=now,
                       processing_time_ms=round((time.perf_counter() - started) * 1000, 3))
         await self._finish(delivery, envelope, reply)
-        metrics.child(metrics.MESSAGES, self.queue, "completed").inc()
+        metrics.child(metrics.MESSAGES, self.queue, "completed",
+                      *metrics.target_labels(envelope, self.target.routing)).inc()
 
     async def _claim(self, envelope: Envelope, attempt: int) -> bool:
         """Mark PROCESSING; False when the request was cancelled or already finished."""
@@ -211,7 +215,8 @@ class Processor:
             await self.store.transition(envelope.correlation_id, Status.RETRY, error=error, attempts=attempt,
                                         waiting_on="retry", next_attempt_at=time.time() + delay_s)
         await delivery.nack(delay_s=delay_s)
-        metrics.child(metrics.MESSAGES, self.queue, "retried").inc()
+        metrics.child(metrics.MESSAGES, self.queue, "retried",
+                      *metrics.target_labels(envelope, self.target.routing)).inc()
 
     async def _defer(self, delivery: Delivery, envelope: Envelope, attempt: int, deferred: TargetDeferred) -> None:
         """Put the message back without counting a try (e.g. the endpoint's circuit is open); the
@@ -239,7 +244,8 @@ class Processor:
                                   target=(envelope.endpoint or envelope.handler) if envelope else None,
                                   status_code=last.status_code if last else None,
                                   traceback=trace)
-        metrics.child(metrics.MESSAGES, self.queue, "dead_lettered").inc()
+        metrics.child(metrics.MESSAGES, self.queue, "dead_lettered",
+                      *metrics.target_labels(envelope, self.target.routing)).inc()
         try:
             await self.store.add_dead_letter(record)
         except Exception:
@@ -249,7 +255,8 @@ class Processor:
         if envelope is not None:
             await self._finish(delivery, envelope, Reply(
                 correlation_id=correlation_id, status=Status.FAILED, error=last_error or reason, attempts=attempt))
-            metrics.child(metrics.MESSAGES, self.queue, "failed").inc()
+            metrics.child(metrics.MESSAGES, self.queue, "failed",
+                          *metrics.target_labels(envelope, self.target.routing)).inc()
         else:
             await delivery.ack()
 
