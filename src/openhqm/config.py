@@ -23,11 +23,10 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 from openhqm.backends import registry
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
 from openhqm.errors import ConfigError, MissingDependency
-from openhqm.forward.settings import CallbackSettings, EndpointSettings, ProxySettings
+from openhqm.forward.settings import CallbackSettings, EndpointSettings, MiB, ProxySettings
 from openhqm.redact import SECRET_MASK, mask_url
 from openhqm.settings_base import RetrySection, Section
 
-MiB = 1024 * 1024
 _FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("openhqm_config_file_data", default={})  # noqa: B039
 
 
