@@ -207,10 +207,11 @@ def test_status_on_a_terminal_prints_aligned_key_value_lines(tmp_path: Path) -> 
         done = httpx.post(url + "/api/v1/submit", json={"payload": 1}, headers={"Prefer": "wait=30"}).json()
         code, shown, _ = on_a_terminal("status", done["correlation_id"], env={"OPENHQM_URL": url})
     assert code == 0
-    lines = shown.splitlines()
-    assert f"correlation_id  {done['correlation_id']}" in lines
-    assert "status          COMPLETED" in lines
-    assert "error           -" in lines
+    lines = [line for line in shown.splitlines() if line.strip()]
+    shown_as = dict(line.split(None, 1) for line in lines)
+    assert (shown_as["correlation_id"], shown_as["status"], shown_as["error"]) == (
+        done["correlation_id"], "COMPLETED", "-")
+    assert len({line.index(value) for line, value in zip(lines, shown_as.values(), strict=True)}) == 1  # aligned
 
 
 def test_dlq_list_on_a_terminal_prints_a_table(tmp_path: Path) -> None:

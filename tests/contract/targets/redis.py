@@ -20,9 +20,3 @@ async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address
     # shared Redis; a 1 s lease brings a dead consumer's message back quickly.
     return Settings(queue={"type": "redis", "redis": {"url": url, "lease_s": lease_s or 1.0}}, data_dir=tmp_path)
 
-KNOWN_BUGS = {
-    "test_prefetched_but_unconsumed_messages_are_released_on_close[[]*-backend[]]": (
-        "redis_streams.py: close() (line 253) does not end a consume() generator suspended at its "
-        "yield (its consumer is not pulling), and _hand_back (line 339) returns early once _closed is "
-        "set; entries read but not yielded stay pending until their lease runs out"),
-}

@@ -31,19 +31,6 @@ async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address
     return Settings(queue={"type": "sqs", "sqs": {"endpoint_url": endpoint, "region": "us-east-1",
                                                   "visibility_timeout_s": round(lease_s or 5)}}, data_dir=tmp_path)
 
-_STALE_DELETE_BUG = (
-    "sqs.py SQSDelivery._ack / _dead_letter delete with the receipt handle of a receive whose "
-    "visibility timeout already passed; moto deletes the message although it was received again "
-    "(AWS documents the outcome as undefined), so the live copy is lost (its nack then fails "
-    "ReceiptHandleIsInvalid). The delivery could refuse a settle once its own visibility deadline passed")
-KNOWN_BUGS = {
-    "test_a_late_settle_after_the_lease_passed_changes_nothing[[]*-ack[]]": _STALE_DELETE_BUG,
-    "test_a_late_settle_after_the_lease_passed_changes_nothing[[]*-dead_letter[]]": _STALE_DELETE_BUG,
-    "test_prefetched_but_unconsumed_messages_are_released_on_close[[]*-backend[]]": (
-        "sqs.py: close() (line 285) does not end a consume() generator suspended at its yield (its consumer is not "
-        "pulling); the messages it received but never yielded stay invisible for the whole "
-        "visibility timeout instead of being made visible again (ChangeMessageVisibility 0)"),
-}
 
 # Seen in one run of two: the stale receipt handle still changes the visibility of the live receive.
 RACY_BUGS = {
