@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from openhqm.results.base import RequestRecord
+from openhqm.results.base import Progress, RequestRecord
 from openhqm.timefmt import rfc3339
 
 
@@ -24,4 +24,11 @@ def status_json(record: RequestRecord) -> dict[str, Any]:
         "submitted_at": rfc3339(record.submitted_at), "updated_at": rfc3339(record.updated_at),
         "completed_at": rfc3339(record.completed_at), "attempts": record.attempts, "error": record.error,
         "session_id": record.session_id, "callback_error": record.callback_error,
+        "progress": progress_json(record.progress),
     }
+
+
+def progress_json(progress: Progress | None) -> dict[str, Any] | None:
+    if progress is None:
+        return None
+    return {"fraction": progress.fraction, "message": progress.message, "updated_at": rfc3339(progress.updated_at)}

@@ -67,6 +67,12 @@ class ResultResponse(BaseModel):
     attempts: int = 0
 
 
+class ProgressInfo(BaseModel):
+    fraction: float = Field(description="how far the handler is, from 0 to 1")
+    message: str | None = None
+    updated_at: str | None = None
+
+
 class StatusResponse(BaseModel):
     correlation_id: str
     status: str
@@ -77,6 +83,7 @@ class StatusResponse(BaseModel):
     error: str | None = None
     session_id: str | None = None
     callback_error: str | None = Field(None, description="why the result callback could not be delivered")
+    progress: ProgressInfo | None = Field(None, description="what the handler last reported (job.progress)")
 
 
 class DeadLetterEntry(BaseModel):

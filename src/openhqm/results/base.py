@@ -1,7 +1,9 @@
 """ResultStore: the lifecycle and result of every request, and the dead-letter index.
 
 Lifecycle: PENDING | SCHEDULED -> PROCESSING (<-> RETRY) -> COMPLETED | FAILED | CANCELLED | EXPIRED.
-A terminal record never changes again, so replayed or duplicated replies are harmless.
+A terminal record never changes state again, so replayed or duplicated replies are harmless (a
+COMPLETED reply for a request cancelled while it ran is refused); `amend()` adds to a record without
+a transition (a running job's progress), unseen by lifecycle hooks.
 `wait()` is woken by events: at once for changes made through this store object, and by the
 store's own change feed (`_watch`) for changes made by other processes.
 """
@@ -19,6 +21,14 @@ import msgspec
 
 from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL, Status
+
+
+class Progress(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a running handler last reported (`job.progress()`); `fraction` is in [0, 1]."""
+
+    fraction: float
+    message: str | None = None
+    updated_at: float
 
 
 class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -39,6 +49,7 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     callback_url: str | None = None
     callback_error: str | None = None
     request_hash: str | None = None
+    progress: Progress | None = None
 
     @property
     def terminal(self) -> bool:
@@ -126,6 +137,16 @@ class ResultStore(ABC):
             self.emit(record)
             if record.terminal:
                 self._wake(correlation_id, record)
+        return record
+
+    async def amend(self, correlation_id: str, status: str, **fields: Any) -> RequestRecord | None:
+        """Change fields other than the status while the record is still in `status`. Not a transition:
+        lifecycle hooks and rolling stats do not see it (a COMPLETED hook must fire once); readers of
+        the request's updates do."""
+        record = await self._transition(correlation_id, fields, [status])
+        if record is not None:
+            for queue in self._subscribers.get(correlation_id, ()):
+                queue.put_nowait(record)
         return record
 
     async def oldest_unfinished(self) -> float | None:

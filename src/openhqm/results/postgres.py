@@ -80,7 +80,7 @@ def _to_row(name: str, value: Any) -> Any:
 def _to_record(row: asyncpg.Record) -> RequestRecord:
     fields = {name: (_decode_any(value) if name in PACKED else value)
               for name, value in row.items() if name in COLUMNS and value is not None}
-    return RequestRecord(**fields)
+    return msgspec.convert(fields, RequestRecord)  # typed: packed fields decode to plain lists and dicts
 
 
 @contextlib.contextmanager
