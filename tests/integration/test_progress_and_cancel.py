@@ -6,6 +6,7 @@ only a SQLite data directory, as two processes would."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,18 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from typer.testing import CliRunner
 
 from openhqm import OpenHQM
+from openhqm.cli import cli
 from openhqm.constants import Status
 from openhqm.envelope import Envelope
 from openhqm.runtime import Runtime
 from openhqm.worker.handlers import Job
-from tests.harness import InProcess, eventually, in_process, settings
+from tests.harness import InProcess, eventually, in_process, served, settings, wait_until
 from tests.integration.http_servers import serve
 
 STOP_WAITING_S = 30.0  # a sync handler's bound on waiting for its cancel, so a failing test ends
@@ -241,3 +246,20 @@ async def test_a_cancel_taken_by_a_listener_stops_the_job_in_a_separate_worker(t
         await eventually(lambda: pool.in_flight == 0)
         record = await listener.runtime.store.get(cid)
         assert record is not None and record.status == Status.CANCELLED
+
+
+def test_openhqm_wait_shows_a_handlers_progress_and_cancel_stops_it(tmp_path: Path) -> None:
+    handlers = Handlers()
+    # CliRunner swaps sys.stdout for the whole process: keep the listener thread's logs out of it.
+    with structlog.testing.capture_logs(), served(handlers.app, settings(tmp_path)) as url:
+        cid = httpx.post(f"{url}/api/v1/submit", json={"payload": {}, "metadata": {"handler": "steps_in_thread"}}
+                         ).json()["correlation_id"]
+        wait_until(lambda: httpx.get(f"{url}/api/v1/status/{cid}").json()["progress"])
+        waited = CliRunner().invoke(cli, ["wait", cid, "--timeout", "2.5", "--url", url])
+        assert waited.exit_code == 3, waited.output
+        assert "25% in a thread" in waited.stderr.splitlines()
+        cancelled = CliRunner().invoke(cli, ["cancel", cid, "--url", url])
+        assert cancelled.exit_code == 0, cancelled.output
+        assert handlers.saw_cancelled.wait(10)
+        finished = CliRunner().invoke(cli, ["wait", cid, "--timeout", "10", "--url", url])
+        assert finished.exit_code == 1 and json.loads(finished.stdout)["status"] == "CANCELLED"
