@@ -27,6 +27,7 @@ from openhqm import OpenHQM
 from openhqm.cli import cli
 from openhqm.constants import Status
 from openhqm.envelope import Envelope
+from openhqm.results.base import RequestRecord
 from openhqm.runtime import Runtime
 from openhqm.worker.handlers import Job
 from tests.harness import InProcess, eventually, in_process, served, settings, wait_until
@@ -42,6 +43,7 @@ class Handlers:
     app: OpenHQM = field(default_factory=OpenHQM)
     started: dict[str, asyncio.Event] = field(default_factory=dict)
     release: dict[str, asyncio.Event] = field(default_factory=dict)
+    go: dict[str, asyncio.Event] = field(default_factory=dict)
     interrupted: list[str] = field(default_factory=list)
     saw_cancelled: threading.Event = field(default_factory=threading.Event)
     thread_started: threading.Event = field(default_factory=threading.Event)
@@ -77,6 +79,7 @@ class Handlers:
         return "ran to the end"
 
     async def chatty(self, job: Job) -> Any:
+        await self.event(self.go, job.payload["name"]).wait()
         for step in range(1, 101):  # one loop turn: a hundred reports, one write
             job.progress(step / 100, f"step {step}")
         self.event(self.started, job.payload["name"]).set()
@@ -141,13 +144,13 @@ async def test_progress_reported_from_a_sync_handlers_thread_is_stored(hq: InPro
 
 
 async def test_a_burst_of_progress_reports_is_one_write_of_the_latest(hq: InProcess, handlers: Handlers) -> None:
-    updates = hq.runtime.store.subscribe  # every change this process makes to the record
     cid = (await hq.accepted({"name": "c"}, handler="chatty"))["correlation_id"]
-    queue = updates(cid)
+    updates = hq.runtime.store.subscribe(cid)  # every change this process makes to the record
+    handlers.event(handlers.go, "c").set()
     await asyncio.wait_for(handlers.event(handlers.started, "c").wait(), 10)
-    seen = []
+    seen: list[RequestRecord] = []
     while not seen or seen[-1].progress is None:
-        seen.append(await asyncio.wait_for(queue.get(), 10))
+        seen.append(await asyncio.wait_for(updates.get(), 10))
     assert [r.progress.message for r in seen if r.progress is not None] == ["step 100"]
     handlers.event(handlers.release, "c").set()
     assert (await hq.result(cid))["status"] == "COMPLETED"
