@@ -214,7 +214,7 @@ async def answer_response(correlation_id: str, request: Request, wait: float | N
 
 @router.delete("/api/v1/requests/{correlation_id}", response_model=StatusResponse, responses=ERRORS)
 async def cancel(correlation_id: str, request: Request) -> dict[str, Any]:
-    """Cancel a request that has not started; 409 once it runs or has finished."""
+    """Cancel a request that has not finished (a running one is stopped by its worker); 409 once finished."""
     bridge, client = context(request)
     return status_json(await bridge.cancel(correlation_id, client))
 

@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from types import TracebackType
 
 from openhqm.constants import Status
 from openhqm.errors import JobCancelled
@@ -99,27 +100,28 @@ class JobControl:
         finally:
             self._blocking -= 1
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Around the job's target: JobCancelled out of it when its request was cancelled (the
-        worker then acks without a reply); a cancel from elsewhere (shutdown) passes through."""
+    async def __aenter__(self) -> JobControl:
+        """`async with control:` around the job's target (a class, not a generator: it is on every
+        job's path). JobCancelled comes out of it when the request was cancelled, and the worker
+        then acks without a reply; a cancel from elsewhere (shutdown) passes through."""
         if self.cancelled:
             raise JobCancelled(self.correlation_id)
-        task = asyncio.current_task()
-        self._task = task
-        try:
-            yield
-        except asyncio.CancelledError:
+        self._task = asyncio.current_task()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        task, self._task = self._task, None
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
             if self._interrupted and task is not None and task.uncancel() == 0:
                 raise JobCancelled(self.correlation_id) from None
-            raise
-        finally:
-            self._task = None
+            return
         if self._interrupted and task is not None:
-            task.uncancel()  # the body swallowed our CancelledError
-        if self.cancelled:  # a sync handler that finished (or gave up) after the cancel
-            raise JobCancelled(self.correlation_id)
-        await self._flush()
+            task.uncancel()  # the target swallowed our CancelledError
+        if self.cancelled:  # a sync handler that returned (or raised) after the cancel
+            raise JobCancelled(self.correlation_id) from exc
+        if self._writer is not None:
+            await self._flush()
 
     # -- progress ---------------------------------------------------------------------------
 

@@ -115,7 +115,7 @@ class Processor:
         try:
             with span as traceparent:
                 job = Job(msgspec.structs.replace(envelope, traceparent=traceparent), attempt, control=control)
-                async with control.running():
+                async with control:
                     outcome = await self._run(job)
         except JobCancelled:  # the record is CANCELLED already: no reply, nothing to retry
             await delivery.ack()
