@@ -52,6 +52,8 @@ class Handlers:
         self.app.handler("steps")(self.steps)
         self.app.handler("steps_in_thread")(self.steps_in_thread)
         self.app.handler("chatty")(self.chatty)
+        self.app.handler("quick")(self.quick)
+        self.app.handler("again")(self.again)
 
     def event(self, events: dict[str, asyncio.Event], name: str) -> asyncio.Event:
         return events.setdefault(name, asyncio.Event())
@@ -85,6 +87,21 @@ class Handlers:
         self.event(self.started, job.payload["name"]).set()
         await self.event(self.release, job.payload["name"]).wait()
         return "done"
+
+
+    async def quick(self, job: Job) -> Any:
+        job.progress(0.3, "started")
+        job.progress(0.9, "nearly there")  # in the same turn: still pending when it returns
+        return "done"
+
+    async def again(self, job: Job) -> Any:
+        """Reports progress and fails on its first attempt; holds on the second without reporting."""
+        if job.attempt == 1:
+            job.progress(0.7, "first try")  # stored as the attempt ends: the retry must clear it
+            raise RuntimeError("first attempt fails")
+        self.event(self.started, "again").set()
+        await self.event(self.release, "again").wait()
+        return job.attempt
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -154,6 +171,22 @@ async def test_a_burst_of_progress_reports_is_one_write_of_the_latest(hq: InProc
     assert [r.progress.message for r in seen if r.progress is not None] == ["step 100"]
     handlers.event(handlers.release, "c").set()
     assert (await hq.result(cid))["status"] == "COMPLETED"
+
+
+async def test_the_last_progress_before_the_handler_returns_is_kept_with_the_result(hq: InProcess) -> None:
+    cid = (await hq.accepted({}, handler="quick"))["correlation_id"]
+    assert (await hq.result(cid))["status"] == "COMPLETED"
+    shown = await status(hq, cid)
+    assert (shown["progress"]["fraction"], shown["progress"]["message"]) == (0.9, "nearly there")
+
+
+async def test_a_retry_starts_with_no_progress(hq: InProcess, handlers: Handlers) -> None:
+    cid = (await hq.accepted({}, handler="again"))["correlation_id"]
+    await asyncio.wait_for(handlers.event(handlers.started, "again").wait(), 10)
+    shown = await status(hq, cid)
+    assert (shown["status"], shown["attempts"], shown["progress"]) == ("PROCESSING", 2, None)
+    handlers.event(handlers.release, "again").set()
+    assert (await hq.result(cid))["result"] == 2
 
 
 def test_progress_outside_zero_to_one_is_a_value_error() -> None:

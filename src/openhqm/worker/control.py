@@ -43,6 +43,7 @@ class JobControl:
         self._task: asyncio.Task[object] | None = None  # the job's task while its target runs
         self._blocking = 0  # > 0 while a sync handler's thread runs: cancelling the task would not stop it
         self._interrupted = False
+        self._ended = False  # past watching(): a late report from a handler's thread is dropped
         self._recheck: asyncio.Task[None] | None = None
         self._pending: Progress | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -63,6 +64,7 @@ class JobControl:
             try:
                 yield self
             finally:
+                self._ended = True
                 finished.remove_done_callback(self._on_finished)
                 for task in (self._recheck, self._writer):
                     if task is not None:
@@ -141,6 +143,8 @@ class JobControl:
                 self._loop.call_soon_threadsafe(self._schedule, progress)
 
     def _schedule(self, progress: Progress) -> None:
+        if self._ended:
+            return
         self._pending = progress
         if self._writer is None and self._loop is not None:
             self._writer = self._loop.create_task(self._write_pending())
