@@ -54,6 +54,7 @@ class Handlers:
         self.app.handler("chatty")(self.chatty)
         self.app.handler("quick")(self.quick)
         self.app.handler("again")(self.again)
+        self.app.handler("rows")(self.rows)
 
     def event(self, events: dict[str, asyncio.Event], name: str) -> asyncio.Event:
         return events.setdefault(name, asyncio.Event())
@@ -93,6 +94,11 @@ class Handlers:
         job.progress(0.3, "started")
         job.progress(0.9, "nearly there")  # in the same turn: still pending when it returns
         return "done"
+
+    def rows(self, job: Job) -> Any:  # sync: a thousand reports from a thread
+        for row in range(1, 1001):
+            job.progress(row / 1000, f"row {row}")
+        return "imported"
 
     async def again(self, job: Job) -> Any:
         """Reports progress and fails on its first attempt; holds on the second without reporting."""
@@ -178,6 +184,13 @@ async def test_the_last_progress_before_the_handler_returns_is_kept_with_the_res
     assert (await hq.result(cid))["status"] == "COMPLETED"
     shown = await status(hq, cid)
     assert (shown["progress"]["fraction"], shown["progress"]["message"]) == (0.9, "nearly there")
+
+
+async def test_a_sync_handlers_last_report_lands_however_many_came_before(hq: InProcess) -> None:
+    cid = (await hq.accepted({}, handler="rows"))["correlation_id"]
+    assert (await hq.result(cid))["result"] == "imported"
+    shown = await status(hq, cid)
+    assert (shown["progress"]["fraction"], shown["progress"]["message"]) == (1.0, "row 1000")
 
 
 async def test_a_retry_starts_with_no_progress(hq: InProcess, handlers: Handlers) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -46,6 +47,8 @@ class JobControl:
         self._ended = False  # past watching(): a late report from a handler's thread is dropped
         self._recheck: asyncio.Task[None] | None = None
         self._pending: Progress | None = None
+        self._from_thread: Progress | None = None  # the latest a sync handler reported, not yet handed over
+        self._handover = threading.Lock()
         self._writer: asyncio.Task[None] | None = None
         self._hurry = asyncio.Event()
         self._written_at = -math.inf
@@ -129,7 +132,7 @@ class JobControl:
 
     def report(self, fraction: float, message: str | None = None) -> None:
         """Record progress; safe from the event loop and from a sync handler's thread."""
-        if not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
             raise ValueError(f"progress fraction must be a number from 0 to 1, got {fraction!r}")
         if message is not None and not isinstance(message, str):
             raise ValueError(f"progress message must be a string or None, got {type(message).__name__}")
@@ -138,9 +141,18 @@ class JobControl:
         progress = Progress(fraction=float(fraction), message=message, updated_at=time.time())
         if _running_loop() is self._loop:
             self._schedule(progress)
-        else:
+            return
+        with self._handover:  # one wake-up of the loop per handover, however often the thread reports
+            waiting, self._from_thread = self._from_thread, progress
+        if waiting is None:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody reads it any more
-                self._loop.call_soon_threadsafe(self._schedule, progress)
+                self._loop.call_soon_threadsafe(self._take_from_thread)
+
+    def _take_from_thread(self) -> None:
+        with self._handover:
+            progress, self._from_thread = self._from_thread, None
+        if progress is not None:
+            self._schedule(progress)
 
     def _schedule(self, progress: Progress) -> None:
         if self._ended:
