@@ -27,6 +27,7 @@
     │   └── RequestTimeout                  the client's wait() ran out before the request finished
     ├── TargetFailed                        a handler or HTTP backend failed (retryable or not)
     ├── TargetDeferred                      not tried now (circuit open): requeue without counting a try
+    ├── JobCancelled                        the client cancelled the request while it ran: ack, no reply
     ├── Retry                               raised by handlers on purpose: try again after delay_s
     └── DeadLetter                          raised by handlers on purpose: give up now, with a reason
 
@@ -103,6 +104,11 @@ class TargetDeferred(OpenHQMError):
         super().__init__(message)
         self.delay_s = delay_s
         self.waiting_on = waiting_on
+
+
+class JobCancelled(OpenHQMError):
+    def __init__(self, correlation_id: str) -> None:
+        super().__init__(f"request {correlation_id} was cancelled while it ran")
 
 
 class AlreadyExists(OpenHQMError):

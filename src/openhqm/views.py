@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from openhqm.results.base import CallbackAttempt, RequestRecord
+from openhqm.results.base import CallbackAttempt, Progress, RequestRecord
 from openhqm.timefmt import rfc3339
 
 
@@ -26,9 +26,16 @@ def status_json(record: RequestRecord) -> dict[str, Any]:
         "session_id": record.session_id, "callback_error": record.callback_error,
         "waiting_on": record.waiting_on, "next_attempt_at": rfc3339(record.next_attempt_at),
         "callbacks": [callback_attempt_json(attempt) for attempt in record.callbacks],
+        "progress": progress_json(record.progress),
     }
 
 
 def callback_attempt_json(attempt: CallbackAttempt) -> dict[str, Any]:
     return {"attempt": attempt.attempt, "at": rfc3339(attempt.at), "status_code": attempt.status_code,
             "error": attempt.error}
+
+
+def progress_json(progress: Progress | None) -> dict[str, Any] | None:
+    if progress is None:
+        return None
+    return {"fraction": progress.fraction, "message": progress.message, "updated_at": rfc3339(progress.updated_at)}

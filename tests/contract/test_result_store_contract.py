@@ -17,7 +17,7 @@ import pytest
 from openhqm.constants import Status
 from openhqm.errors import AlreadyExists
 from openhqm.results import DeadLetterRecord, ResultStore, create_store
-from openhqm.results.base import CallbackAttempt
+from openhqm.results.base import CallbackAttempt, Progress
 from tests.contract import store_targets
 from tests.records import new_record, waiting_for
 
@@ -229,3 +229,34 @@ async def test_what_a_request_waits_on_is_kept_and_cleared_when_it_runs(make_sto
     await store.transition(record.correlation_id, Status.PROCESSING)
     got = await reader.get(record.correlation_id)
     assert got is not None and (got.waiting_on, got.next_attempt_at) == (None, None)
+
+
+async def test_progress_of_a_running_record_is_stored_and_read_back_typed(store: ResultStore) -> None:
+    record = new_record()
+    await store.create(record)
+    await store.transition(record.correlation_id, Status.PROCESSING)
+    updates = store.subscribe(record.correlation_id)
+    progress = Progress(fraction=0.5, message="halfway", updated_at=time.time())
+    amended = await store.amend(record.correlation_id, Status.PROCESSING, progress=progress)
+    assert amended is not None and amended.progress == progress
+    assert (await asyncio.wait_for(updates.get(), 5)).progress == progress, "readers of updates see it"
+    got = await store.get(record.correlation_id)
+    assert got is not None and got.status == Status.PROCESSING and got.progress == progress
+
+
+async def test_a_running_record_cancelled_refuses_its_late_result_and_progress(make_store: StoreFactory) -> None:
+    listener, worker = await make_store(), await make_store()
+    record = new_record()
+    await listener.create(record)
+    await worker.transition(record.correlation_id, Status.PROCESSING)
+    with worker.waiting(record.correlation_id) as finished:  # how a worker watches its job
+        cancelled = await listener.transition(record.correlation_id, Status.CANCELLED,
+                                              allowed_from=[Status.PROCESSING])
+        assert cancelled is not None
+        woken = await asyncio.wait_for(finished, 10)
+    assert woken is None or woken.status == Status.CANCELLED
+    assert await worker.transition(record.correlation_id, Status.COMPLETED, result="late") is None
+    progress = Progress(fraction=1.0, updated_at=time.time())
+    assert await worker.amend(record.correlation_id, Status.PROCESSING, progress=progress) is None
+    got = await listener.get(record.correlation_id)
+    assert got is not None and got.status == Status.CANCELLED and got.result is None

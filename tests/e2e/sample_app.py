@@ -30,3 +30,15 @@ async def record(job: Job) -> Any:
 @app.handler("give_up")
 async def give_up(job: Job) -> Any:
     raise DeadLetter("input can never succeed")
+
+
+@app.handler("until_cancelled")
+async def until_cancelled(job: Job) -> Any:
+    """Reports progress, then waits until its request is cancelled; logs `interrupted <id>` then."""
+    job.progress(0.5, "waiting to be cancelled")
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        with Path(os.environ["OPENHQM_TEST_RUN_LOG"]).open("a") as f:
+            f.write(f"interrupted {job.correlation_id}\n")
+        raise

@@ -226,8 +226,9 @@ def test_dlq_list_on_a_terminal_prints_a_table(tmp_path: Path) -> None:
 
 
 def progress_listener(answers: list[tuple[int, dict[str, Any]]]) -> Starlette:
-    """A stand-in listener answering the response route with `answers` in turn: the status JSON's
-    `progress` comes from handlers that report it, which this listener cannot make yet."""
+    """A stand-in listener answering the response route with `answers` in turn, so the exact
+    sequence of progress changes is known (tests/integration/test_progress_and_cancel.py has a real
+    handler report it)."""
     remaining = iter(answers)
 
     async def response(request: Request) -> JSONResponse:

@@ -33,7 +33,7 @@ from openhqm.http.schemas import (
 )
 from openhqm.results.base import RequestRecord
 from openhqm.timefmt import parse_rfc3339, rfc3339
-from openhqm.views import callback_attempt_json, result_json, status_json
+from openhqm.views import callback_attempt_json, progress_json, result_json, status_json
 
 router = APIRouter()
 ops_router = APIRouter()
@@ -214,7 +214,7 @@ async def answer_response(correlation_id: str, request: Request, wait: float | N
 
 @router.delete("/api/v1/requests/{correlation_id}", response_model=StatusResponse, responses=ERRORS)
 async def cancel(correlation_id: str, request: Request) -> dict[str, Any]:
-    """Cancel a request that has not started; 409 once it runs or has finished."""
+    """Cancel a request that has not finished (a running one is stopped by its worker); 409 once finished."""
     bridge, client = context(request)
     return status_json(await bridge.cancel(correlation_id, client))
 
@@ -244,13 +244,13 @@ async def event_stream(bridge: Bridge, first: RequestRecord, seen: str | None
                        ) -> AsyncIterator[ServerSentEvent]:
     cid = first.correlation_id
     # Resumed at the state the client already has: send only what comes after it.
-    sent = (first.status, first.attempts) if event_id(first) == seen else None
+    sent = _shown(first) if event_id(first) == seen else None
     record: RequestRecord | None = first
     deadline = time.monotonic() + EVENTS_MAX_S
     with bridge.updates(cid) as updates:
         while record is not None and time.monotonic() < deadline:
-            if (record.status, record.attempts) != sent:
-                sent = (record.status, record.attempts)
+            if _shown(record) != sent:
+                sent = _shown(record)
                 yield status_event(record)
             if record.terminal:
                 return
@@ -268,15 +268,22 @@ EVENTS_PING_S = 5.0  # a comment line this often: below the Python client's defa
 EVENTS_RETRY_MS = 1000  # how long a client waits before it reconnects
 
 
+def _shown(record: RequestRecord) -> tuple[object, ...]:
+    """What an event tells: a change of any of it is worth an event (progress included)."""
+    return record.status, record.attempts, record.progress
+
+
 def event_id(record: RequestRecord) -> str:
-    """The record's last update time: compared for equality only, so clocks of other processes
-    need not agree, and a resumed stream needs no history on the server."""
-    return f"{record.updated_at:.6f}"
+    """The record's last update (or progress) time: compared for equality only, so clocks of other
+    processes need not agree, and a resumed stream needs no history on the server."""
+    progressed = record.progress.updated_at if record.progress is not None else 0.0
+    return f"{max(record.updated_at, progressed):.6f}"
 
 
 def status_event(record: RequestRecord) -> ServerSentEvent:
     data = {"correlation_id": record.correlation_id, "status": record.status,
-            "at": rfc3339(record.updated_at), "attempts": record.attempts, "error": record.error}
+            "at": rfc3339(record.updated_at), "attempts": record.attempts, "error": record.error,
+            "progress": progress_json(record.progress)}
     return ServerSentEvent(orjson.dumps(data).decode(), event="status", id=event_id(record),
                            retry=EVENTS_RETRY_MS)
 

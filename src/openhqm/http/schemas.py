@@ -74,6 +74,12 @@ class CallbackAttemptEntry(BaseModel):
     error: str | None = None
 
 
+class ProgressInfo(BaseModel):
+    fraction: float = Field(description="how far the handler is, from 0 to 1")
+    message: str | None = None
+    updated_at: str | None = None
+
+
 class StatusResponse(BaseModel):
     correlation_id: str
     status: str
@@ -88,6 +94,7 @@ class StatusResponse(BaseModel):
                                    '"retry", "schedule" or "limit:<name>" (null: a free worker, or nothing)')
     next_attempt_at: str | None = Field(None, description="when it is tried next (RFC 3339), while waiting_on is set")
     callbacks: list[CallbackAttemptEntry] = Field([], description="the latest 20 attempts to deliver its callback")
+    progress: ProgressInfo | None = Field(None, description="what the handler last reported (job.progress)")
 
 
 class DeadLetterEntry(BaseModel):

@@ -1,5 +1,6 @@
 """Reading requests as a client may see them: another client's request answers exactly like a
-missing one (no existence leak), and cancelling is only for what has not started."""
+missing one (no existence leak), and cancelling works until the request ends: a running one is
+stopped by its worker, which watches the store for exactly this change (worker/control.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from openhqm.results.base import RequestRecord, ResultStore
 
 log = get_logger("openhqm.listener")
 
-_CANCELLABLE = (Status.PENDING, Status.SCHEDULED, Status.RETRY)
+_CANCELLABLE = (Status.PENDING, Status.SCHEDULED, Status.RETRY, Status.PROCESSING)
 
 
 class Reading:

@@ -1,8 +1,9 @@
 """ResultStore: the lifecycle and result of every request, and the dead-letter index.
 
 Lifecycle: PENDING | SCHEDULED -> PROCESSING (<-> RETRY) -> COMPLETED | FAILED | CANCELLED | EXPIRED.
-A terminal record never changes state again, so replayed or duplicated replies are harmless;
-`amend()` adds to a record without a transition (callback deliveries), unseen by lifecycle hooks.
+A terminal record never changes state again, so replayed or duplicated replies are harmless (a
+COMPLETED reply for a request cancelled while it ran is refused); `amend()` adds to a record without
+a transition (callback deliveries, a running job's progress), unseen by lifecycle hooks.
 `wait()` is woken by events: at once for changes made through this store object, and by the
 store's own change feed (`_watch`) for changes made by other processes.
 """
@@ -33,6 +34,14 @@ class CallbackAttempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: str | None = None
 
 
+class Progress(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a running handler last reported (`job.progress()`); `fraction` is in [0, 1]."""
+
+    fraction: float
+    message: str | None = None
+    updated_at: float
+
+
 class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     correlation_id: str
     status: str = Status.PENDING
@@ -56,6 +65,7 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     waiting_on: str | None = None
     next_attempt_at: float | None = None
     callbacks: list[CallbackAttempt] = msgspec.field(default_factory=list)
+    progress: Progress | None = None
 
     @property
     def terminal(self) -> bool:

@@ -14,6 +14,7 @@ import orjson
 from openhqm.config import RetrySettings
 from openhqm.envelope import Envelope
 from openhqm.errors import DeadLetter, RequestRejected
+from openhqm.worker.control import JobControl
 
 
 @dataclass
@@ -27,6 +28,19 @@ class Job:
     envelope: Envelope
     attempt: int
     state: dict[str, Any] = field(default_factory=dict)
+    control: JobControl = field(default_factory=JobControl, repr=False)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the job is (0 to 1, and what it is doing): shown in the request's status
+        and events. Call it as often as you like, from an async or a sync handler; it does not wait
+        for the write, and writes are spaced out (the latest value always lands). ValueError outside [0, 1]."""
+        self.control.report(fraction, message)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the client cancelled the request. An async handler is interrupted at its next
+        await; a sync handler runs on in its thread, so a long one should check this and return."""
+        return self.control.cancelled
 
     @property
     def correlation_id(self) -> str:
@@ -76,7 +90,8 @@ class Handler:
         if self.is_async:
             return await self.func(job)
         # Sync handlers run in the default thread pool so they never block the event loop.
-        return await asyncio.to_thread(self.func, job)
+        with job.control.blocking():
+            return await asyncio.to_thread(self.func, job)
 
 
 def echo(job: Job) -> Any:

@@ -23,12 +23,13 @@ from openhqm.backends.base import Backend, Delivery
 from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope, Reply, decode_envelope, encode, new_id
-from openhqm.errors import DeadLetter, RequestRejected, Retry, UndecodableMessage
+from openhqm.errors import DeadLetter, JobCancelled, RequestRejected, Retry, UndecodableMessage
 from openhqm.logging import get_logger
 from openhqm.policies import RetryPolicy
 from openhqm.redact import mask_secrets, secret_values
 from openhqm.results.base import DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
+from openhqm.worker.control import JobControl
 from openhqm.worker.handlers import Job
 from openhqm.worker.middleware import Middleware
 from openhqm.worker.replies import BrokerReplies, ReplyRoute
@@ -91,12 +92,14 @@ class Processor:
         structlog.contextvars.bind_contextvars(
             correlation_id=envelope.correlation_id, session_id=envelope.session_id, attempt=attempt,
             endpoint=envelope.endpoint or envelope.handler)
+        control = JobControl(None if envelope.raw else self.store, envelope.correlation_id)
         try:
-            await self._process(delivery, envelope, attempt)
+            with control.watching():
+                await self._process(delivery, envelope, attempt, control)
         finally:
             structlog.contextvars.clear_contextvars()
 
-    async def _process(self, delivery: Delivery, envelope: Envelope, attempt: int) -> None:
+    async def _process(self, delivery: Delivery, envelope: Envelope, attempt: int, control: JobControl) -> None:
         now = time.time()
         if envelope.not_before is not None and envelope.not_before > now + 0.01:
             # Only reached where the broker's own delay is shorter than asked (e.g. SQS's 900 s cap).
@@ -121,8 +124,13 @@ class Processor:
             "openhqm.attempt": attempt, "openhqm.target": envelope.endpoint or envelope.handler or ""})
         try:
             with span as traceparent:
-                job = Job(msgspec.structs.replace(envelope, traceparent=traceparent), attempt)
-                outcome = await self._run(job)
+                job = Job(msgspec.structs.replace(envelope, traceparent=traceparent), attempt, control=control)
+                async with control:
+                    outcome = await self._run(job)
+        except JobCancelled:  # the record is CANCELLED already: no reply, nothing to retry
+            await delivery.ack()
+            metrics.child(metrics.MESSAGES, self.queue, "cancelled").inc()
+            return
         except TargetDeferred as exc:
             await self._defer(delivery, envelope, attempt, exc)
             return
@@ -151,7 +159,7 @@ class Processor:
         if envelope.raw:
             return True
         record = await self.store.transition(envelope.correlation_id, Status.PROCESSING,
-                                             allowed_from=_RUNNABLE, attempts=attempt)
+                                             allowed_from=_RUNNABLE, attempts=attempt, progress=None)
         if record is not None:
             return True
         # Unknown to this store (another system's message, or a store this worker cannot see): run it.
