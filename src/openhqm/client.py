@@ -53,6 +53,14 @@ class RequestResult(msgspec.Struct, frozen=True):
         return self.status in TERMINAL
 
 
+class Progress(msgspec.Struct, frozen=True):
+    """What the handler last reported (`job.progress()`)."""
+
+    fraction: float
+    message: str | None = None
+    updated_at: datetime | None = None
+
+
 class RequestStatus(msgspec.Struct, frozen=True):
     correlation_id: str
     status: str
@@ -62,6 +70,9 @@ class RequestStatus(msgspec.Struct, frozen=True):
     attempts: int = 0
     error: str | None = None
     session_id: str | None = None
+    waiting_on: str | None = None
+    next_attempt_at: datetime | None = None
+    progress: Progress | None = None
 
     @property
     def done(self) -> bool:
@@ -76,6 +87,7 @@ class RequestEvent(msgspec.Struct, frozen=True):
     at: datetime | None = None
     attempts: int = 0
     error: str | None = None
+    progress: Progress | None = None
 
     @property
     def done(self) -> bool:
@@ -382,5 +394,6 @@ class AsyncClient:
             await asyncio.sleep(cursor.retry_s)  # SSE reconnection: the pause the server asked for with `retry:`
 
 
-__all__ = ["AsyncClient", "Client", "ClientError", "Forbidden", "RequestEvent", "RequestFailed", "RequestNotFound",
-           "RequestResult", "RequestStatus", "RequestTimeout", "SubmitResult", "Unauthorized", "raise_for_answer"]
+__all__ = ["AsyncClient", "Client", "ClientError", "Forbidden", "Progress", "RequestEvent", "RequestFailed",
+           "RequestNotFound", "RequestResult", "RequestStatus", "RequestTimeout", "SubmitResult", "Unauthorized",
+           "raise_for_answer"]

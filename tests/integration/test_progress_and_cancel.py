@@ -326,3 +326,19 @@ async def test_the_events_stream_sends_the_progress_a_handler_reported(hq: InPro
     events = [json.loads(line.removeprefix("data: ")) for line in body.splitlines() if line.startswith("data: ")]
     assert events[0]["progress"]["fraction"] == 0.5 and events[0]["progress"]["message"] == "halfway"
     assert events[-1]["status"] == "COMPLETED"
+
+
+async def test_the_python_client_reads_progress_from_the_status(hq: InProcess, handlers: Handlers) -> None:
+    import msgspec
+
+    from openhqm.client import RequestStatus
+
+    cid = (await hq.accepted({"name": "c"}, handler="steps"))["correlation_id"]
+    await asyncio.wait_for(handlers.event(handlers.started, "c").wait(), 10)
+    async with asyncio.timeout(10):
+        while not (body := await status(hq, cid)).get("progress"):
+            await asyncio.sleep(0.02)  # the write is throttled and asynchronous: nothing to await here
+    read = msgspec.json.decode(json.dumps(body), type=RequestStatus)
+    assert read.progress is not None and (read.progress.fraction, read.progress.message) == (0.5, "halfway")
+    handlers.event(handlers.release, "c").set()
+    assert (await hq.result(cid))["status"] == "COMPLETED"
