@@ -16,8 +16,10 @@ cli = typer.Typer(help="OpenHQM: a durable bridge between HTTP and message queue
                   pretty_exceptions_enable=False)
 dlq_cli = typer.Typer(help="Inspect, replay and purge dead letters.", no_args_is_help=True)
 config_cli = typer.Typer(help="Check the configuration.", no_args_is_help=True)
+callback_cli = typer.Typer(help="Result callbacks of finished requests.", no_args_is_help=True)
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(config_cli, name="config")
+cli.add_typer(callback_cli, name="callback")
 
 for command in (server.serve, server.listener, server.worker, client_commands.submit, client_commands.status,
                 client_commands.result, client_commands.wait, client_commands.cancel, client_commands.stats,
@@ -27,6 +29,7 @@ dlq_cli.command("list")(client_commands.dlq_list)
 dlq_cli.command("replay")(client_commands.dlq_replay)
 dlq_cli.command("purge")(client_commands.dlq_purge)
 config_cli.command("check")(config_commands.config_check)
+callback_cli.command("resend")(client_commands.callback_resend)
 
 
 def _print_version(requested: bool) -> None:

@@ -173,3 +173,8 @@ def dlq_purge(url: UrlOpt = DEFAULT_URL,
     if not yes:
         typer.confirm("Delete every dead letter?", abort=True)
     show(_call("DELETE", url, "/api/v1/dlq"), key_values, as_json=as_json)
+
+
+def callback_resend(correlation_id: IdArg, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Deliver a finished request's callback again (admin scope); prints whether it was delivered."""
+    show(_call("POST", url, f"/api/v1/requests/{correlation_id}/callback"), key_values, as_json=as_json)
