@@ -253,7 +253,7 @@ class PubSubBackend(Backend):
                 raise BackendError(f"pubsub: pulling {stream.queue} failed: {error}") from error
             log.warning("pubsub.stream_ended", queue=stream.queue, error=str(error),
                         retry_in_s=round(stream.reconnect.next_delay_s, 3))
-            await self._pause(stream.reconnect)
+            await stream.reconnect.wait(self._closed)
             if self._closed.is_set():
                 return
             self.topics.forget(stream.queue)
@@ -263,13 +263,6 @@ class PubSubBackend(Backend):
                 return
             except BackendError as exc:
                 log.warning("pubsub.resubscribe_failed", queue=stream.queue, error=str(exc))
-
-    async def _pause(self, reconnect: Reconnect) -> None:
-        """`reconnect.wait()`, cut short by close()."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(reconnect.next_delay_s):
-                await self._closed.wait()
-        reconnect.failures += 1
 
     async def _admit(self, queue: str, message: Message) -> PubSubDelivery | None:
         """A delivery, or None when the message is not due yet and was put back to wait."""

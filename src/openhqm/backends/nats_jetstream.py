@@ -204,13 +204,6 @@ class NATSJetStreamBackend(Backend):
         with contextlib.suppress(Exception):
             await nc.close()
 
-    async def _pause(self, reconnect: Reconnect) -> None:
-        """`reconnect.wait()`, cut short by close() (nats-py is reconnecting meanwhile)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(reconnect.next_delay_s):
-                await self._closed.wait()
-        reconnect.failures += 1
-
     async def ping(self) -> None:
         if not self._connection().is_connected:
             raise BackendUnavailable("nats: not connected (nats-py is reconnecting)")
@@ -310,7 +303,7 @@ class NATSJetStreamBackend(Backend):
                     msg = await puller.next()
                 except retried as exc:
                     log.warning("nats pull failed; retrying", durable=puller.durable, error=str(exc))
-                    await self._pause(reconnect)
+                    await reconnect.wait(self._closed)  # nats-py is reconnecting meanwhile
                     continue
                 reconnect.reset()
                 if msg is None:

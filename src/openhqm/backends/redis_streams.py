@@ -244,7 +244,7 @@ class RedisStreamsBackend(Backend):
     async def _pause(self, reconnect: Reconnect, what: str, exc: BaseException) -> None:
         """Wait after a failure; Redis is unreachable or broken, so there is nothing to block on."""
         log.warning("redis %s: %s; retrying in about %.1f s", what, exc, reconnect.next_delay_s)
-        await self._until_closed(reconnect.wait())
+        await reconnect.wait(self._closed)
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,

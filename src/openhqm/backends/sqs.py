@@ -291,7 +291,7 @@ class SQSBackend(Backend):
                         self.queues.forget(queue)  # made again by the next receive
                     except BackendUnavailable as exc:
                         log.warning("sqs receive failed; retrying", queue=queue, error=str(exc))
-                        await self._unless_closed(reconnect.wait())
+                        await reconnect.wait(self._closed)
                     else:
                         reconnect.reset()
                     continue
