@@ -74,6 +74,18 @@ def test_unmapped_errors_propagate_as_they_are() -> None:
         raise KeyError("programming error")
 
 
+def test_an_error_kept_for_later_is_always_an_openhqm_error_unmapped_ones_a_backend_error() -> None:
+    assert type(errors.error("poll", ConnectionError("down"))) is BackendUnavailable
+    unmapped = errors.error("poll", KeyError("surprise"))
+    assert type(unmapped) is BackendError and str(unmapped) == "testbroker: poll: 'surprise'"
+
+
+def test_headers_are_found_in_any_case_and_a_copy_keeps_all_but_the_dropped_ones() -> None:
+    headers = {"Openhqm-Id": "m1", "openhqm-not-before": "12.5", "X-Trace": "t"}
+    assert Wire.get(headers, Wire.ID) == "m1" and Wire.get(None, Wire.ID) is None
+    assert Wire.carried(headers, Wire.ID, Wire.NOT_BEFORE) == {"X-Trace": "t"}
+
+
 async def test_prefetched_items_not_taken_are_released_on_close() -> None:
     released: list[int] = []
 
@@ -191,3 +203,4 @@ def test_backends_that_extend_leases_tell_the_pool_how_long_a_lease_lasts(name: 
 
     backend = create_backend(load_settings(overrides={"queue": {"type": name}, "data_dir": str(tmp_path)}))
     assert backend.capabilities.lease_extension and backend.lease_s is not None and backend.lease_s > 0
+

@@ -91,7 +91,7 @@ class PubSubDelivery(Delivery):
                 or Wire.NOT_BEFORE in attributes):
             # Pub/Sub would not count this redelivery as we need (no policy, or deliveries spent on a
             # not-before wait), or cannot wait that long: a copy carries the count instead.
-            copy = {k: v for k, v in attributes.items() if k != Wire.NOT_BEFORE}
+            copy = Wire.carried(attributes, Wire.NOT_BEFORE)
             copy |= redelivery(self.attempt, delay_s, time.time())
             await self._backend.repost(self.queue, self._message, copy)
         else:

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
 from openhqm.redact import mask_url
 
+V = TypeVar("V")
 MAX_REASON_CHARS = 1000  # a dead-letter reason travels in a header: bounded
 
 
@@ -62,6 +63,17 @@ class Wire:
     def own(headers: Mapping[str, Any]) -> bool:
         return any(name.lower().startswith(Wire.PREFIX) for name in headers)
 
+    @staticmethod
+    def get(headers: Mapping[str, V] | None, name: str) -> V | None:
+        """A header by its `Wire` name, whatever its case (NATS keeps the case it was sent with)."""
+        return next((value for key, value in (headers or {}).items() if key.lower() == name), None)
+
+    @staticmethod
+    def carried(headers: Mapping[str, V], *dropped: str) -> dict[str, V]:
+        """The headers a copy of a message keeps: all but the `dropped` Wire names, in any case
+        (foreign headers travel on, for whoever else reads the queue)."""
+        return {key: value for key, value in headers.items() if key.lower() not in dropped}
+
 
 Rule = tuple[type[BaseException] | tuple[type[BaseException], ...], type[BackendError]]
 
@@ -95,6 +107,10 @@ class ErrorMap:
             if isinstance(exc, kinds):
                 return error(self.describe(action, exc))
         return None
+
+    def error(self, action: str, exc: BaseException) -> OpenHQMError:
+        """`translate`, or a BackendError when no rule matches: for errors kept to be raised later."""
+        return self.translate(action, exc) or BackendError(self.describe(action, exc))
 
     @contextlib.contextmanager
     def __call__(self, action: str) -> Iterator[None]:
@@ -214,3 +230,4 @@ class PrefetchBuffer(Generic[T]):
             item = self._items.get_nowait()
             with contextlib.suppress(Exception):  # the broker redelivers it after its lease anyway
                 await self._release(item)
+

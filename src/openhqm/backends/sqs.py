@@ -145,7 +145,7 @@ class SQSDelivery(Delivery):
     async def _dead_letter(self, reason: str) -> None:
         if self._late():
             return
-        copy = {k: v for k, v in self._attributes.items() if k not in (Wire.NOT_BEFORE, Wire.ATTEMPT)}
+        copy = Wire.carried(self._attributes, Wire.NOT_BEFORE, Wire.ATTEMPT)
         copy[Wire.REASON] = Wire.reason(reason)
         await self._backend._send(dead_letter_queue(self.queue), self._message["Body"], copy,
                                   dedup_id=self.message_id)
@@ -269,7 +269,7 @@ class SQSBackend(Backend):
     async def _repost(self, queue: str, url: str, message: dict[str, Any], attributes: dict[str, str],
                       headers: dict[str, str]) -> None:
         """Send `message` again with `headers` (its next attempt and due time), then delete it."""
-        copy = {k: v for k, v in attributes.items() if k not in (Wire.NOT_BEFORE, Wire.ATTEMPT)} | headers
+        copy = Wire.carried(attributes, Wire.NOT_BEFORE, Wire.ATTEMPT) | headers
         # A fresh deduplication id: on a FIFO queue the original's would swallow the copy.
         await self._send(queue, message["Body"], copy, dedup_id=new_id())
         await self.queues.delete(url, message["ReceiptHandle"])
