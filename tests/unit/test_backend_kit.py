@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from openhqm.backends.base import Backend, BackendOptions
-from openhqm.backends.kit import Admit, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
 from openhqm.config import load_settings
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError, NotFound
 from openhqm.policies import Backoff, Reconnect, RetryPolicy
@@ -204,3 +204,21 @@ def test_backends_that_extend_leases_tell_the_pool_how_long_a_lease_lasts(name: 
     backend = create_backend(load_settings(overrides={"queue": {"type": name}, "data_dir": str(tmp_path)}))
     assert backend.capabilities.lease_extension and backend.lease_s is not None and backend.lease_s > 0
 
+
+async def test_background_tasks_are_held_until_done_and_waited_for_whatever_their_end() -> None:
+    background, release = Background(), asyncio.Event()
+    finished: list[str] = []
+
+    async def side_task() -> None:
+        await release.wait()
+        finished.append("side task")
+
+    async def failing() -> None:
+        raise RuntimeError("its own business")
+
+    background.spawn(side_task())
+    background.spawn(failing())
+    assert len(background) == 2
+    release.set()
+    await background.wait()
+    assert finished == ["side task"] and len(background) == 0

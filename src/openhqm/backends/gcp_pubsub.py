@@ -36,7 +36,7 @@ from pydantic import Field
 
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.backends.gcp_pubsub_topics import PubSubTopics, errors
-from openhqm.backends.kit import Admit, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, PrefetchBuffer, Wire, admission, redelivery
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError
@@ -125,7 +125,7 @@ class _Stream:
         self.buffer = PrefetchBuffer[Message | _Ended](prefetch + 1, self._release)
         self.reconnect = Reconnect()
         self.future: StreamingPullFuture | None = None
-        self._handovers: set[asyncio.Task[None]] = set()
+        self._handovers = Background()
 
     def start(self) -> None:
         flow = pubsub_v1.types.FlowControl(
@@ -144,9 +144,7 @@ class _Stream:
     def _put(self, item: Message | _Ended) -> None:
         if self.buffer.closed and isinstance(item, _Ended):
             return  # stopped on purpose
-        task = self._loop.create_task(self.buffer.put(item))
-        self._handovers.add(task)
-        task.add_done_callback(self._handovers.discard)
+        self._handovers.spawn(self.buffer.put(item))
 
     async def _release(self, item: Message | _Ended) -> None:
         if isinstance(item, Message):
@@ -161,7 +159,7 @@ class _Stream:
             future.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(future.result, self._backend.options.timeout_s)
-        await asyncio.gather(*self._handovers, return_exceptions=True)
+        await self._handovers.wait()
 
     def error(self) -> BaseException | None:
         if self.future is None or not self.future.done() or self.future.cancelled():
