@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from openhqm.backends.base import Backend, BackendOptions
-from openhqm.backends.kit import Admit, Background, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, Closing, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
 from openhqm.config import load_settings
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError, NotFound
 from openhqm.policies import Backoff, Reconnect, RetryPolicy
@@ -222,3 +222,35 @@ async def test_background_tasks_are_held_until_done_and_waited_for_whatever_thei
     release.set()
     await background.wait()
     assert finished == ["side task"] and len(background) == 0
+
+
+async def test_close_abandons_a_call_in_progress_and_returns_once_it_has_ended() -> None:
+    closing, started, ended = Closing(), asyncio.Event(), asyncio.Event()
+
+    async def long_poll() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+        return "never"
+
+    polling = asyncio.create_task(closing.unless_closed(long_poll()))
+    await started.wait()
+    await closing.close()
+    assert ended.is_set() and await polling is None
+    assert await closing.unless_closed(long_poll()) is None  # once closed, nothing waits
+
+
+async def test_a_call_made_through_closing_returns_its_result_or_raises_its_error() -> None:
+    closing = Closing()
+
+    async def answer() -> int:
+        return 42
+
+    async def broken() -> int:
+        raise ConnectionError("down")
+
+    assert await closing.unless_closed(answer()) == 42
+    with pytest.raises(ConnectionError):
+        await closing.unless_closed(broken())

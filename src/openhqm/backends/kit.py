@@ -6,6 +6,7 @@
 - `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays.
 - `PrefetchBuffer`: messages fetched ahead, handed back to the broker when the consumer closes.
 - `Background`: tasks started on the side, which close() waits for.
+- `Closing`: a backend's closed flag, and the calls (long polls, blocking reads) close() abandons.
 The health template and the options model live on `Backend` itself (base.py).
 """
 
@@ -251,3 +252,33 @@ class Background:
     async def wait(self) -> None:
         """Until every task started so far has ended; how they ended is theirs to handle."""
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Closing(asyncio.Event):
+    """A backend's "closed" flag (an Event: loops test it, pauses wait on it) that also abandons
+    the calls made through `unless_closed` (a long poll, a blocking read): `await close()` cancels
+    them and returns once each has ended, so the connection they were using can be closed next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._calls: set[asyncio.Future[Any]] = set()
+
+    async def unless_closed(self, awaitable: Awaitable[T]) -> T | None:
+        """`awaitable`'s result, or None once closed (at once when closed already)."""
+        task = asyncio.ensure_future(awaitable)
+        if self.is_set():
+            task.cancel()
+        self._calls.add(task)
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._calls.discard(task)
+            task.cancel()
+        return None if task.cancelled() else task.result()
+
+    async def close(self) -> None:
+        self.set()
+        calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
