@@ -18,11 +18,11 @@ DEFAULT = "default"
 FLAG = "flag"
 
 
-def _dotted(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def dotted(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Leaves as dotted keys; an empty mapping is a leaf of its own (queue.options: {})."""
     for key, value in data.items():
         if isinstance(value, Mapping) and value:
-            yield from _dotted(value, f"{prefix}{key}.")
+            yield from dotted(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
 
@@ -50,12 +50,12 @@ def setting_sources(settings: Settings, config_file: Path | str | None = None,
     given: dict[str, str] = {}
     path = config_file or environ.get(ENV_PREFIX + "CONFIG")
     if path:
-        given.update(dict.fromkeys((key for key, _ in _dotted(read_yaml(Path(path)))), f"YAML file {path}"))
+        given.update(dict.fromkeys((key for key, _ in dotted(read_yaml(Path(path)))), f"YAML file {path}"))
     given.update(_from_environment(environ))
-    given.update(dict.fromkeys((key for key, _ in _dotted(overrides or {})), FLAG))
+    given.update(dict.fromkeys((key for key, _ in dotted(overrides or {})), FLAG))
     # Environment names are case-insensitive, so the comparison is too.
     lowered = {key.lower(): source for key, source in given.items()}
-    return {key: (value, _source(key.lower(), lowered)) for key, value in _dotted(redacted(settings))}
+    return {key: (value, _source(key.lower(), lowered)) for key, value in dotted(redacted(settings))}
 
 
 def _source(key: str, given: Mapping[str, str]) -> str:

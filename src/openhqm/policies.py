@@ -10,6 +10,7 @@ request for a day).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -72,11 +73,19 @@ class Reconnect:
             self._next_delay_s = self.backoff.delay_s(self.failures + 1)
         return self._next_delay_s
 
-    async def wait(self) -> None:
+    async def wait(self, until: asyncio.Event | None = None) -> float:
+        """Sleep the next delay, or less once `until` is set (a backend's close: a stopping loop must
+        not sit out its backoff). Returns the delay drawn, for a log line after the fact."""
         delay_s = self.next_delay_s
         self.failures += 1
         self._next_delay_s = None
-        await asyncio.sleep(delay_s)
+        if until is None:
+            await asyncio.sleep(delay_s)
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s):
+                    await until.wait()
+        return delay_s
 
     def reset(self) -> None:
         self.failures = 0

@@ -39,7 +39,7 @@ class SQLiteDB:
         self._events: dict[str, asyncio.Event] = {}
         self.finished_requests = 0  # terminal moves by any store object of this process (see results/sqlite.py)
         self.bell = Bell(path)
-        self.bell.on_ring(self._changed_elsewhere)
+        self.bell.on_ring(self.wake_all)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -57,7 +57,9 @@ class SQLiteDB:
         conn.execute("PRAGMA wal_autocheckpoint=4096")
         return conn
 
-    def acquire(self) -> None:
+    def acquire(self, schema: str) -> None:
+        """Create `schema`'s tables where missing, then share the connection until `release()`."""
+        self.apply_schema(schema)
         self._users += 1
         if self._conn is None:
             self._conn = self._open()
@@ -97,8 +99,9 @@ class SQLiteDB:
         if conn.total_changes != changes:
             self.bell.ring()
 
-    def _changed_elsewhere(self) -> None:
-        """Another process committed: every consumer and watcher of this process looks again."""
+    def wake_all(self) -> None:
+        """Every consumer and watcher of this process looks again (another process committed, or
+        this one is closing)."""
         for event in self._events.values():
             event.set()
 

@@ -6,6 +6,7 @@ is not a terminal, so the commands print the API's JSON, as they do in scripts."
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,16 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from typer.testing import CliRunner, Result
 
 from openhqm.cli import cli
 from openhqm.worker.handlers import Job
 from tests.harness import Sample, served, settings
+from tests.integration.http_servers import serve
 
 
 @pytest.fixture
@@ -100,7 +106,7 @@ def test_wait_exits_1_when_the_request_failed(listener: str) -> None:
 def test_wait_exits_3_when_the_request_is_not_finished_by_the_timeout(listener: str) -> None:
     cid = submitted(listener, "1", "--delay", "300")
     waited = openhqm(listener, "wait", cid, "--timeout", "0.5")
-    assert waited.exit_code == 3
+    assert waited.exit_code == 3, waited.stderr
     assert json.loads(waited.stdout)["status"] == "SCHEDULED"
     assert f"{cid} not finished within 0.5 s; still SCHEDULED" in waited.stderr
 
@@ -132,3 +138,27 @@ def test_submit_json_prints_the_accepted_answer(listener: str) -> None:
     printed = openhqm(listener, "submit", "1", "--json")
     body = json.loads(printed.stdout)
     assert body["status"] in ("PENDING", "PROCESSING", "COMPLETED") and body["correlation_id"]
+
+
+def test_callback_resend_delivers_a_finished_requests_callback_again(tmp_path: Path) -> None:
+    received: list[bytes] = []
+
+    async def hook(request: Request) -> Response:
+        received.append(await request.body())
+        return Response(status_code=204)
+
+    callbacks = {"enabled": True, "secret": "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHM=", "allow_hosts": ["127.0.0.1"]}
+    with serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as receiver, \
+            structlog.testing.capture_logs(), \
+            served(Sample().app, settings(tmp_path, callbacks=callbacks)) as url:
+        done = httpx.post(url + "/api/v1/submit", headers={"Prefer": "wait=30"},
+                          json={"payload": {"n": 1}, "metadata": {"callback_url": receiver + "/hook"}}).json()
+        assert done["status"] == "COMPLETED"
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.01)  # the first delivery goes out after the answer: wait for it to land
+        assert len(received) == 1
+        resent = openhqm(url, "callback", "resend", done["correlation_id"])
+    assert resent.exit_code == 0, resent.output
+    assert json.loads(resent.stdout)["delivered"] is True
+    assert len(received) == 2

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from openhqm.backends.base import Backend, BackendOptions
-from openhqm.backends.kit import Admit, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, Closing, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
 from openhqm.config import load_settings
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError, NotFound
 from openhqm.policies import Backoff, Reconnect, RetryPolicy
@@ -72,6 +72,18 @@ def test_timeouts_are_unavailable_and_openhqm_errors_pass_through_unchanged() ->
 def test_unmapped_errors_propagate_as_they_are() -> None:
     with pytest.raises(KeyError), errors("x"):
         raise KeyError("programming error")
+
+
+def test_an_error_kept_for_later_is_always_an_openhqm_error_unmapped_ones_a_backend_error() -> None:
+    assert type(errors.error("poll", ConnectionError("down"))) is BackendUnavailable
+    unmapped = errors.error("poll", KeyError("surprise"))
+    assert type(unmapped) is BackendError and str(unmapped) == "testbroker: poll: 'surprise'"
+
+
+def test_headers_are_found_in_any_case_and_a_copy_keeps_all_but_the_dropped_ones() -> None:
+    headers = {"Openhqm-Id": "m1", "openhqm-not-before": "12.5", "X-Trace": "t"}
+    assert Wire.get(headers, Wire.ID) == "m1" and Wire.get(None, Wire.ID) is None
+    assert Wire.carried(headers, Wire.ID, Wire.NOT_BEFORE) == {"X-Trace": "t"}
 
 
 async def test_prefetched_items_not_taken_are_released_on_close() -> None:
@@ -191,3 +203,54 @@ def test_backends_that_extend_leases_tell_the_pool_how_long_a_lease_lasts(name: 
 
     backend = create_backend(load_settings(overrides={"queue": {"type": name}, "data_dir": str(tmp_path)}))
     assert backend.capabilities.lease_extension and backend.lease_s is not None and backend.lease_s > 0
+
+
+async def test_background_tasks_are_held_until_done_and_waited_for_whatever_their_end() -> None:
+    background, release = Background(), asyncio.Event()
+    finished: list[str] = []
+
+    async def side_task() -> None:
+        await release.wait()
+        finished.append("side task")
+
+    async def failing() -> None:
+        raise RuntimeError("its own business")
+
+    background.spawn(side_task())
+    background.spawn(failing())
+    assert len(background) == 2
+    release.set()
+    await background.wait()
+    assert finished == ["side task"] and len(background) == 0
+
+
+async def test_close_abandons_a_call_in_progress_and_returns_once_it_has_ended() -> None:
+    closing, started, ended = Closing(), asyncio.Event(), asyncio.Event()
+
+    async def long_poll() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+        return "never"
+
+    polling = asyncio.create_task(closing.unless_closed(long_poll()))
+    await started.wait()
+    await closing.close()
+    assert ended.is_set() and await polling is None
+    assert await closing.unless_closed(long_poll()) is None  # once closed, nothing waits
+
+
+async def test_a_call_made_through_closing_returns_its_result_or_raises_its_error() -> None:
+    closing = Closing()
+
+    async def answer() -> int:
+        return 42
+
+    async def broken() -> int:
+        raise ConnectionError("down")
+
+    assert await closing.unless_closed(answer()) == 42
+    with pytest.raises(ConnectionError):
+        await closing.unless_closed(broken())

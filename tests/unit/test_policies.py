@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from openhqm.config import RetrySettings
@@ -51,8 +53,17 @@ async def test_reconnect_sleeps_the_delay_it_announced_and_starts_over_after_a_s
     reconnect = Reconnect(Backoff(base_delay_s=0.001, max_delay_s=0.004))
     announced = reconnect.next_delay_s
     assert reconnect.next_delay_s == announced
-    await reconnect.wait()
+    assert await reconnect.wait() == announced
     await reconnect.wait()
     assert reconnect.failures == 2
     reconnect.reset()
     assert reconnect.failures == 0 and reconnect.next_delay_s <= 0.001
+
+
+async def test_a_reconnect_wait_ends_as_soon_as_its_until_event_is_set() -> None:
+    reconnect = Reconnect(Backoff(base_delay_s=3600, max_delay_s=3600, jitter=False))
+    closed = asyncio.Event()
+    waiting = asyncio.create_task(reconnect.wait(closed))
+    asyncio.get_running_loop().call_soon(closed.set)
+    assert await asyncio.wait_for(waiting, timeout=10) == 3600
+    assert reconnect.failures == 1

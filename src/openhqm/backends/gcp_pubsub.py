@@ -36,7 +36,7 @@ from pydantic import Field
 
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.backends.gcp_pubsub_topics import PubSubTopics, errors
-from openhqm.backends.kit import Admit, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, PrefetchBuffer, Wire, admission, redelivery
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError
@@ -91,7 +91,7 @@ class PubSubDelivery(Delivery):
                 or Wire.NOT_BEFORE in attributes):
             # Pub/Sub would not count this redelivery as we need (no policy, or deliveries spent on a
             # not-before wait), or cannot wait that long: a copy carries the count instead.
-            copy = {k: v for k, v in attributes.items() if k != Wire.NOT_BEFORE}
+            copy = Wire.carried(attributes, Wire.NOT_BEFORE)
             copy |= redelivery(self.attempt, delay_s, time.time())
             await self._backend.repost(self.queue, self._message, copy)
         else:
@@ -125,7 +125,7 @@ class _Stream:
         self.buffer = PrefetchBuffer[Message | _Ended](prefetch + 1, self._release)
         self.reconnect = Reconnect()
         self.future: StreamingPullFuture | None = None
-        self._handovers: set[asyncio.Task[None]] = set()
+        self._handovers = Background()
 
     def start(self) -> None:
         flow = pubsub_v1.types.FlowControl(
@@ -144,9 +144,7 @@ class _Stream:
     def _put(self, item: Message | _Ended) -> None:
         if self.buffer.closed and isinstance(item, _Ended):
             return  # stopped on purpose
-        task = self._loop.create_task(self.buffer.put(item))
-        self._handovers.add(task)
-        task.add_done_callback(self._handovers.discard)
+        self._handovers.spawn(self.buffer.put(item))
 
     async def _release(self, item: Message | _Ended) -> None:
         if isinstance(item, Message):
@@ -161,7 +159,7 @@ class _Stream:
             future.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(future.result, self._backend.options.timeout_s)
-        await asyncio.gather(*self._handovers, return_exceptions=True)
+        await self._handovers.wait()
 
     def error(self) -> BaseException | None:
         if self.future is None or not self.future.done() or self.future.cancelled():
@@ -253,7 +251,7 @@ class PubSubBackend(Backend):
                 raise BackendError(f"pubsub: pulling {stream.queue} failed: {error}") from error
             log.warning("pubsub.stream_ended", queue=stream.queue, error=str(error),
                         retry_in_s=round(stream.reconnect.next_delay_s, 3))
-            await self._pause(stream.reconnect)
+            await stream.reconnect.wait(self._closed)
             if self._closed.is_set():
                 return
             self.topics.forget(stream.queue)
@@ -263,13 +261,6 @@ class PubSubBackend(Backend):
                 return
             except BackendError as exc:
                 log.warning("pubsub.resubscribe_failed", queue=stream.queue, error=str(exc))
-
-    async def _pause(self, reconnect: Reconnect) -> None:
-        """`reconnect.wait()`, cut short by close()."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(reconnect.next_delay_s):
-                await self._closed.wait()
-        reconnect.failures += 1
 
     async def _admit(self, queue: str, message: Message) -> PubSubDelivery | None:
         """A delivery, or None when the message is not due yet and was put back to wait."""

@@ -196,8 +196,7 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
                     for record in records:
                         self._admit(record)
         except Exception as exc:  # the iterator re-raises it; a dead poll task must not leave it waiting
-            action = f"consume {self.queue!r}"
-            self._error = ERRORS.translate(action, exc) or BackendError(ERRORS.describe(action, exc))
+            self._error = ERRORS.error(f"consume {self.queue!r}", exc)
             self._wake.set()
 
     def _apply_backpressure(self) -> None:

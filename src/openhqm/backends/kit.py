@@ -5,6 +5,8 @@
 - `ErrorMap`: the one place where a driver's exceptions become openhqm's, per backend a table.
 - `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays.
 - `PrefetchBuffer`: messages fetched ahead, handed back to the broker when the consumer closes.
+- `Background`: tasks started on the side, which close() waits for.
+- `Closing`: a backend's closed flag, and the calls (long polls, blocking reads) close() abandons.
 The health template and the options model live on `Backend` itself (base.py).
 """
 
@@ -13,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
 from openhqm.redact import mask_url
 
+V = TypeVar("V")
 MAX_REASON_CHARS = 1000  # a dead-letter reason travels in a header: bounded
 
 
@@ -62,6 +65,17 @@ class Wire:
     def own(headers: Mapping[str, Any]) -> bool:
         return any(name.lower().startswith(Wire.PREFIX) for name in headers)
 
+    @staticmethod
+    def get(headers: Mapping[str, V] | None, name: str) -> V | None:
+        """A header by its `Wire` name, whatever its case (NATS keeps the case it was sent with)."""
+        return next((value for key, value in (headers or {}).items() if key.lower() == name), None)
+
+    @staticmethod
+    def carried(headers: Mapping[str, V], *dropped: str) -> dict[str, V]:
+        """The headers a copy of a message keeps: all but the `dropped` Wire names, in any case
+        (foreign headers travel on, for whoever else reads the queue)."""
+        return {key: value for key, value in headers.items() if key.lower() not in dropped}
+
 
 Rule = tuple[type[BaseException] | tuple[type[BaseException], ...], type[BackendError]]
 
@@ -95,6 +109,10 @@ class ErrorMap:
             if isinstance(exc, kinds):
                 return error(self.describe(action, exc))
         return None
+
+    def error(self, action: str, exc: BaseException) -> OpenHQMError:
+        """`translate`, or a BackendError when no rule matches: for errors kept to be raised later."""
+        return self.translate(action, exc) or BackendError(self.describe(action, exc))
 
     @contextlib.contextmanager
     def __call__(self, action: str) -> Iterator[None]:
@@ -214,3 +232,53 @@ class PrefetchBuffer(Generic[T]):
             item = self._items.get_nowait()
             with contextlib.suppress(Exception):  # the broker redelivers it after its lease anyway
                 await self._release(item)
+
+
+class Background:
+    """Tasks a backend starts on the side (a hand-over from a driver's thread, a counted redelivery),
+    referenced until done (asyncio itself keeps only weak ones) so that close() can wait for them."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self) -> None:
+        """Until every task started so far has ended; how they ended is theirs to handle."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Closing(asyncio.Event):
+    """A backend's "closed" flag (an Event: loops test it, pauses wait on it) that also abandons
+    the calls made through `unless_closed` (a long poll, a blocking read): `await close()` cancels
+    them and returns once each has ended, so the connection they were using can be closed next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._calls: set[asyncio.Future[Any]] = set()
+
+    async def unless_closed(self, awaitable: Awaitable[T]) -> T | None:
+        """`awaitable`'s result, or None once closed (at once when closed already)."""
+        task = asyncio.ensure_future(awaitable)
+        if self.is_set():
+            task.cancel()
+        self._calls.add(task)
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._calls.discard(task)
+            task.cancel()
+        return None if task.cancelled() else task.result()
+
+    async def close(self) -> None:
+        self.set()
+        calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)

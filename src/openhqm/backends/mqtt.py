@@ -18,11 +18,10 @@ default) although it PUBACKed it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -31,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, Wire, admission, redelivery
 from openhqm.backends.mqtt_session import NEVER_EXPIRE, Broker, Session, headers_of
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
@@ -101,7 +100,7 @@ class _Consumer(Session):
         # (DUP) what was unacked at its CONNACK: not new work, but a PUBACK is due if ours is not out yet.
         self.acked: dict[int, bool] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._counting = Background()  # nacks that count a redelivered attempt
         self.draining = False
 
     def on_connect(self) -> None:
@@ -126,9 +125,7 @@ class _Consumer(Session):
         elif message.dup:
             # Sent before and never acked: whoever had it may have crashed while handling it. A nack (its copy
             # has attempt+1) makes repeated crashes count (MQTT itself keeps no delivery counter).
-            task = asyncio.ensure_future(self._count_attempt(MQTTDelivery(self, message, headers)))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._counting.spawn(self._count_attempt(MQTTDelivery(self, message, headers)))
         else:
             self.inbox.put_nowait(MQTTDelivery(self, message, headers))
 
@@ -166,7 +163,7 @@ class _Consumer(Session):
         self.held.discard(mid)
         self.unsettled.discard(mid)
         if self.draining and not self.unsettled:
-            self.backend.spawn(self.close())
+            self.backend.background.spawn(self.close())
 
     async def finish(self) -> None:
         """The iterator ended: close now, or once the deliveries it yielded are settled."""
@@ -181,9 +178,7 @@ class _Consumer(Session):
     async def close(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(Exception):
-                await task
+        await self._counting.wait()
         await super().close()
         self.backend.consumers.discard(self)
         self.inbox.put_nowait(None)
@@ -209,7 +204,7 @@ class MQTTBackend(Backend):
         self._validate_topic_part("queue.mqtt.share_group", self.options.share_group, levels=False)
         self._publisher: Session | None = None
         self.consumers: set[_Consumer] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.background = Background()  # consumers closing themselves after their session was lost
         self._session_locks: dict[str, asyncio.Lock] = {}
 
     @property
@@ -250,16 +245,9 @@ class MQTTBackend(Backend):
         publisher, self._publisher = self._publisher, None
         for consumer in list(self.consumers):
             await consumer.close()
-        for task in list(self._tasks):
-            with contextlib.suppress(Exception):
-                await task
+        await self.background.wait()
         if publisher is not None:
             await publisher.close()
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _connection(self) -> Session:
         if self._publisher is None or self._publisher.closed:

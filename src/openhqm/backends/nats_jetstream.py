@@ -83,23 +83,18 @@ class NATSOptions(BackendOptions):
     subject_prefix: str = Field("openhqm", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
-def _header(msg: Msg, name: str) -> str | None:
-    """A header by its `Wire` name, whatever its case (NATS keeps the case it was sent with)."""
-    return next((value for key, value in (msg.headers or {}).items() if key.lower() == name), None)
-
-
 def _copied_headers(msg: Msg, *dropped: str) -> dict[str, str]:
-    """Headers worth carrying to a copy: foreign ones and ours but `dropped`, not the server's Nats-*."""
-    return {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-") and k.lower() not in dropped}
+    """`Wire.carried`, less the server's own Nats-* headers (a copy gets fresh ones)."""
+    return Wire.carried({k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}, *dropped)
 
 
 class NATSDelivery(Delivery):
     def __init__(self, backend: NATSJetStreamBackend, queue: str, msg: Msg) -> None:
         meta = msg.metadata
-        message_id = (_header(msg, Wire.ID) or (msg.headers or {}).get(MSG_ID_HEADER)
+        message_id = (Wire.get(msg.headers, Wire.ID) or (msg.headers or {}).get(MSG_ID_HEADER)
                       or f"{meta.stream}:{meta.sequence.stream}")
         super().__init__(queue, msg.data, attempt=meta.num_delivered, message_id=message_id,
-                         key=_header(msg, Wire.KEY))
+                         key=Wire.get(msg.headers, Wire.KEY))
         self._backend = backend
         self._msg = msg
 
@@ -204,13 +199,6 @@ class NATSJetStreamBackend(Backend):
         with contextlib.suppress(Exception):
             await nc.close()
 
-    async def _pause(self, reconnect: Reconnect) -> None:
-        """`reconnect.wait()`, cut short by close() (nats-py is reconnecting meanwhile)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(reconnect.next_delay_s):
-                await self._closed.wait()
-        reconnect.failures += 1
-
     async def ping(self) -> None:
         if not self._connection().is_connected:
             raise BackendUnavailable("nats: not connected (nats-py is reconnecting)")
@@ -310,7 +298,7 @@ class NATSJetStreamBackend(Backend):
                     msg = await puller.next()
                 except retried as exc:
                     log.warning("nats pull failed; retrying", durable=puller.durable, error=str(exc))
-                    await self._pause(reconnect)
+                    await reconnect.wait(self._closed)  # nats-py is reconnecting meanwhile
                     continue
                 reconnect.reset()
                 if msg is None:
@@ -339,14 +327,14 @@ class NATSJetStreamBackend(Backend):
                 self._puller(f"{subject}.{DELAYED_TOKEN}", MOVER_BATCH), retried=BackendError)) as pulled:
             async for msg in pulled:
                 # nak(delay) keeps a message out of sight as long as asked: no hold limit, never a re-post.
-                not_before = Wire.number(_header(msg, Wire.NOT_BEFORE))
+                not_before = Wire.number(Wire.get(msg.headers, Wire.NOT_BEFORE))
                 decision = admission(not_before, time.time(), max_hold_s=None)
                 try:
                     if decision.action is Admit.HOLD:
                         with errors("nak"):
                             await msg.nak(delay=decision.wait_s)
                     else:
-                        message_id = _header(msg, Wire.ID) or f"{self.stream}:{msg.metadata.sequence.stream}"
+                        message_id = Wire.get(msg.headers, Wire.ID) or f"{self.stream}:{msg.metadata.sequence.stream}"
                         await self._forward(msg, subject, message_id, _copied_headers(msg, Wire.ID, Wire.NOT_BEFORE))
                 except BackendError as exc:  # it comes back after ack_wait_s
                     log.warning("nats delay mover failed", queue=queue, error=str(exc))

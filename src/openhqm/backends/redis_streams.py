@@ -45,7 +45,7 @@ from redis.backoff import ExponentialBackoff
 
 from openhqm.backends import redis_streams_lua as lua
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import PrefetchBuffer
+from openhqm.backends.kit import Closing, PrefetchBuffer
 from openhqm.backends.redis_streams_lua import GROUP, Entry, GroupLost, Keys, errors
 from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
@@ -131,7 +131,7 @@ class RedisStreamsBackend(Backend):
         self._redis: aioredis.Redis | None = None
         self._blocking: aioredis.Redis | None = None  # long reads, so they never starve commands
         self._scripts: dict[str, AsyncScript] = {}
-        self._closed = asyncio.Event()
+        self._closed = Closing()
         self._movers: dict[str, tuple[asyncio.Task[None], int]] = {}  # queue -> (mover, its consumers)
         self._consumed: set[str] = set()
         self._prefetched: set[PrefetchBuffer[Entry]] = set()
@@ -185,7 +185,7 @@ class RedisStreamsBackend(Backend):
         commands, blocking = self._redis, self._blocking
         if commands is None or blocking is None:
             return
-        self._closed.set()
+        await self._closed.close()  # ends blocking reads and pauses
         movers = [task for task, _ in self._movers.values()]
         self._movers.clear()
         for task in movers:
@@ -216,19 +216,6 @@ class RedisStreamsBackend(Backend):
             async with asyncio.timeout(_COMMAND_TIMEOUT_S):
                 return await self._scripts[script](keys=list(keys), args=list(args))
 
-    async def _until_closed(self, awaitable: Awaitable[T]) -> T | None:
-        """Await `awaitable`, abandoning it (None) once close() is called: a blocking read or a
-        pause between reconnects must not hold up a close."""
-        task = asyncio.ensure_future(awaitable)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-            task.cancel()
-        return task.result() if task.done() else None
-
     async def _blocking_read(self, command: Callable[[aioredis.Redis], Awaitable[T]], block_s: float,
                              action: str) -> T | None:
         """Run a blocking command on its own connection (dropped when close() abandons it)."""
@@ -239,12 +226,12 @@ class RedisStreamsBackend(Backend):
                 return await command(client)
 
         with errors(action):
-            return await self._until_closed(bounded())
+            return await self._closed.unless_closed(bounded())
 
     async def _pause(self, reconnect: Reconnect, what: str, exc: BaseException) -> None:
         """Wait after a failure; Redis is unreachable or broken, so there is nothing to block on."""
         log.warning("redis %s: %s; retrying in about %.1f s", what, exc, reconnect.next_delay_s)
-        await self._until_closed(reconnect.wait())
+        await reconnect.wait(self._closed)
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,

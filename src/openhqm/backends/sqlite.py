@@ -143,8 +143,7 @@ class SQLiteBackend(Backend):
     async def connect(self) -> None:
         if self._connected:
             return
-        self._db.apply_schema(SCHEMA)
-        self._db.acquire()
+        self._db.acquire(SCHEMA)
         self._connected = True
         self._closed.clear()
 
@@ -160,8 +159,7 @@ class SQLiteBackend(Backend):
             with contextlib.suppress(Exception):
                 await self._release(held)
         self._connected = False
-        for event in list(self._db._events.values()):
-            event.set()
+        self._db.wake_all()
         self._db.release()
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,

@@ -28,14 +28,14 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import Field
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Closing, PrefetchBuffer, Wire, admission, redelivery
 from openhqm.backends.sqs_queues import QueueGone, SQSQueues, sqs_queue_name
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from openhqm.config import Settings
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 MAX_DELAY_S = 900  # SQS's DelaySeconds limit
 MAX_VISIBILITY_S = 43_200  # 12 h, counted from the receive
@@ -145,7 +144,7 @@ class SQSDelivery(Delivery):
     async def _dead_letter(self, reason: str) -> None:
         if self._late():
             return
-        copy = {k: v for k, v in self._attributes.items() if k not in (Wire.NOT_BEFORE, Wire.ATTEMPT)}
+        copy = Wire.carried(self._attributes, Wire.NOT_BEFORE, Wire.ATTEMPT)
         copy[Wire.REASON] = Wire.reason(reason)
         await self._backend._send(dead_letter_queue(self.queue), self._message["Body"], copy,
                                   dedup_id=self.message_id)
@@ -173,8 +172,7 @@ class SQSBackend(Backend):
         super().__init__(settings)
         self.queues = SQSQueues(self.queue_name, visibility_timeout_s=self.options.visibility_timeout_s,
                                 max_receive_count=self.options.max_receive_count)
-        self._closed = asyncio.Event()
-        self._waits: set[asyncio.Future[Any]] = set()
+        self._closed = Closing()
         self._buffers: set[PrefetchBuffer[Received]] = set()
 
     @property
@@ -207,30 +205,15 @@ class SQSBackend(Backend):
     async def close(self) -> None:
         if not self.queues.connected:
             return
-        self._closed.set()
         # Stop the long polls, then hand back what was received but not handed out, and only then
         # close the HTTP session that both of them use.
-        waits = list(self._waits)
-        for task in waits:
-            task.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
+        await self._closed.close()
         await asyncio.gather(*(buffer.close() for buffer in list(self._buffers)))
         await self.queues.close()
 
     async def ping(self) -> None:
         with contextlib.suppress(QueueGone):  # reachable and authorised; queues are made on first use
             await self.queues.call("get_queue_url", QueueName=self.queue_name(self.settings.queue.request_queue))
-
-    async def _unless_closed(self, awaitable: Awaitable[T]) -> T | None:
-        """Await `awaitable`, or give up with None as soon as close() is called."""
-        task = asyncio.ensure_future(awaitable)
-        self._waits.add(task)
-        try:
-            await asyncio.wait({task})
-        finally:
-            self._waits.discard(task)
-            task.cancel()
-        return None if task.cancelled() else task.result()
 
     # -- publishing -----------------------------------------------------------------------------
 
@@ -269,7 +252,7 @@ class SQSBackend(Backend):
     async def _repost(self, queue: str, url: str, message: dict[str, Any], attributes: dict[str, str],
                       headers: dict[str, str]) -> None:
         """Send `message` again with `headers` (its next attempt and due time), then delete it."""
-        copy = {k: v for k, v in attributes.items() if k not in (Wire.NOT_BEFORE, Wire.ATTEMPT)} | headers
+        copy = Wire.carried(attributes, Wire.NOT_BEFORE, Wire.ATTEMPT) | headers
         # A fresh deduplication id: on a FIFO queue the original's would swallow the copy.
         await self._send(queue, message["Body"], copy, dedup_id=new_id())
         await self.queues.delete(url, message["ReceiptHandle"])
@@ -291,7 +274,7 @@ class SQSBackend(Backend):
                         self.queues.forget(queue)  # made again by the next receive
                     except BackendUnavailable as exc:
                         log.warning("sqs receive failed; retrying", queue=queue, error=str(exc))
-                        await self._unless_closed(reconnect.wait())
+                        await reconnect.wait(self._closed)
                     else:
                         reconnect.reset()
                     continue
@@ -310,7 +293,7 @@ class SQSBackend(Backend):
     async def _receive(self, queue: str, count: int, into: PrefetchBuffer[Received]) -> None:
         """One long poll (given up at close())."""
         url = await self.queues.url(queue)
-        response = await self._unless_closed(self.queues.call(
+        response = await self._closed.unless_closed(self.queues.call(
             "receive_message", QueueUrl=url, MaxNumberOfMessages=count,
             WaitTimeSeconds=self.options.wait_time_s, VisibilityTimeout=self.options.visibility_timeout_s,
             MessageAttributeNames=["All"], MessageSystemAttributeNames=_RECEIVE_ATTRIBUTES))

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import httpx
 import typer
+
+from openhqm.config_sources import dotted
 
 CELL_MAX_CHARS = 60
 BAR_WIDTH = 30
@@ -63,19 +65,11 @@ def cell(value: Any, limit: int | None = CELL_MAX_CHARS) -> str:
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _flat(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in data.items():
-        if isinstance(value, Mapping) and value:
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def key_values(data: Any, *, flatten: bool = False) -> str:
     """Aligned `key  value` lines; `flatten` spells nested mappings as dotted keys (stats)."""
     if not isinstance(data, Mapping):
         return cell(data, limit=None)
-    items = list(_flat(data)) if flatten else list(data.items())
+    items = list(dotted(data)) if flatten else list(data.items())
     width = max((len(key) for key, _ in items), default=0)
     return "\n".join(f"{key.ljust(width)}  {cell(value, limit=None)}" for key, value in items)
 

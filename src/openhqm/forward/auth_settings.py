@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import httpx
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from openhqm.settings_base import Section
 
+T = TypeVar("T")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token: header names and methods
 
 
@@ -27,13 +29,30 @@ def header_safe(secret: SecretStr) -> SecretStr:
     return secret
 
 
-def http_url(url: str) -> str:
+def needs(other: str) -> Callable[[T, ValidationInfo], T]:
+    """A field validator: this optional field may be set only together with `other` (declared before it)."""
+
+    def check(value: T, info: ValidationInfo) -> T:
+        if value is not None and info.data.get(other) is None:
+            raise ValueError(f"{info.field_name} needs {other}")
+        return value
+
+    return check
+
+
+def parse_http_url(url: str) -> httpx.URL:
+    """The one rule for URLs openhqm calls (endpoints, token URLs, callbacks): absolute http(s)."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise ValueError(f"not a valid URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError("must be an absolute http:// or https:// URL")
+    return parsed
+
+
+def http_url(url: str) -> str:
+    parse_http_url(url)
     return url
 
 class BearerAuth(Section):
@@ -80,12 +99,7 @@ class TLSSettings(Section):
     client_cert: Path | None = Field(None, description="PEM certificate for mutual TLS")
     client_key: Path | None = Field(None, description="PEM private key (unencrypted) for client_cert")
 
-    @field_validator("client_key")
-    @classmethod
-    def _key_needs_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None and info.data.get("client_cert") is None:
-            raise ValueError("client_key needs client_cert")
-        return value
+    _key_needs_cert = field_validator("client_key")(needs("client_cert"))
 
 
 class OAuth2ClientCredentials(Section):

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from openhqm.errors import RequestRejected
 from openhqm.forward.endpoint import Endpoint
 from openhqm.forward.models import ForwardRequest, ForwardResponse
 from openhqm.forward.routing import Router
@@ -85,8 +84,7 @@ class Forwarder:
         try:
             return self._endpoints[name]
         except KeyError:
-            valid = ", ".join(self.endpoint_names) or "none"
-            raise RequestRejected(f"unknown endpoint {name[:100]!r}; valid: {valid}", status=400) from None
+            raise self._router.unknown(name) from None
 
     def __repr__(self) -> str:
         return f"Forwarder(endpoints={list(self.endpoint_names)})"

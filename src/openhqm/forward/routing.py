@@ -69,6 +69,10 @@ class Router:
     def _valid(self) -> str:
         return "valid: " + (", ".join(self.names) if self.names else "none (no proxy.endpoints configured)")
 
+    def unknown(self, endpoint: str) -> RequestRejected:
+        """The 400 for a name that is no endpoint, listing the valid ones."""
+        return RequestRejected(f"unknown endpoint {endpoint[:100]!r}; {self._valid()}", status=400)
+
     def resolve(
         self,
         endpoint: str | None,
@@ -81,7 +85,7 @@ class Router:
         """The endpoint name, or RequestRejected (400) naming the problem and the valid names."""
         if endpoint is not None:
             if endpoint not in self.names:
-                raise RequestRejected(f"unknown endpoint {endpoint[:100]!r}; {self._valid()}", status=400)
+                raise self.unknown(endpoint)
             return endpoint
         for rule in self._routes:
             if matches(rule, method=method, path=path, headers=headers or {}, payload_json=payload_json):

@@ -23,6 +23,7 @@ from openhqm.forward.auth_settings import (
     TLSSettings,
     check_header_name,
     http_url,
+    needs,
 )
 from openhqm.policies import RetryPolicy
 from openhqm.settings_base import RetrySection, Section
@@ -142,12 +143,7 @@ class EndpointSettings(Section):
             raise ValueError(f"not header names or patterns: {bad}")
         return value
 
-    @field_validator("rate_burst")
-    @classmethod
-    def _burst_needs_rate(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and info.data.get("rate_limit_per_s") is None:
-            raise ValueError("rate_burst needs rate_limit_per_s")
-        return value
+    _burst_needs_rate = field_validator("rate_burst")(needs("rate_limit_per_s"))
 
     @property
     def timeouts(self) -> TimeoutSettings:

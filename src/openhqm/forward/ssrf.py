@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import httpx
 
 from openhqm.errors import UnsafeURL, UpstreamUnavailable
+from openhqm.forward.auth_settings import parse_http_url
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -169,11 +170,9 @@ class Target:
 
 def _parse(url: str) -> tuple[httpx.URL, str]:
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise UnsafeURL(f"callback URL is not a valid URL: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise UnsafeURL("callback URL must be an absolute http:// or https:// URL")
+        parsed = parse_http_url(url)
+    except ValueError as exc:
+        raise UnsafeURL(f"callback URL: {exc}") from None
     return parsed, parsed.host.lower().rstrip(".")
 
 

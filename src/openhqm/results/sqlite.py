@@ -63,8 +63,7 @@ class SQLiteResultStore(ResultStore):
     async def connect(self) -> None:
         if self._connected:
             return
-        self._db.apply_schema(SCHEMA)
-        self._db.acquire()
+        self._db.acquire(SCHEMA)
         self._connected = True
         self._watcher = asyncio.create_task(self._watch(), name="openhqm-store-watch")
 
