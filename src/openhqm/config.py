@@ -24,6 +24,7 @@ from openhqm.backends import registry
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
 from openhqm.errors import ConfigError, MissingDependency
 from openhqm.forward.settings import CallbackSettings, EndpointSettings, MiB, ProxySettings
+from openhqm.http.auth_settings import AuthSettings
 from openhqm.redact import SECRET_MASK, mask_url
 from openhqm.settings_base import RetrySection, Section
 
@@ -165,39 +166,6 @@ class LoggingSettings(Section):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
-
-
-Scope = Literal["submit", "read", "admin"]
-
-
-def _default_scopes() -> list[Scope]:
-    return ["submit", "read"]
-
-
-class ApiKeySettings(Section):
-    name: str
-    key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256 of the key")
-    scopes: list[Scope] = Field(default_factory=_default_scopes)
-
-
-class JWTSettings(Section):
-    algorithm: Literal["HS256", "RS256"] = "HS256"
-    key: SecretStr | None = Field(None, description="HS256 secret, or RS256 public key (PEM)")
-    jwks_file: Path | None = None
-    jwks_uri: str | None = Field(None, description="the token issuer's JWKS URL (https, or http on loopback)")
-    audience: str | None = None
-    issuer: str | None = None
-
-
-class AuthSettings(Section):
-    """Client access control; off unless api_keys or jwt is configured."""
-
-    api_keys: list[ApiKeySettings] = Field(default_factory=list)
-    jwt: JWTSettings | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.api_keys) or self.jwt is not None
 
 
 class TracingSettings(Section):

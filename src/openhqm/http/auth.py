@@ -25,8 +25,8 @@ from fastapi import Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from openhqm.config import ApiKeySettings, AuthSettings, JWTSettings
 from openhqm.errors import ConfigError
+from openhqm.http.auth_settings import ApiKeySettings, AuthSettings, JWTSettings
 from openhqm.http.openapi import ASSETS_PATH, DOCS_PATHS
 from openhqm.http.responses import problem
 from openhqm.logging import get_logger
