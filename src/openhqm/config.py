@@ -24,7 +24,9 @@ from openhqm.backends import registry
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
 from openhqm.errors import ConfigError, MissingDependency
 from openhqm.forward.settings import CallbackSettings, EndpointSettings, MiB, ProxySettings
+from openhqm.http.auth_settings import ApiKeySettings as ApiKeySettings  # re-exported: public names
 from openhqm.http.auth_settings import AuthSettings
+from openhqm.http.auth_settings import JWTSettings as JWTSettings
 from openhqm.redact import SECRET_MASK, mask_url
 from openhqm.settings_base import RetrySection, Section
 
