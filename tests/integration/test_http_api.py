@@ -192,6 +192,13 @@ def test_health_ready_and_metrics_answer(server: Server) -> None:
     assert "/api/v1/response/{correlation_id}" in metrics
 
 
+def test_metrics_are_documented_as_the_text_they_answer(server: Server) -> None:
+    answer = httpx.get(f"{server.url}/metrics")
+    documented = httpx.get(f"{server.url}/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]["200"]
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert list(documented["content"]) == ["text/plain"]
+
+
 async def test_undecodable_message_is_dead_lettered_with_its_reason_and_work_goes_on(
     server: Server,
 ) -> None:
