@@ -138,6 +138,19 @@ def test_payload_json_cannot_carry_answers_422_naming_the_problem(server: Server
     assert "64-bit" in response.json()["detail"]
 
 
+def test_metadata_and_headers_the_queue_cannot_carry_answer_422_not_503(server: Server) -> None:
+    # JSON text can spell both; the queue envelope cannot hold either (found by test_api_fuzzing.py).
+    for body, field in (('{"payload": 1, "metadata": {"n": 36893488147419103232}}', "metadata"),
+                        ('{"payload": 1, "metadata": {"note": "\\ud800"}}', "metadata"),
+                        ('{"payload": 1, "metadata": {"handler": "\\ud800"}}', "metadata"),
+                        ('{"payload": 1, "headers": {"x-note": "\\ud800"}}', "headers")):
+        refused = httpx.post(f"{server.url}/api/v1/submit", content=body.encode(),
+                             headers={"content-type": "application/json"})
+        assert refused.status_code == 422, body
+        assert refused.json()["errors"][0]["loc"] == ["body", field], body
+        assert f"{field} cannot be queued" in refused.json()["detail"], body
+
+
 def test_unknown_handler_answers_400_listing_valid_ones(server: Server) -> None:
     response = submit(server, 1, {"handler": "recrod"})
     assert response.status_code == 400
