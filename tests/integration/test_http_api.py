@@ -151,6 +151,13 @@ def test_metadata_and_headers_the_queue_cannot_carry_answer_422_not_503(server: 
         assert f"{field} cannot be queued" in refused.json()["detail"], body
 
 
+def test_method_not_allowed_names_every_method_the_path_answers(server: Server) -> None:
+    # GET and DELETE /api/v1/dlq are two routes; the framework's Allow named only the first.
+    refused = httpx.put(f"{server.url}/api/v1/dlq")
+    assert refused.status_code == 405 and refused.headers["Allow"] == "DELETE, GET"
+    assert httpx.post(f"{server.url}/health").headers["Allow"] == "GET"
+
+
 def test_unknown_handler_answers_400_listing_valid_ones(server: Server) -> None:
     response = submit(server, 1, {"handler": "recrod"})
     assert response.status_code == 400
