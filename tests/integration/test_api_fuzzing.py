@@ -60,8 +60,9 @@ def fuzz_settings(data_dir: Path, *, secured: bool) -> Settings:
 
 def api_description(*, secured: bool) -> dict[str, Any]:
     """The OpenAPI document of the app a fixture below serves, read without serving it: Schemathesis
-    turns each operation into a test when the module is collected. Building the app starts nothing
-    (runtime.py), so this data directory is never used."""
+    turns each operation into a test when the module is collected (its lazy `from_fixture` loading
+    fails on pytest 9, which dropped `Node._nodeid`). Building the app starts nothing (runtime.py),
+    so this data directory is never used; the first test checks the served documents are these."""
     unused = Path(tempfile.gettempdir()) / "openhqm-fuzz-description"
     app = fuzzed_app()
     app.settings = fuzz_settings(unused, secured=secured)
