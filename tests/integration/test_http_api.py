@@ -138,6 +138,26 @@ def test_payload_json_cannot_carry_answers_422_naming_the_problem(server: Server
     assert "64-bit" in response.json()["detail"]
 
 
+def test_metadata_and_headers_the_queue_cannot_carry_answer_422_not_503(server: Server) -> None:
+    # JSON text can spell both; the queue envelope cannot hold either (found by test_api_fuzzing.py).
+    for body, field in (('{"payload": 1, "metadata": {"n": 36893488147419103232}}', "metadata"),
+                        ('{"payload": 1, "metadata": {"note": "\\ud800"}}', "metadata"),
+                        ('{"payload": 1, "metadata": {"handler": "\\ud800"}}', "metadata"),
+                        ('{"payload": 1, "headers": {"x-note": "\\ud800"}}', "headers")):
+        refused = httpx.post(f"{server.url}/api/v1/submit", content=body.encode(),
+                             headers={"content-type": "application/json"})
+        assert refused.status_code == 422, body
+        assert refused.json()["errors"][0]["loc"] == ["body", field], body
+        assert f"{field} cannot be queued" in refused.json()["detail"], body
+
+
+def test_method_not_allowed_names_every_method_the_path_answers(server: Server) -> None:
+    # GET and DELETE /api/v1/dlq are two routes; the framework's Allow named only the first.
+    refused = httpx.put(f"{server.url}/api/v1/dlq")
+    assert refused.status_code == 405 and refused.headers["Allow"] == "DELETE, GET"
+    assert httpx.post(f"{server.url}/health").headers["Allow"] == "GET"
+
+
 def test_unknown_handler_answers_400_listing_valid_ones(server: Server) -> None:
     response = submit(server, 1, {"handler": "recrod"})
     assert response.status_code == 400
@@ -190,6 +210,13 @@ def test_health_ready_and_metrics_answer(server: Server) -> None:
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'openhqm_http_requests_total{method="POST",route="/api/v1/submit"' in metrics
     assert "/api/v1/response/{correlation_id}" in metrics
+
+
+def test_metrics_are_documented_as_the_text_they_answer(server: Server) -> None:
+    answer = httpx.get(f"{server.url}/metrics")
+    documented = httpx.get(f"{server.url}/openapi.json").json()["paths"]["/metrics"]["get"]["responses"]["200"]
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert list(documented["content"]) == ["text/plain"]
 
 
 async def test_undecodable_message_is_dead_lettered_with_its_reason_and_work_goes_on(

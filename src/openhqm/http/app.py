@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 from openhqm.app import OpenHQM
 from openhqm.errors import BackendUnavailable, RequestRejected
@@ -82,10 +83,24 @@ async def _invalid(request: Request, exc: Any) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: Any) -> JSONResponse:
-    detail = str(exc.detail)
+    detail, headers = str(exc.detail), exc.headers
     if exc.status_code in (404, 405):  # the framework's bare "Not Found": say what was not found
         detail = f"{detail}: {request.method} {request.url.path}"
-    return problem(exc.status_code, detail, headers=exc.headers)
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": allowed}
+    return problem(exc.status_code, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers (RFC 9110: `Allow` on a 405). Starlette names only those of the
+    first route matching the path, and e.g. GET and DELETE /api/v1/dlq are two routes. Mounts (the
+    docs assets) match any method and answer their own 405s, so they are left out."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    return ", ".join(method for method in HTTP_METHODS if any(
+        route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes))
+
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

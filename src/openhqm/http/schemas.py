@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from openhqm.constants import MAX_PRIORITY, PRIORITY_NAMES
+
+
+def queueable(value: Any, what: str) -> None:
+    """Refuse (422) what JSON text can spell but the queue envelope cannot carry: integers beyond
+    64 bits and strings with unpaired surrogates (`"\\ud800"`). Found by the API fuzz test: they
+    used to fail at publish and answer 503 as if the queue were down."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"{what} cannot be queued: {exc}") from None
 
 
 class Metadata(BaseModel):
@@ -41,6 +52,11 @@ class Metadata(BaseModel):
             raise ValueError(f"priority {value} is outside 0-{MAX_PRIORITY}")
         return value
 
+    @model_validator(mode="after")
+    def _queueable(self) -> Self:
+        queueable([self.__dict__, self.model_extra], "metadata")
+        return self
+
 
 class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -48,6 +64,12 @@ class SubmitRequest(BaseModel):
     payload: Any = None
     headers: dict[str, str] = Field(default_factory=dict)
     metadata: Metadata = Field(default_factory=Metadata)
+
+    @field_validator("headers")
+    @classmethod
+    def _queueable_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        queueable(value, "headers")
+        return value
 
 
 class SubmitResponse(BaseModel):
