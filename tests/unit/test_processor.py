@@ -62,3 +62,4 @@ async def test_a_message_without_a_route_is_routed_once_to_the_default_handler()
         await processor.process(await anext(deliveries))
         again = decode_envelope((await anext(deliveries)).body)
     assert target.seen[0].handler == "echo" and again.handler == "echo"
+

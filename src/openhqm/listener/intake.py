@@ -38,13 +38,17 @@ class Intake:
 
     async def submit(self, envelope: Envelope, *, request_hash: str | None = None) -> RequestRecord:
         envelope = msgspec.structs.replace(envelope, reply_to=self.response_queue)
+        try:  # the request's own fault, so before anything is written and never a 503
+            message = encode(envelope)
+        except (TypeError, OverflowError, UnicodeEncodeError, ValueError) as exc:
+            raise RequestRejected(f"the request cannot be queued: {exc}", status=422) from None
         now = time.time()
         record = new_record(envelope, now, request_hash)
         await self.store.create(record)
         delay_s = envelope.not_before - now if record.status == Status.SCHEDULED and envelope.not_before else None
         try:
             await self.backend.publish(
-                self.request_queue, encode(envelope), priority=envelope.priority, delay_s=delay_s,
+                self.request_queue, message, priority=envelope.priority, delay_s=delay_s,
                 key=envelope.session_id if self.ordered else None, message_id=envelope.id)
         except Exception as exc:
             with contextlib.suppress(Exception):
