@@ -21,6 +21,7 @@ from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope, encode
 from openhqm.errors import AlreadyExists, BackendUnavailable, Conflict, OpenHQMError, RequestRejected
+from openhqm.listener.admission import PendingLimit
 from openhqm.logging import get_logger
 from openhqm.results.base import RequestRecord, ResultStore
 
@@ -35,8 +36,21 @@ class Intake:
         self.request_queue = settings.queue.request_queue
         self.response_queue = settings.queue.response_queue
         self.ordered = settings.ordering == "session"
+        max_pending = settings.queue.max_pending
+        self.limit = None if max_pending is None else PendingLimit(backend, self.request_queue, max_pending)
 
     async def submit(self, envelope: Envelope, *, request_hash: str | None = None) -> RequestRecord:
+        """The record of a request the broker accepted; BackendUnavailable (or its QueueFull, StoreFull)
+        when it did not, with nothing left behind, counted by its reason."""
+        try:
+            if self.limit is not None:
+                await self.limit.admit()
+            return await self._submit(envelope, request_hash)
+        except BackendUnavailable as exc:
+            metrics.child(metrics.SUBMITS_REFUSED, self.request_queue, exc.reason).inc()
+            raise
+
+    async def _submit(self, envelope: Envelope, request_hash: str | None) -> RequestRecord:
         envelope = msgspec.structs.replace(envelope, reply_to=self.response_queue)
         now = time.time()
         record = new_record(envelope, now, request_hash)
@@ -49,8 +63,8 @@ class Intake:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await self.store.delete(record.correlation_id)
-            if isinstance(exc, OpenHQMError) and not isinstance(exc, BackendUnavailable):
-                raise
+            if isinstance(exc, OpenHQMError) and type(exc) is not BackendUnavailable:
+                raise  # a client's error, or a refusal that names its own cause (StoreFull)
             raise BackendUnavailable(f"the queue did not accept the request: {exc}") from exc
         self.store.emit(record)
         metrics.child(metrics.SUBMITTED, self.request_queue).inc()
