@@ -39,14 +39,16 @@ class Attack:
         self.connected = 0
 
     async def idle(self) -> None:
-        """One request, then silence on the kept-alive connection; again whenever the server closes it."""
+        """One request, then silence on the kept-alive connection; when the server closes it, a new
+        connection that stays silent from the start (holding a descriptor costs the attacker nothing)."""
+        request = HEALTH
         while True:
             with contextlib.suppress(OSError):
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 self.connected += 1
                 try:
-                    writer.write(HEALTH)
-                    await reader.read(4096)
+                    writer.write(request)
+                    request = b""
                     while await reader.read(4096):
                         pass
                     self.closed_by_server += 1

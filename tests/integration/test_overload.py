@@ -14,11 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from openhqm import metrics
 from openhqm.errors import ConfigError
 from openhqm.http.app import create_app
-from openhqm.http.server_limits import uvicorn_options
+from openhqm.http.server_limits import http_protocol, uvicorn_options
 from tests.harness import InProcess, Sample, in_process, settings
 from tests.integration.http_servers import serve
 
@@ -133,12 +134,17 @@ async def test_a_full_disk_answers_503_store_cannot_write_and_recovers_when_spac
     assert not any(run.name == "refused" for run in sample.runs)
 
 
-def test_a_client_that_never_completes_its_request_head_is_disconnected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parser", [None, H11Protocol], ids=["uvicorn's choice", "h11"])
+def test_a_client_that_never_completes_its_request_head_is_disconnected(
+        tmp_path: Path, parser: type[asyncio.Protocol] | None) -> None:
     config = settings(tmp_path, server={"header_timeout_s": 0.5})
     sample = Sample()
     sample.app.settings = config
     api = create_app(sample.app, settle_gc=False)
-    with serve(api, lifespan="on", **uvicorn_options(config.server)) as url:
+    options = uvicorn_options(config.server)
+    if parser is not None:
+        options["http"] = http_protocol(config.server.header_timeout_s, parser)
+    with serve(api, lifespan="on", **options) as url:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=30) as idle, \
                 socket.create_connection((host, int(port)), timeout=30) as slow:

@@ -18,8 +18,12 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from openhqm.config import ServerSettings
 
+_Mixin: Any = object  # the mixin calls uvicorn's protocol methods, which `object` does not declare
 
-class _HeadDeadline(AutoHTTPProtocol):  # type: ignore[misc,valid-type]  # httptools or h11, as uvicorn picks
+
+class HeadDeadline(_Mixin):  # type: ignore[misc]
+    """Mixed into uvicorn's HTTP protocol (httptools or h11: the hooks below are common to both)."""
+
     header_timeout_s: float = 10.0
     _head_deadline: asyncio.TimerHandle | None = None
 
@@ -32,13 +36,20 @@ class _HeadDeadline(AutoHTTPProtocol):  # type: ignore[misc,valid-type]  # httpt
         self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
+        self._disarm_head_deadline()
         super().connection_lost(exc)
 
-    def _arm_head_deadline(self) -> None:
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        self._disarm_head_deadline()  # the transport now belongs to a WebSocket protocol
+        super().handle_websocket_upgrade(*args)
+
+    def _disarm_head_deadline(self) -> None:
         if self._head_deadline is not None:
             self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
         self._head_deadline = self.loop.call_later(self.header_timeout_s, self._head_deadline_passed)
 
     def _head_deadline_passed(self) -> None:
@@ -48,9 +59,13 @@ class _HeadDeadline(AutoHTTPProtocol):  # type: ignore[misc,valid-type]  # httpt
             self.transport.close()
 
 
+def http_protocol(header_timeout_s: float, base: type[asyncio.Protocol] = AutoHTTPProtocol) -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11, as uvicorn picks) with the deadline."""
+    return type("OpenHQMHTTPProtocol", (HeadDeadline, base), {"header_timeout_s": header_timeout_s})
+
+
 def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
     """What `uvicorn.Config` takes from `server.*` (cli/server.py; tests serve with the same)."""
-    protocol = type("OpenHQMHTTPProtocol", (_HeadDeadline,), {"header_timeout_s": server.header_timeout_s})
-    return {"http": protocol, "limit_concurrency": server.limit_concurrency, "backlog": server.backlog,
-            "timeout_keep_alive": server.timeout_keep_alive_s,
+    return {"http": http_protocol(server.header_timeout_s), "limit_concurrency": server.limit_concurrency,
+            "backlog": server.backlog, "timeout_keep_alive": server.timeout_keep_alive_s,
             "h11_max_incomplete_event_size": server.h11_max_incomplete_event_size}
