@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from bench import PREFER_WAIT, Processes, Scenario, aiohttp_run, free_port, submit_body, wait_http, warm_up
+from bench import PREFER_WAIT, Processes, Scenario, aiohttp_run, cpu_seconds, free_port, submit_body, wait_http, warm_up
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
 
@@ -83,8 +83,12 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def measured(scenario: Scenario, clients: int, seconds: float, pid: int) -> dict[str, float]:
+async def measured(scenario: Scenario, clients: int, seconds: float, pid: int,
+                   attacker_pid: int | None = None) -> dict[str, float]:
+    """The normal clients' figures, the serve process's descriptors, and the CPU each process spent
+    (the machine's other load shows as latency too: compare serve_cpu_ms per request)."""
     fds: list[int] = []
+    cpu_before = cpu_seconds(pid), cpu_seconds(attacker_pid) if attacker_pid else 0.0
 
     async def sample() -> None:
         while True:
@@ -96,7 +100,10 @@ async def measured(scenario: Scenario, clients: int, seconds: float, pid: int) -
         result = await aiohttp_run(scenario, clients, seconds)
     finally:
         sampler.cancel()
-    return result | {"fds_max": max(fds), "fds_last": fds[-1]}
+    serve_cpu_s = cpu_seconds(pid) - cpu_before[0]
+    attacker_cpu_s = (cpu_seconds(attacker_pid) if attacker_pid else 0.0) - cpu_before[1]
+    return result | {"fds_max": max(fds), "fds_last": fds[-1], "serve_cpu_ms": serve_cpu_s * 1000 / result["requests"],
+                     "attacker_cpu_s": attacker_cpu_s}
 
 
 async def attack(port: int, idle: int, slowloris: int) -> None:
@@ -149,7 +156,7 @@ def main() -> None:
                                      "--slowloris", str(args.slowloris)], stderr=subprocess.PIPE, text=True)
         try:
             wait_for_fds(pid, open_fds(pid) + int((args.idle + args.slowloris) * 0.95))
-            results["loaded"] = asyncio.run(measured(scenario, args.clients, args.seconds, pid))
+            results["loaded"] = asyncio.run(measured(scenario, args.clients, args.seconds, pid, attacker.pid))
         finally:
             attacker.send_signal(signal.SIGINT)
             _, err = attacker.communicate(timeout=30)
