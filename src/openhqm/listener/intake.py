@@ -7,7 +7,6 @@ record is removed again, so a client that gets 503 leaves nothing half-written b
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import time
 from typing import Any
@@ -61,8 +60,11 @@ class Intake:
                 self.request_queue, encode(envelope), priority=envelope.priority, delay_s=delay_s,
                 key=envelope.session_id if self.ordered else None, message_id=envelope.id)
         except Exception as exc:
-            with contextlib.suppress(Exception):
+            try:
                 await self.store.delete(record.correlation_id)
+            except Exception as undo:  # the store failed too (a full disk refuses the delete as well)
+                log.warning("a refused request's record could not be removed; it stays PENDING without "
+                            "a message", correlation_id=record.correlation_id, error=str(undo))
             if isinstance(exc, OpenHQMError) and type(exc) is not BackendUnavailable:
                 raise  # a client's error, or a refusal that names its own cause (StoreFull)
             raise BackendUnavailable(f"the queue did not accept the request: {exc}") from exc
