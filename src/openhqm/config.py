@@ -40,6 +40,12 @@ class ServerSettings(Section):
     max_wait_s: float = Field(60.0, ge=0)
     retry_after_s: int = Field(1, ge=0)
     instance_id: str | None = None
+    # The HTTP server's limits (http/server_limits.py; docs/operations.md "HTTP server limits").
+    limit_concurrency: int | None = Field(None, gt=0, description="connections + requests before 503s")
+    backlog: int = Field(2048, gt=0, description="connections waiting to be accepted (listen backlog)")
+    timeout_keep_alive_s: int = Field(5, gt=0, description="an idle connection is closed after this")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive within this")
+    h11_max_incomplete_event_size: int = Field(16 * 1024, gt=0, description="max request head bytes (h11)")
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -78,6 +84,7 @@ class QueueSettings(Section):
     type: str = "sqlite"
     request_queue: str = DEFAULT_REQUEST_QUEUE
     response_queue: str = DEFAULT_RESPONSE_QUEUE
+    max_pending: int | None = Field(None, gt=0, description="503 (queue full) while this many requests wait")
     options: dict[str, Any] = Field(
         default_factory=dict, description="free-form options of a third-party backend that declares no model")
 

@@ -5,6 +5,8 @@
     ├── MissingDependency (ImportError)     an optional extra is not installed
     ├── BackendError                        a broker or store failed
     │   ├── BackendUnavailable              cannot reach it now; retry later (HTTP 503)
+    │   │   ├── StoreFull                   it cannot write: the disk is full (SQLITE_FULL)
+    │   │   └── QueueFull                   queue.max_pending requests already wait: refused, nothing written
     │   └── AlreadySettled                  a delivery was acked/nacked twice
     ├── RequestRejected                     a client's request is invalid (carries the 4xx status)
     │   ├── NotFound                        unknown, expired or foreign id (404)
@@ -58,7 +60,20 @@ class BackendError(OpenHQMError):
 
 
 class BackendUnavailable(BackendError):
-    pass
+    """`reason` names the cause in bounded words: the refused-submit metric's label and the 503's
+    `reason` field, so a client or an alert can tell an outage from overload."""
+
+    reason = "unavailable"
+
+
+class StoreFull(BackendUnavailable):
+    """Nothing of the refused operation was written; writes resume by themselves once space returns."""
+
+    reason = "store_full"
+
+
+class QueueFull(BackendUnavailable):
+    reason = "queue_full"
 
 
 class AlreadySettled(BackendError):

@@ -45,6 +45,9 @@ CIRCUIT_STATE = Gauge("openhqm_circuit_state", "Circuit breaker: 0 closed, 1 hal
 RESULTS = Gauge("openhqm_results", "Requests in the result store, by status", ["status"], registry=REGISTRY)
 WORKER_CONCURRENCY = Gauge("openhqm_worker_concurrency", "Current size of the worker pool", registry=REGISTRY)
 SUBMITTED = Counter("openhqm_submitted", "Requests accepted by the listener", ["queue"], registry=REGISTRY)
+# `reason`: BackendUnavailable.reason of the refusal (unavailable, queue_full, store_full), a fixed set.
+SUBMITS_REFUSED = Counter("openhqm_submits_refused", "Submits answered 503, by reason", ["queue", "reason"],
+                          registry=REGISTRY)
 
 
 @functools.lru_cache(maxsize=4096)

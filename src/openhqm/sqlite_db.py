@@ -13,13 +13,14 @@ result store share the connection when they share a file, so their rows land in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from openhqm.errors import BackendUnavailable, ConfigError
+from openhqm.errors import BackendUnavailable, ConfigError, StoreFull
 from openhqm.sqlite_bell import Bell
 
 T = TypeVar("T")
@@ -122,8 +123,12 @@ class SQLiteDB:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            error = BackendUnavailable(f"SQLite commit failed: {exc}")
+                # SQLite may have rolled back itself (a full disk does); a failing ROLLBACK must not
+                # leave the batch's callers waiting forever.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            error = unavailable(exc, "commit")
+            error.__cause__ = exc
             outcomes = [(future, False, error) for _, future in batch]
         for future, ok, value in outcomes:
             if future.done():
@@ -164,7 +169,7 @@ class SQLiteDB:
         try:
             return op(conn)
         except sqlite3.Error as exc:
-            raise BackendUnavailable(f"SQLite read failed: {exc}") from exc
+            raise unavailable(exc, "read") from exc
         finally:
             conn.close()
 
@@ -183,6 +188,15 @@ class SQLiteDB:
 
 
 _DATABASES: dict[tuple[str, str], SQLiteDB] = {}
+
+
+def unavailable(exc: sqlite3.Error, what: str) -> BackendUnavailable:
+    """The one mapping of SQLite's errors: a full disk (SQLITE_FULL, "database or disk is full") is
+    StoreFull, so a submit says the store cannot write rather than that it is down; anything else
+    is BackendUnavailable. Both leave nothing written: the batch was rolled back."""
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:  # the primary code, extended or not
+        return StoreFull(f"SQLite {what} failed, the disk is full: {exc}")
+    return BackendUnavailable(f"SQLite {what} failed: {exc}")
 
 
 def shared_db(path: Path, synchronous: str = "normal") -> SQLiteDB:

@@ -110,7 +110,8 @@ async def test_broker_down_answers_503_problem_with_retry_after(tmp_path: Path) 
         async with in_process(Sample().app, settings(tmp_path, queue=queue), workers=False) as running:
             await proxy.stop()
             answer = await running.submit(1)
-            assert "queue unavailable" in problem(answer, 503)["detail"]
+            body = problem(answer, 503)
+            assert body["detail"].startswith("broker or store unavailable: ") and body["reason"] == "unavailable"
             assert answer.headers["retry-after"] == "5"
     finally:
         await proxy.stop()

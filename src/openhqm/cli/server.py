@@ -136,6 +136,7 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
     import uvicorn
 
     from openhqm.http.app import create_app
+    from openhqm.http.server_limits import uvicorn_options
 
     configure_logging(settings.logging)
     configure_tracing(settings.tracing, "openhqm")
@@ -154,7 +155,8 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
                         "anyone who can reach this port can submit and read requests", fg=typer.colors.YELLOW,
                         err=True)
     uvicorn.run(api, host=settings.server.host, port=settings.server.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=int(settings.worker.shutdown_timeout_s) + 5)
+                access_log=False, timeout_graceful_shutdown=int(settings.worker.shutdown_timeout_s) + 5,
+                **uvicorn_options(settings.server))
 
 
 def serve(config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None, queue_type: QueueTypeOpt = None,

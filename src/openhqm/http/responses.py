@@ -53,8 +53,16 @@ def rejected(exc: RequestRejected) -> JSONResponse:
     return problem(exc.status, exc.message)
 
 
+# The words each 503 starts with, by BackendUnavailable.reason (a public promise: clients and
+# runbooks match on them); `reason` itself is in the body too.
+UNAVAILABLE_DETAIL = {"unavailable": "broker or store unavailable", "queue_full": "queue full",
+                      "store_full": "store cannot write"}
+
+
 def unavailable(exc: BackendUnavailable) -> JSONResponse:
-    return problem(503, f"queue unavailable: {exc}", headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+    cause = UNAVAILABLE_DETAIL.get(exc.reason, UNAVAILABLE_DETAIL["unavailable"])
+    return problem(503, f"{cause}: {exc}", headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+                   reason=exc.reason)
 
 
 def raw_response(record: RequestRecord) -> Response:

@@ -153,4 +153,6 @@ class Problem(BaseModel):
     status: int
     detail: str = Field(description="what was wrong, naming the field, header or setting")
     errors: list[FieldError] | None = Field(None, description="each invalid field, for 422 validation errors")
+    reason: str | None = Field(None, description="a 503's cause: unavailable (broker or store), queue_full "
+                                                 "(queue.max_pending), store_full (disk full); retry after Retry-After")
 

@@ -7,7 +7,6 @@ record is removed again, so a client that gets 503 leaves nothing half-written b
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import time
 from typing import Any
@@ -21,6 +20,7 @@ from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope, encode
 from openhqm.errors import AlreadyExists, BackendUnavailable, Conflict, OpenHQMError, RequestRejected
+from openhqm.listener.admission import PendingLimit
 from openhqm.logging import get_logger
 from openhqm.results.base import RequestRecord, ResultStore
 
@@ -35,8 +35,21 @@ class Intake:
         self.request_queue = settings.queue.request_queue
         self.response_queue = settings.queue.response_queue
         self.ordered = settings.ordering == "session"
+        max_pending = settings.queue.max_pending
+        self.limit = None if max_pending is None else PendingLimit(backend, self.request_queue, max_pending)
 
     async def submit(self, envelope: Envelope, *, request_hash: str | None = None) -> RequestRecord:
+        """The record of a request the broker accepted; BackendUnavailable (or its QueueFull, StoreFull)
+        when it did not, with nothing left behind, counted by its reason."""
+        try:
+            if self.limit is not None:
+                await self.limit.admit()
+            return await self._submit(envelope, request_hash)
+        except BackendUnavailable as exc:
+            metrics.child(metrics.SUBMITS_REFUSED, self.request_queue, exc.reason).inc()
+            raise
+
+    async def _submit(self, envelope: Envelope, request_hash: str | None) -> RequestRecord:
         envelope = msgspec.structs.replace(envelope, reply_to=self.response_queue)
         try:  # the request's own fault, so before anything is written and never a 503
             message = encode(envelope)
@@ -51,10 +64,13 @@ class Intake:
                 self.request_queue, message, priority=envelope.priority, delay_s=delay_s,
                 key=envelope.session_id if self.ordered else None, message_id=envelope.id)
         except Exception as exc:
-            with contextlib.suppress(Exception):
+            try:
                 await self.store.delete(record.correlation_id)
-            if isinstance(exc, OpenHQMError) and not isinstance(exc, BackendUnavailable):
-                raise
+            except Exception as undo:  # the store failed too (a full disk refuses the delete as well)
+                log.warning("a refused request's record could not be removed; it stays PENDING without "
+                            "a message", correlation_id=record.correlation_id, error=str(undo))
+            if isinstance(exc, OpenHQMError) and type(exc) is not BackendUnavailable:
+                raise  # a client's error, or a refusal that names its own cause (StoreFull)
             raise BackendUnavailable(f"the queue did not accept the request: {exc}") from exc
         self.store.emit(record)
         metrics.child(metrics.SUBMITTED, self.request_queue).inc()
