@@ -45,6 +45,10 @@ CIRCUIT_STATE = Gauge("openhqm_circuit_state", "Circuit breaker: 0 closed, 1 hal
 RESULTS = Gauge("openhqm_results", "Requests in the result store, by status", ["status"], registry=REGISTRY)
 WORKER_CONCURRENCY = Gauge("openhqm_worker_concurrency", "Current size of the worker pool", registry=REGISTRY)
 SUBMITTED = Counter("openhqm_submitted", "Requests accepted by the listener", ["queue"], registry=REGISTRY)
+# Dead letters no worker wrote: `broker_redrive` (the broker's delivery limit moved the message) and
+# `reconciled_missing` (unfinished far too long, its message gone): both mean work was lost mid-way.
+FOUND_DEAD_LETTERS = Counter("openhqm_found_dead_letters", "Requests the listener dead-lettered itself, by reason",
+                             ["queue", "reason"], registry=REGISTRY)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -7,6 +7,8 @@ processor does) and hands the delivery back unsettled, until the broker's own li
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -54,35 +56,33 @@ async def listener_only(request: pytest.FixtureRequest, tmp_path: Any,
             await delete_nats_stream(f"BDLQ_{run.upper()}")
 
 
-async def crash_until_the_broker_gives_up(hq: InProcess, correlation_id: str) -> int:
-    """Claim and abandon every delivery of the request until none comes back; how many there were."""
+async def crash_every_attempt(hq: InProcess, correlation_id: str, deliveries: list[int]) -> None:
+    """Claim and abandon every delivery of the request (recording its attempt), until cancelled."""
     runtime = hq.runtime
-    queue = runtime.settings.queue.request_queue
-    attempts = 0
-    async with Receiver(runtime.backend, queue) as receiver:
+    async with Receiver(runtime.backend, runtime.settings.queue.request_queue) as receiver:
         while True:
-            try:
-                delivery = await receiver.next(timeout_s=20.0 if attempts == 0 else 5.0)
-            except TimeoutError:
-                break
-            attempts += 1
+            delivery = await receiver.next(timeout_s=600)
+            deliveries.append(delivery.attempt)
             await runtime.store.transition(correlation_id, Status.PROCESSING, attempts=delivery.attempt)
             await delivery.nack()  # the crashed worker's lease running out, without the wait
-    return attempts
 
 
 async def test_request_the_broker_dead_letters_ends_failed_with_a_broker_redrive_dead_letter(
     listener_only: InProcess,
 ) -> None:
     hq = listener_only
-    accepted = await hq.accepted({"name": "crashes every worker"})
-    correlation_id = accepted["correlation_id"]
-    attempts = await crash_until_the_broker_gives_up(hq, correlation_id)
-    assert attempts >= 2
-
-    assert (await hq.result(correlation_id, wait_s=30))["status"] == "FAILED"
+    correlation_id = (await hq.accepted({"name": "crashes every worker"}))["correlation_id"]
+    deliveries: list[int] = []
+    crashing = asyncio.create_task(crash_every_attempt(hq, correlation_id, deliveries))
+    try:
+        final = await hq.result(correlation_id, wait_s=90)
+    finally:
+        crashing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await crashing
+    assert final["status"] == "FAILED" and len(deliveries) >= 2, deliveries
     entries = [e for e in (await hq.client.get("/api/v1/dlq")).json() if e["correlation_id"] == correlation_id]
     assert len(entries) == 1
-    assert entries[0]["reason"] == "broker_redrive" and entries[0]["attempts"] >= 2
+    assert entries[0]["reason"] == "broker_redrive" and entries[0]["attempts"] == max(deliveries)
     replay = await hq.client.post(f"/api/v1/dlq/{entries[0]['id']}/replay")
     assert replay.status_code == 202 and replay.json()["replayed_from"] == correlation_id

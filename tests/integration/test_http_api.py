@@ -204,7 +204,8 @@ async def test_undecodable_message_is_dead_lettered_with_its_reason_and_work_goe
     await producer.close()
     def dead_lettered() -> bool:
         entries = httpx.get(f"{server.url}/api/v1/dlq").json()
-        return any(e["reason"].startswith("undecodable message") and e["correlation_id"] == "" for e in entries)
+        return any(e["reason"] == "handler" and e["detail"].startswith("undecodable message")
+                   and e["correlation_id"] == "" for e in entries)
 
     await asyncio.to_thread(wait_until, dead_lettered)
     assert submit(server, "still working", headers={"Prefer": "wait=10"}).json()["status"] == "COMPLETED"
