@@ -215,13 +215,7 @@ class Processor:
         if delay_s is not None:
             await self._retry(delivery, envelope, attempt, failure.error, delay_s)
             return
-        if not failure.retryable:
-            reason, detail = DeadLetterReason.HANDLER, "handler gave up"
-        elif attempt >= policy.max_attempts:
-            reason, detail = DeadLetterReason.MAX_ATTEMPTS, f"failed after {attempt} attempt(s)"
-        else:  # attempts were left, but the next one would start after the policy's max_age_s
-            reason, detail = DeadLetterReason.EXPIRED, f"failed after {attempt} attempt(s); retry.max_age_s passed"
-        await self._dead_letter(delivery, envelope, reason, detail, attempt, failure)
+        await self._dead_letter(delivery, envelope, *give_up_reason(failure, attempt, policy), attempt, failure)
 
     async def _retry(self, delivery: Delivery, envelope: Envelope, attempt: int, error: str, delay_s: float) -> None:
         log.info("retry scheduled", delay_s=round(delay_s, 3), error=error)
@@ -286,6 +280,16 @@ class Processor:
         if delivery.settled is None:
             with contextlib.suppress(Exception):
                 await delivery.nack()
+
+
+def give_up_reason(failure: Failure, attempt: int, policy: RetryPolicy) -> tuple[DeadLetterReason, str]:
+    """Why a failure that will not be retried is dead-lettered: the code and the words."""
+    if not failure.retryable:
+        return DeadLetterReason.HANDLER, "handler gave up"
+    if attempt >= policy.max_attempts:
+        return DeadLetterReason.MAX_ATTEMPTS, f"failed after {attempt} attempt(s)"
+    # Attempts were left, but the next one would have started after the policy's max_age_s.
+    return DeadLetterReason.EXPIRED, f"failed after {attempt} attempt(s); the retry policy's max_age_s passed"
 
 
 def bounded_traceback(exc: BaseException, secrets: list[str]) -> str:
