@@ -1,5 +1,6 @@
 """Reconciliation: a request left unfinished long after anything could still run it, with its
-message in no queue, is dead-lettered (`reconciled_missing`) instead of staying PROCESSING for ever."""
+message in no queue, is dead-lettered (`reconciled_missing`) instead of staying PROCESSING for ever;
+and what the listener's dead-lettering does with requests it does not know or that finished meanwhile."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from openhqm.bridge import Bridge
 from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope
+from openhqm.results.base import DeadLetterRecord
 from openhqm.results.memory import MemoryResultStore
 from openhqm.routing import Routing
 
@@ -82,4 +84,20 @@ async def test_request_whose_queue_still_holds_messages_is_left_alone(bridge: Br
     assert await bridge.housekeeping.reconcile(later(bridge)) == 0
     record = await bridge.store.get(correlation_id)
     assert record is not None and record.status == Status.PENDING
+    assert await bridge.dead_letters() == []
+
+
+async def test_a_dead_letter_for_a_request_this_store_does_not_know_is_kept(bridge: Bridge) -> None:
+    entry = DeadLetterRecord(id="x.broker", correlation_id="from-elsewhere", queue=bridge.request_queue,
+                             reason="broker_redrive", attempts=0, last_error=None, dead_lettered_at=time.time())
+    assert await bridge.dead.fail(entry) is True
+    assert [d.id for d in await bridge.dead_letters()] == ["x.broker"]
+
+
+async def test_a_dead_letter_for_a_request_that_finished_meanwhile_is_dropped(bridge: Bridge) -> None:
+    correlation_id = await submitted(bridge)
+    await bridge.store.transition(correlation_id, Status.COMPLETED, result=1)
+    entry = DeadLetterRecord(id=f"{correlation_id}.broker", correlation_id=correlation_id, queue=bridge.request_queue,
+                             reason="broker_redrive", attempts=1, last_error=None, dead_lettered_at=time.time())
+    assert await bridge.dead.fail(entry) is False
     assert await bridge.dead_letters() == []

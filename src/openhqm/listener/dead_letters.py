@@ -74,11 +74,12 @@ class DeadLetters:
         meanwhile; idempotent, as the entry's id is derived from what it is about. True if recorded."""
         await self.store.add_dead_letter(entry)  # first: a crash after it leaves the request to fail again
         if entry.correlation_id:  # else another system's raw message: listed, with no request to end
+            # (as is a message whose request this store does not know)
             record = await self.replies.apply(Reply(
                 correlation_id=entry.correlation_id, status=Status.FAILED, error=entry.last_error or entry.detail,
                 attempts=entry.attempts))
-            if record is None:  # already terminal: whatever ended it stands, and no entry contradicts it
-                await self.store.take_dead_letter(entry.id)
+            if record is None and await self.store.get(entry.correlation_id) is not None:
+                await self.store.take_dead_letter(entry.id)  # it finished meanwhile: that outcome stands
                 return False
         log.warning("dead-lettered", correlation_id=entry.correlation_id, reason=entry.reason, detail=entry.detail)
         metrics.FOUND_DEAD_LETTERS.labels(entry.queue, entry.reason).inc()
