@@ -247,8 +247,7 @@ class Processor:
         trace = bounded_traceback(last.cause, self._secrets) if last and last.cause else None
         log.warning("dead-lettered", reason=reason, detail=detail, last_error=last_error)
         record = DeadLetterRecord(id=new_id(), correlation_id=correlation_id, queue=self.queue, reason=reason,
-                                  detail=detail,
-                                  attempts=attempt, last_error=last_error, dead_lettered_at=time.time(),
+                                  detail=detail, attempts=attempt, last_error=last_error, dead_lettered_at=time.time(),
                                   body=delivery.body,
                                   target=(envelope.endpoint or envelope.handler) if envelope else None,
                                   status_code=last.status_code if last else None,
