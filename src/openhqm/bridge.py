@@ -34,8 +34,9 @@ class Bridge:
         self.intake = Intake(settings, backend, store)
         self.reading = Reading(settings, store)
         self.replies = Replies(backend, store, settings.queue.response_queue, callbacks)
-        self.dead = DeadLetters(store, self.intake, router)
-        self.housekeeping = Housekeeping(backend, store, (self.request_queue, self.response_queue), settings.results)
+        self.dead = DeadLetters(store, self.intake, router, self.replies)
+        self.housekeeping = Housekeeping(backend, store, (self.request_queue, self.response_queue), settings.results,
+                                         self.dead, settings.worker.max_timeout_s)
 
     @property
     def request_queue(self) -> str:
@@ -104,6 +105,9 @@ class Bridge:
 
     async def purge_dead_letters(self) -> int:
         return await self.dead.purge()
+
+    async def sweep_dead_letters(self) -> None:
+        await self.dead.sweep(self.backend, self.request_queue)
 
     # housekeeping
     async def health(self) -> tuple[Health, Health]:

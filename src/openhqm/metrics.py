@@ -48,6 +48,10 @@ SUBMITTED = Counter("openhqm_submitted", "Requests accepted by the listener", ["
 # `reason`: BackendUnavailable.reason of the refusal (unavailable, queue_full, store_full), a fixed set.
 SUBMITS_REFUSED = Counter("openhqm_submits_refused", "Submits answered 503, by reason", ["queue", "reason"],
                           registry=REGISTRY)
+# Dead letters no worker wrote: `broker_redrive` (the broker's delivery limit moved the message) and
+# `reconciled_missing` (unfinished far too long, its message gone): both mean work was lost mid-way.
+FOUND_DEAD_LETTERS = Counter("openhqm_found_dead_letters", "Requests the listener dead-lettered itself, by reason",
+                             ["queue", "reason"], registry=REGISTRY)
 
 
 @functools.lru_cache(maxsize=4096)

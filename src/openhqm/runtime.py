@@ -117,6 +117,7 @@ class Runtime:
         self.store.add_listener(bridge.rolling.observe)
         tasks = [asyncio.create_task(bridge.consume_replies(), name="openhqm-replies"),
                  asyncio.create_task(bridge.cleanup_forever(), name="openhqm-cleanup"),
+                 asyncio.create_task(bridge.sweep_dead_letters(), name="openhqm-broker-dead-letters"),
                  asyncio.create_task(bridge.sample_metrics_forever(), name="openhqm-metrics")]
 
         async def stop() -> None:

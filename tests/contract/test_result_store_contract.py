@@ -153,15 +153,31 @@ async def test_dead_letters_are_listed_taken_and_purged(store: ResultStore) -> N
         await store.add_dead_letter(DeadLetterRecord(
             id=f"d{i}", correlation_id=f"c{i}", queue="q", reason="handler failed", attempts=3,
             last_error="ValueError: x", dead_lettered_at=time.time() + i, body=b"\x00\x01",
-            target="api", status_code=503, traceback="Traceback (most recent call last):\nValueError: x\n"))
+            target="api", status_code=503, traceback="Traceback (most recent call last):\nValueError: x\n",
+            detail="failed after 3 attempt(s)"))
     listed = await store.list_dead_letters()
     assert [d.id for d in listed] == ["d0", "d1"]
     taken = await store.take_dead_letter("d0")
     assert taken is not None and taken.body == b"\x00\x01"
-    assert (taken.target, taken.status_code, taken.traceback) == (
-        "api", 503, "Traceback (most recent call last):\nValueError: x\n")
+    assert (taken.target, taken.status_code, taken.traceback, taken.detail) == (
+        "api", 503, "Traceback (most recent call last):\nValueError: x\n", "failed after 3 attempt(s)")
     assert await store.take_dead_letter("d0") is None
     assert await store.purge_dead_letters() == 1
+
+
+async def test_unfinished_requests_submitted_before_a_time_are_listed_oldest_first(store: ResultStore) -> None:
+    if type(store).unfinished_submitted_before is ResultStore.unfinished_submitted_before:
+        pytest.skip(f"the {store.name} store cannot list unfinished requests: no reconciliation there (documented)")
+    first, second, finished, recent = (new_record(submitted_at=1000.0), new_record(submitted_at=1001.0),
+                                       new_record(submitted_at=1000.5), new_record())
+    for r in (second, first, finished, recent):
+        await store.create(r)
+    await store.transition(second.correlation_id, Status.PROCESSING)
+    await store.transition(finished.correlation_id, Status.COMPLETED)
+    mine = {r.correlation_id for r in (first, second, finished, recent)}
+    listed = [r for r in await store.unfinished_submitted_before(2000.0, limit=1000) if r.correlation_id in mine]
+    assert [(r.correlation_id, r.status) for r in listed] == [
+        (first.correlation_id, "PENDING"), (second.correlation_id, "PROCESSING")]
 
 
 async def test_health_is_ok(store: ResultStore) -> None:

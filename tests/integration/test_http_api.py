@@ -178,6 +178,7 @@ def test_failing_request_is_dead_lettered_and_replay_runs_it_again(server: Serve
     entry = entries[0]
     assert set(entry) >= {"id", "correlation_id", "reason", "attempts", "last_error", "dead_lettered_at"}
     assert entry["attempts"] == 2 and "marker present" in entry["last_error"]
+    assert entry["reason"] == "max_attempts" and entry["detail"] == "failed after 2 attempt(s)"
     server.sample.failing = False
     replay = httpx.post(f"{server.url}/api/v1/dlq/{entry['id']}/replay")
     assert replay.status_code == 202
@@ -192,6 +193,8 @@ def test_handler_that_gives_up_is_dead_lettered_without_retries(server: Server) 
     body = submit(server, 1, {"handler": "give_up"}, headers={"Prefer": "wait=20"}).json()
     assert body["status"] == "FAILED" and body["attempts"] == 1
     assert "never succeed" in body["error"]
+    [entry] = [e for e in httpx.get(f"{server.url}/api/v1/dlq").json() if e["correlation_id"] == body["correlation_id"]]
+    assert entry["reason"] == "handler" and entry["detail"] == "handler gave up"
 
 
 def test_a_result_json_cannot_carry_fails_once_with_the_reason(server: Server) -> None:
@@ -231,7 +234,8 @@ async def test_undecodable_message_is_dead_lettered_with_its_reason_and_work_goe
     await producer.close()
     def dead_lettered() -> bool:
         entries = httpx.get(f"{server.url}/api/v1/dlq").json()
-        return any(e["reason"].startswith("undecodable message") and e["correlation_id"] == "" for e in entries)
+        return any(e["reason"] == "handler" and e["detail"].startswith("undecodable message")
+                   and e["correlation_id"] == "" for e in entries)
 
     await asyncio.to_thread(wait_until, dead_lettered)
     assert submit(server, "still working", headers={"Prefer": "wait=10"}).json()["status"] == "COMPLETED"

@@ -20,6 +20,7 @@ from openhqm.backends import gcp_pubsub
 from openhqm.backends.gcp_pubsub import PubSubBackend
 from openhqm.backends.gcp_pubsub_topics import resource_id
 from openhqm.config import Settings
+from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendError
 from tests.contract.receiver import Receiver
 from tests.services import require_service
@@ -65,6 +66,24 @@ def test_queue_names_become_valid_pubsub_ids_without_collisions() -> None:
     assert resource_id("google-jobs") == "q%-google-jobs"
     assert resource_id("%") == "q%-%25"
     assert len({resource_id(q) for q in ["a b", "a%20b", "a_b", "q%-a b"]}) == 4
+
+
+async def test_message_on_its_last_delivery_pubsub_makes_is_moved_to_the_dead_letter_queue(
+    make_backend: Factory, queue: str
+) -> None:
+    # Pub/Sub's policy forwards it after delivery 5 without a reason; the emulator drops it instead.
+    backend = await make_backend(max_delivery_attempts=5)
+    async with Receiver(backend, dead_letter_queue(queue)) as dead:
+        await backend.publish(queue, b"crashes every worker")
+        async with Receiver(backend, queue) as receiver:
+            for attempt in range(1, 5):
+                delivery = await receiver.next()
+                assert delivery.attempt == attempt
+                await delivery.nack()
+            moved = await dead.next()
+            assert moved.body == b"crashes every worker"
+            await moved.ack()
+            assert await receiver.nothing_within(3.0)
 
 
 async def test_queue_with_characters_pubsub_forbids_round_trips(make_backend: Factory) -> None:

@@ -9,10 +9,11 @@ from openhqm.backends.memory import MemoryBackend
 from openhqm.config import Settings
 from openhqm.envelope import Envelope, decode_envelope, encode
 from openhqm.errors import TargetDeferred
+from openhqm.policies import RetryPolicy
 from openhqm.results.memory import MemoryResultStore
 from openhqm.routing import Routing
 from openhqm.worker.handlers import HandlerRegistry, Job
-from openhqm.worker.processor import Processor
+from openhqm.worker.processor import Failure, Processor, give_up_reason
 from openhqm.worker.targets import Outcome
 
 QUEUE = "requests-deferred"
@@ -63,3 +64,10 @@ async def test_a_message_without_a_route_is_routed_once_to_the_default_handler()
         again = decode_envelope((await anext(deliveries)).body)
     assert target.seen[0].handler == "echo" and again.handler == "echo"
 
+
+def test_a_dead_letter_names_why_the_worker_gave_up() -> None:
+    policy = RetryPolicy(max_attempts=3, max_age_s=10)
+    assert give_up_reason(Failure("DeadLetter: no", retryable=False), 1, policy) == ("handler", "handler gave up")
+    assert give_up_reason(Failure("boom"), 3, policy) == ("max_attempts", "failed after 3 attempt(s)")
+    reason, detail = give_up_reason(Failure("boom"), 2, policy)  # attempts left, but too old for another
+    assert reason == "expired" and "max_age_s" in detail

@@ -11,7 +11,8 @@ lease extension (the library extends the lease of every unsettled delivery), att
 Emulated (`kit.admission`): delay (attribute `openhqm-not-before`; a consumer that gets the message
 early sets its ack deadline to the time left, at most 600 s a step, and re-publishes a copy for
 longer waits), nack(delay) (the ack deadline set to the delay; a copy carrying `openhqm-attempt`
-when that is impossible), dead letters (a copy with `openhqm-reason` to Q.dlq, then ack). No
+when that is impossible), dead letters (a copy with `openhqm-reason` to Q.dlq, then ack; also a
+message on its `max_delivery_attempts`-th delivery, which the emulator's policy would drop). No
 priority. No depth: the emulator has no monitoring API. Settles are unary Acknowledge/
 ModifyAckDeadline calls awaited by the caller.
 On a crash: unsettled messages come back once their lease runs out (at most `ack_deadline_s` after
@@ -267,7 +268,7 @@ class PubSubBackend(Backend):
         not_before = Wire.number(message.attributes.get(Wire.NOT_BEFORE))
         decision = admission(not_before, time.time(), max_hold_s=MAX_ACK_DEADLINE_S)
         if decision.action is Admit.DELIVER:
-            return PubSubDelivery(self, queue, message)
+            return await self._within_limit(PubSubDelivery(self, queue, message), message.delivery_attempt)
         try:
             # No native delay: a message comes back at once, so a re-post follows a first hold of the
             # longest deadline, and waits never use up the dead-letter policy's delivery attempts.
@@ -277,6 +278,19 @@ class PubSubBackend(Backend):
                 await self.set_deadline(queue, message, min(decision.wait_s, MAX_ACK_DEADLINE_S))
         except BackendError as exc:
             log.warning("pubsub.delay_failed", queue=queue, error=str(exc))  # it comes back after its lease
+        return None
+
+    async def _within_limit(self, delivery: PubSubDelivery, delivered: int | None) -> PubSubDelivery | None:
+        """The delivery, or None on its `max_delivery_attempts`-th: the last one Pub/Sub makes, after
+        which its policy forwards the message to Q.dlq (the emulator drops it instead). The backend
+        moves it then itself, with a reason, so both end the same way and the bridge sees it."""
+        limit = self.options.max_delivery_attempts
+        if delivered is None or delivered < limit:
+            return delivery
+        try:
+            await delivery.dead_letter(f"delivered {delivered} times; queue.pubsub.max_delivery_attempts is {limit}")
+        except BackendError as exc:  # it comes back after its lease and is moved then
+            log.warning("pubsub.dead_letter_failed", queue=delivery.queue, error=str(exc))
         return None
 
     # -- settling ----------------------------------------------------------------------------------

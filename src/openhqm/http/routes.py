@@ -306,7 +306,7 @@ async def list_dead_letters(request: Request, limit: Annotated[int, Query(ge=1, 
 def dead_letter_json(d: Any) -> dict[str, Any]:
     return {"id": d.id, "correlation_id": d.correlation_id, "reason": d.reason, "attempts": d.attempts,
             "last_error": d.last_error, "dead_lettered_at": rfc3339(d.dead_lettered_at), "queue": d.queue,
-            "target": d.target, "status_code": d.status_code, "traceback": d.traceback}
+            "target": d.target, "status_code": d.status_code, "traceback": d.traceback, "detail": d.detail}
 
 
 @router.post("/api/v1/dlq/{dead_letter_id}/replay", response_model=ReplayResponse, status_code=202,

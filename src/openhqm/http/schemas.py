@@ -122,7 +122,8 @@ class StatusResponse(BaseModel):
 class DeadLetterEntry(BaseModel):
     id: str
     correlation_id: str
-    reason: str
+    reason: str = Field(description="why, as a code: max_attempts, handler, expired, broker_redrive or "
+                        "reconciled_missing (entries written before these codes hold free text)")
     attempts: int
     last_error: str | None
     dead_lettered_at: str | None
@@ -130,6 +131,7 @@ class DeadLetterEntry(BaseModel):
     target: str | None = Field(None, description="the handler or endpoint it was for")
     status_code: int | None = Field(None, description="the backend's last HTTP status (forwards)")
     traceback: str | None = Field(None, description="of the last error; at most 8 KiB, configured secrets masked")
+    detail: str | None = Field(None, description="the reason in words, naming the limit or the error that ended it")
 
 
 class ReplayResponse(BaseModel):

@@ -1,4 +1,5 @@
-"""Housekeeping off the request path: stats, metrics sampling and retention cleanup."""
+"""Housekeeping off the request path: stats, metrics sampling, retention cleanup, and reconciliation
+(requests left unfinished far longer than any attempt can take, with their message gone)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ from openhqm import metrics
 from openhqm.backends.base import Backend
 from openhqm.config import ResultsSettings
 from openhqm.constants import Status
+from openhqm.listener.dead_letters import DeadLetters
 from openhqm.logging import get_logger
-from openhqm.results.base import ResultStore
+from openhqm.results.base import DeadLetterReason, DeadLetterRecord, RequestRecord, ResultStore
 from openhqm.stats import RollingStats
 
 log = get_logger("openhqm.listener")
+
+# Beyond twice the longest attempt (worker.max_timeout_s), a request is reconciled once it has been
+# still for this much longer too: more than any backend's lease (SQS visibility, Pub/Sub's 600 s
+# deadline cap, NATS ack wait) takes to hand an abandoned message to another worker.
+LEASE_MARGIN_S = 900.0
+RECONCILE_BATCH = 100  # requests examined per round
 
 
 @dataclass(frozen=True)
@@ -35,11 +43,13 @@ class Figures:
 
 class Housekeeping:
     def __init__(self, backend: Backend, store: ResultStore, queues: tuple[str, str],
-                 results: ResultsSettings) -> None:
+                 results: ResultsSettings, dead: DeadLetters, max_timeout_s: float) -> None:
         self.backend = backend
         self.store = store
         self.queues = queues
         self.results = results
+        self.dead = dead
+        self.stale_after_s = 2 * max_timeout_s + LEASE_MARGIN_S
         self.rolling = RollingStats()
 
     async def queue_depths(self) -> dict[str, int | None]:
@@ -89,8 +99,35 @@ class Housekeeping:
                 removed = await cleanup(self.store, self.results, time.time())
                 if removed:
                     log.info("expired results removed", count=removed)
+                await self.reconcile(time.time())
             except Exception as exc:
                 log.warning("cleanup failed", error=str(exc))
+
+    async def reconcile(self, now: float) -> int:
+        """Dead-letter (`reconciled_missing`) the requests whose message exists nowhere any more: still
+        unfinished `stale_after_s` after anything last happened to them while the request queue holds
+        nothing ready (a backlog could still hold them; a broker that cannot count is never judged).
+        Returns how many."""
+        request_queue = self.queues[0]
+        stale = [record for record in await self.store.unfinished_submitted_before(
+            now - self.stale_after_s, RECONCILE_BATCH) if last_activity(record) < now - self.stale_after_s]
+        if not stale or (await self.queue_depths()).get(request_queue) != 0:
+            return 0
+        found = 0
+        for record in stale:
+            found += await self.dead.fail(DeadLetterRecord(
+                id=f"{record.correlation_id}.reconciled", correlation_id=record.correlation_id, queue=request_queue,
+                reason=DeadLetterReason.RECONCILED_MISSING, attempts=record.attempts, last_error=record.error,
+                dead_lettered_at=now, target=record.target,
+                detail=f"{record.status} for {now - last_activity(record):.0f} s with its message in no queue "
+                       f"(reconciled after {self.stale_after_s:g} s: 2 x worker.max_timeout_s + {LEASE_MARGIN_S:g} s)"))
+        return found
+
+
+def last_activity(record: RequestRecord) -> float:
+    """When anything last happened to a request, or was due to (a retry's or a schedule's time)."""
+    progress = record.progress.updated_at if record.progress else 0.0
+    return max(record.updated_at, record.next_attempt_at or 0.0, record.not_before or 0.0, progress)
 
 
 async def cleanup(store: ResultStore, results: ResultsSettings, now: float, older_than_s: float | None = None) -> int:

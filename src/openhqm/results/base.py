@@ -15,6 +15,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator
+from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -72,11 +73,21 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
         return self.status in TERMINAL
 
 
+class DeadLetterReason(StrEnum):
+    """Why a request was dead-lettered: the machine-readable `reason` of its entry (public values)."""
+
+    MAX_ATTEMPTS = "max_attempts"  # the retry policy's attempts ran out
+    HANDLER = "handler"  # it cannot succeed: DeadLetter, a non-retryable error, undecodable or unroutable
+    EXPIRED = "expired"  # the retry policy's max_age_s passed before another attempt could start
+    BROKER_REDRIVE = "broker_redrive"  # the broker moved it to its dead-letter queue (its delivery limit)
+    RECONCILED_MISSING = "reconciled_missing"  # unfinished for far too long with its message nowhere
+
+
 class DeadLetterRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     correlation_id: str
     queue: str
-    reason: str
+    reason: str  # a DeadLetterReason value (entries older versions wrote hold free text)
     attempts: int
     last_error: str | None
     dead_lettered_at: float
@@ -84,6 +95,7 @@ class DeadLetterRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     target: str | None = None  # the handler or endpoint it was for
     status_code: int | None = None  # the backend's last HTTP status, for a forward
     traceback: str | None = None  # of the last error: bounded, configured secrets masked
+    detail: str | None = None  # the reason in words, naming the limit or the error that ended it
 
 
 class ResultStore(ABC):
@@ -174,6 +186,11 @@ class ResultStore(ABC):
     async def oldest_unfinished(self) -> float | None:
         """submitted_at of the oldest request not yet terminal (None where a store cannot tell)."""
         return None
+
+    async def unfinished_submitted_before(self, before: float, limit: int = 100) -> list[RequestRecord]:
+        """Requests not yet terminal submitted before `before`, oldest first, for reconciliation
+        ([] where a store cannot tell)."""
+        return []
 
     def add_listener(self, listener: Callable[[RequestRecord], None]) -> None:
         """Called with every record this store object creates or moves (lifecycle hooks, stats)."""

@@ -72,6 +72,10 @@ class MemoryResultStore(ResultStore):
         pending = [r.submitted_at for r in self._records.values() if not r.terminal]
         return min(pending) if pending else None
 
+    async def unfinished_submitted_before(self, before: float, limit: int = 100) -> list[RequestRecord]:
+        unfinished = [r for r in self._records.values() if not r.terminal and r.submitted_at < before]
+        return sorted(unfinished, key=lambda r: r.submitted_at)[:limit]
+
     async def add_dead_letter(self, record: DeadLetterRecord) -> None:
         self._dead[record.id] = record
 

@@ -298,6 +298,13 @@ class PostgresResultStore(ResultStore):
                 session_id, limit)
         return [_to_record(row) for row in rows]
 
+    async def unfinished_submitted_before(self, before: float, limit: int = 100) -> list[RequestRecord]:
+        with _mapped("unfinished_submitted_before"):
+            rows = await self._db.fetch(
+                f"SELECT * FROM {self._table} WHERE status <> ALL($1::text[]) AND submitted_at < $2"
+                " ORDER BY submitted_at LIMIT $3", _TERMINAL, before, limit)
+        return [_to_record(row) for row in rows]
+
     async def counts(self) -> dict[str, int]:
         with _mapped("counts"):
             rows = await self._db.fetch(f"SELECT status, count(*) AS n FROM {self._table} GROUP BY status")

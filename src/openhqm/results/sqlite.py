@@ -179,6 +179,12 @@ class SQLiteResultStore(ResultStore):
             "SELECT MIN(submitted_at) FROM requests WHERE completed_at IS NULL").fetchone()[0])
         return oldest
 
+    async def unfinished_submitted_before(self, before: float, limit: int = 100) -> list[RequestRecord]:
+        rows = await self._db.read(lambda c: c.execute(
+            "SELECT data FROM requests WHERE completed_at IS NULL AND submitted_at < ?"
+            " ORDER BY submitted_at LIMIT ?", (before, limit)).fetchall())
+        return [_decode_record(r[0]) for r in rows]
+
     async def add_dead_letter(self, record: DeadLetterRecord) -> None:
         await self._db.run(lambda c: c.execute(
             "INSERT OR REPLACE INTO dead_letters (id, dead_lettered_at, data) VALUES (?, ?, ?)",

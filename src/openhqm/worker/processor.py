@@ -27,7 +27,7 @@ from openhqm.errors import DeadLetter, JobCancelled, RequestRejected, Retry, Und
 from openhqm.logging import get_logger
 from openhqm.policies import RetryPolicy
 from openhqm.redact import mask_secrets, secret_values
-from openhqm.results.base import DeadLetterRecord, ResultStore
+from openhqm.results.base import DeadLetterReason, DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
 from openhqm.worker.control import JobControl
 from openhqm.worker.handlers import Job
@@ -79,14 +79,15 @@ class Processor:
             envelope = decode_envelope(delivery.body)
         except UndecodableMessage as exc:
             if not self.target.accepts_raw:
-                await self._dead_letter(delivery, None, f"undecodable message: {exc}", delivery.attempt, None)
+                await self._dead_letter(delivery, None, DeadLetterReason.HANDLER, f"undecodable message: {exc}",
+                                        delivery.attempt, None)
                 return
             envelope = Envelope(id=delivery.message_id, body=delivery.body, raw=True)
         try:
             envelope = routed(envelope, self.target.routing)
         except RequestRejected as exc:
-            await self._dead_letter(delivery, None if envelope.raw else envelope, f"no route: {exc.message}",
-                                    delivery.attempt, None)
+            await self._dead_letter(delivery, None if envelope.raw else envelope, DeadLetterReason.HANDLER,
+                                    f"no route: {exc.message}", delivery.attempt, None)
             return
         attempt = envelope.attempt + delivery.attempt - 1
         structlog.contextvars.bind_contextvars(
@@ -214,8 +215,7 @@ class Processor:
         if delay_s is not None:
             await self._retry(delivery, envelope, attempt, failure.error, delay_s)
             return
-        reason = "handler gave up" if not failure.retryable else f"failed after {attempt} attempt(s)"
-        await self._dead_letter(delivery, envelope, reason, attempt, failure)
+        await self._dead_letter(delivery, envelope, *give_up_reason(failure, attempt, policy), attempt, failure)
 
     async def _retry(self, delivery: Delivery, envelope: Envelope, attempt: int, error: str, delay_s: float) -> None:
         log.info("retry scheduled", delay_s=round(delay_s, 3), error=error)
@@ -240,14 +240,14 @@ class Processor:
                                    key=delivery.key, message_id=new_id())
         await delivery.ack()
 
-    async def _dead_letter(self, delivery: Delivery, envelope: Envelope | None, reason: str, attempt: int,
-                           last: Failure | None) -> None:
+    async def _dead_letter(self, delivery: Delivery, envelope: Envelope | None, reason: DeadLetterReason,
+                           detail: str, attempt: int, last: Failure | None) -> None:
         correlation_id = envelope.correlation_id if envelope else ""
         last_error = bounded(mask_secrets(last.error, self._secrets)) if last else None
         trace = bounded_traceback(last.cause, self._secrets) if last and last.cause else None
-        log.warning("dead-lettered", reason=reason, last_error=last_error)
+        log.warning("dead-lettered", reason=reason, detail=detail, last_error=last_error)
         record = DeadLetterRecord(id=new_id(), correlation_id=correlation_id, queue=self.queue, reason=reason,
-                                  attempts=attempt, last_error=last_error, dead_lettered_at=time.time(),
+                                  detail=detail, attempts=attempt, last_error=last_error, dead_lettered_at=time.time(),
                                   body=delivery.body,
                                   target=(envelope.endpoint or envelope.handler) if envelope else None,
                                   status_code=last.status_code if last else None,
@@ -258,11 +258,11 @@ class Processor:
             await self.store.add_dead_letter(record)
         except Exception:
             log.exception("result store refused the dead letter; using the broker's dead-letter queue")
-            await delivery.dead_letter(reason)
+            await delivery.dead_letter(f"{reason}: {detail}")
             return
         if envelope is not None:
             await self._finish(delivery, envelope, Reply(
-                correlation_id=correlation_id, status=Status.FAILED, error=last_error or reason, attempts=attempt))
+                correlation_id=correlation_id, status=Status.FAILED, error=last_error or detail, attempts=attempt))
             metrics.child(metrics.MESSAGES, self.queue, "failed",
                           *metrics.target_labels(envelope, self.target.routing)).inc()
         else:
@@ -279,6 +279,16 @@ class Processor:
         if delivery.settled is None:
             with contextlib.suppress(Exception):
                 await delivery.nack()
+
+
+def give_up_reason(failure: Failure, attempt: int, policy: RetryPolicy) -> tuple[DeadLetterReason, str]:
+    """Why a failure that will not be retried is dead-lettered: the code and the words."""
+    if not failure.retryable:
+        return DeadLetterReason.HANDLER, "handler gave up"
+    if attempt >= policy.max_attempts:
+        return DeadLetterReason.MAX_ATTEMPTS, f"failed after {attempt} attempt(s)"
+    # Attempts were left, but the next one would have started after the policy's max_age_s.
+    return DeadLetterReason.EXPIRED, f"failed after {attempt} attempt(s); the retry policy's max_age_s passed"
 
 
 def bounded_traceback(exc: BaseException, secrets: list[str]) -> str:
