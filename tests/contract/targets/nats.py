@@ -53,20 +53,3 @@ async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address
     # sit in a consumer's pulled batch while the machine is busy (counted as duplicates).
     return Settings(queue={"type": "nats", "nats": {"url": url, "stream": STREAM, "subject_prefix": PREFIX,
                                                     "ack_wait_s": lease_s or 2.0}}, data_dir=tmp_path)
-
-_STALE_SETTLE_BUG = (
-    "nats_jetstream.py NATSDelivery._ack / NATSJetStreamBackend._dead_letter: ack_sync() on a delivery "
-    "whose ack_wait already passed still acks the message in the work-queue stream, deleting the copy "
-    "redelivered to another consumer (its nack then returns nothing: the message is lost)")
-KNOWN_BUGS = {
-    "test_a_late_settle_after_the_lease_passed_changes_nothing[[]*-ack[]]": _STALE_SETTLE_BUG,
-    "test_a_late_settle_after_the_lease_passed_changes_nothing[[]*-dead_letter[]]": _STALE_SETTLE_BUG,
-}
-
-# Seen in one run of two: the stale delivery's nak still applies to the message now held by another
-# consumer, so it is delivered once more (a duplicate, not a loss).
-RACY_BUGS = {
-    "test_a_late_settle_after_the_lease_passed_changes_nothing[[]*-nack[]]": (
-        "nats_jetstream.py NATSDelivery._nack (line 228): nak() on a delivery whose ack_wait passed makes "
-        "JetStream redeliver the message that another consumer now holds: one more copy arrives"),
-}
