@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aio_pika
 import pytest
 
 from tests.services import free_port, port_answers, require_service
@@ -47,6 +48,9 @@ class OwnBroker(ABC):
 
     async def stop(self) -> None:
         await self.kill()
+
+    async def remove_queues(self, names: list[str]) -> None:  # noqa: B027 - a no-op by design
+        """Delete what a test made on a shared broker; a broker of the test's own goes away whole."""
 
 
 class BrokerProcess(OwnBroker):
@@ -218,6 +222,13 @@ class ProxiedRabbitMQ(OwnBroker):
 
     async def kill(self) -> None:
         await self.proxy.stop()
+
+    async def remove_queues(self, names: list[str]) -> None:
+        connection = await aio_pika.connect(self.target)
+        async with connection:
+            channel = await connection.channel()
+            for name in names:  # deleting a missing queue is not an error
+                await channel.queue_delete(name, if_unused=False, if_empty=False)
 
 
 @contextlib.asynccontextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from openhqm.constants import dead_letter_queue
 from tests.chaos.outage_drill import Drill, final_statuses, run_drill
 from tests.chaos.own_brokers import OwnBroker, OwnMosquitto, OwnNATS, OwnPostgres, OwnRedis, ProxiedRabbitMQ, running
 from tests.e2e.conftest import SAMPLE_ENV
@@ -92,3 +93,4 @@ async def test_sigkilled_broker_costs_no_accepted_request_and_never_a_hang(case:
             assert set(drill.accepted) <= set(drill.runs()), "every accepted request ran"
         finally:
             server.stop()
+            await broker.remove_queues([queues, f"{queues}-replies", dead_letter_queue(queues)])
