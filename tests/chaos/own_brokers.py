@@ -233,8 +233,8 @@ class ProxiedRabbitMQ(OwnBroker):
 
 @contextlib.asynccontextmanager
 async def running(broker: OwnBroker) -> AsyncIterator[OwnBroker]:
-    await broker.start()
     try:
+        await broker.start()
         yield broker
     finally:
         await broker.stop()

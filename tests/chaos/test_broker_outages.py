@@ -44,6 +44,8 @@ CASES = {
     "nats queue": (OwnNATS, queue_env("nats")),  # xfail below: a submit waits out nats-py's reconnect
     "mqtt queue": (OwnMosquitto, queue_env("mqtt")),
     "redis result store": (OwnRedis, store_env("redis", "URL")),
+    "redis queue and result store": (OwnRedis, lambda broker: {**queue_env("redis")(broker),
+                                                               **store_env("redis", "URL")(broker)}),
     "postgres result store": (OwnPostgres, store_env("postgres", "DSN")),
 }
 
