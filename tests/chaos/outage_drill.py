@@ -151,6 +151,8 @@ async def run_drill(server: OpenHQMProcess, broker: OwnBroker, run_log: Path, *,
         load = [asyncio.create_task(_submit_steadily(drill, http, client)) for client in range(CLIENTS)]
         load.append(asyncio.create_task(_watch_readiness(drill, http)))
         try:
+            # Workers started on their own connect in their own time: the first outage comes once they work.
+            await wait_until(lambda: bool(drill.runs()), timeout_s=STEP_TIMEOUT_S, what="a first request handled")
             for round_ in range(kills + 1):
                 if round_:
                     await _one_outage(drill, broker, http)

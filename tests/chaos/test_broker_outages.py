@@ -38,15 +38,20 @@ def store_env(store: str, key: str) -> Callable[[OwnBroker], dict[str, str]]:
     return env
 
 
+SERVE = ("serve",)
+APART = ("listener", "worker")  # the worker's replies then travel through the broker too
 CASES = {
-    "redis queue": (OwnRedis, queue_env("redis")),
-    "rabbitmq queue": (ProxiedRabbitMQ, queue_env("rabbitmq")),
-    "nats queue": (OwnNATS, queue_env("nats")),  # xfail below: a submit waits out nats-py's reconnect
-    "mqtt queue": (OwnMosquitto, queue_env("mqtt")),
-    "redis result store": (OwnRedis, store_env("redis", "URL")),
+    "redis queue": (OwnRedis, queue_env("redis"), SERVE),
+    # A job whose reply cannot be sent is returned, and, its nack failing too, redelivered after its lease.
+    "redis queue, listener and worker apart": (
+        OwnRedis, lambda broker: {**queue_env("redis")(broker), "OPENHQM_QUEUE__REDIS__LEASE_S": "5"}, APART),
+    "rabbitmq queue": (ProxiedRabbitMQ, queue_env("rabbitmq"), SERVE),
+    "nats queue": (OwnNATS, queue_env("nats"), SERVE),  # xfail below: a submit waits out nats-py's reconnect
+    "mqtt queue": (OwnMosquitto, queue_env("mqtt"), SERVE),
+    "redis result store": (OwnRedis, store_env("redis", "URL"), SERVE),
     "redis queue and result store": (OwnRedis, lambda broker: {**queue_env("redis")(broker),
-                                                               **store_env("redis", "URL")(broker)}),
-    "postgres result store": (OwnPostgres, store_env("postgres", "DSN")),
+                                                               **store_env("redis", "URL")(broker)}, SERVE),
+    "postgres result store": (OwnPostgres, store_env("postgres", "DSN"), SERVE),
 }
 
 
@@ -73,26 +78,29 @@ NATS_WAITS = pytest.mark.xfail(
 @pytest.mark.parametrize("case", [pytest.param(case, marks=NATS_WAITS) if case.startswith("nats") else case
                                   for case in CASES])
 async def test_sigkilled_broker_costs_no_accepted_request_and_never_a_hang(case: str, tmp_path: Path) -> None:
-    broker_class, broker_env = CASES[case]
+    broker_class, broker_env, commands = CASES[case]
     broker = broker_class(tmp_path / "broker") if broker_class is not ProxiedRabbitMQ else ProxiedRabbitMQ()
     run_log = tmp_path / "runs.log"
     async with running(broker):
         queues = f"chaos-{uuid.uuid4().hex[:8]}"
         env = {**SAMPLE_ENV, **broker_env(broker), "OPENHQM_TEST_RUN_LOG": str(run_log),
                "OPENHQM_WORKER__CONCURRENCY": "4", "OPENHQM_QUEUE__REQUEST_QUEUE": queues,
-               "OPENHQM_QUEUE__RESPONSE_QUEUE": f"{queues}-replies"}
-        server = OpenHQMProcess("serve", tmp_path / "openhqm", env)
-        await asyncio.to_thread(server.start)  # off the event loop, where a proxied broker's proxy runs
+               "OPENHQM_QUEUE__RESPONSE_QUEUE": f"{queues}-replies", "OPENHQM_WORKER__HEALTH_PORT": "0"}
+        processes = [OpenHQMProcess(command, tmp_path / "openhqm", env) for command in commands]
+        server = processes[0]  # the one that answers HTTP
         try:
+            for process in processes:  # off the event loop, where a proxied broker's proxy runs
+                await asyncio.to_thread(process.start)
             drill = await run_drill(server, broker, run_log)
             statuses = await final_statuses(server.url, drill.accepted)
             print("\n" + drill.summary(case, statuses))
-            assert server.proc is not None and server.proc.poll() is None, "the bridge lived through it"
+            assert all(p.proc is not None and p.proc.poll() is None for p in processes), "they lived through it"
             assert_outages_met_the_bounds(drill)
             unfinished = {i: s for i, s in statuses.items() if s != "COMPLETED"}
             assert not unfinished, f"every accepted request ended: {unfinished}"
             assert len(statuses) == len(drill.accepted)
             assert set(drill.accepted) <= set(drill.runs()), "every accepted request ran"
         finally:
-            server.stop()
+            for process in processes:
+                process.stop()
             await broker.remove_queues([queues, f"{queues}-replies", dead_letter_queue(queues)])
