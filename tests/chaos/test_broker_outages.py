@@ -49,8 +49,9 @@ CASES = {
     "nats queue": (OwnNATS, queue_env("nats"), SERVE),  # xfail below: a submit waits out nats-py's reconnect
     "mqtt queue": (OwnMosquitto, queue_env("mqtt"), SERVE),
     "redis result store": (OwnRedis, store_env("redis", "URL"), SERVE),
-    "redis queue and result store": (OwnRedis, lambda broker: {**queue_env("redis")(broker),
-                                                               **store_env("redis", "URL")(broker)}, SERVE),
+    "redis queue and result store": (OwnRedis, lambda broker: {
+        **queue_env("redis")(broker), **store_env("redis", "URL")(broker), "OPENHQM_QUEUE__REDIS__LEASE_S": "5"},
+        SERVE),
     "postgres result store": (OwnPostgres, store_env("postgres", "DSN"), SERVE),
 }
 
