@@ -56,6 +56,9 @@ class RetryPolicy:
 
 # Reconnect loops (consume, reply consumer, change feeds, broker sessions): fast first, never idle long.
 RECONNECT_BACKOFF = Backoff(base_delay_s=0.1, max_delay_s=5.0)
+# Reconnect loops whose state /ready reports (a result store's change feed): capped at 1 s, so that
+# /ready turns 200 within about a second of the server's return, however long it was away.
+READINESS_RECONNECT_BACKOFF = Backoff(base_delay_s=0.1, max_delay_s=1.0)
 
 
 class Reconnect:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -25,13 +24,15 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from openhqm.backends.kit import ErrorMap
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
-from openhqm.policies import RECONNECT_BACKOFF
 from openhqm.redact import mask_url
 
 log = structlog.get_logger(__name__)
 
 ERRORS = ErrorMap("mqtt", [(OSError, BackendUnavailable), ((ValueError, RuntimeError), BackendError)])
 NEVER_EXPIRE = 0xFFFFFFFF
+# paho's thread reconnects, in whole seconds: every second (its least), without backing off, so that
+# /ready and submits recover within about a second of the broker's return; a refused TCP connect is cheap.
+RECONNECT_DELAY_S = 1
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,7 @@ class Session:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
             client.tls_set()
-        # paho's thread reconnects, in whole seconds: from 1 s, capped as every openhqm reconnect loop.
-        client.reconnect_delay_set(1, math.ceil(RECONNECT_BACKOFF.max_delay_s))
+        client.reconnect_delay_set(RECONNECT_DELAY_S, RECONNECT_DELAY_S)
         client.on_connect = self._connected
         client.on_subscribe = self._subscribed
         client.on_publish = self._published
@@ -172,6 +172,12 @@ class Session:
         self.online = online
         if online:
             self.on_connect()
+            return
+        lost = BackendUnavailable(f"mqtt: connection to {self.broker.host}:{self.broker.port} lost before "
+                                  "the broker's PUBACK")
+        for future in self._pending.values():  # their publish raises now, and _forget keeps paho from resending
+            if not future.done():
+                future.set_exception(lost)
 
     def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                    properties: Properties | None) -> None:
@@ -183,10 +189,14 @@ class Session:
             future.set_result(code)
 
     async def publish(self, topic: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """The PUBACK's reason code. Without a connection paho keeps the message and sends it once
-        reconnected, so a publish (or a nack's copy) rides out a short outage within timeout_s."""
+        """The PUBACK's reason code. Refused at once without a connection, and as soon as the one it went
+        out on drops: waiting for paho's reconnect would turn a prompt 503 into a slow one (a nack's
+        copy that fails so leaves its message unacked: the broker sends it again after the reconnect)."""
         if self.closed:
             raise BackendUnavailable("mqtt backend is closed")
+        if not (self.online and self._client.is_connected()):
+            raise BackendUnavailable(f"mqtt: no connection to {self.broker.host}:{self.broker.port}; "
+                                     f"reconnecting every {RECONNECT_DELAY_S} s")
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if headers:  # openhqm's Wire headers travel as MQTT 5 user properties
             properties.UserProperty = list(headers.items())

@@ -65,6 +65,9 @@ T = TypeVar("T")
 _MAX_BLOCK_S = 5.0  # longest blocking read: bounds reclaim cadence and a missed delay wake-up
 _COMMAND_TIMEOUT_S = 10.0
 _CONNECT_TIMEOUT_S = 2.0
+# One retry on a fresh connection, 0.1 s on: a connection Redis closed (idle timeout, CLIENT KILL) costs
+# nothing, and a Redis that is away answers 503 at once rather than after retries that wait for it.
+_RETRY_DELAY_S = 0.1
 _MOVE_BATCH = 100
 _STALE_CONSUMER_MS = 3_600_000  # forget a consumer that holds nothing after an hour idle ...
 _STALE_CHECK_S = 600.0  # ... looking for such consumers this often per reader
@@ -157,7 +160,7 @@ class RedisStreamsBackend(Backend):
         options.update(
             socket_timeout=None, socket_connect_timeout=_CONNECT_TIMEOUT_S, protocol=2,
             decode_responses=False, client_name=f"openhqm-{self.consumer}",
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+            retry=Retry(ExponentialBackoff(cap=_RETRY_DELAY_S, base=_RETRY_DELAY_S), 1))
         return pool_class(max_connections=max_connections, **options)
 
     async def connect(self) -> None:

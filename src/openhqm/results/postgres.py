@@ -26,7 +26,7 @@ from openhqm.config import Settings
 from openhqm.constants import TERMINAL
 from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
-from openhqm.policies import Reconnect
+from openhqm.policies import READINESS_RECONNECT_BACKOFF, Reconnect
 from openhqm.redact import mask_url
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 
@@ -88,8 +88,11 @@ def _mapped(action: str) -> Iterator[None]:
     """The one place where asyncpg errors become openhqm errors."""
     try:
         yield
+    # InternalClientError ("another operation is in progress"): a pooled connection whose call the
+    # server's crash cut off, met by the next caller until the pool drops it: the server is away.
     except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-            asyncpg.TooManyConnectionsError, asyncpg.exceptions.OperatorInterventionError) as exc:
+            asyncpg.TooManyConnectionsError, asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.InternalClientError) as exc:
         raise BackendUnavailable(f"postgres result store: {action}: {exc}") from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise BackendError(f"postgres result store: {action}: {exc}") from exc
@@ -200,7 +203,7 @@ class PostgresResultStore(ResultStore):
 
     async def _supervise(self) -> None:
         """Reopen the LISTEN connection whenever it drops, then wake waiters whose NOTIFY was lost."""
-        reconnect, recheck = Reconnect(), False
+        reconnect, recheck = Reconnect(READINESS_RECONNECT_BACKOFF), False
         while True:
             try:
                 if self.listener_pid is None:

@@ -40,7 +40,7 @@ from openhqm.config import Settings
 from openhqm.constants import TERMINAL
 from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, ConfigError
 from openhqm.logging import get_logger
-from openhqm.policies import Reconnect
+from openhqm.policies import READINESS_RECONNECT_BACKOFF, Reconnect
 from openhqm.redact import mask_url
 from openhqm.results import redis_lua as lua
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
@@ -159,7 +159,7 @@ class RedisResultStore(ResultStore):
 
     async def _listen(self) -> None:
         """Wake waiters from the done channel; redis-py resubscribes on reconnect, then we re-check."""
-        reconnect, recheck = Reconnect(), False
+        reconnect, recheck = Reconnect(READINESS_RECONNECT_BACKOFF), False
         while True:
             try:
                 if recheck:
