@@ -46,7 +46,7 @@ CASES = {
     "redis queue, listener and worker apart": (
         OwnRedis, lambda broker: {**queue_env("redis")(broker), "OPENHQM_QUEUE__REDIS__LEASE_S": "5"}, APART),
     "rabbitmq queue": (ProxiedRabbitMQ, queue_env("rabbitmq"), SERVE),
-    "nats queue": (OwnNATS, queue_env("nats"), SERVE),  # xfail below: a submit waits out nats-py's reconnect
+    "nats queue": (OwnNATS, queue_env("nats"), SERVE),
     "mqtt queue": (OwnMosquitto, queue_env("mqtt"), SERVE),
     "redis result store": (OwnRedis, store_env("redis", "URL"), SERVE),
     "redis queue and result store": (OwnRedis, lambda broker: {
@@ -70,14 +70,8 @@ def assert_outages_met_the_bounds(drill: Drill) -> None:
         assert outage.ready_up_after_s is not None and outage.ready_up_after_s < READY_BOUND_S, outage
 
 
-NATS_WAITS = pytest.mark.xfail(
-    raises=AssertionError, reason="nats: a publish while disconnected waits for nats-py's reconnect until the "
-    "JetStream API timeout (5 s) before its 503 (backends/nats_jetstream.py, issue 14)")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [pytest.param(case, marks=NATS_WAITS) if case.startswith("nats") else case
-                                  for case in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 async def test_sigkilled_broker_costs_no_accepted_request_and_never_a_hang(case: str, tmp_path: Path) -> None:
     broker_class, broker_env, commands = CASES[case]
     broker = broker_class(tmp_path / "broker") if broker_class is not ProxiedRabbitMQ else ProxiedRabbitMQ()

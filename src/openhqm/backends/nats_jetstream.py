@@ -275,6 +275,8 @@ class NATSJetStreamBackend(Backend):
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str], message_id: str) -> None:
         """Publish and wait for the stream's ack. The dedup id is scoped by subject, because the
         duplicate window spans the whole stream and one id may travel to several queues."""
+        if not self._connection().is_connected:  # nats-py would buffer it until the reconnect
+            raise BackendUnavailable("nats: not connected (nats-py is reconnecting)")
         await self._with_stream(f"publish to {subject}", lambda: self._jetstream().publish(
             subject, body, stream=self.stream,  # a fresh dict each try: js.publish adds to it
             headers={**headers, Wire.ID: message_id, MSG_ID_HEADER: f"{subject}:{message_id}"}))
