@@ -81,7 +81,10 @@ class Observed:
         return sum(1 for at, _ in self.accepted if at >= t)
 
     def ready_status_since(self, t: float, status: int) -> float | None:
-        """When /ready first answered `status` after `t`, or None."""
+        """When /ready first answered `status` after `t` (`t` itself when it answered so already), or None."""
+        before = [seen for at, seen in self.ready if at < t]
+        if before and before[-1] == status:
+            return t
         return next((at for at, seen in self.ready if at >= t and seen == status), None)
 
 
