@@ -86,9 +86,6 @@ class KafkaOptions(BackendOptions):
         return self
 
 
-_REACHABLE_CHECK_S = 0.5
-
-
 class KafkaBackend(Backend):
     name = "kafka"
     options_model: ClassVar[type[BackendOptions]] = KafkaOptions
@@ -234,11 +231,7 @@ class KafkaBackend(Backend):
         await self._refuse_unless_reachable(producer)
         await self.ensure_topics(queue)
         with ERRORS(f"publish to {topic!r}"):
-            sent = await producer.send(topic, body, key=key, headers=headers)
-            # A broker lost mid-send would hold this until request_timeout_s: look again each half second.
-            while not (await asyncio.wait({sent}, timeout=_REACHABLE_CHECK_S))[0]:
-                await self._refuse_unless_reachable(producer)
-            return sent.result()
+            return await producer.send_and_wait(topic, body, key=key, headers=headers)
 
     async def _refuse_unless_reachable(self, producer: Any) -> None:
         """Refuse at once while no broker answers: aiokafka would hold the record for up to
