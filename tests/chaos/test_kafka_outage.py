@@ -85,7 +85,10 @@ async def test_kafka_killed_twice_refuses_promptly_and_finishes_every_accepted_r
            "OPENHQM_QUEUE__KAFKA__GROUP_ID": f"chaos-{uuid.uuid4().hex[:8]}",
            # the contract target's group timings: a new group gets its first record in ~2 s, not ~23 s
            "OPENHQM_QUEUE__KAFKA__SESSION_TIMEOUT_S": "2", "OPENHQM_QUEUE__KAFKA__HEARTBEAT_INTERVAL_S": "0.3",
-           "OPENHQM_QUEUE__KAFKA__REBALANCE_GRACE_S": "1"}
+           "OPENHQM_QUEUE__KAFKA__REBALANCE_GRACE_S": "1",
+           # a send in flight when the broker dies waits this long for it (aiokafka's delivery
+           # timeout), then answers 503: 3 s, not 40, keeps those submits within the client's timeout
+           "OPENHQM_QUEUE__KAFKA__REQUEST_TIMEOUT_S": "3"}
     async with bridge_under_load(tmp_path, env) as (server, seen, stop_load):
         outages = [await kill_and_restart(durable_tansu, server, seen) for _ in range(2)]
         await stop_load()
