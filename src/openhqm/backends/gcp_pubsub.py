@@ -208,7 +208,7 @@ class PubSubBackend(Backend):
         await self.topics.close()
 
     async def ping(self) -> None:
-        await self.topics.call(self.topics.publisher.list_topics, timeout=HEALTH_TIMEOUT_S,
+        await self.topics.call(self.topics.publisher.list_topics, timeout=HEALTH_TIMEOUT_S, retry=None,
                                request={"project": f"projects/{self.options.project_id}", "page_size": 1})
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,

@@ -184,7 +184,9 @@ class PubSubTopics:
     async def _publish_once(self, queue: str, body: bytes, attributes: dict[str, str], key: str | None) -> None:
         publisher, topic = self.publisher, self.topic_path(queue)
         try:
-            future = publisher.publish(topic, body, ordering_key=key or "", timeout=self.timeout_s, **attributes)
+            # retry=None: refused at once while Pub/Sub is down (the library retried until timeout_s)
+            future = publisher.publish(topic, body, ordering_key=key or "", retry=None, timeout=self.timeout_s,
+                                       **attributes)
             async with asyncio.timeout(self.timeout_s + 5):
                 await asyncio.wrap_future(future)
         except BaseException:

@@ -228,9 +228,21 @@ class KafkaBackend(Backend):
                       headers: Headers) -> Any:
         """Send one record to `topic` (Q or Q.delay) and wait for acks=all."""
         producer, _, _ = self._connected()
+        await self._refuse_unless_reachable(producer)
         await self.ensure_topics(queue)
         with ERRORS(f"publish to {topic!r}"):
             return await producer.send_and_wait(topic, body, key=key, headers=headers)
+
+    async def _refuse_unless_reachable(self, producer: Any) -> None:
+        """Refuse at once while no broker answers: aiokafka would hold the record for up to
+        request_timeout_s waiting for one to come back, and the submit behind it would hang."""
+        client = producer.client
+        if any(conn.connected() for conn in client._conns.values()):  # aiokafka has no public view
+            return
+        for broker in client.cluster.brokers():  # reconnect now: refused at once by a host that is up
+            if await client.ready(broker.nodeId):
+                return
+        raise BackendUnavailable(f"no Kafka broker answers at {self.options.bootstrap_servers}")
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
         self._connected()

@@ -112,7 +112,7 @@ class SQSQueues:
     async def open(self, *, endpoint_url: str | None, region: str, read_timeout_s: float) -> None:
         """Make the client; no connection yet (a wrong endpoint shows in the first call)."""
         config = AioConfig(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=read_timeout_s,
-                           retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=MAX_CONNECTIONS)
+                           retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=MAX_CONNECTIONS)
         with errors("create client"):
             self._client = await self._stack.enter_async_context(
                 aioboto3.Session(region_name=region).client("sqs", endpoint_url=endpoint_url, config=config))
