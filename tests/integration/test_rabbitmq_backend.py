@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlparse
 
@@ -24,6 +23,7 @@ from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendError, BackendUnavailable
 from tests.contract.receiver import Receiver
+from tests.leftovers import derived_queues, remove_rabbitmq_queues, unique
 from tests.services import require_service
 from tests.tcp_proxy import CuttableProxy
 
@@ -37,18 +37,13 @@ def broker_url() -> str:
 
 @pytest.fixture
 async def queue(broker_url: str) -> AsyncIterator[str]:
-    name = f"it-rmq-{uuid.uuid4().hex[:12]}"
+    """The test's queue; deleted after the test's backends closed, with its dead letters and the delay
+    queues it registered (any other delay queue deletes itself through x-expires)."""
+    name = f"it-rmq-{unique()}"
     yield name
-    # Delete what the test made: the queue, its dead letters and the delay queues it registered
-    # (any other delay queue deletes itself through x-expires).
-    victims = [name, dead_letter_queue(name), f"{name}-other",
-               *(rmq.delay_queue(name, ms) for ms in _used_buckets)]
+    victims = [*derived_queues(name), *(rmq.delay_queue(name, ms) for ms in _used_buckets)]
     _used_buckets.clear()
-    connection = await aio_pika.connect(broker_url)
-    async with connection:
-        channel = await connection.channel()
-        for victim in victims:  # deleting a missing queue is not an error
-            await channel.queue_delete(victim, if_unused=False, if_empty=False)
+    await remove_rabbitmq_queues(broker_url, victims)
 
 
 _used_buckets: set[int] = set()
@@ -60,7 +55,8 @@ def uses_delays(*delays_s: float) -> None:
 
 
 @pytest.fixture
-async def make_backend(broker_url: str) -> AsyncIterator[BackendFactory]:
+async def make_backend(broker_url: str, queue: str) -> AsyncIterator[BackendFactory]:
+    # Depends on `queue` so that its queues are deleted after these backends closed (not made again).
     opened: list[Backend] = []
 
     async def factory(url: str = broker_url, **options: float) -> Backend:
