@@ -156,21 +156,22 @@ def _remove_pubsub_resources(emulator: str, starts: tuple[str, ...]) -> None:
 async def remove_queues(service: str, names: Iterable[str], *, delays_s: Iterable[float] = ()) -> None:
     """Everything a test made under each of its queue `names` on the machine's `service`: the queues
     (topics, subscriptions) starting with a name, or where the broker cannot list, the names a test
-    derives from it (RabbitMQ's delay queues for `delays_s`; others expire alone). MQTT: nothing to
-    remove (a test's sessions expire by themselves, and the tests retain no messages)."""
-    address, names = service_address(service), list(names)
+    derives from it (RabbitMQ's delay queues for `delays_s`; others expire alone). Nothing to do for
+    in-process backends, nor for MQTT (a test's sessions expire by themselves; no message is retained)."""
+    names = list(names)
     if service == "redis":
         for name in names:
-            await remove_redis_queues(address, name)
+            await remove_redis_queues(service_address(service), name)
     elif service == "rabbitmq":
         delays = list(delays_s)
-        await remove_rabbitmq_queues(address, [queue for name in names for queue in derived_queues(name, delays)])
+        await remove_rabbitmq_queues(service_address(service),
+                                     [queue for name in names for queue in derived_queues(name, delays)])
     elif service == "kafka":
-        await remove_kafka_topics(address, names)
+        await remove_kafka_topics(service_address(service), names)
     elif service == "sqs":
-        await remove_sqs_queues(address, names)
+        await remove_sqs_queues(service_address(service), names)
     elif service == "pubsub":
-        await remove_pubsub_resources(address, names)
+        await remove_pubsub_resources(service_address(service), names)
 
 
 def _sqs_client(endpoint: str) -> Any:
