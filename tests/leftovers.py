@@ -260,7 +260,8 @@ async def _kafka_names() -> set[str]:
 
 async def _sqs_names() -> set[str]:
     async with _sqs_client(service_address("sqs")) as client:
-        urls = (await client.list_queues(MaxResults=1000)).get("QueueUrls", [])
+        urls = [url async for page in client.get_paginator("list_queues").paginate(MaxResults=1000)
+                for url in page.get("QueueUrls", [])]
     return {f"queue {name}" for url in urls if TEST_QUEUE.match(name := url.rpartition("/")[2])}
 
 
