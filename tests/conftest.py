@@ -8,7 +8,6 @@ meanwhile. What existed before the run is never reported, and nothing is deleted
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ def _uses_brokers(items: list[pytest.Item]) -> bool:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     if _uses_brokers(session.items) and not session.config.option.collectonly:
-        session.config.stash[_BEFORE] = asyncio.run(leftovers.inventory())
+        session.config.stash[_BEFORE] = leftovers.inventory_in_a_subprocess()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -36,7 +35,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     before = session.config.stash.get(_BEFORE, None)
     if before is None:
         return
-    left = leftovers.left_behind(before, asyncio.run(leftovers.inventory()))
+    left = leftovers.left_behind(before, leftovers.inventory_in_a_subprocess())
     session.config.stash[_LEFT] = left
     if left and IN_CI and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -143,14 +146,14 @@ async def remove_pubsub_resources(emulator: str, prefixes: Iterable[str]) -> Non
 
 
 def _remove_pubsub_resources(emulator: str, starts: tuple[str, ...]) -> None:
-    publisher, subscriber = _pubsub_clients(emulator)
-    for project in PUBSUB_PROJECTS:
-        for subscription in _pubsub_ids(subscriber.list_subscriptions, project, starts):
-            with contextlib.suppress(gexc.NotFound):
-                subscriber.delete_subscription(subscription=f"projects/{project}/subscriptions/{subscription}")
-        for topic in _pubsub_ids(publisher.list_topics, project, starts):
-            with contextlib.suppress(gexc.NotFound):
-                publisher.delete_topic(topic=f"projects/{project}/topics/{topic}")
+    with _pubsub_clients(emulator) as (publisher, subscriber):
+        for project in PUBSUB_PROJECTS:
+            for subscription in _pubsub_ids(subscriber.list_subscriptions, project, starts):
+                with contextlib.suppress(gexc.NotFound):
+                    subscriber.delete_subscription(subscription=f"projects/{project}/subscriptions/{subscription}")
+            for topic in _pubsub_ids(publisher.list_topics, project, starts):
+                with contextlib.suppress(gexc.NotFound):
+                    publisher.delete_topic(topic=f"projects/{project}/topics/{topic}")
 
 
 async def remove_queues(service: str, names: Iterable[str], *, delays_s: Iterable[float] = ()) -> None:
@@ -181,10 +184,17 @@ def _sqs_client(endpoint: str) -> Any:
         aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"))
 
 
-def _pubsub_clients(emulator: str) -> tuple[Any, Any]:
-    """Clients on an explicit channel to the emulator (not PUBSUB_EMULATOR_HOST for the whole process)."""
-    return (pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=grpc.insecure_channel(emulator))),
-            pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(emulator))))
+@contextlib.contextmanager
+def _pubsub_clients(emulator: str) -> Iterator[tuple[Any, Any]]:
+    """Clients on explicit channels to the emulator (not PUBSUB_EMULATOR_HOST for the whole process),
+    closed after use: a channel left open breaks the contract's connection-cut test for Pub/Sub."""
+    publisher = pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=grpc.insecure_channel(emulator)))
+    subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(emulator)))
+    try:
+        yield publisher, subscriber
+    finally:
+        publisher.transport.close()
+        subscriber.close()
 
 
 def _pubsub_ids(list_call: Callable[..., Iterable[Any]], project: str, starts: tuple[str, ...]) -> list[str]:
@@ -270,11 +280,12 @@ async def _pubsub_names() -> set[str]:
 
 
 def _list_pubsub_names(emulator: str) -> set[str]:
-    publisher, subscriber = _pubsub_clients(emulator)
     names: set[str] = set()
-    for project in PUBSUB_PROJECTS:
-        names |= {f"topic {project}/{id_}" for id_ in _pubsub_ids(publisher.list_topics, project, ())}
-        names |= {f"subscription {project}/{id_}" for id_ in _pubsub_ids(subscriber.list_subscriptions, project, ())}
+    with _pubsub_clients(emulator) as (publisher, subscriber):
+        for project in PUBSUB_PROJECTS:
+            names |= {f"topic {project}/{id_}" for id_ in _pubsub_ids(publisher.list_topics, project, ())}
+            names |= {f"subscription {project}/{id_}"
+                      for id_ in _pubsub_ids(subscriber.list_subscriptions, project, ())}
     return names
 
 
@@ -295,7 +306,23 @@ async def inventory() -> dict[str, set[str]]:
     return found
 
 
+def inventory_in_a_subprocess() -> dict[str, set[str]]:
+    """inventory() in a process of its own: its clients' global state (an event loop run in a pytest
+    hook, gRPC) must not reach the tests; in the test process it broke the Pub/Sub connection-cut test."""
+    try:
+        listed = subprocess.run([sys.executable, "-m", "tests.leftovers"], capture_output=True, text=True,
+                                cwd=Path(__file__).parents[1], timeout=len(INVENTORIES) * INVENTORY_TIMEOUT_S + 30)
+        found: dict[str, list[str]] = json.loads(listed.stdout)
+    except (subprocess.TimeoutExpired, ValueError):  # best effort, as inventory() itself
+        return {}
+    return {service: set(names) for service, names in found.items()}
+
+
 def left_behind(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, list[str]]:
     """What appeared during the run, per service; services not inventoried both times are left out."""
     return {service: sorted(names - before[service]) for service, names in after.items()
             if service in before and names - before[service]}
+
+
+if __name__ == "__main__":
+    print(json.dumps({service: sorted(names) for service, names in asyncio.run(inventory()).items()}))
