@@ -5,10 +5,10 @@ Adding a broker adds one file there.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import pkgutil
-import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +18,7 @@ import pytest
 
 from openhqm.backends import Backend, create_backend
 from openhqm.config import Settings
+from tests import leftovers
 from tests.contract import targets
 
 
@@ -28,6 +29,7 @@ def _targets() -> list[ModuleType]:
 
 
 TARGETS = _targets()
+CONTRACT_DELAYS_S = (1.0,)  # the delays test_contract.py uses (RabbitMQ makes a queue per delay)
 
 
 class BackendFactory(Protocol):
@@ -54,8 +56,10 @@ def target(request: pytest.FixtureRequest) -> ModuleType:
 
 @pytest.fixture
 async def make_backend(
-    target: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    target: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, queue: str
 ) -> AsyncIterator[BackendFactory]:
+    # Depends on `queue` so that the test's queues are removed after every backend closed (a consumer
+    # still running could make them again).
     # Backends of one test made with the same options share their settings (a Kafka target's group id
     # is drawn per settings object, and every consumer of a test must be in one group).
     settings: dict[tuple[float | None, str | None], Settings] = {}
@@ -82,5 +86,19 @@ async def backend(make_backend: BackendFactory) -> Backend:
 
 
 @pytest.fixture
-def queue() -> str:
-    return f"contract-{uuid.uuid4().hex[:12]}"
+async def queue(target: ModuleType) -> AsyncIterator[str]:
+    """A queue name of this test alone; what the test made under it on the broker is removed afterwards
+    (tests/conftest.py checks at the end of the run that nothing is left)."""
+    name = f"contract-{leftovers.unique()}"
+    yield name
+    if target.SERVICE is not None:
+        await leftovers.remove_queues(target.SERVICE, [name], delays_s=CONTRACT_DELAYS_S)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_targets_sessions() -> Iterator[None]:
+    """Targets that share something across a session (NATS: one stream) remove it at its end."""
+    yield
+    for module in TARGETS:
+        if (end := getattr(module, "end_session", None)) is not None:
+            asyncio.run(end())

@@ -46,6 +46,8 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     yield factory
     for store in opened:
         await store.close()
+    if (remove := getattr(target, "remove", None)) is not None:  # what the test made on a shared service
+        await remove(settings)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from openhqm.backends.azure_eventhubs import EventHubsBackend, namespace_host
 from openhqm.config import Settings, redacted
 from openhqm.errors import BackendUnavailable, ConfigError
 from tests.contract.receiver import Receiver
+from tests.leftovers import remove_queues, unique
 from tests.services import require_service
 
 KEY = "c2VjcmV0LWtleS1ub3QtcmVhbA=="
@@ -109,7 +110,15 @@ async def test_sasl_ssl_opens_a_tls_connection_and_a_failed_handshake_is_backend
 
 
 @pytest.fixture
-async def tansu_backend() -> AsyncIterator[EventHubsBackend]:
+async def hub() -> AsyncIterator[str]:
+    """The test's event hub (a topic on tansu); its topics are deleted after the backend closed."""
+    name = f"it-{unique()}"
+    yield name
+    await remove_queues("kafka", [name])
+
+
+@pytest.fixture
+async def tansu_backend(hub: str) -> AsyncIterator[EventHubsBackend]:
     address = require_service("kafka")
     backend = create_backend(hubs_settings(kafka_bootstrap_servers=address, security_protocol="PLAINTEXT"))
     assert isinstance(backend, EventHubsBackend)
@@ -119,10 +128,9 @@ async def tansu_backend() -> AsyncIterator[EventHubsBackend]:
 
 
 async def test_a_queue_is_the_event_hub_of_its_name_and_an_ack_is_a_consumer_group_checkpoint(
-    tansu_backend: EventHubsBackend,
+    tansu_backend: EventHubsBackend, hub: str
 ) -> None:
     address = tansu_backend.options.bootstrap_servers
-    hub = f"it-{uuid.uuid4().hex[:12]}"
     await tansu_backend.publish(hub, b"event", key="device-7")
 
     reader = AIOKafkaConsumer(hub, bootstrap_servers=address, auto_offset_reset="earliest")

@@ -24,7 +24,8 @@ from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
-from tests.services import free_port, port_answers, require_service
+from tests.leftovers import remove_queues, unique
+from tests.services import free_port, port_answers, require_service, service_address
 from tests.waiting import publish_once_reachable, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,12 +44,18 @@ def address() -> str:
 
 
 @pytest.fixture
-def queue() -> str:
-    return f"it-{uuid.uuid4().hex[:12]}"
+async def queue() -> AsyncIterator[str]:
+    """The test's queue; its topics are deleted after its backends closed (unless tansu is down: a
+    failed restart test)."""
+    name = f"it-{unique()}"
+    yield name
+    if port_answers(service_address("kafka")):
+        await remove_queues("kafka", [name])
 
 
 @pytest.fixture
-async def backend(address: str) -> AsyncIterator[KafkaBackend]:
+async def backend(address: str, queue: str) -> AsyncIterator[KafkaBackend]:
+    # Depends on `queue` so that its topics are deleted after this backend closed.
     backend = create_backend(kafka_settings(address))
     assert isinstance(backend, KafkaBackend)
     await backend.connect()

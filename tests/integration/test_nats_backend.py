@@ -27,6 +27,7 @@ from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
+from tests.leftovers import unique
 from tests.services import free_port, require_service
 
 Factory = Callable[..., Awaitable[NATSJetStreamBackend]]
@@ -39,7 +40,7 @@ def url() -> str:
 
 @pytest.fixture
 def names() -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:10]
+    suffix = unique(10)
     return {"stream": f"OPENHQM_IT_{suffix}", "subject_prefix": f"openhqm-it-{suffix}"}
 
 

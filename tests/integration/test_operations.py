@@ -20,6 +20,7 @@ from openhqm import OpenHQM
 from openhqm.worker.autoscale import Autoscaler
 from tests.harness import Sample, eventually, in_process, settings
 from tests.integration.http_servers import serve
+from tests.leftovers import remove_redis_queues, unique
 from tests.services import require_service
 from tests.tcp_proxy import CuttableProxy
 
@@ -56,8 +57,9 @@ async def test_ready_goes_503_when_the_broker_goes_away_and_back_to_200(tmp_path
     host, port = redis_url.split("//")[1].split("/")[0].split(":")
     proxy = CuttableProxy(host, int(port))
     await proxy.start()
+    run = unique()
     queue = {"type": "redis", "redis": {"url": f"redis://127.0.0.1:{proxy.port}/0"},
-             "request_queue": f"ops-{tmp_path.name}", "response_queue": f"ops-r-{tmp_path.name}"}
+             "request_queue": f"ops-{run}", "response_queue": f"ops-r-{run}"}
     try:
         async with in_process(Sample().app, settings(tmp_path, queue=queue)) as hq:
             assert (await hq.client.get("/ready")).status_code == 200
@@ -73,6 +75,8 @@ async def test_ready_goes_503_when_the_broker_goes_away_and_back_to_200(tmp_path
             assert (await hq.client.get("/ready")).status_code == 200
     finally:
         await proxy.stop()
+        for name in (f"ops-{run}", f"ops-r-{run}"):
+            await remove_redis_queues(redis_url, name)
 
 
 async def test_pool_grows_under_backlog_and_shrinks_after_it_drains(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from openhqm import AsyncClient
 from openhqm.client import ClientError
 from openhqm.http.app import create_app
 from tests.harness import InProcess, Sample, in_process, served, settings
+from tests.leftovers import remove_redis_queues, unique
 from tests.services import require_service
 from tests.tcp_proxy import CuttableProxy
 
@@ -104,8 +105,9 @@ async def test_broker_down_answers_503_problem_with_retry_after(tmp_path: Path) 
     host, port = redis_url.split("//")[1].split("/")[0].split(":")
     proxy = CuttableProxy(host, int(port))
     await proxy.start()
+    run = unique()
     queue = {"type": "redis", "redis": {"url": f"redis://127.0.0.1:{proxy.port}/0"},
-             "request_queue": f"pd-{tmp_path.name}", "response_queue": f"pd-r-{tmp_path.name}"}
+             "request_queue": f"pd-{run}", "response_queue": f"pd-r-{run}"}
     try:
         async with in_process(Sample().app, settings(tmp_path, queue=queue), workers=False) as running:
             await proxy.stop()
@@ -115,6 +117,8 @@ async def test_broker_down_answers_503_problem_with_retry_after(tmp_path: Path) 
             assert answer.headers["retry-after"] == "5"
     finally:
         await proxy.stop()
+        for name in (f"pd-{run}", f"pd-r-{run}"):
+            await remove_redis_queues(redis_url, name)
 
 
 async def test_python_client_errors_carry_the_problems_status_and_detail(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendError
 from tests.contract.receiver import Receiver
+from tests.leftovers import remove_queues, unique
 from tests.services import require_service
 from tests.waiting import publish_once_reachable
 
@@ -36,12 +36,16 @@ def emulator() -> str:
 
 
 @pytest.fixture
-def queue() -> str:
-    return f"it-pubsub-{uuid.uuid4().hex[:12]}"
+async def queue(emulator: str) -> AsyncIterator[str]:
+    """The test's queue; its topics and subscriptions are deleted after its backends closed."""
+    name = f"it-pubsub-{unique()}"
+    yield name
+    await remove_queues("pubsub", [name])
 
 
 @pytest.fixture
-async def make_backend(emulator: str) -> AsyncIterator[Factory]:
+async def make_backend(emulator: str, queue: str) -> AsyncIterator[Factory]:
+    # Depends on `queue` so that its topics and subscriptions are deleted after these backends closed.
     opened: list[PubSubBackend] = []
 
     async def factory(**options: Any) -> PubSubBackend:
@@ -88,12 +92,15 @@ async def test_message_on_its_last_delivery_pubsub_makes_is_moved_to_the_dead_le
 
 async def test_queue_with_characters_pubsub_forbids_round_trips(make_backend: Factory) -> None:
     backend = await make_backend()
-    queue = f"1 odd/näme {uuid.uuid4().hex[:6]}"
-    await backend.publish(queue, b"odd")
-    async with Receiver(backend, queue) as receiver:
-        delivery = await receiver.next()
-        assert delivery.body == b"odd"
-        await delivery.ack()
+    queue = f"1 odd/näme {unique(6)}"
+    try:
+        await backend.publish(queue, b"odd")
+        async with Receiver(backend, queue) as receiver:
+            delivery = await receiver.next()
+            assert delivery.body == b"odd"
+            await delivery.ack()
+    finally:
+        await remove_queues("pubsub", [queue])
 
 
 async def test_standard_emulator_variable_is_honoured(

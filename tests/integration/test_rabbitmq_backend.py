@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlparse
 
@@ -24,6 +23,7 @@ from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendError, BackendUnavailable
 from tests.contract.receiver import Receiver
+from tests.leftovers import derived_queues, remove_rabbitmq_queues, unique
 from tests.services import require_service
 from tests.tcp_proxy import CuttableProxy
 
@@ -37,30 +37,21 @@ def broker_url() -> str:
 
 @pytest.fixture
 async def queue(broker_url: str) -> AsyncIterator[str]:
-    name = f"it-rmq-{uuid.uuid4().hex[:12]}"
+    """The test's queue; deleted after the test's backends closed, with its dead letters and every
+    delay queue its backends declared (make_backend notes them: their TTLs depend on timing)."""
+    name = f"it-rmq-{unique()}"
     yield name
-    # Delete what the test made: the queue, its dead letters and the delay queues it registered
-    # (any other delay queue deletes itself through x-expires).
-    victims = [name, dead_letter_queue(name), f"{name}-other",
-               *(rmq.delay_queue(name, ms) for ms in _used_buckets)]
-    _used_buckets.clear()
-    connection = await aio_pika.connect(broker_url)
-    async with connection:
-        channel = await connection.channel()
-        for victim in victims:  # deleting a missing queue is not an error
-            await channel.queue_delete(victim, if_unused=False, if_empty=False)
+    victims = [*derived_queues(name), *(q for q in _declared_by_backends if q.startswith(f"{name}.delay."))]
+    _declared_by_backends.clear()
+    await remove_rabbitmq_queues(broker_url, victims)
 
 
-_used_buckets: set[int] = set()
-
-
-def uses_delays(*delays_s: float) -> None:
-    """Registers the delay queues a test makes so the fixture deletes them."""
-    _used_buckets.update(rmq.bucket_ms(round(d * 1000)) for d in delays_s)
+_declared_by_backends: set[str] = set()
 
 
 @pytest.fixture
-async def make_backend(broker_url: str) -> AsyncIterator[BackendFactory]:
+async def make_backend(broker_url: str, queue: str) -> AsyncIterator[BackendFactory]:
+    # Depends on `queue` so that its queues are deleted after these backends closed (not made again).
     opened: list[Backend] = []
 
     async def factory(url: str = broker_url, **options: float) -> Backend:
@@ -73,6 +64,8 @@ async def make_backend(broker_url: str) -> AsyncIterator[BackendFactory]:
 
     yield factory
     for backend in reversed(opened):
+        assert isinstance(backend, rmq.RabbitMQBackend)
+        _declared_by_backends.update(backend._declared)  # before close() forgets them
         await backend.close()
 
 
@@ -171,7 +164,6 @@ async def test_health_fails_within_its_timeout_when_the_broker_is_unreachable(
 async def test_short_delay_is_not_held_up_by_a_longer_one_sent_before_it(
     make_backend: BackendFactory, queue: str
 ) -> None:
-    uses_delays(30, 0.3)
     backend = await make_backend()
     await backend.publish(queue, b"long", delay_s=30)
     await backend.publish(queue, b"short", delay_s=0.3)
@@ -185,7 +177,6 @@ async def test_delay_longer_than_one_hop_is_sent_round_again(
     make_backend: BackendFactory, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(rmq, "MAX_HOP_MS", 400)
-    uses_delays(0.4)  # the last hop's remainder depends on timing; its queue expires by itself
     backend = await make_backend()
     published_at = time.monotonic()
     await backend.publish(queue, b"patient", delay_s=1.0)
@@ -258,7 +249,6 @@ async def test_nacked_copy_keeps_its_priority(make_backend: BackendFactory, queu
 async def test_depth_and_purge_count_messages_waiting_in_delay_queues(
     make_backend: BackendFactory, queue: str
 ) -> None:
-    uses_delays(30)
     backend = await make_backend()
     await backend.publish(queue, b"now")
     for _ in range(2):

@@ -8,7 +8,6 @@ extension, late settles, prefetch release and reconnects are in the contract sui
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -22,6 +21,7 @@ from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
+from tests.leftovers import remove_redis_queues, unique
 from tests.services import require_service
 from tests.tcp_proxy import CuttableProxy
 from tests.waiting import wait_until
@@ -35,21 +35,24 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def queue() -> str:
-    return f"it-redis-{uuid.uuid4().hex[:12]}"
+async def queue(redis_url: str) -> AsyncIterator[str]:
+    """The test's queue; its keys (and its dead letters') are deleted after the test's backends closed."""
+    name = f"it-redis-{unique()}"
+    yield name
+    await remove_redis_queues(redis_url, name)
 
 
 @pytest.fixture
 async def raw(redis_url: str, queue: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain client for looking at and tampering with this test's keys; deletes them afterwards."""
+    """A plain client for looking at and tampering with this test's keys."""
     client = aioredis.Redis.from_url(redis_url)
     yield client
-    await client.delete(*Keys.of(queue).all, *Keys.of(dead_letter_queue(queue)).all)
     await client.aclose()
 
 
 @pytest.fixture
-async def make_backend(redis_url: str) -> AsyncIterator[MakeBackend]:
+async def make_backend(redis_url: str, queue: str) -> AsyncIterator[MakeBackend]:
+    # Depends on `queue` so that its keys are deleted after these backends closed (not made again).
     opened: list[RedisStreamsBackend] = []
 
     async def factory(url: str | None = None, **options: Any) -> RedisStreamsBackend:

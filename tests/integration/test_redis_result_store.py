@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from openhqm.constants import Status
 from openhqm.results.redis import RedisResultStore
 from tests.contract.store_targets.redis import TEST_PREFIX
+from tests.leftovers import remove_redis_keys, unique
 from tests.records import new_record, waiting_for
 from tests.services import require_service
 
@@ -34,7 +35,7 @@ async def admin() -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 async def make_store(admin: aioredis.Redis) -> AsyncIterator[StoreFactory]:
     url = require_service("redis")
-    prefix = f"{TEST_PREFIX}:{int(time.time())}:{uuid.uuid4().hex[:12]}"
+    prefix = f"{TEST_PREFIX}:{int(time.time())}:{unique()}"
     opened: list[RedisResultStore] = []
 
     async def factory(ttl_s: float = 60.0) -> RedisResultStore:
@@ -46,9 +47,7 @@ async def make_store(admin: aioredis.Redis) -> AsyncIterator[StoreFactory]:
     yield factory
     for store in opened:
         await store.close()
-    keys = [key async for key in admin.scan_iter(match=f"{prefix}:*", count=1000)]
-    if keys:
-        await admin.delete(*keys)
+    await remove_redis_keys(url, f"{prefix}:*")
 
 
 async def kill_listener(admin: aioredis.Redis, store: RedisResultStore) -> str:

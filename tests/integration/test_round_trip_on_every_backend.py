@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.harness import InProcess, Sample, in_process, settings
+from tests.leftovers import remove_nats_stream, remove_queues, unique
 from tests.services import require_service, service_address
 
 # The queue settings that point a backend at the test's broker.
@@ -40,7 +40,7 @@ async def test_submit_and_get_the_result_on_every_backend(
     queue_type: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue: dict[str, Any] = {"type": queue_type}
-    run = uuid.uuid4().hex[:8]
+    run = unique(8)
     if queue_type in BROKERS:
         address = require_service(queue_type)
         queue |= {"request_queue": f"e2e-req-{run}", "response_queue": f"e2e-resp-{run}"}
@@ -71,14 +71,5 @@ async def test_submit_and_get_the_result_on_every_backend(
             assert result.status_code == 200 and result.json()["result"] == [queue_type, 2]
     finally:
         if queue_type == "nats":
-            await delete_nats_stream(f"E2E_{run.upper()}")
-
-
-async def delete_nats_stream(name: str) -> None:
-    import nats
-
-    client = await nats.connect(service_address("nats"))
-    try:
-        await client.jetstream().delete_stream(name)
-    finally:
-        await client.close()
+            await remove_nats_stream(service_address("nats"), f"E2E_{run.upper()}")
+        await remove_queues(queue_type, [f"e2e-req-{run}", f"e2e-resp-{run}"])

@@ -6,20 +6,17 @@ on a dead letter, delays beyond SQS's 900 s, FIFO queues, and recovery after mot
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aioboto3
 import pytest
-from botocore.exceptions import ClientError
 
 from openhqm.backends import create_backend
 from openhqm.backends import sqs as sqs_module
@@ -29,7 +26,8 @@ from openhqm.config import Settings
 from openhqm.constants import dead_letter_queue
 from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
-from tests.services import port_answers, require_service
+from tests.leftovers import remove_queues, unique
+from tests.services import port_answers, require_service, service_address
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = Path(os.environ.get("BROKERS_STATE_DIR")
@@ -48,8 +46,13 @@ def endpoint() -> str:
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"it-{uuid.uuid4().hex[:10]}"
+async def prefix() -> AsyncIterator[str]:
+    """The start of every queue name of the test; its queues are deleted after its backends closed
+    (unless moto is down: a failed restart test, or a test of an unreachable endpoint without moto)."""
+    name = f"it-{unique(10)}"
+    yield name
+    if port_answers(service_address("sqs")):
+        await remove_queues("sqs", [name])
 
 
 @pytest.fixture
@@ -59,16 +62,9 @@ def queue(prefix: str) -> str:
 
 @pytest.fixture
 async def raw(endpoint: str, prefix: str) -> AsyncIterator[Any]:
-    """A plain SQS client for looking behind the backend; deletes the test's queues afterwards."""
+    """A plain SQS client for looking behind the backend."""
     async with aioboto3.Session(region_name="us-east-1").client("sqs", endpoint_url=endpoint) as client:
         yield client
-        try:
-            urls = (await client.list_queues(QueueNamePrefix=prefix)).get("QueueUrls", [])
-        except Exception:  # moto may be down after a failed restart test; nothing left to clean then
-            urls = []
-        for url in urls:
-            with contextlib.suppress(ClientError):
-                await client.delete_queue(QueueUrl=url)
 
 
 @pytest.fixture

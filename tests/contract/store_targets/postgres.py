@@ -7,18 +7,18 @@ test's) are dropped here, because the suite has no per-target teardown. Nothing 
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
 
 from openhqm.config import Settings
+from tests.leftovers import POSTGRES_TABLE_PREFIX, remove_postgres_tables, unique
 from tests.services import require_service
 
 NAME = "postgres"
 CROSS_PROCESS = True
 
-TEST_TABLE_PREFIX = "openhqm_test_"
+TEST_TABLE_PREFIX = POSTGRES_TABLE_PREFIX
 STALE_AFTER_S = 3600.0
 
 
@@ -36,7 +36,7 @@ async def drop_stale_tables(dsn: str) -> None:
 
 
 def unique_table() -> str:
-    return f"{TEST_TABLE_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:12]}"
+    return f"{TEST_TABLE_PREFIX}{int(time.time())}_{unique()}"
 
 
 async def make_settings(tmp_path: Path) -> Settings:
@@ -44,3 +44,9 @@ async def make_settings(tmp_path: Path) -> Settings:
     await drop_stale_tables(dsn)
     return Settings(results={"type": "postgres", "postgres": {"dsn": dsn, "table": unique_table()}},
                     data_dir=tmp_path)
+
+
+async def remove(settings: Settings) -> None:
+    """The test's tables."""
+    options = settings.results.postgres
+    await remove_postgres_tables(options.dsn.get_secret_value(), options.table)

@@ -7,18 +7,18 @@ test's) are swept here, because the suite has no per-target teardown. Nothing el
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from openhqm.config import Settings
+from tests.leftovers import REDIS_RESULTS_PREFIX, remove_redis_keys, unique
 from tests.services import require_service
 
 NAME = "redis"
 CROSS_PROCESS = True
 
-TEST_PREFIX = "openhqm-test-results"
+TEST_PREFIX = REDIS_RESULTS_PREFIX
 STALE_AFTER_S = 3600.0
 SWEEP_BUDGET_S = 2.0
 
@@ -40,5 +40,11 @@ async def sweep_stale_prefixes(url: str) -> None:
 async def make_settings(tmp_path: Path) -> Settings:
     url = require_service("redis")
     await sweep_stale_prefixes(url)
-    prefix = f"{TEST_PREFIX}:{int(time.time())}:{uuid.uuid4().hex[:12]}"
+    prefix = f"{TEST_PREFIX}:{int(time.time())}:{unique()}"
     return Settings(results={"type": "redis", "redis": {"url": url, "prefix": prefix}}, data_dir=tmp_path)
+
+
+async def remove(settings: Settings) -> None:
+    """Every key of the test's prefix."""
+    options = settings.results.redis
+    await remove_redis_keys(options.url.get_secret_value(), f"{options.prefix}:*")

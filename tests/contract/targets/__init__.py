@@ -11,6 +11,8 @@ Optionally:
 - MIN_LEASE_S: the shortest lease the broker accepts; LEASE_CONSTANT: the dotted name of a lease that is
   a module constant rather than a setting (patched per test);
 - UNTESTABLE: behaviour -> why this broker truly cannot show it (the test skips with that reason);
+- `async end_session()`: removes what the target shares across the test session (what a test makes
+  under its own queue name is removed by tests/contract/conftest.py's `queue` fixture);
 - KNOWN_BUGS: test-name pattern -> the backend bug that fails it (strict xfail for this target only);
   RACY_BUGS the same for a bug that shows in some runs only (non-strict xfail).
 """

@@ -1,15 +1,10 @@
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
-import uuid
 from pathlib import Path
-
-import nats
 
 from openhqm.config import Settings
 from tests.contract.targets import with_address
+from tests.leftovers import remove_nats_stream, unique
 from tests.services import require_service, service_address
 
 NAME = "nats"
@@ -17,29 +12,16 @@ BULK_COUNT = 10_000
 ALLOWED_DUPLICATES = 0
 
 # One stream for this test session (each test has its own queue, hence its own subject and
-# durable); the stream, and every consumer in it, is deleted when the session ends.
-_SUFFIX = uuid.uuid4().hex[:10]
+# durable); the stream, and every consumer in it, is deleted when the session ends (end_session).
+_SUFFIX = unique(10)
 STREAM = f"OPENHQM_CONTRACT_{_SUFFIX}"
 PREFIX = f"openhqm-contract-{_SUFFIX}"
 _used = False
 
 
-async def _delete_stream() -> None:
-    nc = await nats.connect(service_address("nats"), connect_timeout=2, max_reconnect_attempts=0)
-    try:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await nc.jetstream().delete_stream(STREAM)
-    finally:
-        await nc.close()
-
-
-def _cleanup() -> None:
+async def end_session() -> None:
     if _used:
-        with contextlib.suppress(Exception):
-            asyncio.run(asyncio.wait_for(_delete_stream(), 10))
-
-
-atexit.register(_cleanup)
+        await remove_nats_stream(service_address("nats"), STREAM)
 
 
 SERVICE = "nats"
