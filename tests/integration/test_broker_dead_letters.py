@@ -18,7 +18,7 @@ import pytest
 from openhqm.constants import Status
 from tests.contract.receiver import Receiver
 from tests.harness import InProcess, Sample, in_process, settings
-from tests.integration.test_round_trip_on_every_backend import delete_nats_stream
+from tests.leftovers import remove_nats_stream, remove_queues
 from tests.services import require_service, service_address
 
 # The broker's own delivery limit, set as low as each allows.
@@ -53,7 +53,9 @@ async def listener_only(request: pytest.FixtureRequest, tmp_path: Any,
             yield hq
     finally:
         if queue_type == "nats":
-            await delete_nats_stream(f"BDLQ_{run.upper()}")
+            await remove_nats_stream(service_address("nats"), f"BDLQ_{run.upper()}")
+        else:  # the queues, their dead-letter queues, topics and subscriptions this test made
+            await remove_queues(queue_type, [f"bdlq-req-{run}", f"bdlq-resp-{run}"])
 
 
 async def crash_every_attempt(hq: InProcess, correlation_id: str, deliveries: list[int]) -> None:
