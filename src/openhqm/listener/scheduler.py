@@ -1,0 +1,159 @@
+"""The scheduler: a listener task that submits each schedule's request at its tick.
+
+Every listener runs it; the tick's derived correlation id (schedules.tick_correlation_id) makes the
+store's unique create the arbiter, so a tick becomes exactly one request however many run. A listener
+that loses the race still records the tick as its schedule's last run: every replica shows the same.
+It sleeps until the earliest next tick (or until a schedule changes), never polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from openhqm.envelope import Envelope, new_id
+from openhqm.errors import AlreadyExists, OpenHQMError
+from openhqm.listener.intake import Intake, json_body
+from openhqm.logging import get_logger
+from openhqm.routing import Routing
+from openhqm.schedules import ScheduleSettings, tick_correlation_id
+from openhqm.timefmt import rfc3339
+
+log = get_logger("openhqm.scheduler")
+
+# A tick later than this when its turn comes counts as missed (downtime, a suspended host) and is
+# handled by the schedule's `misfire`, instead of firing every tick of the gap in a burst.
+MISFIRE_GRACE_S = 30.0
+
+
+@dataclass
+class ScheduleState:
+    name: str
+    settings: ScheduleSettings
+    source: str  # "config" or "api"
+    paused: bool = False
+    next_run_at: float | None = None
+    last_run_at: float | None = None
+    last_correlation_id: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.settings.enabled and not self.paused
+
+    def view(self) -> dict[str, Any]:
+        """The JSON shape of GET /api/v1/schedules."""
+        return {"name": self.name, "source": self.source, "paused": self.paused,
+                **self.settings.model_dump(mode="json"),
+                "next_run_at": rfc3339(self.next_run_at) if self.active else None,
+                "last_run_at": rfc3339(self.last_run_at), "last_correlation_id": self.last_correlation_id}
+
+
+class Scheduler:
+    def __init__(self, intake: Intake, router: Routing, schedules: dict[str, ScheduleSettings]) -> None:
+        self.intake = intake
+        self.router = router
+        self.states = {name: ScheduleState(name, s, "config") for name, s in schedules.items()}
+        self._changed = asyncio.Event()
+        self.started = False  # set once the start's ticks (and catch-ups) are settled
+
+    # changes (the API's)
+    def put(self, name: str, settings: ScheduleSettings) -> ScheduleState:
+        old = self.states.get(name)
+        state = ScheduleState(name, settings, "api", paused=old.paused if old else False)
+        if old is not None:
+            state.last_run_at, state.last_correlation_id = old.last_run_at, old.last_correlation_id
+        if self.started:
+            state.next_run_at = settings.next_tick(time.time())
+        self.states[name] = state
+        self._changed.set()
+        return state
+
+    def remove(self, name: str) -> ScheduleState | None:
+        state = self.states.pop(name, None)
+        self._changed.set()
+        return state
+
+    def set_paused(self, name: str, paused: bool) -> ScheduleState:
+        state = self.states[name]
+        if state.paused and not paused:
+            state.next_run_at = state.settings.next_tick(time.time())  # no catch-up for a pause
+        state.paused = paused
+        self._changed.set()
+        return state
+
+    async def run_now(self, name: str) -> str:
+        """Fire a schedule outside its ticks (its own correlation id): the request's id."""
+        state = self.states[name]
+        correlation_id = new_id()
+        await self._submit(state, time.time(), correlation_id)
+        return correlation_id
+
+    # the task
+    async def run_forever(self) -> None:
+        now = time.time()
+        for state in list(self.states.values()):
+            state.next_run_at = state.settings.next_tick(now)
+            if state.active and state.settings.misfire == "run_once":
+                await self._catch_up(state, now)
+        self.started = True
+        while True:
+            self._changed.clear()
+            now = time.time()
+            for state in list(self.states.values()):
+                if state.active and state.next_run_at is not None and state.next_run_at <= now:
+                    await self._fire_due(state, now)
+            upcoming = [s.next_run_at for s in self.states.values() if s.active and s.next_run_at is not None]
+            delay = max(0.0, min(upcoming) - time.time()) if upcoming else None
+            with contextlib.suppress(TimeoutError):  # the next tick is due
+                await asyncio.wait_for(self._changed.wait(), delay)
+
+    async def _fire_due(self, state: ScheduleState, now: float) -> None:
+        tick = state.next_run_at
+        assert tick is not None
+        if now - tick > MISFIRE_GRACE_S:  # a gap: the host slept or the loop was starved
+            state.next_run_at = state.settings.next_tick(now)
+            if state.settings.misfire == "run_once":
+                await self._catch_up(state, now)
+            return
+        state.next_run_at = state.settings.next_tick(tick)
+        await self._fire_tick(state, tick)
+
+    async def _catch_up(self, state: ScheduleState, now: float) -> None:
+        """Run the latest missed tick once, unless some listener already did."""
+        tick = state.settings.last_tick(now)
+        if await self.intake.store.get(tick_correlation_id(state.name, tick)) is None:
+            await self._fire_tick(state, tick)
+
+    async def _fire_tick(self, state: ScheduleState, tick: float) -> None:
+        correlation_id = tick_correlation_id(state.name, tick)
+        try:
+            await self._submit(state, tick, correlation_id)
+        except AlreadyExists:
+            pass  # another listener fired this tick
+        except OpenHQMError as exc:  # the broker refused, the target is gone: this tick is lost
+            log.warning("a schedule's tick was not submitted", schedule=state.name, scheduled_for=rfc3339(tick),
+                        error=str(exc))
+            return
+        state.last_run_at, state.last_correlation_id = tick, correlation_id
+
+    async def _submit(self, state: ScheduleState, tick: float, correlation_id: str) -> None:
+        await self.intake.submit(self.envelope(state.name, state.settings, tick, correlation_id))
+        state.last_run_at, state.last_correlation_id = tick, correlation_id
+        log.info("schedule fired", schedule=state.name, scheduled_for=rfc3339(tick), correlation_id=correlation_id)
+
+    def envelope(self, name: str, settings: ScheduleSettings, tick: float, correlation_id: str) -> Envelope:
+        """The ordinary request a tick is: routed like a submit, marked with its schedule and tick."""
+        metadata = dict(settings.metadata)
+        endpoint, handler = self.router.choose(metadata.pop("endpoint", None), metadata.pop("handler", None),
+                                               payload=settings.payload, headers=settings.headers)
+        priority, timeout_s = metadata.pop("priority", None), metadata.pop("timeout_s", None)
+        metadata.update(schedule=name, scheduled_for=rfc3339(tick))
+        envelope = Envelope(id=correlation_id, correlation_id=correlation_id, body=json_body(settings.payload),
+                            content_type="application/json", headers=dict(settings.headers), handler=handler,
+                            endpoint=endpoint, timeout_s=timeout_s, metadata=metadata)
+        if isinstance(priority, int):
+            envelope.priority = priority
+        return envelope
