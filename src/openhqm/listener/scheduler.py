@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openhqm.envelope import Envelope, new_id
-from openhqm.errors import AlreadyExists, OpenHQMError
+from openhqm.errors import AlreadyExists, Conflict, NotFound, OpenHQMError
 from openhqm.listener.intake import Intake, json_body
 from openhqm.logging import get_logger
 from openhqm.routing import Routing
@@ -55,29 +55,42 @@ class Scheduler:
     def __init__(self, intake: Intake, router: Routing, schedules: dict[str, ScheduleSettings]) -> None:
         self.intake = intake
         self.router = router
-        self.states = {name: ScheduleState(name, s, "config") for name, s in schedules.items()}
+        now = time.time()
+        self.states = {name: ScheduleState(name, s, "config", next_run_at=s.next_tick(now))
+                       for name, s in schedules.items()}
         self._changed = asyncio.Event()
         self.started = False  # set once the start's ticks (and catch-ups) are settled
 
     # changes (the API's)
+    def get(self, name: str) -> ScheduleState:
+        state = self.states.get(name)
+        if state is None:
+            raise NotFound(f"no schedule {name!r}")
+        return state
+
     def put(self, name: str, settings: ScheduleSettings) -> ScheduleState:
+        """Create or replace an API schedule; its target is checked now, not at its first tick."""
         old = self.states.get(name)
+        if old is not None and old.source == "config":
+            raise Conflict(f"schedule {name!r} is defined in the configuration")
+        self.envelope(name, settings, time.time(), "check")
         state = ScheduleState(name, settings, "api", paused=old.paused if old else False)
         if old is not None:
             state.last_run_at, state.last_correlation_id = old.last_run_at, old.last_correlation_id
-        if self.started:
-            state.next_run_at = settings.next_tick(time.time())
+        state.next_run_at = settings.next_tick(time.time())
         self.states[name] = state
         self._changed.set()
         return state
 
-    def remove(self, name: str) -> ScheduleState | None:
-        state = self.states.pop(name, None)
+    def remove(self, name: str) -> ScheduleState:
+        if self.get(name).source == "config":
+            raise Conflict(f"schedule {name!r} is defined in the configuration; remove it there")
+        state = self.states.pop(name)
         self._changed.set()
         return state
 
     def set_paused(self, name: str, paused: bool) -> ScheduleState:
-        state = self.states[name]
+        state = self.get(name)
         if state.paused and not paused:
             state.next_run_at = state.settings.next_tick(time.time())  # no catch-up for a pause
         state.paused = paused
@@ -86,7 +99,7 @@ class Scheduler:
 
     async def run_now(self, name: str) -> str:
         """Fire a schedule outside its ticks (its own correlation id): the request's id."""
-        state = self.states[name]
+        state = self.get(name)
         correlation_id = new_id()
         await self._submit(state, time.time(), correlation_id)
         return correlation_id
@@ -107,8 +120,11 @@ class Scheduler:
                     await self._fire_due(state, now)
             upcoming = [s.next_run_at for s in self.states.values() if s.active and s.next_run_at is not None]
             delay = max(0.0, min(upcoming) - time.time()) if upcoming else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as
+            # the event is set (a resume just before shutdown), and the task would never stop.
             with contextlib.suppress(TimeoutError):  # the next tick is due
-                await asyncio.wait_for(self._changed.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._changed.wait()
 
     async def _fire_due(self, state: ScheduleState, now: float) -> None:
         tick = state.next_run_at

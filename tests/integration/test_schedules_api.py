@@ -1,0 +1,78 @@
+"""/api/v1/schedules in process (tests/harness.py): schedules from the API beside the configuration's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.harness import Sample, eventually, in_process, settings
+
+NIGHTLY = {"cron": "0 3 * * *", "timezone": "Europe/Berlin", "payload": {"name": "nightly"},
+           "metadata": {"handler": "record"}}
+
+
+async def test_schedules_from_the_api_and_the_configuration_are_listed_side_by_side(tmp_path: Path) -> None:
+    sample = Sample()
+    async with in_process(sample.app, settings(tmp_path, schedules={"nightly": NIGHTLY})) as hq:
+        hourly = {"every_s": 3600, "payload": {"name": "hourly"}, "metadata": {"handler": "record"}}
+        created = await hq.client.put("/api/v1/schedules/hourly", json=hourly)
+        assert created.status_code == 200, created.text
+        assert created.json()["source"] == "api"
+        listed = {s["name"]: s for s in (await hq.client.get("/api/v1/schedules")).json()}
+        assert set(listed) == {"hourly", "nightly"}
+        assert listed["nightly"]["source"] == "config"
+        assert listed["nightly"]["next_run_at"].endswith(("T01:00:00.000Z", "T02:00:00.000Z"))  # 03:00 in Berlin
+        assert listed["hourly"]["next_run_at"].endswith(":00:00.000Z")
+        assert listed["hourly"]["last_run_at"] is None
+        assert (await hq.client.delete("/api/v1/schedules/hourly")).status_code == 200
+        assert [s["name"] for s in (await hq.client.get("/api/v1/schedules")).json()] == ["nightly"]
+
+
+async def test_run_fires_an_ordinary_request_marked_with_its_schedule(tmp_path: Path) -> None:
+    sample = Sample()
+    async with in_process(sample.app, settings(tmp_path, schedules={"nightly": NIGHTLY})) as hq:
+        response = await hq.client.post("/api/v1/schedules/nightly/run")
+        assert response.status_code == 202, response.text
+        correlation_id = response.json()["correlation_id"]
+        assert response.json()["schedule"]["last_correlation_id"] == correlation_id
+        result = await hq.result(correlation_id)
+        assert result["status"] == "COMPLETED"
+        assert result["result"] == {"name": "nightly"}
+        assert sample.ran(correlation_id) == 1
+
+
+async def test_pause_stops_the_next_run_and_resume_brings_it_back(tmp_path: Path) -> None:
+    sample = Sample()
+    async with in_process(sample.app, settings(tmp_path, schedules={"nightly": NIGHTLY})) as hq:
+        scheduler = hq.runtime.bridge.scheduler  # type: ignore[union-attr]
+        await eventually(lambda: scheduler.started)
+        paused = (await hq.client.post("/api/v1/schedules/nightly/pause")).json()
+        assert (paused["paused"], paused["next_run_at"]) == (True, None)
+        resumed = (await hq.client.post("/api/v1/schedules/nightly/resume")).json()
+        assert resumed["paused"] is False
+        assert resumed["next_run_at"] is not None
+
+
+async def test_an_invalid_schedule_is_refused_like_the_configuration(tmp_path: Path) -> None:
+    sample = Sample()
+    async with in_process(sample.app, settings(tmp_path)) as hq:
+        cases: list[tuple[dict[str, Any], int, str]] = [
+            ({"every_s": 1, "cron": "* * * * *"}, 422, "exactly one of 'cron' and 'every_s'"),
+            ({"every_s": 1, "timezone": "Mars/Olympus"}, 422, "unknown timezone"),
+            ({"every_s": 1, "evry": 2}, 422, "schedules.bad.evry"),
+            ({"every_s": 1, "metadata": {"handler": "missing"}}, 400, "missing"),
+        ]
+        for body, status, words in cases:
+            response = await hq.client.put("/api/v1/schedules/bad", json=body)
+            assert response.status_code == status, response.text
+            assert words in response.json()["detail"]
+        assert (await hq.client.get("/api/v1/schedules")).json() == []
+
+
+async def test_unknown_and_configured_schedules_answer_404_and_409(tmp_path: Path) -> None:
+    sample = Sample()
+    async with in_process(sample.app, settings(tmp_path, schedules={"nightly": NIGHTLY})) as hq:
+        assert (await hq.client.post("/api/v1/schedules/nope/run")).status_code == 404
+        assert (await hq.client.delete("/api/v1/schedules/nope")).status_code == 404
+        assert (await hq.client.delete("/api/v1/schedules/nightly")).status_code == 409
+        assert (await hq.client.put("/api/v1/schedules/nightly", json={"every_s": 5})).status_code == 409
