@@ -1,11 +1,16 @@
-"""/api/v1/schedules in process (tests/harness.py): schedules from the API beside the configuration's."""
+"""/api/v1/schedules in process (tests/harness.py), and the `openhqm schedules` commands against it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Sample, eventually, in_process, settings
+import httpx
+from typer.testing import CliRunner
+
+from openhqm.cli import cli
+from tests.harness import Sample, eventually, in_process, served, settings
 
 NIGHTLY = {"cron": "0 3 * * *", "timezone": "Europe/Berlin", "payload": {"name": "nightly"},
            "metadata": {"handler": "record"}}
@@ -76,3 +81,24 @@ async def test_unknown_and_configured_schedules_answer_404_and_409(tmp_path: Pat
         assert (await hq.client.delete("/api/v1/schedules/nope")).status_code == 404
         assert (await hq.client.delete("/api/v1/schedules/nightly")).status_code == 409
         assert (await hq.client.put("/api/v1/schedules/nightly", json={"every_s": 5})).status_code == 409
+
+
+def test_the_schedules_commands_list_fire_pause_and_resume(tmp_path: Path) -> None:
+    runner = CliRunner()
+    with served(Sample().app, settings(tmp_path, schedules={"nightly": NIGHTLY})) as url:
+        def openhqm(*args: str) -> Any:
+            result = runner.invoke(cli, ["schedules", *args, "--url", url, "--json"])
+            assert result.exit_code == 0, result.output
+            # the served app logs into the same stdout: the answer is what follows the log lines
+            lines = result.output.splitlines()
+            start = next(i for i, line in enumerate(lines) if line.startswith(("[", "{")))
+            return json.loads("\n".join(lines[start:]))
+
+        assert [s["name"] for s in openhqm("list")] == ["nightly"]
+        fired = openhqm("run", "nightly")["correlation_id"]
+        assert httpx.get(f"{url}/api/v1/response/{fired}", params={"wait": 30}).json()["status"] == "COMPLETED"
+        assert openhqm("pause", "nightly")["paused"] is True
+        assert openhqm("list")[0]["last_correlation_id"] == fired
+        assert openhqm("resume", "nightly")["paused"] is False
+        missing = runner.invoke(cli, ["schedules", "run", "nope", "--url", url])
+        assert missing.exit_code == 1
