@@ -102,3 +102,22 @@ def test_the_schedules_commands_list_fire_pause_and_resume(tmp_path: Path) -> No
         assert openhqm("resume", "nightly")["paused"] is False
         missing = runner.invoke(cli, ["schedules", "run", "nope", "--url", url])
         assert missing.exit_code == 1
+
+
+async def test_api_schedules_and_pauses_persist_in_the_store_across_a_restart(tmp_path: Path) -> None:
+    sample = Sample()
+    hourly = {"every_s": 3600, "metadata": {"handler": "record"}}
+    async with in_process(sample.app, settings(tmp_path, schedules={"nightly": NIGHTLY})) as hq:
+        assert (await hq.client.put("/api/v1/schedules/hourly", json=hourly)).status_code == 200
+        assert (await hq.client.post("/api/v1/schedules/nightly/pause")).status_code == 200
+    async with in_process(sample.app, settings(tmp_path, schedules={"nightly": NIGHTLY})) as hq:
+        scheduler = hq.runtime.bridge.scheduler  # type: ignore[union-attr]
+        await eventually(lambda: scheduler.started)
+        listed = {s["name"]: s for s in (await hq.client.get("/api/v1/schedules")).json()}
+        assert (listed["hourly"]["source"], listed["hourly"]["every_s"]) == ("api", 3600)
+        assert (listed["nightly"]["paused"], listed["nightly"]["next_run_at"]) == (True, None)
+        assert (await hq.client.delete("/api/v1/schedules/hourly")).status_code == 200
+    async with in_process(sample.app, settings(tmp_path, schedules={"nightly": NIGHTLY})) as hq:
+        scheduler = hq.runtime.bridge.scheduler  # type: ignore[union-attr]
+        await eventually(lambda: scheduler.started)
+        assert [s["name"] for s in (await hq.client.get("/api/v1/schedules")).json()] == ["nightly"]

@@ -42,12 +42,12 @@ async def put_schedule(name: str, request: Request,
         settings = ScheduleSettings.model_validate(body)
     except ValidationError as exc:
         raise RequestRejected(_problems(exc, body, ("schedules", name)), status=422) from None
-    return _scheduler(request).put(name, settings).view()
+    return (await _scheduler(request).put(name, settings)).view()
 
 
 @schedule_router.delete("/{name}", responses=ERRORS)
 async def delete_schedule(name: str, request: Request) -> dict[str, Any]:
-    return _scheduler(request).remove(name).view()
+    return (await _scheduler(request).remove(name)).view()
 
 
 @schedule_router.post("/{name}/run", status_code=202, responses=ERRORS)
@@ -59,9 +59,9 @@ async def run_schedule(name: str, request: Request) -> dict[str, Any]:
 
 @schedule_router.post("/{name}/pause", responses=ERRORS)
 async def pause_schedule(name: str, request: Request) -> dict[str, Any]:
-    return _scheduler(request).set_paused(name, True).view()
+    return (await _scheduler(request).set_paused(name, True)).view()
 
 
 @schedule_router.post("/{name}/resume", responses=ERRORS)
 async def resume_schedule(name: str, request: Request) -> dict[str, Any]:
-    return _scheduler(request).set_paused(name, False).view()
+    return (await _scheduler(request).set_paused(name, False)).view()

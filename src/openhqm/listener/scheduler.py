@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from openhqm.envelope import Envelope, new_id
 from openhqm.errors import AlreadyExists, Conflict, NotFound, OpenHQMError
 from openhqm.listener.intake import Intake, json_body
@@ -27,6 +29,8 @@ log = get_logger("openhqm.scheduler")
 # A tick later than this when its turn comes counts as missed (downtime, a suspended host) and is
 # handled by the schedule's `misfire`, instead of firing every tick of the gap in a burst.
 MISFIRE_GRACE_S = 30.0
+# How soon a listener sees a schedule that another listener's API changed (PUT, DELETE, pause).
+SYNC_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Scheduler:
                        for name, s in schedules.items()}
         self._changed = asyncio.Event()
         self.started = False  # set once the start's ticks (and catch-ups) are settled
+        self._local_changes = 0  # API calls in this process: a sync that raced one is dropped
 
     # changes (the API's)
     def get(self, name: str) -> ScheduleState:
@@ -68,31 +73,69 @@ class Scheduler:
             raise NotFound(f"no schedule {name!r}")
         return state
 
-    def put(self, name: str, settings: ScheduleSettings) -> ScheduleState:
+    async def put(self, name: str, settings: ScheduleSettings) -> ScheduleState:
         """Create or replace an API schedule; its target is checked now, not at its first tick."""
         old = self.states.get(name)
         if old is not None and old.source == "config":
             raise Conflict(f"schedule {name!r} is defined in the configuration")
         self.envelope(name, settings, time.time(), "check")
-        state = ScheduleState(name, settings, "api", paused=old.paused if old else False)
-        if old is not None:
-            state.last_run_at, state.last_correlation_id = old.last_run_at, old.last_correlation_id
-        state.next_run_at = settings.next_tick(time.time())
-        self.states[name] = state
-        self._changed.set()
-        return state
+        paused = old.paused if old else False
+        await self._store(name, _stored(settings, paused))
+        return self._apply(name, settings, paused)
 
-    def remove(self, name: str) -> ScheduleState:
-        if self.get(name).source == "config":
-            raise Conflict(f"schedule {name!r} is defined in the configuration; remove it there")
-        state = self.states.pop(name)
-        self._changed.set()
-        return state
-
-    def set_paused(self, name: str, paused: bool) -> ScheduleState:
+    async def remove(self, name: str) -> ScheduleState:
         state = self.get(name)
+        if state.source == "config":
+            raise Conflict(f"schedule {name!r} is defined in the configuration; remove it there")
+        await self._store(name, None)
+        self.states.pop(name, None)
+        self._changed.set()
+        return state
+
+    async def set_paused(self, name: str, paused: bool) -> ScheduleState:
+        state = self.get(name)
+        api_settings = state.settings if state.source == "api" else None
+        await self._store(name, _stored(api_settings, paused))
+        return self._apply(name, api_settings, paused)
+
+    async def _store(self, name: str, data: bytes | None) -> None:
+        # counted before and after: a sync whose read overlaps the write in any way is dropped
+        self._local_changes += 1
+        await self.intake.store.put_schedule(name, data)
+        self._local_changes += 1
+
+    async def sync(self) -> None:
+        """Take the API's schedules and every pause from the store: what other listeners changed."""
+        changes = self._local_changes
+        stored = {name: msgspec.json.decode(data) for name, data in (await self.intake.store.schedules()).items()}
+        if changes != self._local_changes:
+            return  # an API call here changed a schedule while reading: this read may predate it
+        for name in [n for n, s in self.states.items() if s.source == "api" and n not in stored]:
+            del self.states[name]
+        for name, entry in stored.items():
+            settings = None
+            if entry.get("settings") is not None:
+                try:
+                    settings = ScheduleSettings.model_validate(entry["settings"])
+                except ValueError as exc:  # written by a newer version, say: keep the rest running
+                    log.warning("a stored schedule is invalid; skipped", schedule=name, error=str(exc))
+                    continue
+            if settings is not None or name in self.states:
+                self._apply(name, settings, bool(entry.get("paused")))
+
+    def _apply(self, name: str, api_settings: ScheduleSettings | None, paused: bool) -> ScheduleState:
+        """Bring one schedule to the given state (api_settings None: a configured one's pause)."""
+        old = self.states.get(name)
+        state = old
+        if api_settings is not None and (old is None or old.source == "api") and (
+                old is None or old.settings != api_settings):
+            state = ScheduleState(name, api_settings, "api", next_run_at=api_settings.next_tick(time.time()))
+            if old is not None:
+                state.last_run_at, state.last_correlation_id = old.last_run_at, old.last_correlation_id
+            self.states[name] = state
+        assert state is not None
         if state.paused and not paused:
-            state.next_run_at = state.settings.next_tick(time.time())  # no catch-up for a pause
+            state.next_run_at = state.settings.next_tick(time.time())  # no catch-up after a pause
         state.paused = paused
         self._changed.set()
         return state
@@ -106,25 +149,36 @@ class Scheduler:
 
     # the task
     async def run_forever(self) -> None:
+        await self._sync_logged()
         now = time.time()
         for state in list(self.states.values()):
             state.next_run_at = state.settings.next_tick(now)
             if state.active and state.settings.misfire == "run_once":
                 await self._catch_up(state, now)
         self.started = True
+        next_sync = time.monotonic() + SYNC_INTERVAL_S
         while True:
             self._changed.clear()
+            if time.monotonic() >= next_sync:
+                await self._sync_logged()
+                next_sync = time.monotonic() + SYNC_INTERVAL_S
             now = time.time()
             for state in list(self.states.values()):
                 if state.active and state.next_run_at is not None and state.next_run_at <= now:
                     await self._fire_due(state, now)
             upcoming = [s.next_run_at for s in self.states.values() if s.active and s.next_run_at is not None]
-            delay = max(0.0, min(upcoming) - time.time()) if upcoming else None
+            delay = max(0.0, min([*upcoming, time.time() + next_sync - time.monotonic()]) - time.time())
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as
             # the event is set (a resume just before shutdown), and the task would never stop.
             with contextlib.suppress(TimeoutError):  # the next tick is due
                 async with asyncio.timeout(delay):
                     await self._changed.wait()
+
+    async def _sync_logged(self) -> None:
+        try:
+            await self.sync()
+        except Exception as exc:  # the store is down: run what is known, try again at the next sync
+            log.warning("schedules could not be read from the result store", error=str(exc))
 
     async def _fire_due(self, state: ScheduleState, now: float) -> None:
         tick = state.next_run_at
@@ -173,3 +227,9 @@ class Scheduler:
         if isinstance(priority, int):
             envelope.priority = priority
         return envelope
+
+
+def _stored(api_settings: ScheduleSettings | None, paused: bool) -> bytes:
+    """A schedule's entry in the store: the API's settings (none for a configured one) and its pause."""
+    settings = api_settings.model_dump(mode="json") if api_settings is not None else None
+    return msgspec.json.encode({"settings": settings, "paused": paused})
