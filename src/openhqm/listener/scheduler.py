@@ -153,8 +153,7 @@ class Scheduler:
         now = time.time()
         for state in list(self.states.values()):
             state.next_run_at = state.settings.next_tick(now)
-            if state.active and state.settings.misfire == "run_once":
-                await self._catch_up(state, now)
+            await self._catch_up(state, now)
         self.started = True
         next_sync = time.monotonic() + SYNC_INTERVAL_S
         while True:
@@ -185,16 +184,19 @@ class Scheduler:
         assert tick is not None
         if now - tick > MISFIRE_GRACE_S:  # a gap: the host slept or the loop was starved
             state.next_run_at = state.settings.next_tick(now)
-            if state.settings.misfire == "run_once":
-                await self._catch_up(state, now)
+            await self._catch_up(state, now)
             return
         state.next_run_at = state.settings.next_tick(tick)
         await self._fire_tick(state, tick)
 
     async def _catch_up(self, state: ScheduleState, now: float) -> None:
-        """Run the latest missed tick once, unless some listener already did."""
+        """After a start or a gap: the latest tick is the last run when some listener fired it;
+        else `misfire: run_once` fires it now (`skip` leaves it)."""
         tick = state.settings.last_tick(now)
-        if await self.intake.store.get(tick_correlation_id(state.name, tick)) is None:
+        correlation_id = tick_correlation_id(state.name, tick)
+        if await self.intake.store.get(correlation_id) is not None:
+            state.last_run_at, state.last_correlation_id = tick, correlation_id
+        elif state.active and state.settings.misfire == "run_once":
             await self._fire_tick(state, tick)
 
     async def _fire_tick(self, state: ScheduleState, tick: float) -> None:
