@@ -6,7 +6,9 @@ AlreadyExists), with no new store primitive and no clock agreement beyond the ti
 
 `cron` takes five fields (minute hour day month weekday) or six, the sixth being SECONDS, at the end
 (croniter's order: `*/10 * * * * 30` is "second 30 of every tenth minute"). `every_s` ticks at
-multiples of `every_s` since the Unix epoch, so every process computes the same ticks.
+multiples of `every_s` since the Unix epoch, so every process computes the same ticks. Across DST
+changes a cron tick keeps its local time; one at a local time that does not exist that night runs at
+the jump (croniter's choice), and one at a time that happens twice runs once.
 """
 
 from __future__ import annotations
@@ -63,15 +65,27 @@ class ScheduleSettings(Section):
         """The first tick strictly after `after` (epoch seconds)."""
         if self.every_s is not None:
             return (math.floor(after / self.every_s) + 1) * self.every_s
-        start = datetime.fromtimestamp(after, ZoneInfo(self.timezone))
-        return float(croniter(self.cron, start).get_next(float))
+        zone = ZoneInfo(self.timezone)
+        tick = float(croniter(self.cron, datetime.fromtimestamp(after, zone)).get_next(float))
+        if self._repeated_wall_time(datetime.fromtimestamp(tick, zone)):
+            return self.next_tick(tick)
+        return tick
+
+    def _repeated_wall_time(self, local: datetime) -> bool:
+        """A fixed-hour tick in the hour a DST change repeats runs once, at its first occurrence (as
+        cron does); croniter alone would run 02:30 twice that night. Hourly wildcards run in both."""
+        assert self.cron is not None
+        hour = self.cron.split()[1]
+        return local.fold == 1 and not hour.startswith("*") and local.replace(fold=0).timestamp() != local.timestamp()
 
     def last_tick(self, at_or_before: float) -> float:
         """The latest tick at or before `at_or_before` (the one a catch-up runs)."""
         if self.every_s is not None:
             return math.floor(at_or_before / self.every_s) * self.every_s
-        start = datetime.fromtimestamp(at_or_before, ZoneInfo(self.timezone))
-        tick = float(croniter(self.cron, start).get_prev(float))
+        zone = ZoneInfo(self.timezone)
+        tick = float(croniter(self.cron, datetime.fromtimestamp(at_or_before, zone)).get_prev(float))
+        if self._repeated_wall_time(datetime.fromtimestamp(tick, zone)):
+            return self.last_tick(tick - 1)
         # croniter's get_prev is strictly before; the instant itself counts when it is a tick
         return at_or_before if self.next_tick(tick) == at_or_before else tick
 

@@ -36,6 +36,16 @@ def test_cron_in_berlin_keeps_local_time_across_the_autumn_dst_change() -> None:
     assert schedule.next_tick(utc(2026, 10, 23, 9)) == utc(2026, 10, 23, 10)
 
 
+def test_a_fixed_time_in_the_repeated_autumn_hour_runs_once_and_a_skipped_one_at_the_jump() -> None:
+    schedule = ScheduleSettings(cron="30 2 * * *", timezone="Europe/Berlin")
+    assert schedule.next_tick(utc(2026, 10, 24, 2)) == utc(2026, 10, 25, 0, 30)  # 02:30 CEST, first time
+    assert schedule.next_tick(utc(2026, 10, 25, 0, 30)) == utc(2026, 10, 26, 1, 30)  # not 02:30 CET again
+    assert schedule.last_tick(utc(2026, 10, 25, 12)) == utc(2026, 10, 25, 0, 30)
+    assert schedule.next_tick(utc(2026, 3, 28, 2)) == utc(2026, 3, 29, 1)  # 02:30 never happens: 03:00 CEST
+    half_hourly = ScheduleSettings(cron="*/30 * * * *", timezone="Europe/Berlin")
+    assert half_hourly.next_tick(utc(2026, 10, 25, 0, 45)) == utc(2026, 10, 25, 1)  # both hours run
+
+
 def test_a_sixth_cron_field_is_seconds_at_the_end() -> None:
     schedule = ScheduleSettings(cron="*/5 * * * * 30")
     assert schedule.next_tick(utc(2026, 1, 1)) == utc(2026, 1, 1, 0, 0, 30)
