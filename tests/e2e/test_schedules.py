@@ -1,4 +1,5 @@
-"""A schedule on two `openhqm serve` processes sharing one data dir: one request per tick."""
+"""A schedule on two `openhqm serve` processes: one request per tick, on each result store that
+processes share (SQLite in one data dir, Redis, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from openhqm.timefmt import parse_rfc3339
+from tests.contract.store_targets import postgres, redis
 from tests.e2e.conftest import SAMPLE_ENV
 from tests.processes import SUBPROCESS_PYTHONPATH, OpenHQMProcess
 
@@ -24,8 +28,23 @@ def fired_ticks(*servers: OpenHQMProcess) -> collections.Counter[float]:
     return ticks
 
 
-async def test_every_second_schedule_on_two_serve_processes_fires_each_tick_exactly_once(tmp_path: Path) -> None:
-    env = {**SAMPLE_ENV, "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log"),
+async def store_env(store: str, tmp_path: Path) -> dict[str, str]:
+    """The result store's settings as environment variables (a fresh prefix or table per test)."""
+    if store == "redis":
+        section = (await redis.make_settings(tmp_path)).results.redis
+        return {"OPENHQM_RESULTS__TYPE": "redis", "OPENHQM_RESULTS__REDIS__URL": section.url.get_secret_value(),
+                "OPENHQM_RESULTS__REDIS__PREFIX": section.prefix}
+    if store == "postgres":
+        pg = (await postgres.make_settings(tmp_path)).results.postgres
+        return {"OPENHQM_RESULTS__TYPE": "postgres", "OPENHQM_RESULTS__POSTGRES__DSN": pg.dsn.get_secret_value(),
+                "OPENHQM_RESULTS__POSTGRES__TABLE": pg.table}
+    return {}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis", "postgres"])
+async def test_every_second_schedule_on_two_serve_processes_fires_each_tick_exactly_once(
+        tmp_path: Path, store: str) -> None:
+    env = {**SAMPLE_ENV, **await store_env(store, tmp_path), "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log"),
            "OPENHQM_SCHEDULES__TICK__EVERY_S": "1",
            "OPENHQM_SCHEDULES__TICK__METADATA": '{"handler": "record"}',
            # the parent's path too: it may hold the schedules' cron library
