@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from openhqm.config import load_settings
-from openhqm.errors import ConfigError
+from openhqm.errors import BackendUnavailable, ConfigError
 from openhqm.schedules import ScheduleSettings, tick_correlation_id
 from openhqm.timefmt import rfc3339
 from openhqm.worker.handlers import Job
@@ -120,3 +120,21 @@ async def test_misfire_decides_whether_the_missed_tick_runs_at_start(tmp_path: P
         assert seen[0]["scheduled_for"] == rfc3339(missed)
         status = (await hq.client.get(f"/api/v1/status/{state.last_correlation_id}")).json()
         assert status["status"] == "COMPLETED"
+
+
+async def test_a_tick_the_broker_refused_is_tried_again_with_the_same_correlation_id(tmp_path: Path) -> None:
+    sample = Sample()
+    refused: list[str] = []
+    every_second = {"every_s": 1, "metadata": {"handler": "record"}}
+    async with in_process(sample.app, settings(tmp_path, schedules={"tick": every_second})) as hq:
+        backend = hq.runtime.backend
+        publish = backend.publish
+
+        async def refuse_first(queue: str, message: bytes, **options: Any) -> None:
+            if not refused:  # a broker outage, staged at the broker boundary
+                refused.append(options["message_id"])
+                raise BackendUnavailable("broker down")
+            await publish(queue, message, **options)
+
+        backend.publish = refuse_first  # type: ignore[method-assign]
+        await eventually(lambda: bool(refused) and sample.ran(refused[0]) == 1)

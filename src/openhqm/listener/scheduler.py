@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from openhqm.envelope import Envelope, new_id
-from openhqm.errors import AlreadyExists, Conflict, NotFound, OpenHQMError
+from openhqm.errors import AlreadyExists, BackendUnavailable, Conflict, NotFound, OpenHQMError
 from openhqm.listener.intake import Intake, json_body
 from openhqm.logging import get_logger
 from openhqm.routing import Routing
@@ -31,6 +31,8 @@ log = get_logger("openhqm.scheduler")
 MISFIRE_GRACE_S = 30.0
 # How soon a listener sees a schedule that another listener's API changed (PUT, DELETE, pause).
 SYNC_INTERVAL_S = 5.0
+# A tick the broker refused is tried again this often until it is MISFIRE_GRACE_S late.
+REFUSED_RETRY_S = 1.0
 
 
 @dataclass
@@ -40,12 +42,19 @@ class ScheduleState:
     source: str  # "config" or "api"
     paused: bool = False
     next_run_at: float | None = None
+    retry_at: float | None = None  # the broker refused next_run_at's tick: try again then
     last_run_at: float | None = None
     last_correlation_id: str | None = None
 
     @property
     def active(self) -> bool:
         return self.settings.enabled and not self.paused
+
+    @property
+    def due_at(self) -> float | None:
+        if not self.active or self.next_run_at is None:
+            return None
+        return max(self.next_run_at, self.retry_at or 0.0)
 
     def view(self) -> dict[str, Any]:
         """The JSON shape of GET /api/v1/schedules."""
@@ -163,9 +172,10 @@ class Scheduler:
                 next_sync = time.monotonic() + SYNC_INTERVAL_S
             now = time.time()
             for state in list(self.states.values()):
-                if state.active and state.next_run_at is not None and state.next_run_at <= now:
+                due_at = state.due_at
+                if due_at is not None and due_at <= now:
                     await self._fire_due(state, now)
-            upcoming = [s.next_run_at for s in self.states.values() if s.active and s.next_run_at is not None]
+            upcoming = [due for due in (s.due_at for s in self.states.values()) if due is not None]
             delay = max(0.0, min([*upcoming, time.time() + next_sync - time.monotonic()]) - time.time())
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as
             # the event is set (a resume just before shutdown), and the task would never stop.
@@ -182,12 +192,15 @@ class Scheduler:
     async def _fire_due(self, state: ScheduleState, now: float) -> None:
         tick = state.next_run_at
         assert tick is not None
-        if now - tick > MISFIRE_GRACE_S:  # a gap: the host slept or the loop was starved
+        state.retry_at = None
+        if now - tick > MISFIRE_GRACE_S:  # a gap: the host slept, the loop was starved, the broker was down
             state.next_run_at = state.settings.next_tick(now)
             await self._catch_up(state, now)
             return
-        state.next_run_at = state.settings.next_tick(tick)
-        await self._fire_tick(state, tick)
+        if await self._fire_tick(state, tick):
+            state.next_run_at = state.settings.next_tick(tick)
+        else:
+            state.retry_at = time.time() + REFUSED_RETRY_S
 
     async def _catch_up(self, state: ScheduleState, now: float) -> None:
         """After a start or a gap: the latest tick is the last run when some listener fired it;
@@ -199,17 +212,20 @@ class Scheduler:
         elif state.active and state.settings.misfire == "run_once":
             await self._fire_tick(state, tick)
 
-    async def _fire_tick(self, state: ScheduleState, tick: float) -> None:
+    async def _fire_tick(self, state: ScheduleState, tick: float) -> bool:
+        """False when the broker refused the tick's request (worth another try); a tick whose
+        request cannot be built (its handler is gone) is logged and counts as settled."""
         correlation_id = tick_correlation_id(state.name, tick)
         try:
             await self._submit(state, tick, correlation_id)
         except AlreadyExists:
             pass  # another listener fired this tick
-        except OpenHQMError as exc:  # the broker refused, the target is gone: this tick is lost
+        except OpenHQMError as exc:
             log.warning("a schedule's tick was not submitted", schedule=state.name, scheduled_for=rfc3339(tick),
                         error=str(exc))
-            return
+            return not isinstance(exc, BackendUnavailable)
         state.last_run_at, state.last_correlation_id = tick, correlation_id
+        return True
 
     async def _submit(self, state: ScheduleState, tick: float, correlation_id: str) -> None:
         await self.intake.submit(self.envelope(state.name, state.settings, tick, correlation_id))
