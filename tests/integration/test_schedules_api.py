@@ -10,6 +10,7 @@ import httpx
 from typer.testing import CliRunner
 
 from openhqm.cli import cli
+from openhqm.http.auth import required_scope
 from tests.harness import Sample, eventually, in_process, served, settings
 
 NIGHTLY = {"cron": "0 3 * * *", "timezone": "Europe/Berlin", "payload": {"name": "nightly"},
@@ -121,3 +122,10 @@ async def test_api_schedules_and_pauses_persist_in_the_store_across_a_restart(tm
         scheduler = hq.runtime.bridge.scheduler  # type: ignore[union-attr]
         await eventually(lambda: scheduler.started)
         assert [s["name"] for s in (await hq.client.get("/api/v1/schedules")).json()] == ["nightly"]
+
+
+def test_every_schedules_route_needs_the_admin_scope() -> None:
+    for method, path in [("GET", "/api/v1/schedules"), ("PUT", "/api/v1/schedules/a"),
+                         ("DELETE", "/api/v1/schedules/a"), ("POST", "/api/v1/schedules/a/run"),
+                         ("POST", "/api/v1/schedules/a/pause"), ("POST", "/api/v1/schedules/a/resume")]:
+        assert required_scope(method, path) == "admin"
