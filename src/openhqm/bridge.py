@@ -18,6 +18,7 @@ from openhqm.listener.housekeeping import Housekeeping, cleanup
 from openhqm.listener.intake import Intake, json_body
 from openhqm.listener.reading import Reading
 from openhqm.listener.replies import CallbackOutcome, Replies
+from openhqm.listener.scheduler import Scheduler
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
 from openhqm.routing import Routing
 from openhqm.stats import RollingStats
@@ -37,6 +38,7 @@ class Bridge:
         self.dead = DeadLetters(store, self.intake, router, self.replies)
         self.housekeeping = Housekeeping(backend, store, (self.request_queue, self.response_queue), settings.results,
                                          self.dead, settings.worker.max_timeout_s)
+        self.scheduler = Scheduler(self.intake, router, settings.schedules)
 
     @property
     def request_queue(self) -> str:
@@ -125,6 +127,9 @@ class Bridge:
 
     async def cleanup_forever(self) -> None:
         await self.housekeeping.cleanup_forever()
+
+    async def run_schedules(self) -> None:
+        await self.scheduler.run_forever()
 
 
 __all__ = ["Bridge", "cleanup", "json_body"]

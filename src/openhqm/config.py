@@ -28,6 +28,7 @@ from openhqm.http.auth_settings import ApiKeySettings as ApiKeySettings  # re-ex
 from openhqm.http.auth_settings import AuthSettings
 from openhqm.http.auth_settings import JWTSettings as JWTSettings
 from openhqm.redact import SECRET_MASK, mask_url
+from openhqm.schedules import ScheduleSettings
 from openhqm.settings_base import RetrySection, Section
 
 _FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("openhqm_config_file_data", default={})  # noqa: B039
@@ -206,6 +207,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     proxy: ProxySettings = ProxySettings()
     callbacks: CallbackSettings = CallbackSettings()
+    schedules: dict[str, ScheduleSettings] = {}
 
     @model_validator(mode="after")
     def _forwarding_concurrency(self) -> Settings:

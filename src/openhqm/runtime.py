@@ -118,7 +118,8 @@ class Runtime:
         tasks = [asyncio.create_task(bridge.consume_replies(), name="openhqm-replies"),
                  asyncio.create_task(bridge.cleanup_forever(), name="openhqm-cleanup"),
                  asyncio.create_task(bridge.sweep_dead_letters(), name="openhqm-broker-dead-letters"),
-                 asyncio.create_task(bridge.sample_metrics_forever(), name="openhqm-metrics")]
+                 asyncio.create_task(bridge.sample_metrics_forever(), name="openhqm-metrics"),
+                 asyncio.create_task(bridge.run_schedules(), name="openhqm-schedules")]
 
         async def stop() -> None:
             for task in tasks:

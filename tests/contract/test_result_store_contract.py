@@ -278,3 +278,25 @@ async def test_a_running_record_cancelled_refuses_its_late_result_and_progress(m
     assert await worker.amend(record.correlation_id, Status.PROCESSING, progress=progress) is None
     got = await listener.get(record.correlation_id)
     assert got is not None and got.status == Status.CANCELLED and got.result is None
+
+
+async def test_racing_creates_of_one_id_from_two_stores_let_exactly_one_win(make_store: StoreFactory) -> None:
+    """What makes a schedule's tick one request however many listeners fire it (listener/scheduler.py)."""
+    first, second = await make_store(), await make_store()
+    ticks = [new_record() for _ in range(20)]
+    outcomes = await asyncio.gather(*(store.create(r) for r in ticks for store in (first, second, first)),
+                                    return_exceptions=True)
+    assert sum(outcome is None for outcome in outcomes) == len(ticks)
+    assert all(isinstance(o, AlreadyExists) for o in outcomes if o is not None)
+
+
+async def test_schedules_are_stored_replaced_and_forgotten_across_instances(make_store: StoreFactory) -> None:
+    first, second = await make_store(), await make_store()
+    assert await second.schedules() == {}
+    await first.put_schedule("nightly", b'{"paused": false}')
+    await first.put_schedule("hourly", b"{}")
+    await second.put_schedule("nightly", b'{"paused": true}')
+    assert await first.schedules() == {"nightly": b'{"paused": true}', "hourly": b"{}"}
+    await second.put_schedule("hourly", None)
+    await second.put_schedule("never-stored", None)
+    assert await first.schedules() == {"nightly": b'{"paused": true}'}

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from openhqm.cli import client_commands, config_commands, server
+from openhqm.cli import client_commands, config_commands, schedule_commands, server
 from openhqm.errors import MissingDependency
 
 cli = typer.Typer(help="OpenHQM: a durable bridge between HTTP and message queues.", no_args_is_help=True,
@@ -20,6 +20,8 @@ callback_cli = typer.Typer(help="Result callbacks of finished requests.", no_arg
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(config_cli, name="config")
 cli.add_typer(callback_cli, name="callback")
+schedules_cli = typer.Typer(help="List, fire, pause and resume schedules.", no_args_is_help=True)
+cli.add_typer(schedules_cli, name="schedules")
 
 for command in (server.serve, server.listener, server.worker, client_commands.submit, client_commands.status,
                 client_commands.result, client_commands.wait, client_commands.cancel, client_commands.stats,
@@ -30,6 +32,8 @@ dlq_cli.command("replay")(client_commands.dlq_replay)
 dlq_cli.command("purge")(client_commands.dlq_purge)
 config_cli.command("check")(config_commands.config_check)
 callback_cli.command("resend")(client_commands.callback_resend)
+for verb in ("list", "run", "pause", "resume"):
+    schedules_cli.command(verb)(getattr(schedule_commands, f"schedules_{verb}"))
 
 
 def _print_version(requested: bool) -> None:

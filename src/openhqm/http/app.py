@@ -19,6 +19,7 @@ from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
 from openhqm.http.openapi import install_docs
 from openhqm.http.responses import JSONResponse, problem, rejected, unavailable
 from openhqm.http.routes import ops_router, router
+from openhqm.http.schedule_routes import schedule_router
 from openhqm.http.sidecar import sidecar_router
 from openhqm.logging import get_logger
 from openhqm.runtime import Runtime
@@ -50,6 +51,7 @@ def create_app(app: OpenHQM, *, run_workers: bool = False, settle_gc: bool = Tru
     api.state.bridge = runtime.bridge
     api.include_router(router)
     api.include_router(ops_router)
+    api.include_router(schedule_router)
     if settings.proxy.enabled and settings.proxy.sidecar.enabled:
         # Last, so the bridge's own paths stay its own under any prefix.
         api.include_router(sidecar_router(settings.proxy.sidecar.prefix))

@@ -105,6 +105,7 @@ class ResultStore(ABC):
         self._waiters: dict[str, set[asyncio.Future[RequestRecord | None]]] = {}
         self._listeners: list[Callable[[RequestRecord], None]] = []
         self._subscribers: dict[str, set[asyncio.Queue[RequestRecord]]] = {}
+        self._local_schedules: dict[str, bytes] = {}
 
     @abstractmethod
     async def connect(self) -> None: ...
@@ -155,6 +156,19 @@ class ResultStore(ABC):
 
     @abstractmethod
     async def health(self) -> Health: ...
+
+    # Schedules changed through the API (listener/scheduler.py), shared by every listener of the
+    # store. This default keeps them in the process (the memory store's scope); stores that
+    # several processes share override both methods.
+    async def put_schedule(self, name: str, data: bytes | None) -> None:
+        """Store (or, with None, forget) one schedule's opaque state."""
+        if data is None:
+            self._local_schedules.pop(name, None)
+        else:
+            self._local_schedules[name] = data
+
+    async def schedules(self) -> dict[str, bytes]:
+        return dict(self._local_schedules)
 
     async def transition(self, correlation_id: str, status: Status, *,
                          allowed_from: Iterable[str] | None = None, **fields: Any) -> RequestRecord | None:

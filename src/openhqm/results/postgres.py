@@ -111,6 +111,7 @@ class PostgresResultStore(ResultStore):
         self._dsn = dsn
         self._channel = table
         self._table, self._dead = _quote(table), _quote(f"{table}_dead_letters")
+        self._schedules = _quote(f"{table}_schedules")
         self._index = {kind: _quote(f"{table}_{kind}") for kind in ("session", "done", "status")}
         self._pool: asyncpg.Pool | None = None
         self._listen_conn: asyncpg.Connection | None = None
@@ -179,6 +180,7 @@ class PostgresResultStore(ResultStore):
                 CREATE INDEX IF NOT EXISTS {self._index['status']} ON {t} (status);
                 CREATE TABLE IF NOT EXISTS {self._dead} (
                     id text PRIMARY KEY, dead_lettered_at double precision NOT NULL, data bytea NOT NULL);
+                CREATE TABLE IF NOT EXISTS {self._schedules} (name text PRIMARY KEY, data bytea NOT NULL);
             """)
             present = {r["attname"] for r in await conn.fetch(
                 "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
@@ -349,6 +351,19 @@ class PostgresResultStore(ResultStore):
         with _mapped("purge_dead_letters"):
             status = await self._db.execute(f"DELETE FROM {self._dead}")
         return int(status.split()[-1])
+
+    async def put_schedule(self, name: str, data: bytes | None) -> None:
+        with _mapped("put_schedule"):
+            if data is None:
+                await self._db.execute(f"DELETE FROM {self._schedules} WHERE name = $1", name)
+            else:
+                await self._db.execute(f"INSERT INTO {self._schedules} (name, data) VALUES ($1, $2)"
+                                       " ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data", name, data)
+
+    async def schedules(self) -> dict[str, bytes]:
+        with _mapped("schedules"):
+            rows = await self._db.fetch(f"SELECT name, data FROM {self._schedules}")
+        return {row["name"]: bytes(row["data"]) for row in rows}
 
     async def health(self) -> Health:
         try:

@@ -93,6 +93,7 @@ class RedisResultStore(ResultStore):
         self._channel = f"{prefix}:done"
         self._counts_key, self._done_key = f"{prefix}:counts", f"{prefix}:done"
         self._dead_key, self._dead_order_key = f"{prefix}:dead", f"{prefix}:dead:order"
+        self._schedules_key = f"{prefix}:schedules"
         self.listener_name = f"openhqm-results-{uuid.uuid4().hex[:12]}"  # CLIENT LIST name of the subscriber
         self._client: aioredis.Redis | None = None
         self._listener_client: aioredis.Redis | None = None
@@ -294,6 +295,18 @@ class RedisResultStore(ResultStore):
     async def purge_dead_letters(self) -> int:
         keys = [self._dead_key, self._dead_order_key]
         return int(await self._run("purge_dead_letters", lua.PURGE_DEAD, keys, []))
+
+    async def put_schedule(self, name: str, data: bytes | None) -> None:
+        with _mapped("put_schedule"):
+            if data is None:
+                await self._redis.hdel(self._schedules_key, name)
+            else:
+                await self._redis.hset(self._schedules_key, name, data)
+
+    async def schedules(self) -> dict[str, bytes]:
+        with _mapped("schedules"):
+            stored = await self._redis.hgetall(self._schedules_key)
+        return {_text(name): _bytes(data) for name, data in stored.items()}
 
     async def health(self) -> Health:
         try:

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_lettered_at REAL NOT NULL,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -203,6 +204,17 @@ class SQLiteResultStore(ResultStore):
     async def purge_dead_letters(self) -> int:
         count: int = await self._db.run(lambda c: c.execute("DELETE FROM dead_letters").rowcount)
         return count
+
+    async def put_schedule(self, name: str, data: bytes | None) -> None:
+        if data is None:
+            await self._db.run(lambda c: c.execute("DELETE FROM schedules WHERE name = ?", (name,)))
+        else:
+            await self._db.run(lambda c: c.execute(
+                "INSERT OR REPLACE INTO schedules (name, data) VALUES (?, ?)", (name, data)))
+
+    async def schedules(self) -> dict[str, bytes]:
+        rows = await self._db.read(lambda c: c.execute("SELECT name, data FROM schedules").fetchall())
+        return {name: bytes(data) for name, data in rows}
 
     async def health(self) -> Health:
         try:
