@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_session ON requests (session_id, submitted_at) WHERE session_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at) WHERE completed_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (submitted_at) WHERE completed_at IS NULL;
+-- COUNTS reads this index instead of every record: it still grows with retention, but is several
+-- times faster than a scan of the table, and runs on the event loop every metrics sample.
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT PRIMARY KEY,
     dead_lettered_at REAL NOT NULL,
@@ -47,6 +50,7 @@ _decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
 _TERMINAL = tuple(str(s) for s in TERMINAL)
 _CLEANUP_CHUNK = 2000
 _BELL_TOPIC = "openhqm-store-watch"
+COUNTS = "SELECT status, COUNT(*) FROM requests GROUP BY status"
 
 
 class SQLiteResultStore(ResultStore):
@@ -156,8 +160,7 @@ class SQLiteResultStore(ResultStore):
         return [_decode_record(r[0]) for r in rows]
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._db.read(lambda c: c.execute(
-            "SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
+        rows = await self._db.read(lambda c: c.execute(COUNTS).fetchall())
         return {status: count for status, count in rows}
 
     async def cleanup(self, older_than: float, statuses: Collection[str] | None = None) -> int:
