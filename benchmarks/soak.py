@@ -153,7 +153,8 @@ def summarize(rows: list[dict[str, Any]], interval: float) -> dict[str, Any]:
         "errors": sum(r["errors"] for r in rows),
         "achieved_rps": mean([r["rps"] for r in rows]),
         "rss_growth_after_first_minute": rss_growth, "rss_ok": rss_growth <= 0.05,
-        "fds_min": min(fds), "fds_max": max(fds), # Descriptors move with the pooled connections to the backend; growing means the last
+        "fds_min": min(fds), "fds_max": max(fds),
+        # Descriptors move with the pooled connections to the backend; growing means the last
         # minute's peak is above the peak of everything before it.
         "fds_ok": max(r["fds"] for r in last) <= max(fds[:-per_minute] or fds) + 4,
         "file_bytes_first_half_max": max(sizes[:half] or sizes), "file_bytes_last": sizes[-1],
