@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from openhqm.constants import Status
-from openhqm.results.sqlite import _CLEANUP_CHUNK, COUNTS, SQLiteResultStore
+from openhqm.results.sqlite import _CLEANUP_CHUNK, COUNTS, EXPIRED_CHUNK, SQLiteResultStore
 from tests.records import new_record
 
 
@@ -42,7 +42,10 @@ async def test_counts_by_status_read_an_index_not_every_retained_record(tmp_path
         await store.transition(done.correlation_id, Status.COMPLETED)
         with sqlite3.connect(tmp_path / "openhqm.db") as conn:
             plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {COUNTS}"))
+            cleanup_plan = " ".join(str(row[-1]) for row in conn.execute(
+                f"EXPLAIN QUERY PLAN {EXPIRED_CHUNK.format(marks='?')}", (time.time(), Status.COMPLETED)))
         assert "COVERING INDEX requests_status" in plan
+        assert "INDEX requests_completed" in cleanup_plan  # by age, not every request of the state
         assert await store.counts() == {"COMPLETED": 1, "PENDING": 1}
     finally:
         await store.close()
