@@ -1,13 +1,14 @@
-"""The embedded SQLite store's own behaviour beyond the store contract: large housekeeping."""
+"""The embedded SQLite store's own behaviour beyond the store contract: large housekeeping, counting."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
 from openhqm.constants import Status
-from openhqm.results.sqlite import _CLEANUP_CHUNK, SQLiteResultStore
+from openhqm.results.sqlite import _CLEANUP_CHUNK, COUNTS, EXPIRED_CHUNK, SQLiteResultStore
 from tests.records import new_record
 
 
@@ -25,5 +26,26 @@ async def test_cleanup_of_more_than_one_chunk_removes_all_of_them_and_nothing_el
 
         assert await store.cleanup(older_than=time.time() - 500) == len(old)
         assert await store.counts() == {"COMPLETED": 3, "PENDING": 2}
+    finally:
+        await store.close()
+
+
+async def test_counts_by_status_read_an_index_not_every_retained_record(tmp_path: Path) -> None:
+    """The metrics sampler counts every 5 s on the event loop; a scan of every record stalls the loop
+    for longer the more finished requests are retained (docs/operations.md, sizing)."""
+    store = SQLiteResultStore(tmp_path / "openhqm.db")
+    await store.connect()
+    try:
+        await store.create(new_record())
+        done = new_record()
+        await store.create(done)
+        await store.transition(done.correlation_id, Status.COMPLETED)
+        with sqlite3.connect(tmp_path / "openhqm.db") as conn:
+            plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {COUNTS}"))
+            cleanup_plan = " ".join(str(row[-1]) for row in conn.execute(
+                f"EXPLAIN QUERY PLAN {EXPIRED_CHUNK.format(marks='?')}", (time.time(), Status.COMPLETED)))
+        assert "COVERING INDEX requests_status" in plan
+        assert "INDEX requests_completed" in cleanup_plan  # by age, not every request of the state
+        assert await store.counts() == {"COMPLETED": 1, "PENDING": 1}
     finally:
         await store.close()

@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_session ON requests (session_id, submitted_at) WHERE session_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at) WHERE completed_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (submitted_at) WHERE completed_at IS NULL;
+-- COUNTS reads this index instead of every record: it still grows with retention, but is several
+-- times faster than a scan of the table, and runs on the event loop every metrics sample.
+CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT PRIMARY KEY,
     dead_lettered_at REAL NOT NULL,
@@ -48,6 +51,11 @@ _decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
 _TERMINAL = tuple(str(s) for s in TERMINAL)
 _CLEANUP_CHUNK = 2000
 _BELL_TOPIC = "openhqm-store-watch"
+COUNTS = "SELECT status, COUNT(*) FROM requests GROUP BY status"
+# `+status` keeps the search on requests_completed (by age): the planner would otherwise take
+# requests_status and read every retained request of those states.
+EXPIRED_CHUNK = ("SELECT rowid FROM requests WHERE completed_at IS NOT NULL AND completed_at < ?"
+                 f" AND +status IN ({{marks}}) LIMIT {_CLEANUP_CHUNK}")
 
 
 class SQLiteResultStore(ResultStore):
@@ -157,8 +165,7 @@ class SQLiteResultStore(ResultStore):
         return [_decode_record(r[0]) for r in rows]
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._db.read(lambda c: c.execute(
-            "SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
+        rows = await self._db.read(lambda c: c.execute(COUNTS).fetchall())
         return {status: count for status, count in rows}
 
     async def cleanup(self, older_than: float, statuses: Collection[str] | None = None) -> int:
@@ -166,8 +173,7 @@ class SQLiteResultStore(ResultStore):
             return 0
         chosen = tuple(statuses) if statuses is not None else _TERMINAL
         marks = ",".join("?" * len(chosen))
-        delete = (f"DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests WHERE completed_at IS NOT NULL"
-                  f" AND completed_at < ? AND status IN ({marks}) LIMIT {_CLEANUP_CHUNK})")
+        delete = f"DELETE FROM requests WHERE rowid IN ({EXPIRED_CHUNK.format(marks=marks)})"
         total = 0
         while True:  # in chunks, each its own short write, so the loop and other writers go on meanwhile
             count: int = await self._db.run(lambda c: c.execute(delete, (older_than, *chosen)).rowcount)
