@@ -208,7 +208,9 @@ class PubSubBackend(Backend):
         await self.topics.close()
 
     async def ping(self) -> None:
-        await self.topics.call(self.topics.publisher.list_topics, timeout=HEALTH_TIMEOUT_S, retry=None,
+        # Half the health timeout: a call to a vanished emulator can hang for its whole deadline, and
+        # /ready must turn 503 well within 2 s of the failure.
+        await self.topics.call(self.topics.publisher.list_topics, timeout=HEALTH_TIMEOUT_S / 2, retry=None,
                                request={"project": f"projects/{self.options.project_id}", "page_size": 1})
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
