@@ -34,6 +34,9 @@ async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address
 
 # Failed in every run here when close() ends the stream, in one run of two when the iterator does.
 RACY_BUGS = {
+    "test_a_consumer_resumes_after_its_connection_is_cut[[]*[]]": (
+        "seen once in a full CI-style run (2026-12-07): after the cut no delivery within 60 s; the streaming "
+        "pull's restart after the gRPC channel reconnects (publish and ping no longer retry) is suspected"),
     "test_prefetched_but_unconsumed_messages_are_released_on_close[[]*[]]": (
         "gcp_pubsub.py _Stream.stop (line 188), reached from close() or the end of consume(): it gives "
         "back (modack 0) only what sits in the inbox at that moment; messages the library already "
