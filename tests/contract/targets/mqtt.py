@@ -31,7 +31,7 @@ async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address
 
 RACY_BUGS = {
     "test_publish_while_the_broker_is_unreachable_raises_backend_unavailable_and_works_after[[]*[]]": (
-        "seen once in a full CI-style run (2026-12-07): a publish refused while the proxy was down was "
+        "reproduced at the end of session 3 (2026-12-07), a regression: a publish refused while the proxy was down was "
         "delivered after all: mqtt_session.py's refusal while disconnected vs paho's re-send queue on "
         "a publish already handed to paho when the connection dropped"),
 }
