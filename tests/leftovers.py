@@ -110,10 +110,10 @@ async def remove_nats_stream(url: str, stream: str) -> None:
 
 
 async def remove_postgres_tables(dsn: str, table: str) -> None:
-    """The result store's table and its dead letters (its indexes go with them)."""
+    """The result store's table and its companions (its indexes go with them)."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_dead_letters"')
+        await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_dead_letters", "{table}_schedules"')
     finally:
         await conn.close()
 

@@ -8,6 +8,7 @@ import collections
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,23 +29,30 @@ def fired_ticks(*servers: OpenHQMProcess) -> collections.Counter[float]:
     return ticks
 
 
-async def store_env(store: str, tmp_path: Path) -> dict[str, str]:
-    """The result store's settings as environment variables (a fresh prefix or table per test)."""
+@pytest.fixture
+async def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """The result store's settings as environment variables (a fresh prefix or table per test, removed after)."""
+    store: str = request.param
     if store == "redis":
-        section = (await redis.make_settings(tmp_path)).results.redis
-        return {"OPENHQM_RESULTS__TYPE": "redis", "OPENHQM_RESULTS__REDIS__URL": section.url.get_secret_value(),
-                "OPENHQM_RESULTS__REDIS__PREFIX": section.prefix}
-    if store == "postgres":
-        pg = (await postgres.make_settings(tmp_path)).results.postgres
-        return {"OPENHQM_RESULTS__TYPE": "postgres", "OPENHQM_RESULTS__POSTGRES__DSN": pg.dsn.get_secret_value(),
-                "OPENHQM_RESULTS__POSTGRES__TABLE": pg.table}
-    return {}
+        settings = await redis.make_settings(tmp_path)
+        section = settings.results.redis
+        yield {"OPENHQM_RESULTS__TYPE": "redis", "OPENHQM_RESULTS__REDIS__URL": section.url.get_secret_value(),
+               "OPENHQM_RESULTS__REDIS__PREFIX": section.prefix}
+        await redis.remove(settings)
+    elif store == "postgres":
+        settings = await postgres.make_settings(tmp_path)
+        pg = settings.results.postgres
+        yield {"OPENHQM_RESULTS__TYPE": "postgres", "OPENHQM_RESULTS__POSTGRES__DSN": pg.dsn.get_secret_value(),
+               "OPENHQM_RESULTS__POSTGRES__TABLE": pg.table}
+        await postgres.remove(settings)
+    else:
+        yield {}
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis", "postgres"])
+@pytest.mark.parametrize("store_env", ["sqlite", "redis", "postgres"], indirect=True)
 async def test_every_second_schedule_on_two_serve_processes_fires_each_tick_exactly_once(
-        tmp_path: Path, store: str) -> None:
-    env = {**SAMPLE_ENV, **await store_env(store, tmp_path), "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log"),
+        tmp_path: Path, store_env: dict[str, str]) -> None:
+    env = {**SAMPLE_ENV, **store_env, "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log"),
            "OPENHQM_SCHEDULES__TICK__EVERY_S": "1",
            "OPENHQM_SCHEDULES__TICK__METADATA": '{"handler": "record"}',
            # the parent's path too: it may hold the schedules' cron library

@@ -17,6 +17,7 @@ import pytest
 from openhqm.constants import Status
 from openhqm.results.postgres import PostgresResultStore
 from tests.contract.store_targets.postgres import unique_table
+from tests.leftovers import remove_postgres_tables
 from tests.records import new_record, waiting_for
 from tests.services import require_service
 
@@ -32,8 +33,8 @@ def table() -> str:
 async def admin(table: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(require_service("postgres"))
     yield conn
-    await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_dead_letters"')
     await conn.close()
+    await remove_postgres_tables(require_service("postgres"), table)
 
 
 @pytest.fixture
