@@ -157,6 +157,15 @@ class SQLiteDB:
         finally:
             conn.close()
 
+    def migrate(self, op: Callable[[sqlite3.Connection], None]) -> None:
+        """A schema change that depends on what the file holds (columns an older version lacks), on
+        a connection of its own in autocommit mode, like `apply_schema`."""
+        conn = self._open()
+        try:
+            op(conn)
+        finally:
+            conn.close()
+
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """A read that may scan many rows (counts, depth, listings), on a thread with a connection of
         its own: WAL readers do not block the writer, and the event loop keeps serving meanwhile."""

@@ -20,6 +20,7 @@ from openhqm.constants import DEFAULT_PRIORITY
 from openhqm.envelope import Envelope
 from openhqm.errors import RequestRejected
 from openhqm.http.auth import current_identity
+from openhqm.http.console_params import dead_letter_filter
 from openhqm.http.health import readiness
 from openhqm.http.openapi import ERRORS, RESPONSE_RESPONSES, SUBMIT_RESPONSES
 from openhqm.http.prefer import parse_prefer
@@ -297,10 +298,12 @@ async def get_stats(request: Request) -> dict[str, Any]:
 
 
 @router.get("/api/v1/dlq", response_model=list[DeadLetterEntry])
-async def list_dead_letters(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-                            ) -> list[dict[str, Any]]:
+async def list_dead_letters(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                            endpoint: str | None = None, handler: str | None = None, reason: str | None = None,
+                            since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+    """Oldest first; `since`/`until` (RFC 3339 or epoch seconds) on dead_lettered_at."""
     bridge, _ = context(request)
-    return [dead_letter_json(d) for d in await bridge.dead_letters(limit)]
+    return [dead_letter_json(d) for d in await bridge.dead_letters(limit, dead_letter_filter(locals()))]
 
 
 def dead_letter_json(d: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Settings: `results.postgres.dsn` (postgresql://user:password@host:port/db) and `
 (default `openhqm_requests`; dead letters go to `<table>_dead_letters`). `connect()` creates both
 tables and their indexes if missing, and adds a column for any RequestRecord field the table lacks.
 Each record field is a column (values of no plain SQL type, such as `result`, are msgpack bytea), so a
-transition is one `UPDATE ... WHERE status = ANY(allowed) RETURNING *`: atomic without locks or retries.
+transition is one `UPDATE ... WHERE status = ANY(allowed) RETURNING <its columns>`: atomic, no locks or retries.
 The same statement calls `pg_notify('<table>', id)` when the record becomes terminal; NOTIFY is
 delivered at commit. Each store keeps one LISTEN connection (outside its pool), reopens it with
 bounded backoff when it drops, and then re-checks every waited id, so a notification sent while it
@@ -28,14 +28,14 @@ from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, Conf
 from openhqm.logging import get_logger
 from openhqm.policies import READINESS_RECONNECT_BACKOFF, Reconnect
 from openhqm.redact import mask_url
+from openhqm.results import postgres_queries as queries
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.queries import FilteredCounts, Position, RequestFilter, RequestPage, Stream, merge
 
 log = get_logger("openhqm.results")
 
-POOL_MIN_SIZE = 1
-POOL_MAX_SIZE = 10
-HEALTH_TIMEOUT_S = 2.0
-CLOSE_TIMEOUT_S = 5.0
+POOL_MIN_SIZE, POOL_MAX_SIZE = 1, 10
+HEALTH_TIMEOUT_S, CLOSE_TIMEOUT_S = 2.0, 5.0
 LISTENER_CHECK_INTERVAL_S = 30.0  # how often an idle LISTEN connection is probed (half-open TCP)
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -43,30 +43,8 @@ _decode_any = msgspec.msgpack.Decoder().decode
 _decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
 _TERMINAL = sorted(str(s) for s in TERMINAL)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in _TERMINAL)  # constants from code, inlined for the partial index
-_PLAIN_TYPES = {msgspec.inspect.StrType: "text", msgspec.inspect.FloatType: "double precision",
-                msgspec.inspect.IntType: "bigint", msgspec.inspect.BytesType: "bytea"}
-
-
-def _column_types() -> tuple[dict[str, str], frozenset[str]]:
-    """SQL type per RequestRecord field, and the fields stored as msgpack because no SQL type fits."""
-    columns: dict[str, str] = {}
-    packed: set[str] = set()
-    info = msgspec.inspect.type_info(RequestRecord)
-    if not isinstance(info, msgspec.inspect.StructType):
-        raise TypeError("RequestRecord must be a msgspec Struct")
-    for field in info.fields:
-        kind = field.type
-        if isinstance(kind, msgspec.inspect.UnionType):
-            others = [t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType)]
-            kind = others[0] if len(others) == 1 else kind
-        sql = _PLAIN_TYPES.get(type(kind))
-        if sql is None:
-            packed.add(field.name)
-        columns[field.name] = sql or "bytea"
-    return columns, frozenset(packed)
-
-
-COLUMNS, PACKED = _column_types()
+COLUMNS, PACKED = queries.COLUMNS, queries.PACKED
+ENVELOPE = "envelope"  # a column of its own, beside the record's: written at create, read by the detail only
 
 
 def _quote(identifier: str) -> str:
@@ -112,7 +90,8 @@ class PostgresResultStore(ResultStore):
         self._channel = table
         self._table, self._dead = _quote(table), _quote(f"{table}_dead_letters")
         self._schedules = _quote(f"{table}_schedules")
-        self._index = {kind: _quote(f"{table}_{kind}") for kind in ("session", "done", "status")}
+        self._index = {kind: _quote(f"{table}_{kind}") for kind in ("session", "done", "status", "submitted")}
+        self._columns = ", ".join(map(_quote, COLUMNS))  # never `*`: the envelope stays where it is
         self._pool: asyncpg.Pool | None = None
         self._listen_conn: asyncpg.Connection | None = None
         self._listen_lost = asyncio.Event()
@@ -178,6 +157,7 @@ class PostgresResultStore(ResultStore):
                 CREATE INDEX IF NOT EXISTS {self._index['done']} ON {t} ((COALESCE(completed_at, updated_at)))
                     WHERE status IN ({_TERMINAL_SQL});
                 CREATE INDEX IF NOT EXISTS {self._index['status']} ON {t} (status);
+                CREATE INDEX IF NOT EXISTS {self._index['submitted']} ON {t} (submitted_at, correlation_id);
                 CREATE TABLE IF NOT EXISTS {self._dead} (
                     id text PRIMARY KEY, dead_lettered_at double precision NOT NULL, data bytea NOT NULL);
                 CREATE TABLE IF NOT EXISTS {self._schedules} (name text PRIMARY KEY, data bytea NOT NULL);
@@ -185,8 +165,9 @@ class PostgresResultStore(ResultStore):
             present = {r["attname"] for r in await conn.fetch(
                 "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
                 " AND NOT attisdropped", t)}
-            for name in COLUMNS.keys() - present:  # a field added to RequestRecord since the table was made
-                await conn.execute(f"ALTER TABLE {t} ADD COLUMN {_quote(name)} {COLUMNS[name]}")
+            wanted = {**COLUMNS, ENVELOPE: "bytea"}
+            for name in wanted.keys() - present:  # a field added to RequestRecord since the table was made
+                await conn.execute(f"ALTER TABLE {t} ADD COLUMN {_quote(name)} {wanted[name]}")
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._wake(payload)
@@ -252,16 +233,16 @@ class PostgresResultStore(ResultStore):
     @staticmethod
     def _notify_sql(source: str, terminal: str, channel: str) -> str:
         """Select `source`'s rows, notifying for each terminal one; NOTIFY is sent at commit."""
-        return (f"SELECT *, CASE WHEN status = ANY({terminal}::text[])"
+        return (f"SELECT {source}.*, CASE WHEN status = ANY({terminal}::text[])"
                 f" THEN pg_notify({channel}, correlation_id) END AS _notified FROM {source}")
 
-    async def create(self, record: RequestRecord) -> None:
-        names = list(COLUMNS)
+    async def create(self, record: RequestRecord, envelope: bytes | None = None) -> None:
+        names = [*COLUMNS, ENVELOPE]
         marks = ", ".join(f"${i}" for i in range(3, len(names) + 3))
         sql = (f"WITH inserted AS (INSERT INTO {self._table} ({', '.join(map(_quote, names))})"
                f" VALUES ({marks}) RETURNING correlation_id, status) "
                + self._notify_sql("inserted", "$1", "$2"))
-        values = [_to_row(name, getattr(record, name)) for name in names]
+        values = [*(_to_row(name, getattr(record, name)) for name in COLUMNS), envelope]
         with _mapped("create"):
             try:
                 await self._db.fetch(sql, _TERMINAL, self._channel, *values)
@@ -274,7 +255,7 @@ class PostgresResultStore(ResultStore):
 
     async def get(self, correlation_id: str) -> RequestRecord | None:
         with _mapped("get"):
-            row = await self._db.fetchrow(f"SELECT * FROM {self._table} WHERE correlation_id = $1",
+            row = await self._db.fetchrow(f"SELECT {self._columns} FROM {self._table} WHERE correlation_id = $1",
                                           correlation_id)
         return None if row is None else _to_record(row)
 
@@ -286,7 +267,7 @@ class PostgresResultStore(ResultStore):
         assignments = ", ".join(f"{_quote(name)} = ${i}" for i, name in enumerate(names, start=5))
         condition = "status <> ALL($2::text[])" if allowed_from is None else "status = ANY($2::text[])"
         sql = (f"WITH updated AS (UPDATE {self._table} SET {assignments}"
-               f" WHERE correlation_id = $1 AND {condition} RETURNING *) "
+               f" WHERE correlation_id = $1 AND {condition} RETURNING {self._columns}) "
                + self._notify_sql("updated", "$3", "$4"))
         statuses = _TERMINAL if allowed_from is None else [str(s) for s in allowed_from]
         values = [_to_row(name, changes[name]) for name in names]
@@ -294,19 +275,41 @@ class PostgresResultStore(ResultStore):
             row = await self._db.fetchrow(sql, correlation_id, statuses, _TERMINAL, self._channel, *values)
         return None if row is None else _to_record(row)
 
+    async def get_envelope(self, correlation_id: str) -> bytes | None:
+        sql = f"SELECT {ENVELOPE} FROM {self._table} WHERE correlation_id = $1"
+        with _mapped("get_envelope"):
+            data = await self._db.fetchval(sql, correlation_id)
+        return None if data is None else bytes(data)
+
+    async def query(self, where: RequestFilter, after: Position | None, limit: int) -> RequestPage:
+        (sql, args), stop_query = queries.page_sql(self._table, self._columns, where, after, limit)
+        with _mapped("query"):
+            records = [_to_record(row) for row in await self._db.fetch(sql, *args)]
+            stop = Position.of(records[-1]) if len(records) == limit else None
+            if stop is None and stop_query is not None:
+                row = await self._db.fetchrow(stop_query[0], *stop_query[1])
+                stop = None if row is None else Position(row["submitted_at"], row["correlation_id"])
+        return merge([Stream(records, stop)], limit)
+
+    async def count_matching(self, where: RequestFilter) -> FilteredCounts:
+        sql, args = queries.counts_sql(self._table, where)
+        with _mapped("count_matching"):
+            rows = await self._db.fetch(sql, *args)
+        return FilteredCounts({row["status"]: int(row["n"]) for row in rows})
+
     async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
         if limit <= 0:
             return []
         with _mapped("list_session"):
             rows = await self._db.fetch(
-                f"SELECT * FROM {self._table} WHERE session_id = $1 ORDER BY submitted_at LIMIT $2",
+                f"SELECT {self._columns} FROM {self._table} WHERE session_id = $1 ORDER BY submitted_at LIMIT $2",
                 session_id, limit)
         return [_to_record(row) for row in rows]
 
     async def unfinished_submitted_before(self, before: float, limit: int = 100) -> list[RequestRecord]:
         with _mapped("unfinished_submitted_before"):
             rows = await self._db.fetch(
-                f"SELECT * FROM {self._table} WHERE status <> ALL($1::text[]) AND submitted_at < $2"
+                f"SELECT {self._columns} FROM {self._table} WHERE status <> ALL($1::text[]) AND submitted_at < $2"
                 " ORDER BY submitted_at LIMIT $3", _TERMINAL, before, limit)
         return [_to_record(row) for row in rows]
 
@@ -349,8 +352,7 @@ class PostgresResultStore(ResultStore):
 
     async def purge_dead_letters(self) -> int:
         with _mapped("purge_dead_letters"):
-            status = await self._db.execute(f"DELETE FROM {self._dead}")
-        return int(status.split()[-1])
+            return int((await self._db.execute(f"DELETE FROM {self._dead}")).split()[-1])
 
     async def put_schedule(self, name: str, data: bytes | None) -> None:
         with _mapped("put_schedule"):
