@@ -17,6 +17,7 @@ from openhqm.bridge import Bridge
 from openhqm.envelope import Envelope
 from openhqm.errors import RequestRejected
 from openhqm.http import console_params as params
+from openhqm.http import paths  # noqa: F401 (registers the request_id path convertor)
 from openhqm.http.auth import current_identity
 from openhqm.http.openapi import ERRORS, problems
 from openhqm.http.request_schemas import (
@@ -37,7 +38,7 @@ from openhqm.views import attempt_history_json, item_json, result_json
 
 request_router = APIRouter()
 MASKED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
-BAD_INPUT = problems(422)
+BAD_INPUT = problems(400, 413, 422, 503)
 
 
 def viewer(request: Request) -> tuple[Bridge, str | None]:
@@ -84,7 +85,8 @@ async def count_requests(
     return {"counts": counts.counts, "exact": counts.exact}
 
 
-@request_router.get("/api/v1/requests/{correlation_id}", response_model=RequestDetail, responses=ERRORS)
+@request_router.get("/api/v1/requests/{correlation_id:request_id}", response_model=RequestDetail,
+                    responses={**ERRORS, **BAD_INPUT})
 async def request_detail(correlation_id: str, request: Request) -> dict[str, Any]:
     """A request with its body as submitted (credentials masked) and the history of its attempts."""
     bridge, client = viewer(request)
@@ -118,8 +120,8 @@ def payload_of(envelope: Envelope) -> tuple[Any, str]:
         return base64.b64encode(body).decode(), "base64"
 
 
-@request_router.post("/api/v1/requests/{correlation_id}/replay", status_code=202,
-                     response_model=RequestReplayResponse, responses=ERRORS)
+@request_router.post("/api/v1/requests/{correlation_id:request_id}/replay", status_code=202,
+                     response_model=RequestReplayResponse, responses={**ERRORS, **BAD_INPUT})
 async def replay_request(correlation_id: str, request: Request) -> dict[str, Any]:
     """Queue a finished request again as a new request (admin); 409 while it is unfinished."""
     bridge, client = viewer(request)

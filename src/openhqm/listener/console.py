@@ -95,6 +95,8 @@ class Console:
             return
         where = replace(selection.where or RequestFilter(), client_id=client_id)
         wanted = CANCELLABLE if where.statuses is None else CANCELLABLE & where.statuses
+        if not wanted:
+            return  # only finished states asked for: nothing to cancel
         where = replace(where, statuses=frozenset(str(s) for s in wanted))
         after, taken = None, 0
         for _ in range(BULK_MAX_PAGES):
