@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from openhqm.constants import Status
 from openhqm.envelope import AttemptEntry
-from openhqm.results import ResultStore
+from openhqm.results import ResultStore, postgres_queries, redis_queries, sqlite_queries
 from openhqm.results.base import Position, RequestFilter, RequestRecord
 from tests.records import new_record
 
@@ -140,3 +142,21 @@ async def test_attempt_history_is_written_by_the_transition_that_ends_an_attempt
     got = await store.get(record.correlation_id)
     assert got is not None and got.attempt_history == [first] and got.priority == 9
     assert got.target_kind == "endpoint"
+
+
+async def test_a_filter_past_its_scan_budget_pages_on_without_losing_or_repeating(
+        store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (sqlite_queries, postgres_queries, redis_queries):
+        monkeypatch.setattr(module, "SCAN_BUDGET", 3)
+    start = time.time() - 60
+    made = []
+    for i in range(10):
+        fields: dict[str, object] = {"target": "rare", "target_kind": "handler"} if i in (1, 8) else {}
+        made.append(new_record(submitted_at=start + i, **fields))
+        await store.create(made[-1])
+    same_moment = [new_record(submitted_at=start + 4.5, target="rare", target_kind="handler") for _ in range(4)]
+    for record in same_moment:
+        await store.create(record)
+    wanted = newest_first([made[1], made[8], *same_moment])
+    assert await every_page(store, RequestFilter(handler="rare"), 2) == wanted
+    assert await every_page(store, RequestFilter(handler="rare", statuses=frozenset({"PENDING"})), 1) == wanted

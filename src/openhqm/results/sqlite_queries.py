@@ -2,7 +2,9 @@
 
 Columns written once at create and never updated (`client_id`, `target`, `idempotency_key`,
 `envelope`) let SQL filter without decoding records; only two indexes serve the list:
-(submitted_at, correlation_id) and (status, submitted_at, correlation_id). A page walks one of them
+(submitted_at) and (status, submitted_at), the latter replacing the (status) index that counts used
+(ties on submitted_at, rare, are ordered by id in a small sort; leaving the id out of the index
+halves its size, and so the time of an unfiltered count). A page walks one of them
 newest first and examines at most SCAN_BUDGET rows for the filters no index covers; several statuses
 are one walk each, merged. Counts are one exact GROUP BY (a filter on an unindexed column reads the
 table: about a second per few million rows).
@@ -23,8 +25,8 @@ _decode_record = msgspec.msgpack.Decoder(RequestRecord).decode
 # Columns a table made by an older version lacks; added at connect.
 ADDED_COLUMNS = {"client_id": "TEXT", "target": "TEXT", "idempotency_key": "TEXT", "envelope": "BLOB"}
 INDEXES = """
-CREATE INDEX IF NOT EXISTS requests_submitted ON requests (submitted_at, correlation_id);
-CREATE INDEX IF NOT EXISTS requests_status_submitted ON requests (status, submitted_at, correlation_id);
+CREATE INDEX IF NOT EXISTS requests_submitted ON requests (submitted_at);
+CREATE INDEX IF NOT EXISTS requests_status_submitted ON requests (status, submitted_at);
 DROP INDEX IF EXISTS requests_status;
 """
 _ORDER = " ORDER BY submitted_at DESC, correlation_id DESC"
@@ -101,16 +103,24 @@ def _stream(conn: sqlite3.Connection, where: RequestFilter, after: Position | No
         rows = conn.execute(f"SELECT data FROM requests{_where(terms)}{_ORDER} LIMIT ?", (*args, limit)).fetchall()
         records = [_decode_record(r[0]) for r in rows]
         return Stream(records, Position.of(records[-1]) if len(records) == limit else None)
-    scanned = (f"SELECT submitted_at, correlation_id, data, client_id, target, idempotency_key FROM requests"
-               f"{_where(terms)}{_ORDER} LIMIT {SCAN_BUDGET}")
-    rows = conn.execute(f"SELECT data FROM ({scanned}){_where(extra)}{_ORDER} LIMIT ?",
+    # The scan's far end first, from the index alone (it holds no ids, so the page's own position
+    # counts as its time only); then the rows up to it that match, which stop at `limit`.
+    coarse, coarse_args = _indexed(where, None, status)
+    if after is not None:  # an empty id: every request of that time was examined already
+        coarse.append("submitted_at < ?" if after.correlation_id == "" else "submitted_at <= ?")
+        coarse_args.append(after.submitted_at)
+    edge = conn.execute(f"SELECT submitted_at FROM requests{_where(coarse)} ORDER BY submitted_at DESC"
+                        f" LIMIT 1 OFFSET {SCAN_BUDGET - 1}", coarse_args).fetchone()
+    if edge is not None:
+        terms.append("submitted_at >= ?")
+        args.append(edge[0])
+    rows = conn.execute(f"SELECT data FROM requests{_where(terms + extra)}{_ORDER} LIMIT ?",
                         (*args, *extra_args, limit)).fetchall()
     records = [_decode_record(r[0]) for r in rows]
     if len(records) == limit:
         return Stream(records, Position.of(records[-1]))
-    last = conn.execute(f"SELECT submitted_at, correlation_id FROM requests{_where(terms)}{_ORDER}"
-                        f" LIMIT 1 OFFSET {SCAN_BUDGET - 1}", args).fetchone()
-    return Stream(records, None if last is None else Position(last[0], last[1]))
+    # Everything at the edge's time was examined: the next page starts below it.
+    return Stream(records, None if edge is None else Position(edge[0], ""))
 
 
 def page(conn: sqlite3.Connection, where: RequestFilter, after: Position | None, limit: int) -> RequestPage:
