@@ -5,7 +5,6 @@ limit (`sweep`), and requests reconciliation found with their message gone (`fai
 from __future__ import annotations
 
 import asyncio
-import builtins
 import time
 from dataclasses import dataclass
 
@@ -39,9 +38,6 @@ class DeadLetters:
         self.routing = routing
         self.replies = replies
 
-    async def list(self, limit: int = 100) -> list[DeadLetterRecord]:
-        return await self.store.list_dead_letters(limit)
-
     async def purge(self) -> int:
         return await self.store.purge_dead_letters()
 
@@ -64,7 +60,7 @@ class DeadLetters:
             original = Envelope(body=entry.body)  # another system's raw message
         return fresh_copy(original, entry.correlation_id or entry.id, self.routing)
 
-    async def list_matching(self, where: DeadLetterFilter, limit: int) -> builtins.list[DeadLetterRecord]:
+    async def list_matching(self, where: DeadLetterFilter, limit: int) -> list[DeadLetterRecord]:
         """Oldest first, those `where` covers among the oldest DLQ_SCAN entries."""
         if where == DeadLetterFilter():
             return await self.store.list_dead_letters(limit)

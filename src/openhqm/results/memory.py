@@ -10,7 +10,7 @@ import msgspec
 from openhqm.backends.base import Health
 from openhqm.errors import AlreadyExists
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
-from openhqm.results.queries import FilteredCounts, Position, RequestFilter, RequestPage, newest_first, page_of
+from openhqm.results.queries import FilteredCounts, Position, RequestFilter, RequestPage, newest_first
 
 
 class MemoryResultStore(ResultStore):
@@ -43,8 +43,9 @@ class MemoryResultStore(ResultStore):
         return self._envelopes.get(correlation_id) if correlation_id in self._records else None
 
     async def query(self, where: RequestFilter, after: Position | None, limit: int) -> RequestPage:
-        ordered = newest_first(r for r in self._records.values() if after is None or after.after(r))
-        return page_of(ordered, where, limit, exhausted=True)
+        found = newest_first(r for r in self._records.values()
+                             if (after is None or after.after(r)) and where.matches(r))
+        return RequestPage(found[:limit], Position.of(found[limit - 1]) if len(found) > limit else None)
 
     async def count_matching(self, where: RequestFilter) -> FilteredCounts:
         counts: dict[str, int] = {}

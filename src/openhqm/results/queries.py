@@ -117,20 +117,6 @@ def newest_first(records: Iterable[RequestRecord]) -> list[RequestRecord]:
     return sorted(records, key=lambda r: (r.submitted_at, r.correlation_id), reverse=True)
 
 
-def page_of(scanned: list[RequestRecord], where: RequestFilter, limit: int, exhausted: bool) -> RequestPage:
-    """A page from records scanned in order: the first `limit` that match; `exhausted` says the
-    scan reached the end of the store (else it stopped at its budget)."""
-    found: list[RequestRecord] = []
-    for record in scanned:
-        if where.matches(record):
-            found.append(record)
-            if len(found) == limit:
-                return RequestPage(found, Position.of(record))
-    if exhausted or not scanned:
-        return RequestPage(found, None)
-    return RequestPage(found, Position.of(scanned[-1]))
-
-
 @dataclass
 class Stream:
     """What one ordered scan found: its matches (at most a page), and where it stopped (None: at

@@ -13,7 +13,7 @@ from typing import Any, cast
 import msgspec
 import redis.asyncio as aioredis
 
-from openhqm.results.queries import SCAN_BUDGET, FilteredCounts, Position, RequestFilter, RequestPage, page_of
+from openhqm.results.queries import SCAN_BUDGET, FilteredCounts, Position, RequestFilter, RequestPage
 from openhqm.results.records import RequestRecord
 
 COUNT_SCAN_BUDGET = 50_000
@@ -27,9 +27,9 @@ def _text(value: Any) -> str:
 
 
 async def scan(client: aioredis.Redis, prefix: str, where: RequestFilter, after: Position | None,
-               budget: int) -> AsyncIterator[tuple[list[RequestRecord], bool]]:
-    """Batches of records newest first (after `after`, within since/until), and whether the index
-    ended with this batch; stops after `budget` index entries."""
+               budget: int) -> AsyncIterator[tuple[list[RequestRecord], bool, Position | None]]:
+    """Batches of records newest first (after `after`, within since/until), whether the index
+    ended with this batch, and the batch's last index entry; stops after `budget` index entries."""
     index = f"{prefix}:submitted"
     low = "-inf" if where.since is None else repr(where.since)
     top = where.until if after is None else (after.submitted_at if where.until is None
@@ -53,21 +53,22 @@ async def scan(client: aioredis.Redis, prefix: str, where: RequestFilter, after:
             for cid in ids:
                 pipe.hget(f"{prefix}:req:{cid}", "d")
             rows = await pipe.execute() if ids else []
-        yield [_decode_record(row) for row in rows if row is not None], len(entries) < BATCH
+        reached = Position(entries[-1][1], _text(entries[-1][0])) if entries else None
+        yield [_decode_record(row) for row in rows if row is not None], len(entries) < BATCH, reached
         if len(entries) < BATCH:
             return
 
 
 async def page(client: aioredis.Redis, prefix: str, where: RequestFilter, after: Position | None,
                limit: int) -> RequestPage:
-    scanned: list[RequestRecord] = []
-    exhausted = False
-    async for batch, ended in scan(client, prefix, where, after, SCAN_BUDGET):
-        scanned += batch
-        exhausted = ended
-        if sum(1 for r in scanned if where.matches(r)) >= limit:
-            break
-    return page_of(scanned, where, limit, exhausted)
+    found: list[RequestRecord] = []
+    stop: Position | None = None
+    async for batch, ended, last in scan(client, prefix, where, after, SCAN_BUDGET):
+        found += [r for r in batch if where.matches(r)]
+        stop = None if ended else last  # where the index was read to (a record there may be gone)
+        if len(found) >= limit:
+            return RequestPage(found[:limit], Position.of(found[limit - 1]))
+    return RequestPage(found, stop)
 
 
 def unfiltered(where: RequestFilter) -> bool:
@@ -77,7 +78,7 @@ def unfiltered(where: RequestFilter) -> bool:
 async def counts(client: aioredis.Redis, prefix: str, where: RequestFilter) -> FilteredCounts:
     found: dict[str, int] = {}
     exact = False
-    async for batch, ended in scan(client, prefix, where, None, COUNT_SCAN_BUDGET):
+    async for batch, ended, _ in scan(client, prefix, where, None, COUNT_SCAN_BUDGET):
         for record in batch:
             if where.matches(record):
                 found[record.status] = found.get(record.status, 0) + 1
