@@ -15,6 +15,7 @@ from openhqm.constants import Status
 from openhqm.listener.dead_letters import DeadLetters
 from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterReason, DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.state import paused_queues
 from openhqm.stats import RollingStats
 
 log = get_logger("openhqm.listener")
@@ -31,8 +32,10 @@ class Figures:
     requests: dict[str, int]
     depths: dict[str, int | None]
     oldest_unfinished_age_s: float | None
+    paused: frozenset[str]
 
     def export(self, request_queue: str) -> None:
+        metrics.QUEUE_PAUSED.labels(request_queue).set(int(request_queue in self.paused))
         for queue, depth in self.depths.items():
             if depth is not None:  # None: the broker cannot count (documented per backend)
                 metrics.QUEUE_DEPTH.labels(queue).set(depth)
@@ -69,7 +72,8 @@ class Housekeeping:
         """The one reading of counts, depths and age: `stats()` answers with it and the gauges are set
         from it, so /api/v1/stats and /metrics never disagree about the same moment."""
         figures = Figures(requests=await self.store.counts(), depths=await self.queue_depths(),
-                          oldest_unfinished_age_s=await self.oldest_unfinished_age_s())
+                          oldest_unfinished_age_s=await self.oldest_unfinished_age_s(),
+                          paused=frozenset(await paused_queues(self.store)))
         figures.export(self.queues[0])
         return figures
 

@@ -1,8 +1,9 @@
 """PostgreSQL result store (`results.type: postgres`), for API replicas that share one database.
 
 Settings: `results.postgres.dsn` (postgresql://user:password@host:port/db) and `results.postgres.table`
-(default `openhqm_requests`; dead letters go to `<table>_dead_letters`). `connect()` creates both
-tables and their indexes if missing, and adds a column for any RequestRecord field the table lacks.
+(default `openhqm_requests`; dead letters go to `<table>_dead_letters`, keyed state to `<table>_state`).
+`connect()` creates the tables and their indexes if missing, and adds a column for any RequestRecord
+field the table lacks.
 Each record field is a column (values of no plain SQL type, such as `result`, are msgpack bytea), so a
 transition is one `UPDATE ... WHERE status = ANY(allowed) RETURNING *`: atomic without locks or retries.
 The same statement calls `pg_notify('<table>', id)` when the record becomes terminal; NOTIFY is
@@ -28,7 +29,8 @@ from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, Conf
 from openhqm.logging import get_logger
 from openhqm.policies import READINESS_RECONNECT_BACKOFF, Reconnect
 from openhqm.redact import mask_url
-from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.base import SCHEDULE_STATE, DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.series import FINISHED, FinishedMinute, measured, minute_starts
 
 log = get_logger("openhqm.results")
 
@@ -111,7 +113,8 @@ class PostgresResultStore(ResultStore):
         self._dsn = dsn
         self._channel = table
         self._table, self._dead = _quote(table), _quote(f"{table}_dead_letters")
-        self._schedules = _quote(f"{table}_schedules")
+        self._state = _quote(f"{table}_state")
+        self._legacy_schedules = _quote(f"{table}_schedules")  # moved into `_state` on connect
         self._index = {kind: _quote(f"{table}_{kind}") for kind in ("session", "done", "status")}
         self._pool: asyncpg.Pool | None = None
         self._listen_conn: asyncpg.Connection | None = None
@@ -180,8 +183,13 @@ class PostgresResultStore(ResultStore):
                 CREATE INDEX IF NOT EXISTS {self._index['status']} ON {t} (status);
                 CREATE TABLE IF NOT EXISTS {self._dead} (
                     id text PRIMARY KEY, dead_lettered_at double precision NOT NULL, data bytea NOT NULL);
-                CREATE TABLE IF NOT EXISTS {self._schedules} (name text PRIMARY KEY, data bytea NOT NULL);
+                CREATE TABLE IF NOT EXISTS {self._state} (
+                    kind text NOT NULL, name text NOT NULL, data bytea NOT NULL, PRIMARY KEY (kind, name));
             """)
+            if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", self._legacy_schedules):
+                await conn.execute(f"INSERT INTO {self._state} (kind, name, data) SELECT $1, name, data"
+                                   f" FROM {self._legacy_schedules} ON CONFLICT DO NOTHING", SCHEDULE_STATE)
+                await conn.execute(f"DROP TABLE {self._legacy_schedules}")
             present = {r["attname"] for r in await conn.fetch(
                 "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
                 " AND NOT attisdropped", t)}
@@ -352,18 +360,32 @@ class PostgresResultStore(ResultStore):
             status = await self._db.execute(f"DELETE FROM {self._dead}")
         return int(status.split()[-1])
 
-    async def put_schedule(self, name: str, data: bytes | None) -> None:
-        with _mapped("put_schedule"):
+    async def _put_state(self, kind: str, name: str, data: bytes | None) -> None:
+        with _mapped("put_state"):
             if data is None:
-                await self._db.execute(f"DELETE FROM {self._schedules} WHERE name = $1", name)
+                await self._db.execute(f"DELETE FROM {self._state} WHERE kind = $1 AND name = $2", kind, name)
             else:
-                await self._db.execute(f"INSERT INTO {self._schedules} (name, data) VALUES ($1, $2)"
-                                       " ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data", name, data)
+                await self._db.execute(f"INSERT INTO {self._state} (kind, name, data) VALUES ($1, $2, $3)"
+                                       " ON CONFLICT (kind, name) DO UPDATE SET data = EXCLUDED.data",
+                                       kind, name, data)
 
-    async def schedules(self) -> dict[str, bytes]:
-        with _mapped("schedules"):
-            rows = await self._db.fetch(f"SELECT name, data FROM {self._schedules}")
+    async def states(self, kind: str) -> dict[str, bytes]:
+        with _mapped("states"):
+            rows = await self._db.fetch(f"SELECT name, data FROM {self._state} WHERE kind = $1", kind)
         return {row["name"]: bytes(row["data"]) for row in rows}
+
+    async def finished_series(self, since: float, until: float) -> list[FinishedMinute]:
+        # Exact percentiles, computed in the database over the window's rows (on the `done` index).
+        sql = (f"SELECT floor(completed_at / 60) * 60 AS at,"
+               f" count(*) FILTER (WHERE status = $3) AS completed, count(*) FILTER (WHERE status = $4) AS failed,"
+               f" percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY completed_at - submitted_at) AS p"
+               f" FROM {self._table} WHERE status IN ({_TERMINAL_SQL}) AND status IN ($3, $4)"
+               f" AND COALESCE(completed_at, updated_at) >= $1 AND COALESCE(completed_at, updated_at) < $2"
+               f" AND completed_at IS NOT NULL GROUP BY 1")
+        with _mapped("finished_series"):
+            rows = {row["at"]: row for row in await self._db.fetch(sql, since, until, *FINISHED)}
+        return [FinishedMinute(at=at) if at not in rows else measured(
+            at, rows[at]["completed"], rows[at]["failed"], rows[at]["p"]) for at in minute_starts(since, until)]
 
     async def health(self) -> Health:
         try:

@@ -1,0 +1,60 @@
+"""Whether the worker's queue is paused (`POST /api/v1/queues/{queue}/pause`), as kept in the result
+store, so a pause reaches every worker process and replica that shares the store.
+
+Watched through `ResultStore.state_written` (set at once by a write in this process, and on SQLite by
+another process's commit through the bell) and, because Redis and PostgreSQL push no change of the
+keyed state, by reading it again every `PAUSE_POLL_S`: a worker sees a pause within about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from openhqm import metrics
+from openhqm.logging import get_logger
+from openhqm.results.base import ResultStore
+from openhqm.state import paused_queues
+
+log = get_logger("openhqm.worker")
+
+PAUSE_POLL_S = 1.0
+
+
+class PauseWatch:
+    def __init__(self, store: ResultStore, queue: str, poll_s: float = PAUSE_POLL_S) -> None:
+        self.store = store
+        self.queue = queue
+        self.poll_s = poll_s
+        self._paused = asyncio.Event()
+        self._running = asyncio.Event()
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    async def refresh(self) -> None:
+        """Read the pause state now; raises when the store cannot be read."""
+        paused = self.queue in await paused_queues(self.store)
+        if paused == self.paused:
+            return
+        log.info("queue paused: taking no new messages" if paused else "queue resumed", queue=self.queue)
+        metrics.QUEUE_PAUSED.labels(self.queue).set(int(paused))
+        (self._paused if paused else self._running).set()
+        (self._running if paused else self._paused).clear()
+
+    async def until(self, paused: bool) -> None:
+        await (self._paused if paused else self._running).wait()
+
+    async def run(self) -> None:
+        written = self.store.state_written
+        while True:
+            written.clear()  # before reading: a write during the read wakes the next round
+            try:
+                await self.refresh()
+            except Exception as exc:  # the store is away: keep the last known state
+                log.warning("reading the queue's pause state failed", queue=self.queue, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await written.wait()
