@@ -16,6 +16,8 @@ from openhqm.constants import DEFAULT_REQUEST_QUEUE as QUEUE
 from openhqm.http.auth import required_scope
 from openhqm.worker.pool import WorkerPool
 from tests.harness import InProcess, Sample, eventually, in_process, served, settings
+from tests.leftovers import remove_queues, unique
+from tests.services import require_service
 
 
 def pool_of(hq: InProcess) -> WorkerPool:
@@ -165,3 +167,19 @@ def test_pause_and_resume_need_the_admin_scope_and_reading_needs_read() -> None:
     assert required_scope("POST", f"/api/v1/queues/{QUEUE}/resume") == "admin"
     for path in ("/api/v1/queues", f"/api/v1/queues/{QUEUE}/series", "/api/v1/workers"):
         assert required_scope("GET", path) == "read"
+
+
+async def test_a_figure_the_broker_cannot_report_is_null_and_named_not_a_zero(tmp_path: Path) -> None:
+    """MQTT cannot count the messages a queue holds (backends/base.py Capabilities.depth)."""
+    run = unique(8)
+    names = [f"console-req-{run}", f"console-resp-{run}"]
+    queue = {"type": "mqtt", "mqtt": {"url": require_service("mqtt")},
+             "request_queue": names[0], "response_queue": names[1]}
+    try:
+        async with in_process(Sample().app, settings(tmp_path, queue=queue), workers=False) as hq:
+            [item] = (await hq.client.get("/api/v1/queues")).json()
+            assert (item["name"], item["backend"]) == (names[0], "mqtt")
+            assert item["depth"] is None and item["not_reported"] == ["depth"]
+            assert (item["pending"], item["paused"]) == (0, False)
+    finally:
+        await remove_queues("mqtt", names)
