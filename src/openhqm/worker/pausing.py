@@ -19,6 +19,9 @@ from openhqm.state import paused_queues
 log = get_logger("openhqm.worker")
 
 PAUSE_POLL_S = 1.0
+# On SQLite `state_written` is also set by every other process's commit (the bell cannot say what
+# changed): under load that would be a read per commit, so reads are at least this far apart.
+MIN_REREAD_S = 0.2
 
 
 class PauseWatch:
@@ -55,6 +58,7 @@ class PauseWatch:
                 await self.refresh()
             except Exception as exc:  # the store is away: keep the last known state
                 log.warning("reading the queue's pause state failed", queue=self.queue, error=str(exc))
+            await asyncio.sleep(MIN_REREAD_S)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
+                async with asyncio.timeout(max(0.0, self.poll_s - MIN_REREAD_S)):
                     await written.wait()
