@@ -40,10 +40,10 @@ class PauseWatch:
     async def refresh(self) -> None:
         """Read the pause state now; raises when the store cannot be read."""
         paused = self.queue in await paused_queues(self.store)
+        metrics.QUEUE_PAUSED.labels(self.queue).set(int(paused))
         if paused == self.paused:
             return
         log.info("queue paused: taking no new messages" if paused else "queue resumed", queue=self.queue)
-        metrics.QUEUE_PAUSED.labels(self.queue).set(int(paused))
         (self._paused if paused else self._running).set()
         (self._running if paused else self._paused).clear()
 
