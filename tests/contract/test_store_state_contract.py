@@ -75,6 +75,18 @@ async def test_a_state_write_sets_state_written_in_the_writing_process(open_stor
     await asyncio.wait_for(written.wait(), 5)
 
 
+async def test_a_state_write_sets_state_written_of_every_store_object_sharing_it(open_store: Opened) -> None:
+    """The change feed a pause travels on (worker/pausing.py): the bell, Redis pub/sub, NOTIFY."""
+    writer, watcher = await open_store(), await open_store()
+    written = watcher.state_written
+    written.clear()
+    await writer.put_state("queue", "requests", b'{"paused": true}')
+    await asyncio.wait_for(written.wait(), 5)
+    written.clear()
+    await writer.put_state("queue", "requests", None)
+    await asyncio.wait_for(written.wait(), 5)
+
+
 async def test_schedules_kept_before_the_keyed_state_stay_readable(target: tuple[ModuleType, Settings],
                                                                     open_store: Opened) -> None:
     module, settings = target

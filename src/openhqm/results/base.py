@@ -182,8 +182,9 @@ class ResultStore(ABC):
 
     @property
     def state_written(self) -> asyncio.Event:
-        """Set when this process wrote state (and, where the store has a change feed for it, when
-        another did); a watcher clears it, reads `states()`, and polls as well where it is not pushed."""
+        """Set when this process wrote state and, through the store's change feed, when another did
+        (not on the memory store); a watcher clears it, reads `states()`, and re-reads now and then
+        in case a notification was lost."""
         return self._state_written
 
     async def put_schedule(self, name: str, data: bytes | None) -> None:

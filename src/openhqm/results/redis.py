@@ -95,6 +95,7 @@ class RedisResultStore(ResultStore):
         self._counts_key, self._done_key = f"{prefix}:counts", f"{prefix}:done"
         self._dead_key, self._dead_order_key = f"{prefix}:dead", f"{prefix}:dead:order"
         self._legacy_schedules_key = f"{prefix}:schedules"  # moved into the state hash on connect
+        self._state_channel = f"{prefix}:state"  # a keyed-state write publishes its kind here
         self.listener_name = f"openhqm-results-{uuid.uuid4().hex[:12]}"  # CLIENT LIST name of the subscriber
         self._client: aioredis.Redis | None = None
         self._listener_client: aioredis.Redis | None = None
@@ -132,10 +133,10 @@ class RedisResultStore(ResultStore):
         try:
             with _mapped("connect"):
                 await client.ping()
-                await pubsub.subscribe(self._channel)
-                # Wait for the confirmation: a wait() that starts after connect() cannot miss a publish.
-                confirmed = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
-            if confirmed is None or confirmed["type"] != "subscribe":
+                await pubsub.subscribe(self._channel, self._state_channel)
+                # Wait for the confirmations: a wait() that starts after connect() cannot miss a publish.
+                confirmed = [await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S) for _ in range(2)]
+            if any(message is None or message["type"] != "subscribe" for message in confirmed):
                 raise BackendUnavailable(f"redis result store: no confirmation of SUBSCRIBE {self._channel}")
         except BaseException:
             await pubsub.aclose()
@@ -182,10 +183,13 @@ class RedisResultStore(ResultStore):
             if message is None:
                 continue
             reconnect.reset()
-            if message["type"] == "message":
+            if message["type"] == "message" and _text(message["channel"]) == self._state_channel:
+                self._state_written.set()
+            elif message["type"] == "message":
                 self._wake(message["data"].decode())
             elif message["type"] == "subscribe":
                 recheck = True  # (re)subscribed: publishes sent while we were away are lost
+                self._state_written.set()
 
     async def _wake_finished(self) -> None:
         ids = self.waited_ids
@@ -308,10 +312,13 @@ class RedisResultStore(ResultStore):
 
     async def _put_state(self, kind: str, name: str, data: bytes | None) -> None:
         with _mapped("put_state"):
-            if data is None:
-                await self._redis.hdel(self._state_key(kind), name)
-            else:
-                await self._redis.hset(self._state_key(kind), name, data)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if data is None:
+                    pipe.hdel(self._state_key(kind), name)
+                else:
+                    pipe.hset(self._state_key(kind), name, data)
+                pipe.publish(self._state_channel, kind)  # wakes the other processes' state_written
+                await pipe.execute()
 
     async def states(self, kind: str) -> dict[str, bytes]:
         with _mapped("states"):

@@ -1,9 +1,9 @@
 """Whether the worker's queue is paused (`POST /api/v1/queues/{queue}/pause`), as kept in the result
 store, so a pause reaches every worker process and replica that shares the store.
 
-Watched through `ResultStore.state_written` (set at once by a write in this process, and on SQLite by
-another process's commit through the bell) and, because Redis and PostgreSQL push no change of the
-keyed state, by reading it again every `PAUSE_POLL_S`: a worker sees a pause within about a second.
+Watched through `ResultStore.state_written`, set by a write in this process and by the store's change
+feed for other processes' (SQLite's bell, Redis pub/sub, PostgreSQL NOTIFY), and read again every
+`PAUSE_POLL_S` should a notification be lost: a worker sees a pause within about a second.
 """
 
 from __future__ import annotations
