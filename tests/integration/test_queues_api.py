@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from openhqm.cli import cli
 from openhqm.constants import DEFAULT_REQUEST_QUEUE as QUEUE
 from openhqm.http.auth import required_scope
 from openhqm.worker.pool import WorkerPool
+from tests.contract.store_targets import postgres as postgres_store
+from tests.contract.store_targets import redis as redis_store
 from tests.harness import InProcess, Sample, eventually, in_process, served, settings
 from tests.leftovers import remove_queues, unique
 from tests.services import require_service
@@ -183,3 +187,24 @@ async def test_a_figure_the_broker_cannot_report_is_null_and_named_not_a_zero(tm
             assert (item["pending"], item["paused"]) == (0, False)
     finally:
         await remove_queues("mqtt", names)
+
+
+@pytest.mark.parametrize("store", ["redis", "postgres"])
+async def test_a_pause_reaches_a_worker_of_another_runtime_through_a_shared_store(
+        store: str, tmp_path: Path) -> None:
+    """Two runtimes, as two replicas: a listener and a worker sharing only the Redis or PostgreSQL store
+    (and the SQLite queue); the pause travels through the store's change feed."""
+    module = {"redis": redis_store, "postgres": postgres_store}[store]
+    section = getattr((await module.make_settings(tmp_path)).results, store)  # a prefix or table of its own
+    options = {key: value.get_secret_value() if isinstance(value, SecretStr) else value for key, value in section}
+    config = settings(tmp_path, results={"type": store, store: options})
+    try:
+        async with in_process(Sample().app, config, workers=False) as listener, \
+                in_process(Sample().app, config) as worker:
+            pool = pool_of(worker)
+            assert (await listener.client.post(f"/api/v1/queues/{QUEUE}/pause")).json()["paused"] is True
+            await eventually(lambda: pool.pause is not None and pool.pause.paused)
+            assert (await listener.client.post(f"/api/v1/queues/{QUEUE}/resume")).json()["paused"] is False
+            await eventually(lambda: pool.pause is not None and not pool.pause.paused)
+    finally:
+        await module.remove(config)
