@@ -5,7 +5,6 @@ and when it was last heard from. Removed on a clean shutdown; a killed process's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from openhqm.logging import get_logger
@@ -48,8 +47,7 @@ class Heartbeats:
         """Stop beating and remove this worker's entry: it left cleanly, it is not gone."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task])
         try:
             async with asyncio.timeout(REMOVE_TIMEOUT_S):
                 await put_heartbeat(self.store, None, self.identity.worker_id)

@@ -81,8 +81,9 @@ class WorkerPool:
     async def _stop_intake(self) -> None:
         if self._intake is not None:
             self._intake.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._intake
+            # wait(), not `await task` under suppress(CancelledError): a cancel of the caller itself
+            # (stop() ending _follow) must not be swallowed.
+            await asyncio.wait([self._intake])
 
     async def _take_messages(self) -> None:
         reconnect = Reconnect()
