@@ -54,6 +54,8 @@ class Housekeeping:
         self.dead = dead
         self.stale_after_s = 2 * max_timeout_s + LEASE_MARGIN_S
         self.rolling = RollingStats()
+        self._readings = 0  # figures() calls started, and the latest whose gauges were set
+        self._exported = 0
 
     async def queue_depths(self) -> dict[str, int | None]:
         depths: dict[str, int | None] = {}
@@ -70,11 +72,16 @@ class Housekeeping:
 
     async def figures(self) -> Figures:
         """The one reading of counts, depths and age: `stats()` answers with it and the gauges are set
-        from it, so /api/v1/stats and /metrics never disagree about the same moment."""
+        from it, so /api/v1/stats and /metrics never disagree about the same moment. A reading that
+        ends after a later one has set the gauges (the sampler's, overtaken by a stats request) sets none."""
+        self._readings += 1
+        reading = self._readings
         figures = Figures(requests=await self.store.counts(), depths=await self.queue_depths(),
                           oldest_unfinished_age_s=await self.oldest_unfinished_age_s(),
                           paused=frozenset(await paused_queues(self.store)))
-        figures.export(self.queues[0])
+        if reading > self._exported:
+            self._exported = reading
+            figures.export(self.queues[0])
         return figures
 
     async def stats(self) -> dict[str, Any]:
