@@ -158,11 +158,13 @@ class SQLiteDB:
             conn.close()
 
     def migrate(self, op: Callable[[sqlite3.Connection], None]) -> None:
-        """A schema change that depends on what the file holds (columns an older version lacks), on
-        a connection of its own in autocommit mode, like `apply_schema`."""
+        """Run `op` in one write transaction on a connection of its own (processes starting together
+        take turns, so `op` sees what an earlier one left)."""
         conn = self._open()
         try:
+            conn.execute("BEGIN IMMEDIATE")
             op(conn)
+            conn.execute("COMMIT")
         finally:
             conn.close()
 

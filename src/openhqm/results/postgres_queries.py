@@ -1,4 +1,4 @@
-"""The PostgreSQL store's columns (one per record field), and its listing queries (the console).
+"""The PostgreSQL store's listing queries (the console).
 
 Every record field is a column, so all filters are SQL; one index serves the list,
 (submitted_at, correlation_id), walked backwards, of which a page examines at most SCAN_BUDGET
@@ -9,35 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
 from openhqm.results.queries import SCAN_BUDGET, Position, RequestFilter
-from openhqm.results.records import RequestRecord
 
-_PLAIN_TYPES = {msgspec.inspect.StrType: "text", msgspec.inspect.FloatType: "double precision",
-                msgspec.inspect.IntType: "bigint", msgspec.inspect.BytesType: "bytea"}
-
-
-def _column_types() -> tuple[dict[str, str], frozenset[str]]:
-    """SQL type per RequestRecord field, and the fields stored as msgpack because no SQL type fits."""
-    columns: dict[str, str] = {}
-    packed: set[str] = set()
-    info = msgspec.inspect.type_info(RequestRecord)
-    if not isinstance(info, msgspec.inspect.StructType):
-        raise TypeError("RequestRecord must be a msgspec Struct")
-    for field in info.fields:
-        kind = field.type
-        if isinstance(kind, msgspec.inspect.UnionType):
-            others = [t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType)]
-            kind = others[0] if len(others) == 1 else kind
-        sql = _PLAIN_TYPES.get(type(kind))
-        if sql is None:
-            packed.add(field.name)
-        columns[field.name] = sql or "bytea"
-    return columns, frozenset(packed)
-
-
-COLUMNS, PACKED = _column_types()
 ORDER = " ORDER BY submitted_at DESC, correlation_id DESC"
 
 

@@ -42,7 +42,9 @@ def add_columns(conn: sqlite3.Connection) -> None:
             except sqlite3.OperationalError as exc:  # another process added it first
                 if "duplicate column" not in str(exc):
                     raise
-    conn.executescript(INDEXES)
+    for statement in INDEXES.strip().split(";"):  # in the caller's transaction (executescript would commit)
+        if statement.strip():
+            conn.execute(statement)
 
 
 def target_column(record: RequestRecord) -> str | None:
