@@ -72,7 +72,7 @@ def page_sql(table: str, columns: str, where: RequestFilter, after: Position | N
     rest = filtered(terms, where)
     if not rest:
         return (f"SELECT {columns} FROM {table}{terms.where()}{ORDER} LIMIT {limit}", terms.args), None
-    scanned = f"SELECT * FROM {table}{terms.where(indexed)}{ORDER} LIMIT {SCAN_BUDGET}"
+    scanned = f"SELECT {columns} FROM {table}{terms.where(indexed)}{ORDER} LIMIT {SCAN_BUDGET}"
     sql = f"SELECT {columns} FROM ({scanned}) AS scanned{terms.where(rest)}{ORDER} LIMIT {limit}"
     stop = (f"SELECT submitted_at, correlation_id FROM {table}{terms.where(indexed)}{ORDER}"
             f" LIMIT 1 OFFSET {SCAN_BUDGET - 1}")
