@@ -67,7 +67,7 @@ async def list_requests(
     handler, idempotency_key, id_prefix) examine a bounded number of requests per page: a page may
     then be short, even empty, with a `next_cursor` to go on."""
     bridge, client = viewer(request)
-    where = params.request_filter(locals(), client)
+    where = params.request_filter(locals(), client)  # the query's values, by the names the filter reads
     page = await bridge.console.page(where, params.cursor(cursor), limit)
     return {"items": [item_json(r) for r in page.records],
             "next_cursor": page.next.encode() if page.next is not None else None}
