@@ -12,7 +12,7 @@ from openhqm.config import load_settings
 from openhqm.envelope import Envelope
 from openhqm.errors import ConfigError
 from openhqm.flow.ledger import BucketState, decide
-from openhqm.flow.limiter import build_limiter
+from openhqm.flow.limiter import _slot_wait_s, build_limiter
 from openhqm.flow.limits import Bucket, FlowLimitSettings, FlowSettings, Limit, configured_limits, key_value
 from openhqm.forward.settings import EndpointSettings
 
@@ -114,3 +114,10 @@ def test_a_waiting_request_reserves_its_token_so_the_next_one_queues_behind_it()
     # a bucket that stayed idle fills up again, no further than its burst
     assert decide([bucket], [state], 200.0, "r4", ticket=False, concurrency_delay_s=0.1, ttl_s=30).admitted
     assert not decide([bucket], [state], 200.0, "r5", ticket=False, concurrency_delay_s=0.1, ttl_s=30).admitted
+
+
+def test_a_long_queue_for_slots_looks_less_often_than_a_short_one() -> None:
+    short = [_slot_wait_s(8, {"pool": 3}) for _ in range(20)]
+    long = [_slot_wait_s(10, {"pool": 5000}) for _ in range(20)]
+    assert max(short) <= 1.0  # a few waiters: the backoff's own cap
+    assert min(long) >= 7.5 and max(long) <= 30.0  # 5,000 waiters: about 15 s, half of it at least

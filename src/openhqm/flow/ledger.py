@@ -48,7 +48,9 @@ class Ledger(Protocol):
     async def acquire(self, buckets: Sequence[Bucket], holder: str, *, ticket: bool, concurrency_delay_s: float,
                       ttl_s: float) -> Verdict:
         """Admit `holder` into every bucket, or say how long it waits. `ticket`: it holds reserved rate
-        tokens already (only concurrency is checked). Atomic over all buckets, across processes."""
+        tokens already (only concurrency is checked). `concurrency_delay_s`: the longest a request
+        refused a slot waits before it looks again (its waiting entry lasts that long, plus a grace).
+        Atomic over all buckets, across processes."""
         ...
 
     async def release(self, buckets: Sequence[Bucket], holder: str) -> None:

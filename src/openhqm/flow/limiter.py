@@ -29,6 +29,10 @@ log = get_logger("openhqm.flow")
 
 SLOT_TTL_S = 30.0  # a crashed worker's slot is free again after this; renewed every third of it
 CONCURRENCY_BACKOFF = Backoff(base_delay_s=0.05, max_delay_s=1.0)  # waits for a slot: 25 ms .. 1 s
+# ...and with a long queue for slots, longer: each waiting request looks about once per (waiting x
+# this), so 10,000 waiters cost some 300 looks a second rather than 10,000 (capped at 30 s).
+LOOK_PER_WAITER_S = 0.003
+MAX_CONCURRENCY_WAIT_S = 30.0
 EARLY_S = 0.01  # a delivery this much before its ticket waits again (a broker's delay ran short)
 
 
@@ -96,14 +100,15 @@ class Limiter:
         buckets = [limit.bucket(envelope) for limit in limits]
         verdict = await self.ledger.acquire(
             buckets, envelope.correlation_id, ticket=ticket_at is not None, ttl_s=self.slot_ttl_s,
-            concurrency_delay_s=CONCURRENCY_BACKOFF.delay_s(envelope.flow_waits + 1))
+            concurrency_delay_s=MAX_CONCURRENCY_WAIT_S)  # recorded as its longest: see _slot_wait_s
         for name, count in verdict.waiting:
             metrics.child(metrics.FLOW_WAITING, name).set(count)
         if not verdict.admitted:
             blocked = verdict.blocked or limits[0].name
             metrics.child(metrics.FLOW_DEFERRED, blocked).inc()
             by_rate = verdict.ticket_at is not None
-            raise LimitWait(f"over flow limit {blocked!r}", delay_s=verdict.delay_s, waiting_on=f"limit:{blocked}",
+            delay_s = verdict.delay_s if by_rate else _slot_wait_s(envelope.flow_waits, dict(verdict.waiting))
+            raise LimitWait(f"over flow limit {blocked!r}", delay_s=delay_s, waiting_on=f"limit:{blocked}",
                             ticket_at=verdict.ticket_at if by_rate else ticket_at,
                             waits=envelope.flow_waits + (0 if by_rate else 1))
         for limit in limits:
@@ -111,6 +116,13 @@ class Limiter:
         if all(bucket.max_concurrency is None for bucket in buckets):
             return None
         return Grant(self.ledger, buckets, envelope.correlation_id, self.slot_ttl_s)
+
+
+def _slot_wait_s(waits: int, waiting: dict[str, int]) -> float:
+    """The backoff of a request waiting for a slot: growing with its own looks, capped by how many wait."""
+    cap = min(MAX_CONCURRENCY_WAIT_S, max(CONCURRENCY_BACKOFF.max_delay_s, max(waiting.values(), default=0)
+                                          * LOOK_PER_WAITER_S))
+    return Backoff(CONCURRENCY_BACKOFF.base_delay_s, cap).delay_s(waits + 1)
 
 
 def build_limiter(settings: Settings, handlers: Container[str]) -> Limiter | None:
