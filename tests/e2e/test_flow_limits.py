@@ -111,3 +111,34 @@ async def test_concurrency_limit_holds_across_two_worker_processes(tmp_path: Pat
     results = await drain(tmp_path, env, 40)
     assert [r["status"] for r in results] == ["COMPLETED"] * 40
     assert backend.max_in_flight == 3  # never a fourth, and the limit was reached
+
+
+@pytest.mark.parametrize("store_env", ["sqlite", "redis"], indirect=True)
+async def test_another_keys_requests_finish_while_a_big_backlog_of_one_key_waits(
+        tmp_path: Path, backend: Backend, store_env: dict[str, str]) -> None:
+    # Key a: 100 requests at 10/s (10 s of tokens), submitted first; key b: 5 requests, 0.4 s of its own.
+    limit = {"key": "metadata.tenant", "rate_per_s": 10, "burst": 1}
+    env = {**SAMPLE_ENV, **store_env, **proxy_env(backend, "/hold?s=0", limit)}
+    listener = OpenHQMProcess("listener", tmp_path, env).start()
+    workers = [OpenHQMProcess("worker", tmp_path, env, log_name=f"worker-{n}").start() for n in range(2)]
+    try:
+        async with httpx.AsyncClient(base_url=listener.url, timeout=30) as client:
+            async def submit(tenant: str, n: int) -> str:
+                body = {"payload": {"n": n}, "metadata": {"endpoint": "api", "tenant": tenant}}
+                answer = await client.post("/api/v1/submit", json=body)
+                assert answer.status_code == 202, answer.text
+                cid: str = answer.json()["correlation_id"]
+                return cid
+
+            a_ids = [await submit("a", n) for n in range(100)]
+            b_ids = [await submit("b", n) for n in range(5)]
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                b_results = [(await client.get(f"/api/v1/response/{cid}", params={"wait": 30})).json()
+                             for cid in b_ids]
+            a_statuses = [(await client.get(f"/api/v1/status/{cid}")).json()["status"] for cid in a_ids]
+    finally:
+        for process in (*workers, listener):
+            process.stop()
+    assert [r["status"] for r in b_results] == ["COMPLETED"] * 5
+    a_done = a_statuses.count("COMPLETED")
+    assert a_done < 50, f"key b finished only after {a_done} of key a's 100 requests"
