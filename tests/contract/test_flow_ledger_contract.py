@@ -132,3 +132,13 @@ async def test_a_request_is_admitted_only_when_every_bucket_has_room(ledger: Led
     refused = await ledger.acquire(both, "b", ticket=False, concurrency_delay_s=0.1, ttl_s=TTL_S)
     assert not refused.admitted and refused.blocked == "pool"
     assert dict(refused.waiting) == {"api": 0, "pool": 1}
+
+
+async def test_pruning_keeps_buckets_that_still_count_and_held_slots(ledger: Ledger,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in ("memory", "sqlite", "postgres"):
+        monkeypatch.setattr(f"openhqm.flow.{module}.PRUNE_EVERY", 1)  # prune before every decision
+    paced, pool = rate(1.0, 1), slots(1)
+    assert (await acquire(ledger, paced, "a")).admitted and (await acquire(ledger, pool, "a")).admitted
+    assert not (await acquire(ledger, paced, "b")).admitted
+    assert not (await acquire(ledger, pool, "b")).admitted

@@ -21,6 +21,9 @@ from typing import Protocol
 from openhqm.flow.limits import Bucket
 
 WAITING_GRACE_S = 30.0  # a waiting entry outlives its next attempt by this much (a request cancelled meanwhile)
+# Every this many decisions a process drops buckets whose time is past: such a bucket is full, the
+# same as no row at all, so keys no longer used do not pile up (Redis expires its keys instead).
+PRUNE_EVERY = 1000
 
 
 @dataclass(frozen=True, slots=True)

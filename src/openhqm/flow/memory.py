@@ -7,7 +7,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
-from openhqm.flow.ledger import WAITING_GRACE_S, BucketState, Verdict, decide, limits_of
+from openhqm.flow.ledger import PRUNE_EVERY, WAITING_GRACE_S, BucketState, Verdict, decide, limits_of
 from openhqm.flow.limits import Bucket
 
 
@@ -15,6 +15,7 @@ class MemoryLedger:
     def __init__(self) -> None:
         self._buckets: dict[str, BucketState] = {}
         self._waiting: dict[str, dict[str, float]] = {}  # limit -> holder -> expiry
+        self._decisions = 0
 
     async def connect(self) -> None:
         pass
@@ -25,6 +26,9 @@ class MemoryLedger:
     async def acquire(self, buckets: Sequence[Bucket], holder: str, *, ticket: bool, concurrency_delay_s: float,
                       ttl_s: float) -> Verdict:
         now = time.time()
+        self._decisions += 1
+        if self._decisions % PRUNE_EVERY == 0:
+            self._prune(now)
         states = [self._buckets.setdefault(b.id, BucketState()) for b in buckets]
         verdict = decide(buckets, states, now, holder, ticket=ticket, concurrency_delay_s=concurrency_delay_s,
                          ttl_s=ttl_s)
@@ -40,6 +44,12 @@ class MemoryLedger:
                 del waiting[name]
             counts.append((limit, len(waiting)))
         return dataclasses.replace(verdict, waiting=tuple(counts))
+
+    def _prune(self, now: float) -> None:
+        idle = [i for i, s in self._buckets.items() if (s.tat is None or s.tat <= now)
+                and all(expiry <= now for expiry in s.holders.values())]
+        for ident in idle:
+            del self._buckets[ident]
 
     async def release(self, buckets: Sequence[Bucket], holder: str) -> None:
         for bucket in buckets:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import asyncpg
 
 from openhqm.errors import BackendUnavailable, ConfigError
-from openhqm.flow.ledger import WAITING_GRACE_S, BucketState, Verdict, decide, limits_of
+from openhqm.flow.ledger import PRUNE_EVERY, WAITING_GRACE_S, BucketState, Verdict, decide, limits_of
 from openhqm.flow.limits import Bucket
 from openhqm.redact import mask_url
 
@@ -40,6 +40,7 @@ class PostgresLedger:
         self.buckets_table, self.holders_table, self.waiting_table = (
             _quote(f"{table}_flow_{kind}") for kind in ("buckets", "holders", "waiting"))
         self._pool: asyncpg.Pool | None = None
+        self._decisions = 0
 
     @property
     def _db(self) -> asyncpg.Pool:
@@ -77,6 +78,11 @@ class PostgresLedger:
                       ttl_s: float) -> Verdict:
         ids = sorted({b.id for b in buckets})
         limits = limits_of(buckets)
+        self._decisions += 1
+        if self._decisions % PRUNE_EVERY == 0:
+            with _mapped("prune"):
+                await self._db.execute(f"DELETE FROM {self.buckets_table} WHERE tat IS NULL"
+                                       " OR tat <= extract(epoch FROM clock_timestamp())")
         with _mapped("acquire"):
             async with self._db.acquire() as conn, conn.transaction():
                 now = float(await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
@@ -94,8 +100,9 @@ class PostgresLedger:
                 verdict = decide(buckets, ordered, now, holder, ticket=ticket,
                                  concurrency_delay_s=concurrency_delay_s, ttl_s=ttl_s)
                 changed = [(b.id, s.tat) for b, s in zip(buckets, ordered, strict=True) if s.tat != tats.get(b.id)]
-                if changed:
-                    await conn.executemany(f"UPDATE {self.buckets_table} SET tat = $2 WHERE id = $1", changed)
+                if changed:  # an upsert: a prune elsewhere may have dropped the row meanwhile
+                    await conn.executemany(f"INSERT INTO {self.buckets_table} (id, tat) VALUES ($1, $2)"
+                                           " ON CONFLICT (id) DO UPDATE SET tat = excluded.tat", changed)
                 await self._settle_waiting(conn, verdict, buckets, holder, now, ttl_s)
                 counts = []
                 for limit in limits:

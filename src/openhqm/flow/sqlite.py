@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from openhqm.flow.ledger import WAITING_GRACE_S, BucketState, Verdict, decide, limits_of
+from openhqm.flow.ledger import PRUNE_EVERY, WAITING_GRACE_S, BucketState, Verdict, decide, limits_of
 from openhqm.flow.limits import Bucket
 from openhqm.sqlite_db import SQLiteDB, shared_db
 
@@ -34,6 +34,7 @@ class SQLiteLedger:
     def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
         self._db: SQLiteDB = shared_db(path, synchronous)
         self._connected = False
+        self._decisions = 0
 
     async def connect(self) -> None:
         if not self._connected:
@@ -61,8 +62,14 @@ class SQLiteLedger:
 
     async def acquire(self, buckets: Sequence[Bucket], holder: str, *, ticket: bool, concurrency_delay_s: float,
                       ttl_s: float) -> Verdict:
+        self._decisions += 1
+        prune = self._decisions % PRUNE_EVERY == 0
+
         def op(conn: sqlite3.Connection) -> Verdict:
             now = time.time()
+            if prune:
+                conn.execute("DELETE FROM flow_buckets WHERE tat IS NULL OR tat <= ?", (now,))
+                conn.execute("DELETE FROM flow_holders WHERE expires_at <= ?", (now,))
             ids = [b.id for b in buckets]
             marks = ",".join("?" * len(ids))
             tats = dict(conn.execute(f"SELECT id, tat FROM flow_buckets WHERE id IN ({marks})", ids).fetchall())
