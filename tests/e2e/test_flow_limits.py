@@ -1,5 +1,5 @@
 """Flow limits across real processes: one listener and two `openhqm worker` processes share a limit
-through the result store (one SQLite data dir; Redis for queue and store), and a real backend on
+through the result store (one SQLite data dir; Redis for queue and store; PostgreSQL), and a real backend on
 127.0.0.1 records when each call arrived and how many were inside at once."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.contract.store_targets import redis
+from tests.contract.store_targets import postgres, redis
 from tests.e2e.conftest import SAMPLE_ENV
 from tests.integration.forward_backend import Backend
 from tests.integration.http_servers import serve
@@ -35,11 +35,19 @@ def backend() -> Iterator[Backend]:
 
 @pytest.fixture
 async def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    """Queue and result store as environment: the data dir's SQLite, or Redis under a fresh prefix."""
+    """Queue and result store as environment: the data dir's SQLite, Redis under a fresh prefix, or
+    PostgreSQL tables of their own."""
     queue = f"e2e-flow-{unique()}"
     names = {"OPENHQM_QUEUE__REQUEST_QUEUE": queue, "OPENHQM_QUEUE__RESPONSE_QUEUE": queue + "-responses"}
     if request.param == "sqlite":
         yield names
+        return
+    if request.param == "postgres":  # the queue in the data dir, limits in PostgreSQL
+        pg_settings = await postgres.make_settings(tmp_path)
+        pg = pg_settings.results.postgres
+        yield {**names, "OPENHQM_RESULTS__TYPE": "postgres", "OPENHQM_RESULTS__POSTGRES__TABLE": pg.table,
+               "OPENHQM_RESULTS__POSTGRES__DSN": pg.dsn.get_secret_value()}
+        await postgres.remove(pg_settings)
         return
     settings = await redis.make_settings(tmp_path)
     section = settings.results.redis
@@ -103,7 +111,7 @@ async def test_rate_limit_holds_across_two_worker_processes(tmp_path: Path, back
     assert arrivals[-1] - arrivals[0] >= (REQUESTS - BURST) / RATE_PER_S - 0.5
 
 
-@pytest.mark.parametrize("store_env", ["sqlite", "redis"], indirect=True)
+@pytest.mark.parametrize("store_env", ["sqlite", "redis", "postgres"], indirect=True)
 async def test_concurrency_limit_holds_across_two_worker_processes(tmp_path: Path, backend: Backend,
                                                                    store_env: dict[str, str]) -> None:
     backend.reset()

@@ -12,7 +12,7 @@ from openhqm.config import load_settings
 from openhqm.envelope import Envelope
 from openhqm.errors import ConfigError
 from openhqm.flow.ledger import BucketState, decide
-from openhqm.flow.limiter import _slot_wait_s, build_limiter
+from openhqm.flow.limiter import build_limiter, slot_wait_s
 from openhqm.flow.limits import Bucket, FlowLimitSettings, FlowSettings, Limit, configured_limits, key_value
 from openhqm.forward.settings import EndpointSettings
 
@@ -116,8 +116,16 @@ def test_a_waiting_request_reserves_its_token_so_the_next_one_queues_behind_it()
     assert not decide([bucket], [state], 200.0, "r5", ticket=False, concurrency_delay_s=0.1, ttl_s=30).admitted
 
 
+def test_a_request_waiting_for_a_slot_looks_again_about_as_often_as_slots_free_up() -> None:
+    first = [slot_wait_s(0, 1, 0.1) for _ in range(20)]
+    later = [slot_wait_s(10, 1, 0.1) for _ in range(20)]
+    assert max(first) <= 0.05  # a fresh wait looks again soon
+    assert min(later) >= 0.1 and max(later) <= 0.2  # then about twice the time a slot is held
+
+
 def test_a_long_queue_for_slots_looks_less_often_than_a_short_one() -> None:
-    short = [_slot_wait_s(8, {"pool": 3}) for _ in range(20)]
-    long = [_slot_wait_s(10, {"pool": 5000}) for _ in range(20)]
-    assert max(short) <= 1.0  # a few waiters: the backoff's own cap
-    assert min(long) >= 7.5 and max(long) <= 30.0  # 5,000 waiters: about 15 s, half of it at least
+    short = [slot_wait_s(10, 3, 0.1) for _ in range(20)]
+    long = [slot_wait_s(10, 5000, 0.1) for _ in range(20)]
+    assert max(short) <= 0.2
+    assert min(long) >= 7.5 and max(long) <= 15.0  # 5,000 waiters: about 3 ms each
+    assert max(slot_wait_s(40, 10**6, 0.1) for _ in range(20)) <= 30.0

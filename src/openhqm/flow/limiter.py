@@ -4,7 +4,7 @@ Admitted: the request runs, holding a concurrency slot (a lease renewed while it
 when it ends, whatever the outcome). Not admitted: LimitWait, which the processor turns into a
 deferral -- PENDING with `waiting_on: "limit:<name>"` and `next_attempt_at`, the message republished
 for that time, no try counted. A rate wait comes back holding a reservation (`Envelope.flow_ticket`),
-so it runs then without queuing again; a concurrency wait backs off (capped) and asks again.
+so it runs then without queuing again; a concurrency wait backs off (see slot_wait_s) and asks again.
 """
 
 from __future__ import annotations
@@ -28,19 +28,45 @@ if TYPE_CHECKING:
 log = get_logger("openhqm.flow")
 
 SLOT_TTL_S = 30.0  # a crashed worker's slot is free again after this; renewed every third of it
-CONCURRENCY_BACKOFF = Backoff(base_delay_s=0.05, max_delay_s=1.0)  # waits for a slot: 25 ms .. 1 s
-# ...and with a long queue for slots, longer: each waiting request looks about once per (waiting x
-# this), so 10,000 waiters cost some 300 looks a second rather than 10,000 (capped at 30 s).
+# A request refused a slot looks again after a backoff from 25 ms that grows with its looks, up to
+# about twice the time requests hold the limit's slots (as this process saw it), so a freed slot is
+# soon taken; with a long queue for slots, longer: each waiter looks about once per (waiting x
+# LOOK_PER_WAITER_S), so 10,000 waiters cost some 300 looks a second, not 10,000; never over 30 s.
+FIRST_LOOK_S = 0.05
+DEFAULT_HOLD_S = 0.5  # until this process has seen a request of the limit end
 LOOK_PER_WAITER_S = 0.003
 MAX_CONCURRENCY_WAIT_S = 30.0
 EARLY_S = 0.01  # a delivery this much before its ticket waits again (a broker's delay ran short)
 
 
+class HoldTimes:
+    """How long requests hold each limit's slots, as this process saw them end (a moving average)."""
+
+    def __init__(self) -> None:
+        self._held_s: dict[str, float] = {}
+
+    def observe(self, limits: Sequence[str], held_s: float) -> None:
+        for name in limits:
+            previous = self._held_s.get(name)
+            self._held_s[name] = held_s if previous is None else previous + 0.2 * (held_s - previous)
+
+    def get(self, limit: str) -> float:
+        return self._held_s.get(limit, DEFAULT_HOLD_S)
+
+
+def slot_wait_s(waits: int, waiting: int, hold_s: float) -> float:
+    """The backoff of a request refused a slot for the `waits`-th time, `waiting` requests waiting."""
+    cap = min(MAX_CONCURRENCY_WAIT_S, max(FIRST_LOOK_S, 2 * hold_s, waiting * LOOK_PER_WAITER_S))
+    return Backoff(min(FIRST_LOOK_S, cap), cap).delay_s(waits + 1)
+
+
 class Grant:
     """The slots one admitted request holds; `release()` frees them and stops the lease renewal."""
 
-    def __init__(self, ledger: Ledger, buckets: Sequence[Bucket], holder: str, ttl_s: float) -> None:
+    def __init__(self, ledger: Ledger, buckets: Sequence[Bucket], holder: str, ttl_s: float,
+                 holds: HoldTimes) -> None:
         self._ledger, self._buckets, self._holder, self._ttl_s = ledger, buckets, holder, ttl_s
+        self._holds, self._started = holds, time.monotonic()
         self._renewing: asyncio.Task[None] | None = None
         # A timer, not a task per request: most requests end long before the first renewal is due.
         self._timer = asyncio.get_running_loop().call_later(ttl_s / 3, self._start_renewing)
@@ -57,6 +83,8 @@ class Grant:
             await asyncio.sleep(self._ttl_s / 3)
 
     async def release(self) -> None:
+        self._holds.observe([b.limit for b in self._buckets if b.max_concurrency is not None],
+                            time.monotonic() - self._started)
         self._timer.cancel()
         if self._renewing is not None:
             self._renewing.cancel()
@@ -73,6 +101,7 @@ class Limiter:
         self._by_handler = by_handler
         self.ledger = ledger
         self.slot_ttl_s = slot_ttl_s
+        self.holds = HoldTimes()
 
     async def connect(self) -> None:
         await self.ledger.connect()
@@ -100,14 +129,15 @@ class Limiter:
         buckets = [limit.bucket(envelope) for limit in limits]
         verdict = await self.ledger.acquire(
             buckets, envelope.correlation_id, ticket=ticket_at is not None, ttl_s=self.slot_ttl_s,
-            concurrency_delay_s=MAX_CONCURRENCY_WAIT_S)  # recorded as its longest: see _slot_wait_s
+            concurrency_delay_s=MAX_CONCURRENCY_WAIT_S)  # recorded as its longest: see slot_wait_s
         for name, count in verdict.waiting:
             metrics.child(metrics.FLOW_WAITING, name).set(count)
         if not verdict.admitted:
             blocked = verdict.blocked or limits[0].name
             metrics.child(metrics.FLOW_DEFERRED, blocked).inc()
             by_rate = verdict.ticket_at is not None
-            delay_s = verdict.delay_s if by_rate else _slot_wait_s(envelope.flow_waits, dict(verdict.waiting))
+            delay_s = verdict.delay_s if by_rate else slot_wait_s(
+                envelope.flow_waits, dict(verdict.waiting).get(blocked, 0), self.holds.get(blocked))
             raise LimitWait(f"over flow limit {blocked!r}", delay_s=delay_s, waiting_on=f"limit:{blocked}",
                             ticket_at=verdict.ticket_at if by_rate else ticket_at,
                             waits=envelope.flow_waits + (0 if by_rate else 1))
@@ -115,14 +145,7 @@ class Limiter:
             metrics.child(metrics.FLOW_ADMITTED, limit.name).inc()
         if all(bucket.max_concurrency is None for bucket in buckets):
             return None
-        return Grant(self.ledger, buckets, envelope.correlation_id, self.slot_ttl_s)
-
-
-def _slot_wait_s(waits: int, waiting: dict[str, int]) -> float:
-    """The backoff of a request waiting for a slot: growing with its own looks, capped by how many wait."""
-    cap = min(MAX_CONCURRENCY_WAIT_S, max(CONCURRENCY_BACKOFF.max_delay_s, max(waiting.values(), default=0)
-                                          * LOOK_PER_WAITER_S))
-    return Backoff(CONCURRENCY_BACKOFF.base_delay_s, cap).delay_s(waits + 1)
+        return Grant(self.ledger, buckets, envelope.correlation_id, self.slot_ttl_s, self.holds)
 
 
 def build_limiter(settings: Settings, handlers: Container[str]) -> Limiter | None:
