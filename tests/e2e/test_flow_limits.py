@@ -103,9 +103,11 @@ async def test_rate_limit_holds_across_two_worker_processes(tmp_path: Path, back
     assert all(r["attempts"] == 1 for r in results)  # waiting is not a try
     assert backend.hits["/hold"] >= REQUESTS
     # The bucket admits at most rate_per_s a second plus the burst (default: one second's worth) once;
-    # calls reach the backend a few ms after their admission, not all equally late (two cores for
-    # three processes and this test): a tenth of a second's calls of slack for that.
-    assert most_in_one_second(backend.arrivals) <= RATE_PER_S + BURST + RATE_PER_S // 10
+    # calls reach the backend some ms after their admission, not all equally late (two cores for
+    # three processes, this test and whatever runs beside it; 41 seen alone, 49 beside three other
+    # test processes): half a second's calls of slack. Limits counted per process would let
+    # 2 x (burst + rate) = 80 through in the first second.
+    assert most_in_one_second(backend.arrivals) <= RATE_PER_S + BURST + RATE_PER_S // 2
     # ...and the limit really paced them: all but the burst took their 1/rate each.
     arrivals = sorted(backend.arrivals)
     assert arrivals[-1] - arrivals[0] >= (REQUESTS - BURST) / RATE_PER_S - 0.5

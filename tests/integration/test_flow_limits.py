@@ -40,7 +40,7 @@ def sample_value(name: str, limit: str) -> float:
 async def test_a_request_over_its_rate_waits_pending_on_the_limit_and_then_runs_once(
         sample: Sample, tmp_path: Path) -> None:
     deferred_before = sample_value("openhqm_flow_deferred_total", "slow")
-    flow = limits(slow={"handler": "record", "rate_per_s": 0.5})  # burst 1: the second waits 2 s
+    flow = limits(slow={"handler": "record", "rate_per_s": 0.25})  # burst 1: the second waits 4 s
     async with in_process(sample.app, settings(tmp_path, flow=flow)) as hq:
         first = (await hq.accepted({"name": "first"}, handler="record"))["correlation_id"]
         second = (await hq.accepted({"name": "second"}, handler="record"))["correlation_id"]
