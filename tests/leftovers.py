@@ -114,7 +114,8 @@ async def remove_postgres_tables(dsn: str, table: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_dead_letters", "{table}_schedules",'
-                           f' "{table}_flow_buckets", "{table}_flow_holders", "{table}_flow_waiting"')
+                           f' "{table}_state", "{table}_flow_buckets", "{table}_flow_holders",'
+                           f' "{table}_flow_waiting"')
     finally:
         await conn.close()
 
