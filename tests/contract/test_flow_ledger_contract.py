@@ -14,7 +14,7 @@ import pytest
 from openhqm.flow.ledger import Ledger, Verdict
 from openhqm.flow.limiter import create_ledger
 from openhqm.flow.limits import Bucket
-from tests.contract.test_result_store_contract import TARGETS
+from tests.contract.stores import TARGETS
 
 LedgerFactory = Callable[[], Awaitable[Ledger]]
 TTL_S = 30.0
