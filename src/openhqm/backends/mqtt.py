@@ -35,6 +35,7 @@ from openhqm.backends.mqtt_session import NEVER_EXPIRE, Broker, Session, headers
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
+from openhqm.policies import Reconnect
 from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class _Consumer(Session):
         self.acked: dict[int, bool] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._counting = Background()  # nacks that count a redelivered attempt
+        self._stopping = asyncio.Event()
         self.draining = False
 
     def on_connect(self) -> None:
@@ -143,12 +145,22 @@ class _Consumer(Session):
         self.inbox.put_nowait(MQTTDelivery(self, message, headers))
 
     async def _count_attempt(self, delivery: MQTTDelivery) -> None:
-        try:
-            await delivery.nack()
-        except BackendError as exc:
-            # Left unacked: the broker sends it again after the next reconnect.
-            self.held.discard(delivery.mid)
-            log.warning("mqtt.redelivery_copy_failed", queue=self.queue, error=str(exc))
+        """Retried until the copy is out: this session is connected (the message just came on it), so
+        the broker will not send it again; only a closing consumer leaves it to the next session."""
+        reconnect = Reconnect()
+        headers = delivery.headers | redelivery(delivery.attempt, None, time.time())
+        while True:
+            try:
+                await self.replace(delivery.mid, delivery.queue, delivery.body, headers)
+                return
+            except BackendError as exc:
+                if self._stopping.is_set():
+                    self.held.discard(delivery.mid)  # unacked: the session's next connection gets it again
+                    log.warning("mqtt.redelivery_copy_failed", queue=self.queue, error=str(exc))
+                    return
+                log.warning("mqtt.redelivery_copy_failed", queue=self.queue, error=str(exc),
+                            retry_in_s=round(reconnect.next_delay_s, 3))
+                await reconnect.wait(until=self._stopping)
 
     async def replace(self, mid: int, queue: str, body: bytes, headers: dict[str, str]) -> None:
         """Publish a copy, then PUBACK the original: MQTT's only way to hand a message back."""
@@ -176,6 +188,7 @@ class _Consumer(Session):
             await self.close()
 
     async def close(self) -> None:
+        self._stopping.set()
         for timer in self._timers.values():
             timer.cancel()
         await self._counting.wait()
