@@ -1,0 +1,132 @@
+// One request: state, timings, what was sent, what came back, every attempt, callbacks, live events.
+import { get, post, del, stream } from "./api.js";
+import { h, replace, badge, link, requestHref, timeCell, between, seconds, ms, pre, TERMINAL, when } from "./dom.js";
+import { actionButton, confirmDialog, errorBox, empty, kv, section, toast } from "./ui.js";
+
+export function detail(main, ctx, id) {
+  const head = h("div", { class: "page-head" });
+  const body = h("div", { class: "detail" }, h("p", { class: "muted" }, "Loading…"));
+  const eventsList = h("ol", { class: "events" });
+  const eventsCard = section("Lifecycle events", eventsList);
+  replace(main, h("p", { class: "crumbs" }, link("#/requests", "← Requests")), head, body, eventsCard);
+
+  let source = null, alive = true, record = null;
+  async function load() {
+    try {
+      record = await fetchRecord(id);
+    } catch (err) {
+      replace(head, h("h1", { class: "mono" }, id));
+      return replace(body, errorBox(err, "Reading the request"));
+    }
+    let result = null;
+    if (TERMINAL.has(record.status) && record.result === undefined) {
+      try { result = await get(`/api/v1/response/${encodeURIComponent(id)}`); } catch { result = null; }
+    }
+    if (!alive) return;
+    render(record, result);
+    if (!source && !TERMINAL.has(record.status)) follow();
+  }
+  function follow() {
+    source = stream(`/api/v1/requests/${encodeURIComponent(id)}/events`, {
+      status: (e) => {
+        eventsList.append(h("li", null, h("span", { class: "muted small" }, when(e.at)), " ", badge(e.status),
+          ` attempt ${e.attempts}`, e.progress ? ` · ${Math.round((e.progress.fraction || 0) * 100)} % ${e.progress.message || ""}` : "",
+          e.error ? h("span", { class: "error-text" }, " · ", e.error) : null));
+        load();
+        if (TERMINAL.has(e.status)) { source.close(); }
+      },
+    });
+  }
+  function render(r, result) {
+    const actions = [];
+    if (ctx.canAct && !TERMINAL.has(r.status)) {
+      actions.push(actionButton("Cancel", async () => {
+        if (!(await confirmDialog({ title: "Cancel this request?", action: "Cancel request",
+          body: r.status === "PROCESSING" ? "It is running: its worker stops it." : "It will not run." }))) return;
+        await del(`/api/v1/requests/${encodeURIComponent(id)}`);
+        toast("Request cancelled.");
+        await load();
+      }, { cls: "danger" }));
+    }
+    if (ctx.canAct && TERMINAL.has(r.status)) {
+      actions.push(actionButton("Replay", async () => {
+        const out = await post(`/api/v1/requests/${encodeURIComponent(id)}/replay`);
+        toast(`Replayed as ${out.correlation_id}.`);
+        location.hash = requestHref(out.correlation_id);
+      }, { cls: "primary", title: "Submit the same request again as a new one" }));
+    }
+    replace(head, h("h1", { class: "mono", "data-id": r.correlation_id }, r.correlation_id), badge(r.status),
+      h("span", { class: "spacer" }), actions);
+    replace(body,
+      h("div", { class: "grid2" },
+        section("Summary", kv([
+          ["Status", badge(r.status)],
+          ["Target", r.endpoint ? `endpoint ${r.endpoint}` : r.handler ? `handler ${r.handler}` : "—"],
+          ["Attempts", String(r.attempts ?? 0)],
+          r.priority != null && ["Priority", String(r.priority)],
+          r.session_id && ["Session", h("span", { class: "mono" }, r.session_id)],
+          r.waiting_on && ["Waiting on", r.waiting_on],
+          r.replayed_from && ["Replayed from", link(requestHref(r.replayed_from), r.replayed_from)],
+          r.progress && ["Progress", progress(r.progress)],
+        ])),
+        section("Timings", kv([
+          ["Submitted", timeCell(r.submitted_at)],
+          ["Updated", timeCell(r.updated_at)],
+          ["Completed", timeCell(r.completed_at)],
+          r.next_attempt_at && ["Next attempt", timeCell(r.next_attempt_at)],
+          ["End to end", seconds(between(r.submitted_at, r.completed_at))],
+        ]))),
+      r.error ? section("Error", pre(r.error, "error")) : null,
+      outcome(r, result),
+      section("Attempts", attempts(r.attempt_history)),
+      section("Callback deliveries", callbacks(r.callbacks, r.callback_error)),
+      h("div", { class: "grid2" },
+        section("Payload", r.payload === undefined ? h("p", { class: "muted" }, "Not available on this listener.") : pre(r.payload)),
+        h("div", null,
+          section("Headers", r.headers === undefined ? h("p", { class: "muted" }, "—") : pre(r.headers)),
+          section("Metadata", r.metadata === undefined ? h("p", { class: "muted" }, "—") : pre(r.metadata)))));
+  }
+  load();
+  return () => { alive = false; if (source) source.close(); };
+}
+
+async function fetchRecord(id) {
+  try {
+    return await get(`/api/v1/requests/${encodeURIComponent(id)}`);
+  } catch (err) {
+    if (!err.missing) throw err;
+    return await get(`/api/v1/status/${encodeURIComponent(id)}`);  // an older listener: the status only
+  }
+}
+
+function progress(p) {
+  const pct = Math.round((p.fraction || 0) * 100);
+  return h("span", null, h("progress", { max: 100, value: pct }), ` ${pct} % `, p.message || "");
+}
+
+function outcome(r, result) {
+  const value = r.result !== undefined ? r.result : result ? result.result : undefined;
+  if (value === undefined || value === null) return null;
+  return section("Result", pre(value));
+}
+
+function attempts(history) {
+  if (history === undefined) return h("p", { class: "muted" }, "Attempt history is not available on this listener.");
+  if (!history.length) return empty("No attempt has started yet.");
+  return h("table", { class: "table attempts" },
+    h("thead", null, h("tr", null, ["#", "Started", "Finished", "Duration", "Worker", "Status code", "Error"].map((t) => h("th", null, t)))),
+    h("tbody", null, history.map((a) => h("tr", { class: a.error ? "bad" : "" },
+      h("td", { class: "num" }, String(a.attempt)), h("td", null, timeCell(a.started_at)), h("td", null, timeCell(a.finished_at)),
+      h("td", { class: "num" }, ms(a.duration_ms)), h("td", { class: "mono small" }, a.worker_id || "—"),
+      h("td", { class: "num" }, a.status_code == null ? "—" : String(a.status_code)),
+      h("td", { class: "error-cell" }, a.error || "")))));
+}
+
+function callbacks(list, lastError) {
+  if (!list || !list.length) return h("p", { class: "muted" }, lastError ? `Last error: ${lastError}` : "No callback delivery.");
+  return h("table", { class: "table" },
+    h("thead", null, h("tr", null, ["#", "At", "Status code", "Error"].map((t) => h("th", null, t)))),
+    h("tbody", null, list.map((c) => h("tr", { class: c.error ? "bad" : "" },
+      h("td", { class: "num" }, String(c.attempt)), h("td", null, timeCell(c.at)),
+      h("td", { class: "num" }, c.status_code == null ? "—" : String(c.status_code)), h("td", { class: "error-cell" }, c.error || "")))));
+}
