@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openhqm.errors import ConfigError
 from openhqm.http.auth_settings import ApiKeySettings, AuthSettings, JWTSettings
-from openhqm.http.console_session import csrf_refusal, is_console_path, session_credential
+from openhqm.http.console_session import SAFE_METHODS, csrf_refusal, is_console_path, session_credential
 from openhqm.http.openapi import ASSETS_PATH, DOCS_PATHS
 from openhqm.http.responses import problem
 from openhqm.logging import get_logger
@@ -250,7 +250,9 @@ class AuthMiddleware:
                 return
             # Scopes are checked here, once, rather than by a dependency on every route: the same
             # rule covers the API and the sidecar paths, and costs nothing when access control is off.
-            needed = required_scope(scope["method"], _route_path(scope))
+            needed = required_scope(scope["method"], path)
+            if from_cookie and scope["method"] not in SAFE_METHODS:
+                needed = "admin"  # the console's session looks with `read` and acts only with `admin`
             if needed not in identity.scopes:
                 response = problem(403, f"client {identity.client_id!r} lacks the scope {needed!r} "
                                         "this operation needs")

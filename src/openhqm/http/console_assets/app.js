@@ -85,7 +85,8 @@ document.getElementById("signout").addEventListener("click", async () => {
 
 function setLive(state) {
   const el = document.getElementById("live");
-  el.className = `live ${state}`;
+  el.className = `live is-${state}`;
+  el.hidden = state === "off";
   el.textContent = state === "live" ? "live" : state === "closed" ? "offline" : "reconnecting…";
 }
 
@@ -105,7 +106,7 @@ async function start() {
   }
   showWho();
   if (session.signed_in) openTicks();
-  else if (ticks) { ticks.close(); ticks = null; setLive("closed"); }
+  else { if (ticks) ticks.close(); ticks = null; setLive("off"); }
   route();
 }
 
