@@ -12,6 +12,10 @@ function frame(title, max, unit) {
     h("span", { class: "muted small" }, `max ${unit(max)}`)), svg);
 }
 
+export function timeAxis(minutes) {
+  return h("div", { class: "time-axis muted small" }, h("span", null, `${minutes} min ago`), h("span", null, "now"));
+}
+
 // Throughput per minute: completed stacked under failed.
 export function throughputChart(minutes) {
   const totals = minutes.map((m) => (m.completed || 0) + (m.failed || 0));
@@ -27,6 +31,8 @@ export function throughputChart(minutes) {
     if (c) svg.append(s("rect", { x, y: H - hc, width: w, height: hc, class: "bar ok" }, s("title", null, tip)));
     if (f) svg.append(s("rect", { x, y: H - hc - hf, width: w, height: hf, class: "bar bad" }, s("title", null, tip)));
   });
+  box.append(timeAxis(minutes.length), h("div", { class: "legend" }, h("span", { class: "key done" }, "completed"),
+    h("span", { class: "key failed" }, "failed")));
   return box;
 }
 
@@ -48,8 +54,19 @@ export function latencyChart(minutes) {
       pen = "L";
     });
     if (d) svg.append(s("path", { d, class: `line ${label}` }, s("title", null, label)));
+    // A minute alone (no neighbour to draw a line to) still shows, as a dot.
+    minutes.forEach((m, i) => {
+      const v = m[k];
+      const alone = v != null && minutes[i - 1]?.[k] == null && minutes[i + 1]?.[k] == null;
+      if (alone) {
+        const x = (i / n) * W, y = H - PAD - (v / max) * (H - PAD * 2);
+        svg.append(s("path", { d: `M${x.toFixed(1)},${y.toFixed(1)} h0.01`, class: `line dot ${label}` },
+          s("title", null, `${label} ${ms(v)}`)));
+      }
+    });
   }
   const last = [...minutes].reverse().find((m) => m.p50_ms != null);
+  box.append(timeAxis(minutes.length));
   box.append(h("div", { class: "legend" }, keys.map(([k, label]) =>
     h("span", { class: `key ${label}` }, `${label} ${last ? ms(last[k]) : "—"}`))));
   return box;

@@ -40,7 +40,7 @@ export function deadLetters(main, ctx) {
 function filterForm(filters) {
   const input = (name, placeholder, type = "text") => h("input", { name, type, placeholder,
     value: type === "datetime-local" ? toLocalInput(filters[name]) : filters[name] || "" });
-  const form = h("form", { class: "filters card" },
+  const form = h("form", { class: "filters card cols-6" },
     field("Endpoint", input("endpoint", "name")), field("Handler", input("handler", "name")),
     field("Reason", input("reason", "e.g. max_attempts")),
     field("Dead after", input("since", "", "datetime-local")), field("Dead before", input("until", "", "datetime-local")),

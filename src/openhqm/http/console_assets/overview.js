@@ -41,7 +41,7 @@ async function showCounts(box) {
     if (!err.missing) return replace(box, errorBox(err, "Counting requests"));
     try { counts = (await get("/api/v1/stats")).requests; } catch (e2) { return replace(box, errorBox(err, "Counting requests")); }
   }
-  replace(box, STATUSES.map((st) => h("a", { class: "count", href: `#/requests?status=${st}` },
+  replace(box, STATUSES.map((st) => h("a", { class: `count${counts[st] ? "" : " zero"}`, href: `#/requests?status=${st}` },
     badge(st), h("strong", null, String(counts[st] ?? 0)))));
 }
 

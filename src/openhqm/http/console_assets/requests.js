@@ -61,7 +61,7 @@ function filterForm(filters) {
   status.value = filters.status || "";
   const input = (name, placeholder, type = "text") => h("input", { name, type, placeholder,
     value: type === "datetime-local" ? toLocalInput(filters[name]) : filters[name] || "" });
-  const form = h("form", { class: "filters card" },
+  const form = h("form", { class: "filters card cols-5" },
     field("Status", status), field("Endpoint", input("endpoint", "name")), field("Handler", input("handler", "name")),
     field("Session id", input("session_id", "")), field("Idempotency key", input("idempotency_key", "")),
     field("Submitted after", input("since", "", "datetime-local")), field("Submitted before", input("until", "", "datetime-local")),
@@ -88,7 +88,7 @@ async function showCounts(box, filters) {
     const total = Object.values(counts).reduce((a, b) => a + b, 0);
     const href = (st) => "#/requests" + query({ ...rest, status: st });
     replace(box, h("a", { class: `count${status ? "" : " on"}`, href: href("") }, "all", h("strong", null, String(total))),
-      STATUSES.map((st) => h("a", { class: `count${status === st ? " on" : ""}`, href: href(st), "data-count": st },
+      STATUSES.map((st) => h("a", { class: `count${status === st ? " on" : ""}${counts[st] ? "" : " zero"}`, href: href(st), "data-count": st },
         badge(st), h("strong", null, String(counts[st] ?? 0)))));
   } catch (err) {
     replace(box, errorBox(err, "Counting requests"));
