@@ -36,7 +36,7 @@ def key_entry(name: str, key: str, scopes: list[str]) -> dict[str, Any]:
 
 AUTH = {"api_keys": [key_entry("alice", ALICE_ADMIN, ["submit", "read", "admin"]),
                      key_entry("alice", ALICE_READ, ["read"]),
-                     key_entry("bob", BOB, ["submit", "read", "admin"])]}
+                     key_entry("bob", BOB, ["submit", "read"])]}  # admin keys see every client's requests
 
 
 @dataclass

@@ -81,7 +81,7 @@ export function detail(main, ctx, id) {
       section("Attempts", attempts(r.attempt_history)),
       section("Callback deliveries", callbacks(r.callbacks, r.callback_error)),
       h("div", { class: "grid2" },
-        section("Payload", r.payload === undefined ? h("p", { class: "muted" }, "Not available on this listener.") : pre(r.payload)),
+        section("Payload", payload(r)),
         h("div", null,
           section("Headers", r.headers === undefined ? h("p", { class: "muted" }, "—") : pre(r.headers)),
           section("Metadata", r.metadata === undefined ? h("p", { class: "muted" }, "—") : pre(r.metadata)))));
@@ -97,6 +97,14 @@ async function fetchRecord(id) {
     if (!err.missing) throw err;
     return await get(`/api/v1/status/${encodeURIComponent(id)}`);  // an older listener: the status only
   }
+}
+
+function payload(r) {
+  if (r.payload === undefined) return h("p", { class: "muted" }, "Not available on this listener.");
+  if (r.payload === null && !r.payload_encoding) return h("p", { class: "muted" }, "Not kept for this request.");
+  return [r.method || r.path ? h("p", { class: "mono small" }, [r.method, r.path].filter(Boolean).join(" ")) : null,
+    r.payload_encoding && r.payload_encoding !== "json" ? h("p", { class: "muted small" }, `as ${r.payload_encoding}`) : null,
+    pre(r.payload)];
 }
 
 function progress(p) {
