@@ -83,8 +83,10 @@ export function detail(main, ctx, id) {
       h("div", { class: "grid2" },
         section("Payload", payload(r)),
         h("div", null,
-          section("Headers", r.headers === undefined ? h("p", { class: "muted" }, "—") : pre(r.headers)),
-          section("Metadata", r.metadata === undefined ? h("p", { class: "muted" }, "—") : pre(r.metadata)))));
+          section("Headers", mapping(r.headers)),
+          section("Metadata", mapping(r.metadata)))));
+    if (!source) replace(eventsList, timeline(r).map(([at, what, extra]) =>
+      h("li", null, h("span", { class: "muted small" }, when(at)), " ", what, extra ? h("span", { class: "muted" }, " · ", extra) : null)));
   }
   load();
   return () => { alive = false; if (source) source.close(); };
@@ -105,6 +107,26 @@ function payload(r) {
   return [r.method || r.path ? h("p", { class: "mono small" }, [r.method, r.path].filter(Boolean).join(" ")) : null,
     r.payload_encoding && r.payload_encoding !== "json" ? h("p", { class: "muted small" }, `as ${r.payload_encoding}`) : null,
     pre(r.payload)];
+}
+
+function mapping(value) {
+  if (value === undefined || value === null) return h("p", { class: "muted" }, "—");
+  if (typeof value === "object" && !Object.keys(value).length) return h("p", { class: "muted" }, "none");
+  return pre(value);
+}
+
+// A finished request's story, rebuilt from its record (the live stream only tells what happens next).
+function timeline(r) {
+  const steps = [[r.submitted_at, badge(TERMINAL.has(r.status) || r.attempts ? "PENDING" : r.status), "submitted"]];
+  for (const a of r.attempt_history || []) {
+    steps.push([a.started_at, badge("PROCESSING"), `attempt ${a.attempt} started${a.worker_id ? ` on ${a.worker_id}` : ""}`]);
+    if (a.finished_at) {
+      const how = a.error ? `failed: ${a.error}` : a.status_code ? `answered ${a.status_code}` : "done";
+      steps.push([a.finished_at, h("span", null, `attempt ${a.attempt} `), `${how} (${ms(a.duration_ms)})`]);
+    }
+  }
+  if (TERMINAL.has(r.status)) steps.push([r.completed_at || r.updated_at, badge(r.status), r.error || ""]);
+  return steps.filter(([at]) => at);
 }
 
 function progress(p) {
