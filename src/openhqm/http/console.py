@@ -3,6 +3,8 @@ route that tells open consoles when to refresh. The page calls only the public A
 
 from __future__ import annotations
 
+import functools
+import html
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -35,7 +37,7 @@ ASSETS_PATH = CONSOLE_PATH + "/assets"
 EVENTS_PATH = "/api/v1/console/events"
 TICK_S = 2.0  # how often open consoles hear the queue depths and refresh what they show
 EVENTS_MAX_S = 3600.0  # a stream ends after this; the browser's EventSource reconnects by itself
-MAX_KEY_CHARS = 8192
+MAX_KEY_CHARS = 4000  # a browser keeps cookies up to 4096 bytes: a longer JWT would be dropped silently
 ALL_SCOPES = ("submit", "read", "admin")
 # The page loads nothing from elsewhere and runs no inline script: data shown can never become code.
 PAGE_HEADERS = {
@@ -58,11 +60,16 @@ def install_console(api: FastAPI) -> None:
     api.include_router(events_router)
 
 
+@functools.cache
+def _page_template() -> str:
+    return (ASSETS_DIR / "index.html").read_text()
+
+
 @console_router.get(CONSOLE_PATH)
 async def page(request: Request) -> HTMLResponse:
-    base = str(request.scope.get("root_path", "")).rstrip("/")
-    html = (ASSETS_DIR / "index.html").read_text().replace("%BASE%", base)
-    return HTMLResponse(html, headers=PAGE_HEADERS)
+    """The one page; its asset and API addresses carry the server's root path (a proxy's prefix)."""
+    base = html.escape(str(request.scope.get("root_path", "")).rstrip("/"), quote=True)
+    return HTMLResponse(_page_template().replace("%BASE%", base), headers=PAGE_HEADERS)
 
 
 @console_router.get(CONSOLE_PATH + "/")

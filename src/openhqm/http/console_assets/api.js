@@ -37,6 +37,10 @@ export async function call(method, path, body) {
   const text = await response.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
+  if (response.status === 401 && !path.startsWith("/console/session")) {
+    // The key was revoked or the token expired: back to the sign-in page.
+    window.dispatchEvent(new CustomEvent("openhqm-unauthorized"));
+  }
   if (!response.ok) {
     const detail = (data && typeof data === "object" && data.detail) || response.statusText || `HTTP ${response.status}`;
     throw new ApiError(response.status, String(detail), data);

@@ -28,7 +28,8 @@ document.getElementById("theme").addEventListener("click", () => {
 function parseHash() {
   const raw = location.hash || "#/overview";
   const [path, q] = raw.slice(1).split("?");
-  return { parts: path.split("/").filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(q || "") };
+  const decode = (part) => { try { return decodeURIComponent(part); } catch { return part; } };
+  return { parts: path.split("/").filter(Boolean).map(decode), params: new URLSearchParams(q || "") };
 }
 
 function route() {
@@ -111,4 +112,5 @@ async function start() {
 }
 
 window.addEventListener("hashchange", route);
+window.addEventListener("openhqm-unauthorized", () => { if (session && session.auth_required) start(); });
 start();

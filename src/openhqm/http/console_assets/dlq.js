@@ -4,7 +4,8 @@ import { h, replace, link, requestHref, shortId, timeCell, toRfc3339, toLocalInp
 import { actionButton, confirmDialog, errorBox, empty, field, toast } from "./ui.js";
 
 const FILTERS = ["endpoint", "handler", "reason", "since", "until"];
-const LIST_LIMIT = 1000;  // also the most one bulk run touches
+const SHOWN = 200;  // the list refreshes every 2 s: the newest 200 are plenty to read
+const LIST_LIMIT = 1000;  // counted before a bulk run, and the most one run touches
 
 export function deadLetters(main, ctx) {
   const filters = {};
@@ -25,8 +26,8 @@ export function deadLetters(main, ctx) {
     if (busy || !alive) return;
     busy = true;
     try {
-      const items = await get("/api/v1/dlq" + query({ ...filters, limit: LIST_LIMIT }));
-      summary.textContent = `${items.length}${items.length >= LIST_LIMIT ? "+" : ""} matching`;
+      const items = await get("/api/v1/dlq" + query({ ...filters, limit: SHOWN }));
+      summary.textContent = items.length >= SHOWN ? `newest ${SHOWN} shown` : `${items.length} matching`;
       replace(tableBox, items.length ? table(items, ctx, load) : empty("No dead letter matches. Good."));
     } catch (err) {
       replace(tableBox, errorBox(err, "Listing dead letters"));
