@@ -15,7 +15,9 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
 _SHOT = pytest.StashKey[bool]()
 
 
-@pytest.fixture(scope="session")
+# One browser per test, not per session: Playwright's sync API runs an event loop of its own, and one
+# kept across tests broke the asyncio tests that ran after it in the same pytest process.
+@pytest.fixture
 def browser() -> Iterator[Any]:
     executable = require_chromium()
     from playwright.sync_api import sync_playwright
