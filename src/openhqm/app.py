@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from openhqm.background import Background
 from openhqm.config import RetrySettings, Settings, load_settings
 from openhqm.constants import Status
 from openhqm.errors import ConfigError
@@ -35,7 +36,7 @@ class OpenHQM:
         self.handlers = HandlerRegistry()
         self.middleware: list[Middleware] = [LoggingMiddleware()]
         self.hooks: dict[str, list[Callable[..., Any]]] = {}
-        self._hook_tasks: set[asyncio.Future[Any]] = set()
+        self._hook_tasks = Background()
 
     @property
     def settings(self) -> Settings:
@@ -88,13 +89,12 @@ class OpenHQM:
             try:
                 outcome = hook(record)
                 if inspect.isawaitable(outcome):
-                    task = asyncio.ensure_future(outcome)
-                    self._hook_tasks.add(task)
-                    task.add_done_callback(self._hook_done)
+                    self._hook_tasks.spawn(outcome, on_done=_log_hook_failure)
             except Exception:
                 log.exception("lifecycle hook failed", hook=getattr(hook, "__name__", repr(hook)))
 
-    def _hook_done(self, task: asyncio.Future[Any]) -> None:
-        self._hook_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("lifecycle hook failed", error=repr(task.exception()))
+
+
+def _log_hook_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("lifecycle hook failed", error=repr(task.exception()))

@@ -17,8 +17,11 @@ from openhqm.errors import UndecodableMessage
 
 
 def new_id() -> str:
-    """A random, URL-safe id with 144 bits of entropy."""
-    return secrets.token_urlsafe(18)
+    """A random, URL-safe id with about 144 bits of entropy. Never starts with "-": a shell command
+    (`openhqm wait <id>`, curl, grep) would read such an id as an option."""
+    while (token := secrets.token_urlsafe(18)).startswith("-"):
+        pass
+    return token
 
 
 class Caller(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -12,21 +12,20 @@ import orjson
 import structlog
 
 from openhqm.config import LoggingSettings
+from openhqm.redact import SECRET_MASK, mask_url
 
 _SECRET_KEYS = re.compile(r"(authorization|cookie|password|secret|token|api[_-]?key|client_secret)", re.I)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
-MASK = "**********"
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Mask values under secret-looking keys and passwords inside URLs, wherever they appear."""
     for key, value in list(event.items()):
         if _SECRET_KEYS.search(key) and value is not None:
-            event[key] = MASK
+            event[key] = SECRET_MASK
         elif isinstance(value, str) and "://" in value:
-            event[key] = _URL_PASSWORD.sub(r"\1" + MASK + "@", value)
+            event[key] = mask_url(value)
         elif isinstance(value, dict):
-            event[key] = {k: (MASK if _SECRET_KEYS.search(str(k)) else v) for k, v in value.items()}
+            event[key] = {k: (SECRET_MASK if _SECRET_KEYS.search(str(k)) else v) for k, v in value.items()}
     return event
 
 

@@ -11,9 +11,12 @@ from pydantic import BaseModel, SecretStr
 SECRET_MASK = "**********"
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
+
+
 def mask_url(url: str) -> str:
     """Hide the password in a URL (or in any text holding URLs)."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1" + SECRET_MASK + "@", url)
+    return _URL_PASSWORD.sub(r"\1" + SECRET_MASK + "@", url)
 
 
 def secret_values(settings: BaseModel) -> list[str]:
@@ -42,6 +45,6 @@ def secret_values(settings: BaseModel) -> list[str]:
 
 def mask_secrets(text: str, secrets: Iterable[str]) -> str:
     """`text` with URL passwords and every given secret masked (longest first, so none leaks partly)."""
-    for secret in sorted(set(secrets), key=len, reverse=True):
+    for secret in sorted({secret for secret in secrets if secret}, key=len, reverse=True):
         text = text.replace(secret, SECRET_MASK)
     return mask_url(text)

@@ -7,7 +7,7 @@ import pytest
 
 import openhqm
 from openhqm.backends.registry import BACKEND_ALIASES, get_backend_class
-from openhqm.envelope import Envelope, Reply, decode_envelope, decode_reply, encode
+from openhqm.envelope import Envelope, Reply, decode_envelope, decode_reply, encode, new_id
 from openhqm.errors import ConfigError, UndecodableMessage
 from openhqm.forward.client import no_cookies
 from openhqm.http.prefer import parse_prefer
@@ -65,3 +65,9 @@ def test_the_callback_client_keeps_no_cookie_a_receiver_sets() -> None:
                                 request=httpx.Request("POST", url))
         client.cookies.extract_cookies(answer)
     assert list(client.cookies.jar) == []
+
+
+def test_correlation_ids_never_start_with_a_dash_that_a_shell_command_would_read_as_an_option() -> None:
+    ids = [new_id() for _ in range(5000)]  # a leading "-" would come once in 64 without the guard
+    assert not [id_ for id_ in ids if id_.startswith("-")]
+    assert len(set(ids)) == len(ids) and {len(id_) for id_ in ids} == {24}

@@ -5,7 +5,8 @@
 - `ErrorMap`: the one place where a driver's exceptions become openhqm's, per backend a table.
 - `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays.
 - `PrefetchBuffer`: messages fetched ahead, handed back to the broker when the consumer closes.
-- `Background`: tasks started on the side, which close() waits for.
+- `Background` (from `openhqm/background.py`, shared with the listener): tasks started on the side,
+  which close() waits for.
 - `Closing`: a backend's closed flag, and the calls (long polls, blocking reads) close() abandons.
 The health template and the options model live on `Backend` itself (base.py).
 """
@@ -15,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from openhqm.background import Background as Background  # re-exported: the backends take it from the kit
 from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
 from openhqm.redact import mask_url
 
@@ -232,26 +234,6 @@ class PrefetchBuffer(Generic[T]):
             item = self._items.get_nowait()
             with contextlib.suppress(Exception):  # the broker redelivers it after its lease anyway
                 await self._release(item)
-
-
-class Background:
-    """Tasks a backend starts on the side (a hand-over from a driver's thread, a counted redelivery),
-    referenced until done (asyncio itself keeps only weak ones) so that close() can wait for them."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Future[Any]] = set()
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def wait(self) -> None:
-        """Until every task started so far has ended; how they ended is theirs to handle."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class Closing(asyncio.Event):

@@ -31,18 +31,11 @@ from openhqm.forward.auth_settings import (
 )
 from openhqm.forward.client import HTTP2_AVAILABLE, display_url, httpx_timeout, ssl_context
 from openhqm.forward.settings import TimeoutSettings
+from openhqm.redact import mask_secrets
 
 log = logging.getLogger(__name__)
 
-MASK = "**********"
 DEFAULT_TOKEN_LIFETIME_S = 300.0  # when the token endpoint omits expires_in
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret value replaced by a mask (longest first, so none leaks partly)."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
 
 
 class Authenticator(Protocol):
@@ -193,7 +186,7 @@ class OAuth2TokenSource:
 
     def _failed(self, message: str, *, retryable: bool) -> AuthFailed:
         where = display_url(self._settings.token_url)
-        text = scrub(f"endpoint {self._endpoint!r}: {message} ({where})", self.secrets())
+        text = mask_secrets(f"endpoint {self._endpoint!r}: {message} ({where})", self.secrets())
         return AuthFailed(text, retryable=retryable, endpoint=self._endpoint)
 
     def __repr__(self) -> str:

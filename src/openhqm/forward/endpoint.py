@@ -28,7 +28,7 @@ from openhqm.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from openhqm.forward.auth import Authenticator, build_auth, scrub
+from openhqm.forward.auth import Authenticator, build_auth
 from openhqm.forward.auth_settings import check_header_name
 from openhqm.forward.breaker import CircuitBreaker, Outcome
 from openhqm.forward.client import build_session, display_url
@@ -37,6 +37,7 @@ from openhqm.forward.limits import EndpointLimits
 from openhqm.forward.models import ForwardRequest, ForwardResponse
 from openhqm.forward.retry import parse_retry_after
 from openhqm.forward.settings import DEFAULT_RETRY_STATUSES, EndpointSettings
+from openhqm.redact import mask_secrets
 
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -224,7 +225,7 @@ class Endpoint:
 
     def _message(self, url: httpx.URL, text: str) -> str:
         secrets = self._auth.secrets() if self._auth is not None else []
-        return scrub(f"endpoint {self.name!r} ({display_url(url)}) {text}", secrets)
+        return mask_secrets(f"endpoint {self.name!r} ({display_url(url)}) {text}", secrets)
 
     def __repr__(self) -> str:
         return f"Endpoint({self.name!r}, {display_url(self._base)})"

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 from openhqm.backends.base import Backend
+from openhqm.background import Background
 from openhqm.constants import Status
 from openhqm.envelope import Reply, decode_reply
 from openhqm.errors import Conflict, UndecodableMessage
@@ -30,7 +31,7 @@ class Replies:
         self.store = store
         self.response_queue = response_queue
         self.callbacks = callbacks
-        self._callback_tasks: set[asyncio.Task[CallbackOutcome]] = set()
+        self.deliveries = Background()  # callbacks on their way
 
     async def apply(self, reply: Reply) -> RequestRecord | None:
         record = await self.store.transition(
@@ -67,9 +68,7 @@ class Replies:
     def _deliver_callback(self, record: RequestRecord) -> None:
         if self.callbacks is None or not record.callback_url:
             return
-        task = asyncio.create_task(self._callback(self.callbacks, record, record.callback_url))
-        self._callback_tasks.add(task)
-        task.add_done_callback(self._callback_tasks.discard)
+        self.deliveries.spawn(self._callback(self.callbacks, record, record.callback_url))
 
     async def resend_callback(self, record: RequestRecord) -> CallbackOutcome:
         """Deliver a finished request's callback again (an operator's redelivery), now."""
