@@ -10,12 +10,14 @@ const FIGURES = [
 ];
 
 export function overview(main, ctx) {
+  const healthBox = h("div", { class: "health" });
   const countsBox = h("div", { class: "counts" });
   const queuesBox = h("div", { class: "queues" }, h("p", { class: "muted" }, "Loading queues…"));
   const workersBox = h("div");
   replace(main,
     h("div", { class: "page-head" }, h("h1", null, "Overview"),
-      h("span", { class: "muted" }, "Figures refresh every 2 s while this page is open.")),
+      h("span", { class: "muted" }, "Figures refresh every 2 s while this page is open."), h("span", { class: "spacer" }),
+      healthBox),
     h("section", { class: "card" }, h("h2", null, "Requests by status"), countsBox),
     h("h2", { class: "section-title" }, "Queues"), queuesBox,
     h("section", { class: "card" }, h("h2", null, "Workers"), workersBox));
@@ -25,12 +27,23 @@ export function overview(main, ctx) {
     if (busy || !alive) return;
     busy = true;
     try {
-      await Promise.all([showCounts(countsBox), showQueues(queuesBox, ctx, lastTick, refresh), showWorkers(workersBox)]);
+      await Promise.all([showHealth(healthBox), showCounts(countsBox), showQueues(queuesBox, ctx, lastTick, refresh), showWorkers(workersBox)]);
     } finally { busy = false; }
   }
   const off = ctx.onTick((tick) => { lastTick = tick; refresh(); });
   refresh();
   return () => { alive = false; off(); };
+}
+
+// The listener's own readiness (GET /ready): is the broker or the result store the problem?
+async function showHealth(box) {
+  let report;
+  try { report = await get("/ready"); } catch (err) { report = err.body && err.body.checks ? err.body : null; }
+  if (!report) return replace(box, h("span", { class: "pill bad" }, "readiness unknown"));
+  const names = { queue: "Broker", results: "Result store" };
+  replace(box, Object.entries(report.checks).map(([name, check]) =>
+    h("span", { class: `pill ${check.ok ? "ok" : "bad"}`, title: check.detail || "", "data-check": name },
+      `${names[name] || name} ${check.ok ? "up" : "DOWN"}`, check.ok || !check.detail ? null : `: ${check.detail}`)));
 }
 
 async function showCounts(box) {
@@ -53,8 +66,7 @@ async function showQueues(box, ctx, tick, refresh) {
     if (!err.missing || !tick) return replace(box, errorBox(err, "Reading the queues"));
     // An older listener: only the depth the console's tick carries is known.
     queues = Object.entries(tick.queues).map(([name, q]) => ({ name, paused: null, pending: q.depth, scheduled: null,
-      processing: null, dead_letters: null, oldest_pending_age_s: null, backend: null,
-      not_reported: ["scheduled", "processing", "dead_letters", "oldest_pending_age_s"] }));
+      processing: null, dead_letters: null, oldest_pending_age_s: null, backend: null, not_reported: [] }));
   }
   if (!queues.length) return replace(box, empty("No queues."));
   const cards = await Promise.all(queues.map((q) => queueCard(q, ctx, refresh)));
