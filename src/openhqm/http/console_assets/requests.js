@@ -98,7 +98,8 @@ async function showCounts(box, filters) {
 function table(items) {
   return h("table", { class: "table" },
     h("thead", null, h("tr", null, ["Request", "Status", "Target", "Submitted", "Attempts", "Priority", "Session", "Error"].map((t) => h("th", null, t)))),
-    h("tbody", null, items.map((r) => h("tr", { "data-id": r.correlation_id },
+    h("tbody", null, items.map((r) => h("tr", { "data-id": r.correlation_id, class: "clickable",
+      onclick: (e) => { if (!e.target.closest("a") && !window.getSelection().toString()) location.hash = requestHref(r.correlation_id); } },
       h("td", { class: "mono" }, link(requestHref(r.correlation_id), shortId(r.correlation_id))),
       h("td", null, badge(r.status)),
       h("td", null, r.endpoint ? h("span", null, h("span", { class: "muted small" }, "endpoint "), r.endpoint)
@@ -112,14 +113,15 @@ function table(items) {
 
 async function bulkCancel(filters, reload) {
   const { status, ...rest } = filters;
-  const { counts } = await get("/api/v1/requests/counts" + query(rest));
+  const { counts, exact } = await get("/api/v1/requests/counts" + query(rest));
+  const about = exact === false ? "at least " : "";
   const open = Object.entries(counts).filter(([st]) => !TERMINAL.has(st) && (!status || st === status));
   const n = open.reduce((a, [, c]) => a + c, 0);
   const described = Object.entries(filters).map(([k, v]) => `${k} = ${v}`).join(", ") || "no filter: every request";
   if (n === 0) { toast("No unfinished request matches these filters: nothing to cancel.", "warn"); return; }
   const ok = await confirmDialog({
     title: `Cancel ${n} request${n === 1 ? "" : "s"}?`, action: `Cancel ${Math.min(n, BULK_LIMIT)}`,
-    body: [h("p", null, `${n} unfinished request${n === 1 ? "" : "s"} match${n === 1 ? "es" : ""} `, h("code", null, described), "."),
+    body: [h("p", null, `${about}${n} unfinished request${n === 1 ? "" : "s"} match${n === 1 ? "es" : ""} `, h("code", null, described), "."),
       n > BULK_LIMIT ? h("p", null, `At most ${BULK_LIMIT} are cancelled per run.`) : null,
       h("p", { class: "muted" }, "Running ones are stopped by their worker. Finished requests are left alone.")],
   });
