@@ -1,13 +1,11 @@
-"""The operator console (docs/console.md): a static page at /console, its sign-in, and one public SSE
-route that tells open consoles when to refresh. The page calls only the public API under /api/v1."""
+"""The operator console (docs/console.md): a static page at /console and its sign-in. The page calls
+only the public API under /api/v1 (its live updates: http/console_events.py)."""
 
 from __future__ import annotations
 
 import functools
 import html
 import secrets
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +13,12 @@ import anyio
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.staticfiles import StaticFiles
 
-from openhqm.bridge import Bridge
 from openhqm.errors import RequestRejected
 from openhqm.http.auth import Authenticator, Identity, bearer_token
+from openhqm.http.console_events import Ticker, events_router, figures
 from openhqm.http.console_session import (
     CONSOLE_PATH,
     CSRF_COOKIE,
@@ -30,13 +27,9 @@ from openhqm.http.console_session import (
     session_credential,
 )
 from openhqm.http.responses import JSONResponse, problem
-from openhqm.timefmt import rfc3339
 
 ASSETS_DIR = Path(__file__).with_name("console_assets")
 ASSETS_PATH = CONSOLE_PATH + "/assets"
-EVENTS_PATH = "/api/v1/console/events"
-TICK_S = 2.0  # how often open consoles hear the queue depths and refresh what they show
-EVENTS_MAX_S = 3600.0  # a stream ends after this; the browser's EventSource reconnects by itself
 MAX_KEY_CHARS = 4000  # a browser keeps cookies up to 4096 bytes: a longer JWT would be dropped silently
 ALL_SCOPES = ("submit", "read", "admin")
 # The page loads nothing from elsewhere and runs no inline script: data shown can never become code.
@@ -49,15 +42,13 @@ PAGE_HEADERS = {
 }
 
 console_router = APIRouter(include_in_schema=False)
-# Documented in docs/console.md rather than /openapi.json: a stream that never ends by itself would
-# hang every generic client generated from or fuzzing the document.
-events_router = APIRouter(include_in_schema=False)
 
 
 def install_console(api: FastAPI) -> None:
     api.mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="console-assets")
     api.include_router(console_router)
     api.include_router(events_router)
+    api.state.console_ticker = Ticker(lambda: figures(api.state.bridge))
 
 
 @functools.cache
@@ -154,23 +145,3 @@ async def sign_out(request: Request) -> Response:
     for name in (SESSION_COOKIE, CSRF_COOKIE):
         response.delete_cookie(name, path="/", samesite="strict", secure=request.url.scheme == "https")
     return response
-
-
-@events_router.get(EVENTS_PATH, response_class=EventSourceResponse)
-async def console_events(request: Request) -> EventSourceResponse:
-    """Server-Sent Events for open consoles: a `tick` every 2 s with each queue's depth (null where the
-    broker does not report it); the console refreshes the figures it shows on each."""
-    bridge: Bridge = request.app.state.bridge
-    return EventSourceResponse(ticks(bridge), ping=None)
-
-
-async def ticks(bridge: Bridge) -> AsyncIterator[ServerSentEvent]:
-    deadline = time.monotonic() + EVENTS_MAX_S
-    while time.monotonic() < deadline:
-        try:
-            depths: dict[str, int | None] = await bridge.queue_depths()
-        except Exception:  # a broker outage shows as unknown depths; the stream goes on
-            depths = {}
-        data = {"at": rfc3339(time.time()), "queues": {name: {"depth": d} for name, d in depths.items()}}
-        yield ServerSentEvent(orjson.dumps(data).decode(), event="tick", retry=int(TICK_S * 1000))
-        await anyio.sleep(TICK_S)
