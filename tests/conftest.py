@@ -4,6 +4,9 @@ Before the first test and after the last, each reachable shared service is asked
 names it holds; what appeared in between is listed, and fails the run under CI=true. Locally it is a
 warning, split into the names this run made and those other runs on the same services made
 meanwhile. What existed before the run is never reported, and nothing is deleted here.
+
+Under pytest-xdist the check runs once, in the controlling process: its workers' tests overlap, so a
+worker that finished early would see another's names still in use.
 """
 
 from __future__ import annotations
@@ -25,9 +28,45 @@ def _uses_brokers(items: list[pytest.Item]) -> bool:
     return any(item.path.is_relative_to(tests / part) for item in items for part in _BROKER_TESTS)
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if _uses_brokers(session.items) and not session.config.option.collectonly:
+def _xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not _xdist_worker(config)
+
+
+def _args_reach_brokers(config: pytest.Config) -> bool:
+    """Whether the paths the run was given include broker tests (the controller collects nothing)."""
+    tests = Path(__file__).parent.resolve()
+    for arg in config.args or [str(tests)]:
+        path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if any(path.is_relative_to(tests / part) or (tests / part).is_relative_to(path) for part in _BROKER_TESTS):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist the chaos drills, which start and kill brokers of their own, share one worker."""
+    if config.pluginmanager.hasplugin("xdist"):
+        chaos = Path(__file__).parent / "chaos"
+        for item in items:
+            if item.path.is_relative_to(chaos):
+                item.add_marker(pytest.mark.xdist_group("chaos"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _xdist_controller(session.config) and _args_reach_brokers(session.config) \
+            and not session.config.option.collectonly:
         session.config.stash[_BEFORE] = leftovers.inventory_in_a_subprocess()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if _xdist_worker(config) or _xdist_controller(config):
+        return
+    if _uses_brokers(session.items) and not config.option.collectonly:
+        config.stash[_BEFORE] = leftovers.inventory_in_a_subprocess()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -36,7 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Wire, admission
+from openhqm.backends.kit import Admit, Closing, Wire, admission
 from openhqm.backends.nats_pull import JetStreamMissing, Puller, errors
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
@@ -148,6 +148,9 @@ class NATSJetStreamBackend(Backend):
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._closed = asyncio.Event()
+        # This connection's life: a disconnect abandons the publishes still waiting for the stream's
+        # ack (they would wait out API_TIMEOUT_S for an ack that cannot come) with BackendUnavailable.
+        self._link = Closing()
         self._pullers: set[Puller] = set()  # stopped by close(), which ends their consume() or mover
 
     @property
@@ -188,6 +191,7 @@ class NATSJetStreamBackend(Backend):
             raise BackendUnavailable(errors.describe(f"cannot connect to {self.display_url}", exc)) from exc
         self._nc, self._js = nc, nc.jetstream(timeout=API_TIMEOUT_S)
         self._closed.clear()
+        self._link = Closing()
         try:
             await self._ensure_stream()
         except BaseException:
@@ -200,8 +204,10 @@ class NATSJetStreamBackend(Backend):
     async def _on_disconnect(self) -> None:
         if not self._closed.is_set():  # nats-py reports its own close() as a disconnect too
             log.warning("nats disconnected; reconnecting", url=self.display_url)
+        await self._link.close()
 
     async def _on_reconnect(self) -> None:
+        self._link = Closing()
         log.info("nats reconnected", url=self.display_url)
 
     async def close(self) -> None:
@@ -277,9 +283,16 @@ class NATSJetStreamBackend(Backend):
         duplicate window spans the whole stream and one id may travel to several queues."""
         if not self._connection().is_connected:  # nats-py would buffer it until the reconnect
             raise BackendUnavailable("nats: not connected (nats-py is reconnecting)")
-        await self._with_stream(f"publish to {subject}", lambda: self._jetstream().publish(
-            subject, body, stream=self.stream,  # a fresh dict each try: js.publish adds to it
-            headers={**headers, Wire.ID: message_id, MSG_ID_HEADER: f"{subject}:{message_id}"}))
+
+        async def acknowledged() -> bool:
+            await self._with_stream(f"publish to {subject}", lambda: self._jetstream().publish(
+                subject, body, stream=self.stream,  # a fresh dict each try: js.publish adds to it
+                headers={**headers, Wire.ID: message_id, MSG_ID_HEADER: f"{subject}:{message_id}"}))
+            return True
+
+        if await self._link.unless_closed(acknowledged()) is None:
+            raise BackendUnavailable(f"nats: the connection dropped before the stream acknowledged the publish "
+                                     f"to {subject} (nats-py is reconnecting)")
 
     async def _dead_letter(self, queue: str, msg: Msg, message_id: str, reason: str) -> None:
         headers = {**_copied_headers(msg, Wire.ID, Wire.NOT_BEFORE, Wire.REASON), Wire.REASON: Wire.reason(reason)}
