@@ -3,6 +3,7 @@ directory its screenshots go to (named at the end of the run)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from tests.services import require_chromium
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
-_SHOT = pytest.StashKey[bool]()
+_STARTED = pytest.StashKey[float]()
 
 
 # One browser per test, not per session: Playwright's sync API runs an event loop of its own, and one
@@ -45,12 +46,17 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def shots(request: pytest.FixtureRequest) -> Path:
+def shots() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    request.config.stash[_SHOT] = True
     return ARTIFACTS
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STARTED] = time.time()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    if config.stash.get(_SHOT, False):
+    # Read from the directory, not from the tests: under pytest-xdist they ran in other processes.
+    started = config.stash.get(_STARTED, time.time())
+    if ARTIFACTS.is_dir() and any(png.stat().st_mtime >= started for png in ARTIFACTS.glob("*.png")):
         terminalreporter.line(f"console screenshots: {ARTIFACTS}")
