@@ -202,6 +202,9 @@ def test_a_read_key_sees_requests_but_cannot_act(secured: Listener, page: Any) -
     page.goto(secured.console(f"#/requests/{cid}"))
     expect(page.locator(".page-head .badge")).to_have_text("SCHEDULED")
     expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    page.goto(secured.console("#/requests"))
+    expect(page.locator("main h1")).to_have_text("Requests")
+    expect(page.get_by_role("button", name="Cancel matching…")).to_have_count(0)
     # The API refuses the action anyway, even with the CSRF token the page holds.
     assert page.evaluate(CANCEL_WITH_TOKEN, cid) == 403
     assert secured.status(cid, ALICE_ADMIN) == "SCHEDULED"
