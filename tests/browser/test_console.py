@@ -113,6 +113,7 @@ def test_a_scheduled_request_is_cancelled_from_its_detail_page(listener: Listene
     page.get_by_role("button", name="Cancel").click()
     confirm(page)
     expect(page.locator(".page-head .badge")).to_have_text("CANCELLED")
+    expect(page.locator("ol.events")).to_contain_text("CANCELLED")  # the live event stream told it
     assert listener.status(cid) == "CANCELLED"
     expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
 

@@ -112,5 +112,11 @@ async function start() {
 }
 
 window.addEventListener("hashchange", route);
+// "/" jumps to the filters, as in most consoles.
+window.addEventListener("keydown", (e) => {
+  if (e.key !== "/" || e.ctrlKey || e.metaKey || e.altKey || e.target.closest("input, select, textarea")) return;
+  const first = main.querySelector("form.filters input, form.filters select");
+  if (first) { e.preventDefault(); first.focus(); }
+});
 window.addEventListener("openhqm-unauthorized", () => { if (session && session.auth_required) start(); });
 start();

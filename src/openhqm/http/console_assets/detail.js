@@ -55,7 +55,7 @@ export function detail(main, ctx, id) {
         location.hash = requestHref(out.correlation_id);
       }, { cls: "primary", title: "Submit the same request again as a new one" }));
     }
-    replace(head, h("h1", { class: "mono", "data-id": r.correlation_id }, r.correlation_id), badge(r.status),
+    replace(head, h("h1", { class: "mono", "data-id": r.correlation_id }, r.correlation_id), copyButton(r.correlation_id), badge(r.status),
       h("span", { class: "spacer" }), actions);
     replace(body,
       h("div", { class: "grid2" },
@@ -107,6 +107,15 @@ function payload(r) {
   return [r.method || r.path ? h("p", { class: "mono small" }, [r.method, r.path].filter(Boolean).join(" ")) : null,
     r.payload_encoding && r.payload_encoding !== "json" ? h("p", { class: "muted small" }, `as ${r.payload_encoding}`) : null,
     pre(r.payload)];
+}
+
+function copyButton(text) {
+  const button = h("button", { type: "button", class: "ghost small", title: "Copy the id" }, "copy");
+  button.addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText(text); button.textContent = "copied"; } catch { button.textContent = "select it"; }
+    setTimeout(() => { button.textContent = "copy"; }, 1500);
+  });
+  return button;
 }
 
 function mapping(value) {
