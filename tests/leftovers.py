@@ -113,7 +113,8 @@ async def remove_postgres_tables(dsn: str, table: str) -> None:
     """The result store's table and its companions (its indexes go with them)."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_dead_letters", "{table}_schedules"')
+        await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_dead_letters", "{table}_schedules",'
+                           f' "{table}_state"')
     finally:
         await conn.close()
 

@@ -16,6 +16,7 @@ from openhqm.forward import CallbackSender, check_callback_url
 from openhqm.listener.dead_letters import DeadLetters
 from openhqm.listener.housekeeping import Housekeeping, cleanup
 from openhqm.listener.intake import Intake, json_body
+from openhqm.listener.queues import Queues
 from openhqm.listener.reading import Reading
 from openhqm.listener.replies import CallbackOutcome, Replies
 from openhqm.listener.scheduler import Scheduler
@@ -39,6 +40,7 @@ class Bridge:
         self.housekeeping = Housekeeping(backend, store, (self.request_queue, self.response_queue), settings.results,
                                          self.dead, settings.worker.max_timeout_s)
         self.scheduler = Scheduler(self.intake, router, settings.schedules)
+        self.queues = Queues(backend, store, self.housekeeping, self.request_queue)
 
     @property
     def request_queue(self) -> str:

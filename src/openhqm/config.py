@@ -166,6 +166,9 @@ class WorkerSettings(Section):
     max_concurrency: int | None = Field(None, ge=1, description="autoscaling ceiling (with min_concurrency)")
     idle_exit_s: float | None = Field(None, gt=0, description="`openhqm worker` exits after this long idle")
     app: str | None = Field(None, description="module:attribute of an OpenHQM app whose handlers to load")
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, description="how often each worker process writes its heartbeat to the result store "
+                               "(GET /api/v1/workers; gone after three silent intervals)")
 
 
 class LoggingSettings(Section):

@@ -28,6 +28,8 @@ HTTP_REQUESTS = Counter("openhqm_http_requests", "HTTP requests answered by the 
 HTTP_DURATION = Histogram("openhqm_http_request_duration_seconds", "Listener request duration",
                           ["route", "method"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 QUEUE_DEPTH = Gauge("openhqm_queue_depth", "Messages waiting in a queue", ["queue"], registry=REGISTRY)
+QUEUE_PAUSED = Gauge("openhqm_queue_paused", "1 while a queue is paused (workers take nothing from it)",
+                     ["queue"], registry=REGISTRY)
 QUEUE_OLDEST_AGE = Gauge("openhqm_queue_oldest_age_seconds", "Age of the oldest unfinished request",
                          ["queue"], registry=REGISTRY)
 # `handler` and `endpoint`: exactly one is set; both "" for a message without a known target.

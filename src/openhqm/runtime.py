@@ -37,6 +37,8 @@ from openhqm.results.base import ResultStore
 from openhqm.routing import Routing
 from openhqm.tracing import shutdown_tracing
 from openhqm.worker.autoscale import Autoscaler
+from openhqm.worker.heartbeat import Heartbeats
+from openhqm.worker.pausing import PauseWatch
 from openhqm.worker.pool import WorkerPool
 from openhqm.worker.processor import Processor
 from openhqm.worker.replies import BrokerReplies, LocalReplies, ReplyRoute
@@ -135,6 +137,11 @@ class Runtime:
 
             # Entered before the pool starts, so probes keep answering while it drains.
             await stack.enter_async_context(serving_probes(self.settings, self.backend, self.store, pool))
+        pool.pause = PauseWatch(self.store, pool.queue)
+        await pool.pause.refresh()  # a paused queue is not consumed for a moment at start
+        heartbeats = Heartbeats(self.store, pool, self.settings.worker.heartbeat_interval_s)
+        heartbeats.start()
+        stack.push_async_callback(heartbeats.stop)  # after the pool stops: it beats while draining
         pool.start()
         stack.push_async_callback(pool.stop, self.settings.worker.shutdown_timeout_s)
         self.pool = pool

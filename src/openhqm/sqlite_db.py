@@ -157,6 +157,17 @@ class SQLiteDB:
         finally:
             conn.close()
 
+    def migrate(self, op: Callable[[sqlite3.Connection], None]) -> None:
+        """Run `op` in one write transaction on a connection of its own (processes starting together
+        take turns, so `op` sees what an earlier one left)."""
+        conn = self._open()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            op(conn)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """A read that may scan many rows (counts, depth, listings), on a thread with a connection of
         its own: WAL readers do not block the writer, and the event loop keeps serving meanwhile."""

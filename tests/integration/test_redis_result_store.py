@@ -63,7 +63,7 @@ async def wait_until_resubscribed(admin: aioredis.Redis, store: RedisResultStore
     async with asyncio.timeout(10):
         while True:
             clients = [c for c in await admin.client_list(_type="pubsub") if c["name"] == store.listener_name]
-            if clients and clients[0]["id"] != old_id and clients[0]["sub"] == "1":
+            if clients and clients[0]["id"] != old_id and clients[0]["sub"] == "2":  # done and state channels
                 return
             await asyncio.sleep(0.02)
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from openhqm.cli import client_commands, config_commands, schedule_commands, server
+from openhqm.cli import client_commands, config_commands, queue_commands, schedule_commands, server
 from openhqm.errors import MissingDependency
 
 cli = typer.Typer(help="OpenHQM: a durable bridge between HTTP and message queues.", no_args_is_help=True,
@@ -22,6 +22,8 @@ cli.add_typer(config_cli, name="config")
 cli.add_typer(callback_cli, name="callback")
 schedules_cli = typer.Typer(help="List, fire, pause and resume schedules.", no_args_is_help=True)
 cli.add_typer(schedules_cli, name="schedules")
+queues_cli = typer.Typer(help="List, pause and resume queues.", no_args_is_help=True)
+cli.add_typer(queues_cli, name="queues")
 
 for command in (server.serve, server.listener, server.worker, client_commands.submit, client_commands.status,
                 client_commands.result, client_commands.wait, client_commands.cancel, client_commands.stats,
@@ -34,6 +36,8 @@ config_cli.command("check")(config_commands.config_check)
 callback_cli.command("resend")(client_commands.callback_resend)
 for verb in ("list", "run", "pause", "resume"):
     schedules_cli.command(verb)(getattr(schedule_commands, f"schedules_{verb}"))
+for verb in ("list", "pause", "resume"):
+    queues_cli.command(verb)(getattr(queue_commands, f"queues_{verb}"))
 
 
 def _print_version(requested: bool) -> None:

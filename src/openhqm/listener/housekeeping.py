@@ -15,6 +15,7 @@ from openhqm.constants import Status
 from openhqm.listener.dead_letters import DeadLetters
 from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterReason, DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.state import paused_queues
 from openhqm.stats import RollingStats
 
 log = get_logger("openhqm.listener")
@@ -31,8 +32,10 @@ class Figures:
     requests: dict[str, int]
     depths: dict[str, int | None]
     oldest_unfinished_age_s: float | None
+    paused: frozenset[str]
 
     def export(self, request_queue: str) -> None:
+        metrics.QUEUE_PAUSED.labels(request_queue).set(int(request_queue in self.paused))
         for queue, depth in self.depths.items():
             if depth is not None:  # None: the broker cannot count (documented per backend)
                 metrics.QUEUE_DEPTH.labels(queue).set(depth)
@@ -51,6 +54,8 @@ class Housekeeping:
         self.dead = dead
         self.stale_after_s = 2 * max_timeout_s + LEASE_MARGIN_S
         self.rolling = RollingStats()
+        self._readings = 0  # figures() calls started, and the latest whose gauges were set
+        self._exported = 0
 
     async def queue_depths(self) -> dict[str, int | None]:
         depths: dict[str, int | None] = {}
@@ -67,10 +72,16 @@ class Housekeeping:
 
     async def figures(self) -> Figures:
         """The one reading of counts, depths and age: `stats()` answers with it and the gauges are set
-        from it, so /api/v1/stats and /metrics never disagree about the same moment."""
+        from it, so /api/v1/stats and /metrics never disagree about the same moment. A reading that
+        ends after a later one has set the gauges (the sampler's, overtaken by a stats request) sets none."""
+        self._readings += 1
+        reading = self._readings
         figures = Figures(requests=await self.store.counts(), depths=await self.queue_depths(),
-                          oldest_unfinished_age_s=await self.oldest_unfinished_age_s())
-        figures.export(self.queues[0])
+                          oldest_unfinished_age_s=await self.oldest_unfinished_age_s(),
+                          paused=frozenset(await paused_queues(self.store)))
+        if reading > self._exported:
+            self._exported = reading
+            figures.export(self.queues[0])
         return figures
 
     async def stats(self) -> dict[str, Any]:

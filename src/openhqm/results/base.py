@@ -22,7 +22,9 @@ import msgspec
 
 from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL, Status
+from openhqm.results.series import FinishedMinute
 
+SCHEDULE_STATE = "schedule"  # the kind under which API schedules are kept (listener/scheduler.py)
 MAX_CALLBACK_ATTEMPTS_KEPT = 20  # per request: the latest attempts to deliver its callback
 
 
@@ -100,12 +102,14 @@ class DeadLetterRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class ResultStore(ABC):
     name: str = "abstract"
+    tells_oldest_unfinished: bool = False  # whether oldest_unfinished() can answer (else always None)
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[RequestRecord | None]]] = {}
         self._listeners: list[Callable[[RequestRecord], None]] = []
         self._subscribers: dict[str, set[asyncio.Queue[RequestRecord]]] = {}
-        self._local_schedules: dict[str, bytes] = {}
+        self._local_state: dict[str, dict[str, bytes]] = {}
+        self._state_written = asyncio.Event()
 
     @abstractmethod
     async def connect(self) -> None: ...
@@ -157,18 +161,42 @@ class ResultStore(ABC):
     @abstractmethod
     async def health(self) -> Health: ...
 
-    # Schedules changed through the API (listener/scheduler.py), shared by every listener of the
-    # store. This default keeps them in the process (the memory store's scope); stores that
-    # several processes share override both methods.
-    async def put_schedule(self, name: str, data: bytes | None) -> None:
-        """Store (or, with None, forget) one schedule's opaque state."""
+    # Keyed state shared by every process of the store (`kind` -> `name` -> opaque bytes): API
+    # schedules, queue pauses, worker heartbeats (state.py names the kinds). This default keeps it in
+    # the process (the memory store's scope); stores that several processes share override both
+    # `_put_state` and `states`.
+    async def put_state(self, kind: str, name: str, data: bytes | None) -> None:
+        """Store (or, with None, forget) one entry; wakes this process's `state_written` waiters."""
+        await self._put_state(kind, name, data)
+        self._state_written.set()
+
+    async def _put_state(self, kind: str, name: str, data: bytes | None) -> None:
+        entries = self._local_state.setdefault(kind, {})
         if data is None:
-            self._local_schedules.pop(name, None)
+            entries.pop(name, None)
         else:
-            self._local_schedules[name] = data
+            entries[name] = data
+
+    async def states(self, kind: str) -> dict[str, bytes]:
+        return dict(self._local_state.get(kind, {}))
+
+    @property
+    def state_written(self) -> asyncio.Event:
+        """Set when this process wrote state and, through the store's change feed, when another did
+        (not on the memory store); a watcher clears it, reads `states()`, and re-reads now and then
+        in case a notification was lost."""
+        return self._state_written
+
+    async def put_schedule(self, name: str, data: bytes | None) -> None:
+        await self.put_state(SCHEDULE_STATE, name, data)
 
     async def schedules(self) -> dict[str, bytes]:
-        return dict(self._local_schedules)
+        return await self.states(SCHEDULE_STATE)
+
+    async def finished_series(self, since: float, until: float) -> list[FinishedMinute] | None:
+        """COMPLETED and FAILED requests finished in [since, until), per minute, with end-to-end
+        latency percentiles; None where the store cannot tell. Bounded: see results/series.py."""
+        return None
 
     async def transition(self, correlation_id: str, status: Status, *,
                          allowed_from: Iterable[str] | None = None, **fields: Any) -> RequestRecord | None:

@@ -1,4 +1,5 @@
-"""In-process result store for tests and single-process use; nothing survives a restart."""
+"""In-process result store for tests and single-process use; nothing survives a restart. Its keyed
+state (queue pauses, worker heartbeats, API schedules) is this process's alone (results/base.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import msgspec
 from openhqm.backends.base import Health
 from openhqm.errors import AlreadyExists
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.series import FinishedMinute, summarise
 
 
 class MemoryResultStore(ResultStore):
     name = "memory"
+    tells_oldest_unfinished = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,6 +92,10 @@ class MemoryResultStore(ResultStore):
         count = len(self._dead)
         self._dead.clear()
         return count
+
+    async def finished_series(self, since: float, until: float) -> list[FinishedMinute]:
+        return summarise(((r.completed_at, r.completed_at - r.submitted_at, r.status)
+                          for r in self._records.values() if r.completed_at is not None), since, until)
 
     async def health(self) -> Health:
         return Health(True)

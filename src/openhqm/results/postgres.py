@@ -1,8 +1,9 @@
 """PostgreSQL result store (`results.type: postgres`), for API replicas that share one database.
 
 Settings: `results.postgres.dsn` (postgresql://user:password@host:port/db) and `results.postgres.table`
-(default `openhqm_requests`; dead letters go to `<table>_dead_letters`). `connect()` creates both
-tables and their indexes if missing, and adds a column for any RequestRecord field the table lacks.
+(default `openhqm_requests`; dead letters go to `<table>_dead_letters`, keyed state to `<table>_state`).
+`connect()` creates the tables and their indexes if missing, and adds a column for any RequestRecord
+field the table lacks.
 Each record field is a column (values of no plain SQL type, such as `result`, are msgpack bytea), so a
 transition is one `UPDATE ... WHERE status = ANY(allowed) RETURNING *`: atomic without locks or retries.
 The same statement calls `pg_notify('<table>', id)` when the record becomes terminal; NOTIFY is
@@ -28,7 +29,9 @@ from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, Conf
 from openhqm.logging import get_logger
 from openhqm.policies import READINESS_RECONNECT_BACKOFF, Reconnect
 from openhqm.redact import mask_url
-from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.base import SCHEDULE_STATE, DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.postgres_columns import COLUMNS, quote, to_record, to_row
+from openhqm.results.series import FINISHED, FinishedMinute, measured, minute_starts
 
 log = get_logger("openhqm.results")
 
@@ -39,50 +42,9 @@ CLOSE_TIMEOUT_S = 5.0
 LISTENER_CHECK_INTERVAL_S = 30.0  # how often an idle LISTEN connection is probed (half-open TCP)
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_any = msgspec.msgpack.Decoder().decode
 _decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
 _TERMINAL = sorted(str(s) for s in TERMINAL)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in _TERMINAL)  # constants from code, inlined for the partial index
-_PLAIN_TYPES = {msgspec.inspect.StrType: "text", msgspec.inspect.FloatType: "double precision",
-                msgspec.inspect.IntType: "bigint", msgspec.inspect.BytesType: "bytea"}
-
-
-def _column_types() -> tuple[dict[str, str], frozenset[str]]:
-    """SQL type per RequestRecord field, and the fields stored as msgpack because no SQL type fits."""
-    columns: dict[str, str] = {}
-    packed: set[str] = set()
-    info = msgspec.inspect.type_info(RequestRecord)
-    if not isinstance(info, msgspec.inspect.StructType):
-        raise TypeError("RequestRecord must be a msgspec Struct")
-    for field in info.fields:
-        kind = field.type
-        if isinstance(kind, msgspec.inspect.UnionType):
-            others = [t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType)]
-            kind = others[0] if len(others) == 1 else kind
-        sql = _PLAIN_TYPES.get(type(kind))
-        if sql is None:
-            packed.add(field.name)
-        columns[field.name] = sql or "bytea"
-    return columns, frozenset(packed)
-
-
-COLUMNS, PACKED = _column_types()
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-def _to_row(name: str, value: Any) -> Any:
-    return _encode(value) if name in PACKED and value is not None else value
-
-
-def _to_record(row: asyncpg.Record) -> RequestRecord:
-    fields = {name: (_decode_any(value) if name in PACKED else value)
-              for name, value in row.items() if name in COLUMNS and value is not None}
-    return msgspec.convert(fields, RequestRecord)  # typed: packed fields decode to plain lists and dicts
-
-
 @contextlib.contextmanager
 def _mapped(action: str) -> Iterator[None]:
     """The one place where asyncpg errors become openhqm errors."""
@@ -110,9 +72,11 @@ class PostgresResultStore(ResultStore):
         super().__init__()
         self._dsn = dsn
         self._channel = table
-        self._table, self._dead = _quote(table), _quote(f"{table}_dead_letters")
-        self._schedules = _quote(f"{table}_schedules")
-        self._index = {kind: _quote(f"{table}_{kind}") for kind in ("session", "done", "status")}
+        self._table, self._dead = quote(table), quote(f"{table}_dead_letters")
+        self._state = quote(f"{table}_state")
+        self._state_channel = f"{table}_state"  # NOTIFY with the kind on every keyed-state write
+        self._legacy_schedules = quote(f"{table}_schedules")  # moved into `_state` on connect
+        self._index = {kind: quote(f"{table}_{kind}") for kind in ("session", "done", "status")}
         self._pool: asyncpg.Pool | None = None
         self._listen_conn: asyncpg.Connection | None = None
         self._listen_lost = asyncio.Event()
@@ -166,7 +130,7 @@ class PostgresResultStore(ResultStore):
 
     async def _create_schema(self, pool: asyncpg.Pool) -> None:
         t = self._table
-        columns = ", ".join(f"{_quote(name)} {sql}" for name, sql in COLUMNS.items()
+        columns = ", ".join(f"{quote(name)} {sql}" for name, sql in COLUMNS.items()
                             if name != "correlation_id")
         async with pool.acquire() as conn, conn.transaction():
             # Replicas starting together would race on CREATE TABLE IF NOT EXISTS; serialise them.
@@ -180,16 +144,24 @@ class PostgresResultStore(ResultStore):
                 CREATE INDEX IF NOT EXISTS {self._index['status']} ON {t} (status);
                 CREATE TABLE IF NOT EXISTS {self._dead} (
                     id text PRIMARY KEY, dead_lettered_at double precision NOT NULL, data bytea NOT NULL);
-                CREATE TABLE IF NOT EXISTS {self._schedules} (name text PRIMARY KEY, data bytea NOT NULL);
+                CREATE TABLE IF NOT EXISTS {self._state} (
+                    kind text NOT NULL, name text NOT NULL, data bytea NOT NULL, PRIMARY KEY (kind, name));
             """)
+            if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", self._legacy_schedules):
+                await conn.execute(f"INSERT INTO {self._state} (kind, name, data) SELECT $1, name, data"
+                                   f" FROM {self._legacy_schedules} ON CONFLICT DO NOTHING", SCHEDULE_STATE)
+                await conn.execute(f"DROP TABLE {self._legacy_schedules}")
             present = {r["attname"] for r in await conn.fetch(
                 "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
                 " AND NOT attisdropped", t)}
             for name in COLUMNS.keys() - present:  # a field added to RequestRecord since the table was made
-                await conn.execute(f"ALTER TABLE {t} ADD COLUMN {_quote(name)} {COLUMNS[name]}")
+                await conn.execute(f"ALTER TABLE {t} ADD COLUMN {quote(name)} {COLUMNS[name]}")
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._wake(payload)
+
+    def _on_state_notify(self, _conn: object, _pid: int, _channel: str, _kind: str) -> None:
+        self._state_written.set()
 
     async def _open_listener(self) -> None:
         """Open the LISTEN connection; when this returns, every later NOTIFY reaches `_on_notify`."""
@@ -198,6 +170,7 @@ class PostgresResultStore(ResultStore):
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(self._channel, self._on_notify)
+            await conn.add_listener(self._state_channel, self._on_state_notify)
         except BaseException:
             conn.terminate()
             raise
@@ -213,6 +186,7 @@ class PostgresResultStore(ResultStore):
                     log.info("result store listener reconnected")
                     recheck = True
                 if recheck:
+                    self._state_written.set()  # a state NOTIFY may have been missed too
                     await self._wake_finished()
                     recheck = False
             except Exception as exc:
@@ -258,10 +232,10 @@ class PostgresResultStore(ResultStore):
     async def create(self, record: RequestRecord) -> None:
         names = list(COLUMNS)
         marks = ", ".join(f"${i}" for i in range(3, len(names) + 3))
-        sql = (f"WITH inserted AS (INSERT INTO {self._table} ({', '.join(map(_quote, names))})"
+        sql = (f"WITH inserted AS (INSERT INTO {self._table} ({', '.join(map(quote, names))})"
                f" VALUES ({marks}) RETURNING correlation_id, status) "
                + self._notify_sql("inserted", "$1", "$2"))
-        values = [_to_row(name, getattr(record, name)) for name in names]
+        values = [to_row(name, getattr(record, name)) for name in names]
         with _mapped("create"):
             try:
                 await self._db.fetch(sql, _TERMINAL, self._channel, *values)
@@ -276,23 +250,23 @@ class PostgresResultStore(ResultStore):
         with _mapped("get"):
             row = await self._db.fetchrow(f"SELECT * FROM {self._table} WHERE correlation_id = $1",
                                           correlation_id)
-        return None if row is None else _to_record(row)
+        return None if row is None else to_record(row)
 
     async def _transition(self, correlation_id: str, changes: dict[str, Any],
                           allowed_from: Iterable[str] | None) -> RequestRecord | None:
         names = sorted(changes)
         if not set(names) <= COLUMNS.keys() - {"correlation_id"}:
             raise TypeError(f"a transition cannot set {names}: not all are RequestRecord fields")
-        assignments = ", ".join(f"{_quote(name)} = ${i}" for i, name in enumerate(names, start=5))
+        assignments = ", ".join(f"{quote(name)} = ${i}" for i, name in enumerate(names, start=5))
         condition = "status <> ALL($2::text[])" if allowed_from is None else "status = ANY($2::text[])"
         sql = (f"WITH updated AS (UPDATE {self._table} SET {assignments}"
                f" WHERE correlation_id = $1 AND {condition} RETURNING *) "
                + self._notify_sql("updated", "$3", "$4"))
         statuses = _TERMINAL if allowed_from is None else [str(s) for s in allowed_from]
-        values = [_to_row(name, changes[name]) for name in names]
+        values = [to_row(name, changes[name]) for name in names]
         with _mapped("transition"):
             row = await self._db.fetchrow(sql, correlation_id, statuses, _TERMINAL, self._channel, *values)
-        return None if row is None else _to_record(row)
+        return None if row is None else to_record(row)
 
     async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
         if limit <= 0:
@@ -301,14 +275,14 @@ class PostgresResultStore(ResultStore):
             rows = await self._db.fetch(
                 f"SELECT * FROM {self._table} WHERE session_id = $1 ORDER BY submitted_at LIMIT $2",
                 session_id, limit)
-        return [_to_record(row) for row in rows]
+        return [to_record(row) for row in rows]
 
     async def unfinished_submitted_before(self, before: float, limit: int = 100) -> list[RequestRecord]:
         with _mapped("unfinished_submitted_before"):
             rows = await self._db.fetch(
                 f"SELECT * FROM {self._table} WHERE status <> ALL($1::text[]) AND submitted_at < $2"
                 " ORDER BY submitted_at LIMIT $3", _TERMINAL, before, limit)
-        return [_to_record(row) for row in rows]
+        return [to_record(row) for row in rows]
 
     async def counts(self) -> dict[str, int]:
         with _mapped("counts"):
@@ -352,18 +326,33 @@ class PostgresResultStore(ResultStore):
             status = await self._db.execute(f"DELETE FROM {self._dead}")
         return int(status.split()[-1])
 
-    async def put_schedule(self, name: str, data: bytes | None) -> None:
-        with _mapped("put_schedule"):
-            if data is None:
-                await self._db.execute(f"DELETE FROM {self._schedules} WHERE name = $1", name)
-            else:
-                await self._db.execute(f"INSERT INTO {self._schedules} (name, data) VALUES ($1, $2)"
-                                       " ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data", name, data)
+    async def _put_state(self, kind: str, name: str, data: bytes | None) -> None:
+        if data is None:
+            write = f"DELETE FROM {self._state} WHERE kind = $1 AND name = $2 RETURNING kind"
+        else:
+            write = (f"INSERT INTO {self._state} (kind, name, data) VALUES ($1, $2, $4) ON CONFLICT (kind, name)"
+                     " DO UPDATE SET data = EXCLUDED.data RETURNING kind")
+        with _mapped("put_state"):  # NOTIFY (at commit) wakes the other processes' state_written
+            await self._db.execute(f"WITH written AS ({write}) SELECT pg_notify($3, kind) FROM written",
+                                   kind, name, self._state_channel, *([] if data is None else [data]))
 
-    async def schedules(self) -> dict[str, bytes]:
-        with _mapped("schedules"):
-            rows = await self._db.fetch(f"SELECT name, data FROM {self._schedules}")
+    async def states(self, kind: str) -> dict[str, bytes]:
+        with _mapped("states"):
+            rows = await self._db.fetch(f"SELECT name, data FROM {self._state} WHERE kind = $1", kind)
         return {row["name"]: bytes(row["data"]) for row in rows}
+
+    async def finished_series(self, since: float, until: float) -> list[FinishedMinute]:
+        # Exact percentiles, computed in the database over the window's rows (on the `done` index).
+        sql = (f"SELECT floor(completed_at / 60) * 60 AS at,"
+               f" count(*) FILTER (WHERE status = $3) AS completed, count(*) FILTER (WHERE status = $4) AS failed,"
+               f" percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY completed_at - submitted_at) AS p"
+               f" FROM {self._table} WHERE status IN ({_TERMINAL_SQL}) AND status IN ($3, $4)"
+               f" AND COALESCE(completed_at, updated_at) >= $1 AND COALESCE(completed_at, updated_at) < $2"
+               f" AND completed_at IS NOT NULL GROUP BY 1")
+        with _mapped("finished_series"):
+            rows = {row["at"]: row for row in await self._db.fetch(sql, since, until, *FINISHED)}
+        return [FinishedMinute(at=at) if at not in rows else measured(
+            at, rows[at]["completed"], rows[at]["failed"], rows[at]["p"]) for at in minute_starts(since, until)]
 
     async def health(self) -> Health:
         try:

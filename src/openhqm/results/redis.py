@@ -8,6 +8,7 @@ Keys, all under `<prefix>:`:
     session:<sid>     zset  ids of one session, scored by submitted_at
     done              zset  msgpack [id, status, session?] of terminal records, scored by completed_at
     dead / dead:order hash id -> msgpack dead letter / zset of ids by dead_lettered_at
+    state:<kind>      hash  name -> opaque bytes (keyed state: schedules, queue pauses, heartbeats)
 
 Every write is one Lua script, so a record, its counters and indexes change together. A transition
 reads the record, applies the changes in Python, and writes back only if the version is unchanged
@@ -43,7 +44,7 @@ from openhqm.logging import get_logger
 from openhqm.policies import READINESS_RECONNECT_BACKOFF, Reconnect
 from openhqm.redact import mask_url
 from openhqm.results import redis_lua as lua
-from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.base import SCHEDULE_STATE, DeadLetterRecord, RequestRecord, ResultStore
 
 log = get_logger("openhqm.results")
 
@@ -93,7 +94,8 @@ class RedisResultStore(ResultStore):
         self._channel = f"{prefix}:done"
         self._counts_key, self._done_key = f"{prefix}:counts", f"{prefix}:done"
         self._dead_key, self._dead_order_key = f"{prefix}:dead", f"{prefix}:dead:order"
-        self._schedules_key = f"{prefix}:schedules"
+        self._legacy_schedules_key = f"{prefix}:schedules"  # moved into the state hash on connect
+        self._state_channel = f"{prefix}:state"  # a keyed-state write publishes its kind here
         self.listener_name = f"openhqm-results-{uuid.uuid4().hex[:12]}"  # CLIENT LIST name of the subscriber
         self._client: aioredis.Redis | None = None
         self._listener_client: aioredis.Redis | None = None
@@ -131,10 +133,10 @@ class RedisResultStore(ResultStore):
         try:
             with _mapped("connect"):
                 await client.ping()
-                await pubsub.subscribe(self._channel)
-                # Wait for the confirmation: a wait() that starts after connect() cannot miss a publish.
-                confirmed = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
-            if confirmed is None or confirmed["type"] != "subscribe":
+                await pubsub.subscribe(self._channel, self._state_channel)
+                # Wait for the confirmations: a wait() that starts after connect() cannot miss a publish.
+                confirmed = [await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S) for _ in range(2)]
+            if any(message is None or message["type"] != "subscribe" for message in confirmed):
                 raise BackendUnavailable(f"redis result store: no confirmation of SUBSCRIBE {self._channel}")
         except BaseException:
             await pubsub.aclose()
@@ -143,6 +145,12 @@ class RedisResultStore(ResultStore):
             raise
         self._client, self._listener_client, self._pubsub = client, listener_client, pubsub
         self._listener = asyncio.create_task(self._listen(), name="openhqm-redis-store-listen")
+        try:
+            await self._run("connect", lua.MOVE_LEGACY_SCHEDULES,
+                            [self._legacy_schedules_key, self._state_key(SCHEDULE_STATE)], [])
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._client is None:
@@ -175,10 +183,13 @@ class RedisResultStore(ResultStore):
             if message is None:
                 continue
             reconnect.reset()
-            if message["type"] == "message":
+            if message["type"] == "message" and _text(message["channel"]) == self._state_channel:
+                self._state_written.set()
+            elif message["type"] == "message":
                 self._wake(message["data"].decode())
             elif message["type"] == "subscribe":
                 recheck = True  # (re)subscribed: publishes sent while we were away are lost
+                self._state_written.set()
 
     async def _wake_finished(self) -> None:
         ids = self.waited_ids
@@ -296,16 +307,22 @@ class RedisResultStore(ResultStore):
         keys = [self._dead_key, self._dead_order_key]
         return int(await self._run("purge_dead_letters", lua.PURGE_DEAD, keys, []))
 
-    async def put_schedule(self, name: str, data: bytes | None) -> None:
-        with _mapped("put_schedule"):
-            if data is None:
-                await self._redis.hdel(self._schedules_key, name)
-            else:
-                await self._redis.hset(self._schedules_key, name, data)
+    def _state_key(self, kind: str) -> str:
+        return f"{self._prefix}:state:{kind}"
 
-    async def schedules(self) -> dict[str, bytes]:
-        with _mapped("schedules"):
-            stored = await self._redis.hgetall(self._schedules_key)
+    async def _put_state(self, kind: str, name: str, data: bytes | None) -> None:
+        with _mapped("put_state"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if data is None:
+                    pipe.hdel(self._state_key(kind), name)
+                else:
+                    pipe.hset(self._state_key(kind), name, data)
+                pipe.publish(self._state_channel, kind)  # wakes the other processes' state_written
+                await pipe.execute()
+
+    async def states(self, kind: str) -> dict[str, bytes]:
+        with _mapped("states"):
+            stored = await self._redis.hgetall(self._state_key(kind))
         return {_text(name): _bytes(data) for name, data in stored.items()}
 
     async def health(self) -> Health:

@@ -97,3 +97,12 @@ local n = redis.call('HLEN', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2])
 return n
 """
+
+# Before the keyed state, API schedules had a hash of their own: moved into the state hash once.
+# KEYS: legacy schedules hash, the schedule state hash.
+MOVE_LEGACY_SCHEDULES = """
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do redis.call('HSETNX', KEYS[2], entries[i], entries[i + 1]) end
+redis.call('DEL', KEYS[1])
+return #entries / 2
+"""

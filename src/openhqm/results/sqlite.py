@@ -19,7 +19,8 @@ import msgspec
 from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL
 from openhqm.errors import AlreadyExists
-from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.base import SCHEDULE_STATE, DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.series import FINISHED, SAMPLE_PER_MINUTE, FinishedMinute, minute, minute_starts
 from openhqm.sqlite_db import SQLiteDB, shared_db
 
 SCHEMA = """
@@ -42,8 +43,18 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_lettered_at REAL NOT NULL,
     data BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state (kind TEXT NOT NULL, name TEXT NOT NULL, data BLOB NOT NULL,
+                                  PRIMARY KEY (kind, name));
 """
+
+
+def _move_legacy_schedules(conn: sqlite3.Connection) -> None:
+    """Before the keyed state, API schedules had a table of their own: moved into `state` once."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schedules'").fetchone():
+        conn.execute("INSERT OR IGNORE INTO state (kind, name, data) SELECT ?, name, data FROM schedules",
+                     (SCHEDULE_STATE,))
+        conn.execute("DROP TABLE schedules")
+
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_record = msgspec.msgpack.Decoder(RequestRecord).decode
@@ -51,6 +62,12 @@ _decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
 _TERMINAL = tuple(str(s) for s in TERMINAL)
 _CLEANUP_CHUNK = 2000
 _BELL_TOPIC = "openhqm-store-watch"
+_STATE_TOPIC = "openhqm-state"
+# Per minute of the series (results/series.py), on requests_completed; `+status` keeps it there.
+SERIES_COUNTS = ("SELECT status, COUNT(*) FROM requests WHERE completed_at >= ? AND completed_at < ?"
+                 " AND +status IN (?, ?) GROUP BY status")
+SERIES_LATENCIES = ("SELECT completed_at - submitted_at FROM requests WHERE completed_at >= ? AND completed_at < ?"
+                    " AND +status IN (?, ?) ORDER BY completed_at DESC LIMIT ?")
 COUNTS = "SELECT status, COUNT(*) FROM requests GROUP BY status"
 # `+status` keeps the search on requests_completed (by age): the planner would otherwise take
 # requests_status and read every retained request of those states.
@@ -60,6 +77,7 @@ EXPIRED_CHUNK = ("SELECT rowid FROM requests WHERE completed_at IS NOT NULL AND 
 
 class SQLiteResultStore(ResultStore):
     name = "sqlite"
+    tells_oldest_unfinished = True
 
     def __init__(self, path: Path, *, synchronous: str = "normal", watch_interval_s: float = 0.02) -> None:
         super().__init__()
@@ -73,6 +91,7 @@ class SQLiteResultStore(ResultStore):
         if self._connected:
             return
         self._db.acquire(SCHEMA)
+        self._db.migrate(_move_legacy_schedules)
         self._connected = True
         self._watcher = asyncio.create_task(self._watch(), name="openhqm-store-watch")
 
@@ -211,16 +230,34 @@ class SQLiteResultStore(ResultStore):
         count: int = await self._db.run(lambda c: c.execute("DELETE FROM dead_letters").rowcount)
         return count
 
-    async def put_schedule(self, name: str, data: bytes | None) -> None:
+    async def _put_state(self, kind: str, name: str, data: bytes | None) -> None:
         if data is None:
-            await self._db.run(lambda c: c.execute("DELETE FROM schedules WHERE name = ?", (name,)))
+            await self._db.run(lambda c: c.execute("DELETE FROM state WHERE kind = ? AND name = ?", (kind, name)))
         else:
             await self._db.run(lambda c: c.execute(
-                "INSERT OR REPLACE INTO schedules (name, data) VALUES (?, ?)", (name, data)))
+                "INSERT OR REPLACE INTO state (kind, name, data) VALUES (?, ?, ?)", (kind, name, data)))
+        self._db.notify(_STATE_TOPIC)
 
-    async def schedules(self) -> dict[str, bytes]:
-        rows = await self._db.read(lambda c: c.execute("SELECT name, data FROM schedules").fetchall())
+    async def states(self, kind: str) -> dict[str, bytes]:
+        rows = await self._db.read(lambda c: c.execute(
+            "SELECT name, data FROM state WHERE kind = ?", (kind,)).fetchall())
         return {name: bytes(data) for name, data in rows}
+
+    @property
+    def state_written(self) -> asyncio.Event:
+        return self._db.event(_STATE_TOPIC)  # also set by the bell: another process committed
+
+    async def finished_series(self, since: float, until: float) -> list[FinishedMinute]:
+        def op(conn: sqlite3.Connection) -> list[FinishedMinute]:
+            minutes = []
+            for start in minute_starts(since, until):
+                bounds = (start, start + 60.0, *FINISHED)
+                counts = dict(conn.execute(SERIES_COUNTS, bounds).fetchall())
+                latencies = [r[0] for r in conn.execute(SERIES_LATENCIES, (*bounds, SAMPLE_PER_MINUTE))]
+                minutes.append(minute(start, counts.get(FINISHED[0], 0), counts.get(FINISHED[1], 0), latencies))
+            return minutes
+
+        return await self._db.read(op)
 
     async def health(self) -> Health:
         try:

@@ -3,6 +3,10 @@
 Shutdown order (SIGTERM): stop taking messages, let in-flight jobs finish within
 `worker.shutdown_timeout_s`, then return what is still running to the queue. Connections close
 last, after every delivery is settled, so nothing fetched is lost.
+
+A pause (worker/pausing.py) stops the intake the same way: closing the consumer hands back what the
+backend prefetched (backends/kit.py PrefetchBuffer), so nothing fetched waits unstarted on a lease
+while paused, on every backend; running jobs finish. A resume opens a new consumer.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from openhqm import metrics
 from openhqm.backends.base import Backend, Delivery
 from openhqm.logging import get_logger
 from openhqm.policies import Reconnect
+from openhqm.worker.pausing import PauseWatch
 from openhqm.worker.processor import Processor
 
 log = get_logger("openhqm.worker")
@@ -41,6 +46,8 @@ class WorkerPool:
         self._idle = asyncio.Event()
         self._idle.set()
         self._intake: asyncio.Task[None] | None = None
+        self.pause: PauseWatch | None = None
+        self._pausing: list[asyncio.Task[None]] = []
         self._shrinking: asyncio.Task[None] | None = None
         self.autoscaler: Scaler | None = None
         self._autoscaling: asyncio.Task[None] | None = None
@@ -52,9 +59,31 @@ class WorkerPool:
 
     def start(self) -> None:
         metrics.WORKER_CONCURRENCY.set(self.concurrency)
-        self._intake = asyncio.create_task(self._take_messages(), name=f"openhqm-intake-{self.queue}")
+        if self.pause is None:
+            self._start_intake()
+        else:  # read the pause state (pause.refresh()) before start(), or a paused queue is consumed
+            self._pausing = [asyncio.create_task(self.pause.run(), name="openhqm-pause-watch"),
+                             asyncio.create_task(self._follow(self.pause), name="openhqm-pause-follow")]
         if self.autoscaler is not None:
             self._autoscaling = asyncio.create_task(self.autoscaler.run(), name="openhqm-autoscale")
+
+    def _start_intake(self) -> None:
+        self._intake = asyncio.create_task(self._take_messages(), name=f"openhqm-intake-{self.queue}")
+
+    async def _follow(self, pause: PauseWatch) -> None:
+        """Consume while the queue runs; on a pause stop the intake (see the module's docstring)."""
+        while True:
+            await pause.until(False)
+            self._start_intake()
+            await pause.until(True)
+            await self._stop_intake()
+
+    async def _stop_intake(self) -> None:
+        if self._intake is not None:
+            self._intake.cancel()
+            # wait(), not `await task` under suppress(CancelledError): a cancel of the caller itself
+            # (stop() ending _follow) must not be swallowed.
+            await asyncio.wait([self._intake])
 
     async def _take_messages(self) -> None:
         reconnect = Reconnect()
@@ -141,10 +170,10 @@ class WorkerPool:
     async def stop(self, timeout_s: float) -> None:
         if self._autoscaling is not None:
             self._autoscaling.cancel()
-        if self._intake is not None:
-            self._intake.cancel()  # 1. no new messages
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._intake
+        for task in self._pausing:  # no resume may start the intake again
+            task.cancel()
+        await asyncio.gather(*self._pausing, return_exceptions=True)
+        await self._stop_intake()  # 1. no new messages
         if self._jobs:  # 2. in-flight jobs finish within the timeout
             log.info("draining", in_flight=len(self._jobs), timeout_s=timeout_s)
             with contextlib.suppress(TimeoutError):
