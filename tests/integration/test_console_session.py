@@ -143,12 +143,18 @@ async def test_a_malformed_sign_in_is_a_422_naming_the_field(secured: InProcess,
     assert answer.status_code == 422 and "api_key" in answer.json()["detail"]
 
 
-def test_the_console_stream_ticks_with_each_queues_depth(tmp_path: Path) -> None:
-    with served(Sample().app, settings(tmp_path), workers=False) as url, \
-            httpx.stream("GET", url + "/api/v1/console/events", timeout=10) as stream:
-        assert stream.headers["content-type"].startswith("text/event-stream")
-        tick = first_event(stream.iter_lines(), "tick")
-    assert tick["queues"]["openhqm-requests"]["depth"] == 0 and tick["at"]
+def test_the_console_stream_ticks_with_the_overview_the_public_routes_give(tmp_path: Path) -> None:
+    with served(Sample().app, settings(tmp_path)) as url:
+        with httpx.stream("GET", url + "/api/v1/console/events", timeout=10) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            tick = first_event(stream.iter_lines(), "tick")
+        queues = httpx.get(url + "/api/v1/queues").json()
+        series = httpx.get(url + "/api/v1/queues/openhqm-requests/series", params={"minutes": 15}).json()
+    assert tick["queues"] == queues and tick["queues"][0]["name"] == "openhqm-requests"
+    assert len(tick["series"]["openhqm-requests"]["minutes"]) == len(series["minutes"]) == 15
+    assert tick["ready"] == {"queue": {"ok": True, "detail": tick["ready"]["queue"]["detail"]},
+                             "results": {"ok": True, "detail": tick["ready"]["results"]["detail"]}}
+    assert [worker["alive"] for worker in tick["workers"]] == [True]
 
 
 def first_event(lines: Any, name: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -30,16 +30,31 @@ EVENTS_MAX_S = 3600.0  # a stream ends after this; the browser's EventSource rec
 events_router = APIRouter(include_in_schema=False)
 
 Reading = dict[str, Any]
+T = TypeVar("T")
+SERIES_MINUTES = 15
 
 
 async def figures(bridge: Bridge) -> Reading:
-    """Each queue's depth (null where the broker cannot count it)."""
+    """What the overview shows, as the public routes give it: GET /api/v1/queues, each queue's
+    /series?minutes=15, GET /api/v1/workers and the /ready checks. A part that cannot be read is null
+    (the console then says so), and the rest still arrives."""
+    queues = await _part(bridge.queues.overview())
+    series = {}
+    for queue in queues or []:
+        series[queue["name"]] = await _part(bridge.queues.series(queue["name"], SERIES_MINUTES))
+    health = await _part(bridge.health())
+    ready = None if health is None else {name: {"ok": check.ok, "detail": check.detail}
+                                         for name, check in zip(("queue", "results"), health, strict=True)}
+    return {"at": rfc3339(time.time()), "queues": queues, "series": series,
+            "workers": await _part(bridge.queues.workers()), "ready": ready}
+
+
+async def _part(reading: Awaitable[T]) -> T | None:
     try:
-        depths = await bridge.queue_depths()
-    except Exception as exc:  # a broker outage shows as unknown depths; the stream goes on
-        log.warning("console figures unavailable", error=str(exc))
-        depths = {}
-    return {"at": rfc3339(time.time()), "queues": {name: {"depth": depth} for name, depth in depths.items()}}
+        return await reading
+    except Exception as exc:  # a broker or store outage: that part is unknown, the stream goes on
+        log.warning("console figures: a part is unavailable", error=str(exc))
+        return None
 
 
 class Ticker:
@@ -82,8 +97,8 @@ class Ticker:
 
 @events_router.get(EVENTS_PATH, response_class=EventSourceResponse)
 async def console_events(request: Request) -> EventSourceResponse:
-    """Server-Sent Events for open consoles: a `tick` every 2 s with each queue's depth; the console
-    refreshes the figures it shows on each."""
+    """Server-Sent Events for open consoles: a `tick` every 2 s with the overview's figures; the
+    console refreshes what else it shows on each."""
     ticker: Ticker = request.app.state.console_ticker
     return EventSourceResponse(ticks(ticker), ping=None)
 

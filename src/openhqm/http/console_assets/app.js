@@ -13,6 +13,7 @@ const tickListeners = new Set();
 let session = null;
 let cleanup = null;
 let ticks = null;
+let lastTick = null;
 
 // ---- theme: the system's preference until the operator picks one -----------------------------
 const root = document.documentElement;
@@ -40,6 +41,7 @@ function route() {
   const ctx = {
     session, params, canAct: session.scopes.includes("admin"),
     onTick(fn) { tickListeners.add(fn); return () => tickListeners.delete(fn); },
+    lastTick: () => lastTick,
   };
   let screen = "overview";
   if (parts[0] === "requests" && parts.length > 1) { screen = "requests"; cleanup = detail(main, ctx, parts.slice(1).join("/")); }
@@ -94,7 +96,7 @@ function setLive(state) {
 function openTicks() {
   if (ticks) ticks.close();
   ticks = stream("/api/v1/console/events", {
-    tick: (data) => { for (const fn of tickListeners) fn(data); },
+    tick: (data) => { lastTick = data; for (const fn of tickListeners) fn(data); },
   }, setLive);
 }
 
