@@ -190,7 +190,7 @@ class Authenticator:
         self.blocking = self.jwt is not None and self.jwt.blocking  # may fetch keys over the network
 
     def authenticate(self, headers: Headers) -> Identity | None:
-        return self.verify(bearer_token(headers) or headers.get("x-api-key"))
+        return self.verify(header_credential(headers))
 
     def verify(self, credential: str | None) -> Identity | None:
         """The identity an API key or a JWT stands for, or None."""
@@ -206,6 +206,10 @@ class Authenticator:
         if identity is None:
             log.info("authentication failed", reason="unknown API key")
         return identity
+
+
+def header_credential(headers: Headers) -> str | None:
+    return bearer_token(headers) or headers.get("x-api-key")
 
 
 def bearer_token(headers: Headers) -> str | None:
@@ -234,7 +238,7 @@ class AuthMiddleware:
         identity = None
         if self.auth is not None and not is_open(path := _route_path(scope)):
             headers = Headers(scope=scope)
-            credential = bearer_token(headers) or headers.get("x-api-key")
+            credential = header_credential(headers)
             from_cookie = credential is None and (credential := session_credential(headers, path)) is not None
             if self.auth.blocking:
                 identity = await anyio.to_thread.run_sync(self.auth.verify, credential)

@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.staticfiles import StaticFiles
 
 from openhqm.errors import RequestRejected
-from openhqm.http.auth import Authenticator, Identity, bearer_token
+from openhqm.http.auth import Authenticator, Identity, header_credential
 from openhqm.http.console_events import Ticker, events_router, figures
 from openhqm.http.console_session import (
     CONSOLE_PATH,
@@ -91,7 +91,7 @@ async def get_session(request: Request) -> JSONResponse:
     auth = _authenticator(request)
     if auth is None:
         return JSONResponse(_session_json(None, auth_required=False, csrf_token=None))
-    credential = bearer_token(request.headers) or session_credential(request.headers, CONSOLE_PATH)
+    credential = header_credential(request.headers) or session_credential(request.headers, CONSOLE_PATH)
     identity = await _verify(auth, credential)
     token = request.cookies.get(CSRF_COOKIE) if identity else None
     return JSONResponse(_session_json(identity, auth_required=True, csrf_token=token),
