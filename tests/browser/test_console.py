@@ -196,10 +196,14 @@ def test_overview_shows_depth_rising_while_paused_and_falling_after_resume(liste
     expect(card.locator(".pill.paused")).to_have_count(0)
 
 
-def test_a_read_key_sees_requests_but_cannot_act(secured: Listener, page: Any) -> None:
+def test_a_read_key_sees_requests_but_cannot_act(secured: Listener, page: Any, shots: Path) -> None:
     cid = secured.submit({"name": "later"}, key=ALICE_ADMIN, handler="record", delay_s=600)
     sign_in(page, secured, ALICE_READ)
     expect(page.locator("#who")).to_contain_text("read only")
+    card = page.locator("section.queue[data-queue='openhqm-requests']")
+    expect(card).to_contain_text("running")
+    expect(card.get_by_role("button", name="Pause")).to_have_count(0)
+    page.screenshot(path=shots / "overview-read-only-light.png", full_page=True)
     page.goto(secured.console(f"#/requests/{cid}"))
     expect(page.locator(".page-head .badge")).to_have_text("SCHEDULED")
     expect(page.get_by_role("button", name="Cancel")).to_have_count(0)

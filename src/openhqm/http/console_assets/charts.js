@@ -3,13 +3,14 @@ import { h, s, ms } from "./dom.js";
 
 const W = 260, H = 64, PAD = 2;
 
-function frame(title, max, unit) {
+function frame(title, max, unit, emptyText) {
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": title,
     preserveAspectRatio: "none" });
   svg.append(s("line", { x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5, class: "axis" }));
   svg.append(s("line", { x1: 0, y1: PAD + 0.5, x2: W, y2: PAD + 0.5, class: "grid" }));
   return h("figure", { class: "chartbox" }, h("figcaption", null, h("span", null, title),
-    h("span", { class: "muted small" }, `max ${unit(max)}`)), svg);
+    emptyText ? null : h("span", { class: "muted small" }, `max ${unit(max)}`)), svg,
+    emptyText ? h("div", { class: "chart-empty" }, emptyText) : null);
 }
 
 export function timeAxis(minutes) {
@@ -20,7 +21,8 @@ export function timeAxis(minutes) {
 export function throughputChart(minutes) {
   const totals = minutes.map((m) => (m.completed || 0) + (m.failed || 0));
   const max = Math.max(1, ...totals);
-  const box = frame("Throughput / min", max, (v) => String(v));
+  const idle = totals.every((t) => t === 0);
+  const box = frame("Throughput / min", max, (v) => String(v), idle ? "nothing finished" : null);
   const svg = box.querySelector("svg");
   const n = Math.max(minutes.length, 1), bw = W / n;
   minutes.forEach((m, i) => {
@@ -41,7 +43,7 @@ export function latencyChart(minutes) {
   const keys = [["p50_ms", "p50"], ["p95_ms", "p95"], ["p99_ms", "p99"]];
   const all = minutes.flatMap((m) => keys.map(([k]) => m[k])).filter((v) => v != null);
   const max = Math.max(1, ...all);
-  const box = frame("Latency p50 / p95 / p99", max, ms);
+  const box = frame("Latency p50 / p95 / p99", max, ms, all.length ? null : "nothing finished");
   const svg = box.querySelector("svg");
   const n = Math.max(minutes.length - 1, 1);
   for (const [k, label] of keys) {
