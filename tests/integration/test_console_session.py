@@ -4,11 +4,13 @@ browser (tests/browser/test_console.py drives the page itself)."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 import pytest
 
@@ -121,6 +123,16 @@ async def test_a_read_session_may_look_but_not_act(secured: InProcess) -> None:
     refused = await secured.client.delete(f"/api/v1/requests/{cid}",
                                           headers={"X-CSRF-Token": secured.client.cookies["openhqm_csrf"]})
     assert refused.status_code == 403 and "'admin'" in refused.json()["detail"]
+
+
+async def test_a_jwt_signs_in_as_its_subject(tmp_path: Path) -> None:
+    secret = "console-test-secret-of-at-least-32-bytes"
+    token = jwt.encode({"sub": "oncall", "scope": "read admin", "exp": int(time.time()) + 300}, secret)
+    async with in_process(Sample().app, settings(tmp_path, auth={"jwt": {"key": secret}}), workers=False) as hq:
+        answer = await sign_in(hq, token)
+        assert answer.status_code == 200
+        assert answer.json()["client_id"] == "oncall" and answer.json()["scopes"] == ["admin", "read"]
+        assert (await hq.client.get("/api/v1/queues")).status_code == 200
 
 
 async def test_the_cookie_counts_only_for_the_console_and_the_api(secured: InProcess) -> None:
