@@ -59,11 +59,27 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     caller: Caller | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     raw: bool = False
+    # Flow control (flow/limiter.py): the time this request's rate tokens are reserved for, and how
+    # often a concurrency limit has made it wait; set only on a request a limit deferred.
+    flow_ticket: float | None = None
+    flow_waits: int = 0
     v: int = ENVELOPE_VERSION
 
     def __post_init__(self) -> None:
         if not self.correlation_id:
             self.correlation_id = self.id
+
+
+class AttemptEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One finished attempt of a request, as its history on the record keeps it."""
+
+    attempt: int
+    started_at: float
+    finished_at: float
+    worker_id: str | None = None
+    status_code: int | None = None  # the backend's HTTP status, for a forward
+    error: str | None = None
+    duration_ms: float | None = None
 
 
 class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -78,6 +94,7 @@ class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
     completed_at: float = msgspec.field(default_factory=time.time)
     started_at: float | None = None
     raw_response: bytes | None = None
+    attempt_history: list[AttemptEntry] | None = None  # the request's, this attempt included
     v: int = ENVELOPE_VERSION
 
 
