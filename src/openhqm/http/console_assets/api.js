@@ -8,11 +8,6 @@ export class ApiError extends Error {
     this.status = status;
     this.body = body;
   }
-
-  // The server has no such route (yet): the console says so instead of guessing.
-  get missing() {
-    return this.status === 404 && /Not Found: /.test(this.message) || this.status === 405;
-  }
 }
 
 function csrfToken() {

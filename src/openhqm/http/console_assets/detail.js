@@ -13,17 +13,13 @@ export function detail(main, ctx, id) {
   let source = null, alive = true, record = null;
   async function load() {
     try {
-      record = await fetchRecord(id);
+      record = await get(`/api/v1/requests/${encodeURIComponent(id)}`);
     } catch (err) {
       replace(head, h("h1", { class: "mono" }, id));
       return replace(body, errorBox(err, "Reading the request"));
     }
-    let result = null;
-    if (TERMINAL.has(record.status) && record.result === undefined) {
-      try { result = await get(`/api/v1/response/${encodeURIComponent(id)}`); } catch { result = null; }
-    }
     if (!alive) return;
-    render(record, result);
+    render(record);
     if (!source && !TERMINAL.has(record.status)) follow();
   }
   function follow() {
@@ -37,7 +33,7 @@ export function detail(main, ctx, id) {
       },
     });
   }
-  function render(r, result) {
+  function render(r) {
     const actions = [];
     if (ctx.canAct && !TERMINAL.has(r.status)) {
       actions.push(actionButton("Cancel", async () => {
@@ -77,7 +73,7 @@ export function detail(main, ctx, id) {
           ["End to end", seconds(between(r.submitted_at, r.completed_at))],
         ]))),
       r.error ? section("Error", pre(r.error, "error")) : null,
-      outcome(r, result),
+      r.result == null ? null : section("Result", pre(r.result)),
       section("Attempts", attempts(r.attempt_history)),
       section("Callback deliveries", callbacks(r.callbacks, r.callback_error)),
       h("div", { class: "grid2" },
@@ -92,17 +88,7 @@ export function detail(main, ctx, id) {
   return () => { alive = false; if (source) source.close(); };
 }
 
-async function fetchRecord(id) {
-  try {
-    return await get(`/api/v1/requests/${encodeURIComponent(id)}`);
-  } catch (err) {
-    if (!err.missing) throw err;
-    return await get(`/api/v1/status/${encodeURIComponent(id)}`);  // an older listener: the status only
-  }
-}
-
 function payload(r) {
-  if (r.payload === undefined) return h("p", { class: "muted" }, "Not available on this listener.");
   if (r.payload === null && !r.payload_encoding) return h("p", { class: "muted" }, "Not kept for this request.");
   return [r.method || r.path ? h("p", { class: "mono small" }, [r.method, r.path].filter(Boolean).join(" ")) : null,
     r.payload_encoding && r.payload_encoding !== "json" ? h("p", { class: "muted small" }, `as ${r.payload_encoding}`) : null,
@@ -143,15 +129,8 @@ function progress(p) {
   return h("span", null, h("progress", { max: 100, value: pct }), ` ${pct} % `, p.message || "");
 }
 
-function outcome(r, result) {
-  const value = r.result !== undefined ? r.result : result ? result.result : undefined;
-  if (value === undefined || value === null) return null;
-  return section("Result", pre(value));
-}
-
 function attempts(history) {
-  if (history === undefined) return h("p", { class: "muted" }, "Attempt history is not available on this listener.");
-  if (!history.length) return empty("No attempt has started yet.");
+  if (!history || !history.length) return empty("No attempt has started yet.");
   return h("table", { class: "table attempts" },
     h("thead", null, h("tr", null, ["#", "Started", "Finished", "Duration", "Worker", "Status code", "Error"].map((t) => h("th", null, t)))),
     h("tbody", null, history.map((a) => h("tr", { class: a.error ? "bad" : "" },

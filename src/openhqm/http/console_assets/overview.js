@@ -65,8 +65,7 @@ function showHealth(box, checks) {
 
 async function showCounts(box) {
   try {
-    const counts = await get("/api/v1/requests/counts").then((r) => r.counts,
-      (err) => { if (err.missing) return get("/api/v1/stats").then((r) => r.requests); throw err; });
+    const { counts } = await get("/api/v1/requests/counts");
     replace(box, STATUSES.map((st) => h("a", { class: `count${counts[st] ? "" : " zero"}`, href: `#/requests?status=${st}` },
       badge(st), h("strong", null, String(counts[st] ?? 0)))));
   } catch (err) {

@@ -32,10 +32,6 @@ export function confirmDialog({ title, body, action, danger = true }) {
 }
 
 export function errorBox(err, what) {
-  if (err && err.missing) {
-    return h("div", { class: "notice" }, h("strong", null, "Not available on this listener: "),
-      `${what} (the server has no such route; upgrade the listener).`);
-  }
   if (err && err.status === 403) {
     return h("div", { class: "notice" }, h("strong", null, "Not allowed: "), err.message);
   }
