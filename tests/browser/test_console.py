@@ -164,6 +164,19 @@ def test_three_dead_letters_are_replayed_by_filter_after_a_confirmation(listener
     assert [d["correlation_id"] for d in remaining] == [other]
 
 
+def test_bulk_cancel_by_filter_states_the_count_before_it_acts(listener: Listener, page: Any) -> None:
+    batch = [listener.submit({"n": n}, handler="record", delay_s=600, session_id="night-batch") for n in range(3)]
+    other = listener.submit({"n": "other"}, handler="record", delay_s=600)
+    page.goto(listener.console("#/requests?session_id=night-batch"))
+    expect(page.locator("tbody tr")).to_have_count(3)
+    page.get_by_role("button", name="Cancel matching…").click()
+    expect(page.locator("dialog.confirm")).to_contain_text("3 unfinished requests match")
+    confirm(page)
+    expect(page.locator(".toast")).to_contain_text("cancelled 3")
+    assert [listener.status(cid) for cid in batch] == ["CANCELLED"] * 3
+    assert listener.status(other) == "SCHEDULED"
+
+
 def test_overview_shows_depth_rising_while_paused_and_falling_after_resume(listener: Listener, page: Any) -> None:
     page.goto(listener.console("#/overview"))
     card = page.locator("section.queue[data-queue='openhqm-requests']")
