@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from urllib.parse import urlparse
@@ -53,6 +54,22 @@ def require_service(name: str) -> str:
             pytest.fail(message + "; CI=true requires every broker", pytrace=False)
         pytest.skip(message)
     return address
+
+
+def require_chromium() -> str:
+    """Debian's Chromium for the browser tests (never a downloaded one); skips when absent, fails
+    under CI=true (scripts/test installs it there)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        path = None
+    if path is None:
+        message = "chromium or playwright is missing (apt-get install -y chromium; pip install 'openhqm[test]')"
+        if IN_CI:
+            pytest.fail(message + "; CI=true requires the browser tests", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 def free_port() -> int:

@@ -191,6 +191,12 @@ class IdempotencySettings(Section):
     window_s: float = Field(86400.0, gt=0)
 
 
+class ConsoleSettings(Section):
+    """The operator console at /console (docs/console.md); it uses only the public API."""
+
+    enabled: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -209,6 +215,7 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     auth: AuthSettings = AuthSettings()
+    console: ConsoleSettings = ConsoleSettings()
     proxy: ProxySettings = ProxySettings()
     callbacks: CallbackSettings = CallbackSettings()
     schedules: dict[str, ScheduleSettings] = {}

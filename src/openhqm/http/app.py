@@ -14,6 +14,7 @@ from starlette.routing import Match, Mount
 from openhqm.app import OpenHQM
 from openhqm.errors import BackendUnavailable, RequestRejected
 from openhqm.http.auth import AuthMiddleware, build_authenticator
+from openhqm.http.console import install_console
 from openhqm.http.fastpath import FastPath
 from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
 from openhqm.http.openapi import install_docs
@@ -57,6 +58,8 @@ def create_app(app: OpenHQM, *, run_workers: bool = False, settle_gc: bool = Tru
     api.include_router(queue_router)
     api.include_router(worker_router)
     api.include_router(request_router)
+    if settings.console.enabled:
+        install_console(api)
     if settings.proxy.enabled and settings.proxy.sidecar.enabled:
         # Last, so the bridge's own paths stay its own under any prefix.
         api.include_router(sidecar_router(settings.proxy.sidecar.prefix))
@@ -70,7 +73,8 @@ def create_app(app: OpenHQM, *, run_workers: bool = False, settle_gc: bool = Tru
     api.add_middleware(MetricsMiddleware)
     api.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     # Outermost: a request without valid credentials is refused before its body is read.
-    api.add_middleware(AuthMiddleware, auth=build_authenticator(settings.auth))
+    api.state.authenticator = authenticator = build_authenticator(settings.auth)
+    api.add_middleware(AuthMiddleware, auth=authenticator)
     return api
 
 

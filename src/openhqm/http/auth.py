@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openhqm.errors import ConfigError
 from openhqm.http.auth_settings import ApiKeySettings, AuthSettings, JWTSettings
+from openhqm.http.console_session import SAFE_METHODS, csrf_refusal, is_console_path, session_credential
 from openhqm.http.openapi import ASSETS_PATH, DOCS_PATHS
 from openhqm.http.responses import problem
 from openhqm.logging import get_logger
@@ -189,7 +190,10 @@ class Authenticator:
         self.blocking = self.jwt is not None and self.jwt.blocking  # may fetch keys over the network
 
     def authenticate(self, headers: Headers) -> Identity | None:
-        credential = bearer_token(headers) or headers.get("x-api-key")
+        return self.verify(header_credential(headers))
+
+    def verify(self, credential: str | None) -> Identity | None:
+        """The identity an API key or a JWT stands for, or None."""
         if not credential:
             return None
         identity = self.keys.verify(credential)
@@ -202,6 +206,10 @@ class Authenticator:
         if identity is None:
             log.info("authentication failed", reason="unknown API key")
         return identity
+
+
+def header_credential(headers: Headers) -> str | None:
+    return bearer_token(headers) or headers.get("x-api-key")
 
 
 def bearer_token(headers: Headers) -> str | None:
@@ -228,19 +236,27 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         identity = None
-        if self.auth is not None and not is_open(_route_path(scope)):
+        if self.auth is not None and not is_open(path := _route_path(scope)):
             headers = Headers(scope=scope)
+            credential = header_credential(headers)
+            from_cookie = credential is None and (credential := session_credential(headers, path)) is not None
             if self.auth.blocking:
-                identity = await anyio.to_thread.run_sync(self.auth.authenticate, headers)
+                identity = await anyio.to_thread.run_sync(self.auth.verify, credential)
             else:
-                identity = self.auth.authenticate(headers)
+                identity = self.auth.verify(credential)
             if identity is None:
                 response = problem(401, UNAUTHORIZED_DETAIL, headers={"WWW-Authenticate": 'Bearer realm="openhqm"'})
                 await response(scope, receive, send)
                 return
+            # A cookie comes with every request the browser makes, a forged cross-site one included.
+            if from_cookie and (refusal := csrf_refusal(scope, headers)):
+                await problem(403, refusal)(scope, receive, send)
+                return
             # Scopes are checked here, once, rather than by a dependency on every route: the same
             # rule covers the API and the sidecar paths, and costs nothing when access control is off.
-            needed = required_scope(scope["method"], _route_path(scope))
+            needed = required_scope(scope["method"], path)
+            if from_cookie and scope["method"] not in SAFE_METHODS:
+                needed = "admin"  # the console's session looks with `read` and acts only with `admin`
             if needed not in identity.scopes:
                 response = problem(403, f"client {identity.client_id!r} lacks the scope {needed!r} "
                                         "this operation needs")
@@ -253,8 +269,9 @@ class AuthMiddleware:
 
 
 def is_open(path: str) -> bool:
-    """Probes, metrics and the API's documentation (its page assets too) need no credentials."""
-    return path in OPEN_PATHS or path.startswith(ASSETS_PATH + "/")
+    """Probes, metrics and the API's documentation (its page assets too) need no credentials; nor does
+    the console's page, which signs in itself (http/console.py)."""
+    return path in OPEN_PATHS or path.startswith(ASSETS_PATH + "/") or is_console_path(path)
 
 
 def _route_path(scope: Scope) -> str:
