@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -35,6 +36,9 @@ class DeadLetters:
         self.intake = intake
         self.routing = routing
         self.replies = replies
+        # Re-opens a fan-out parent when its failed child is replayed (listener/fanout.py, plugged in
+        # by the bridge): None when the dead letter is no fan-out child's.
+        self.replay_child: Callable[[str, Envelope], Awaitable[RequestRecord | None]] | None = None
 
     async def list(self, limit: int = 100) -> list[DeadLetterRecord]:
         return await self.store.list_dead_letters(limit)
@@ -49,6 +53,10 @@ class DeadLetters:
             raise NotFound(f"no dead letter with id {dead_letter_id!r}")
         try:
             envelope = self._again(entry)
+            if self.replay_child is not None:
+                child = await self.replay_child(entry.correlation_id, envelope)
+                if child is not None:
+                    return child, entry
             return await self.intake.submit(envelope), entry
         except Exception:
             await self.store.add_dead_letter(entry)  # put it back: replay is all or nothing

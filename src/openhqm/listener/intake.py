@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -37,6 +38,9 @@ class Intake:
         self.ordered = settings.ordering == "session"
         max_pending = settings.queue.max_pending
         self.limit = None if max_pending is None else PendingLimit(backend, self.request_queue, max_pending)
+        # A routed envelope names its endpoint or handler; one naming neither is a fan-out parent
+        # (metadata.fanout), submitted by listener/fanout.py, which the bridge plugs in here.
+        self.fan_out: Callable[[Envelope, str | None], Awaitable[RequestRecord]] | None = None
 
     async def submit(self, envelope: Envelope, *, request_hash: str | None = None) -> RequestRecord:
         """The record of a request the broker accepted; BackendUnavailable (or its QueueFull, StoreFull)
@@ -44,12 +48,19 @@ class Intake:
         try:
             if self.limit is not None:
                 await self.limit.admit()
+            if envelope.endpoint is None and envelope.handler is None and self.fan_out is not None:
+                return await self.fan_out(envelope, request_hash)
             return await self._submit(envelope, request_hash)
         except BackendUnavailable as exc:
             metrics.child(metrics.SUBMITS_REFUSED, self.request_queue, exc.reason).inc()
             raise
 
-    async def _submit(self, envelope: Envelope, request_hash: str | None) -> RequestRecord:
+    async def submit_child(self, envelope: Envelope, parent_id: str, member: str) -> RequestRecord:
+        """A fan-out child: an ordinary request that names its parent (admitted with the parent)."""
+        return await self._submit(envelope, None, (parent_id, member))
+
+    async def _submit(self, envelope: Envelope, request_hash: str | None,
+                      parent: tuple[str, str] | None = None) -> RequestRecord:
         envelope = msgspec.structs.replace(envelope, reply_to=self.response_queue)
         try:  # the request's own fault, so before anything is written and never a 503
             message = encode(envelope)
@@ -57,6 +68,8 @@ class Intake:
             raise RequestRejected(f"the request cannot be queued: {exc}", status=422) from None
         now = time.time()
         record = new_record(envelope, now, request_hash)
+        if parent is not None:
+            record = msgspec.structs.replace(record, parent_id=parent[0], member=parent[1])
         await self.store.create(record)
         delay_s = envelope.not_before - now if record.status == Status.SCHEDULED and envelope.not_before else None
         try:
