@@ -220,3 +220,15 @@ async def test_a_handler_member_no_handler_answers_stops_the_runtime_from_starti
     with pytest.raises(ConfigError, match="handler:nosuch"):
         async with in_process(Sample().app, settings(tmp_path, fanout={"g": ["handler:nosuch"]})):
             pass
+
+
+async def test_an_idempotency_key_applies_to_the_parent(hq: InProcess, sample: Sample) -> None:
+    key = {"Idempotency-Key": "fan-1"}
+    first = await hq.submit({"name": "i"}, headers=key, fanout="mixed")
+    again = await hq.submit({"name": "i"}, headers=key, fanout="mixed")
+    assert first.status_code in (200, 202) and again.status_code in (200, 202)
+    cid = first.json()["correlation_id"]
+    assert again.json()["correlation_id"] == cid and again.headers["Idempotent-Replayed"] == "true"
+    assert (await hq.result(cid))["status"] == "COMPLETED"
+    assert len((await status_of(hq, cid))["children"]) == 2
+    assert len(sample.runs) == 1, "the repeat queued no second set of children"
