@@ -9,16 +9,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from openhqm.backends import create_backend
+from openhqm.constants import Status
 from openhqm.errors import ConfigError, DeadLetter
+from openhqm.listener.fanout import FanOut
+from openhqm.listener.intake import Intake
+from openhqm.results import RequestRecord, create_store
+from openhqm.results.base import FanoutChild
 from openhqm.worker.handlers import Job
 from tests.harness import InProcess, Sample, in_process, settings
 from tests.integration.http_servers import serve
+from tests.records import new_record
 
 CALLBACK_SECRET = "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHM="
 
@@ -232,3 +240,30 @@ async def test_an_idempotency_key_applies_to_the_parent(hq: InProcess, sample: S
     assert (await hq.result(cid))["status"] == "COMPLETED"
     assert len((await status_of(hq, cid))["children"]) == 2
     assert len(sample.runs) == 1, "the repeat queued no second set of children"
+
+
+async def test_two_listeners_settling_one_parent_at_once_complete_it_exactly_once(tmp_path: Path) -> None:
+    """Two listener replicas (two store objects on one SQLite file) each stored one child's end and
+    settle the parent at the same moment: one transition wins, one callback is sent."""
+    config = settings(tmp_path)
+    stores = [create_store(config), create_store(config)]
+    for store in stores:
+        await store.connect()
+    try:
+        finished: list[RequestRecord] = []
+        replicas = [FanOut({}, Intake(config, create_backend(config), store), store, finished.append)
+                    for store in stores]
+        children = [msgspec.structs.replace(new_record(), member=m, status=Status.COMPLETED, result={"m": m})
+                    for m in ("handler:a", "handler:b")]
+        parent = msgspec.structs.replace(new_record(), status=Status.PROCESSING, children=[
+            FanoutChild(member=str(c.member), correlation_id=c.correlation_id) for c in children])
+        await stores[0].create(parent)
+        for child in children:
+            await stores[0].create(msgspec.structs.replace(child, parent_id=parent.correlation_id))
+        outcomes = await asyncio.gather(*(replica.settle(parent.correlation_id) for replica in replicas))
+        assert sum(outcome is not None for outcome in outcomes) == 1
+        assert len(finished) == 1 and finished[0].status == Status.COMPLETED
+        assert finished[0].result == {"members": {"handler:a": {"m": "handler:a"}, "handler:b": {"m": "handler:b"}}}
+    finally:
+        for store in stores:
+            await store.close()
