@@ -13,7 +13,8 @@ from openhqm.app import OpenHQM
 from openhqm.backends.base import Backend, Health
 from openhqm.envelope import Envelope, Reply
 from openhqm.forward import CallbackSender, check_callback_url
-from openhqm.listener.dead_letters import DeadLetters
+from openhqm.listener.console import Console
+from openhqm.listener.dead_letters import DeadLetterFilter, DeadLetters
 from openhqm.listener.fanout import FanOut
 from openhqm.listener.housekeeping import Housekeeping, cleanup
 from openhqm.listener.intake import Intake, json_body
@@ -46,6 +47,8 @@ class Bridge:
                                          self.dead, settings.worker.max_timeout_s)
         self.scheduler = Scheduler(self.intake, router, settings.schedules)
         self.queues = Queues(backend, store, self.housekeeping, self.request_queue)
+        self.console = Console(store, self.intake, self.reading, self.dead, router)  # the operator console's requests
+        self.console.fanout = self.fanout
 
     @property
     def request_queue(self) -> str:
@@ -122,8 +125,8 @@ class Bridge:
     async def replay(self, dead_letter_id: str) -> tuple[RequestRecord, DeadLetterRecord]:
         return await self.dead.replay(dead_letter_id)
 
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
-        return await self.dead.list(limit)
+    async def dead_letters(self, limit: int = 100, where: DeadLetterFilter | None = None) -> list[DeadLetterRecord]:
+        return await self.dead.list_matching(where or DeadLetterFilter(), limit)
 
     async def purge_dead_letters(self) -> int:
         return await self.dead.purge()

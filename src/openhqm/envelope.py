@@ -66,6 +66,18 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
             self.correlation_id = self.id
 
 
+class AttemptEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One finished attempt of a request, as its history on the record keeps it."""
+
+    attempt: int
+    started_at: float
+    finished_at: float
+    worker_id: str | None = None
+    status_code: int | None = None  # the backend's HTTP status, for a forward
+    error: str | None = None
+    duration_ms: float | None = None
+
+
 class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What a worker sends back on the response queue when a request reaches a terminal state."""
 
@@ -78,6 +90,7 @@ class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
     completed_at: float = msgspec.field(default_factory=time.time)
     started_at: float | None = None
     raw_response: bytes | None = None
+    attempt_history: list[AttemptEntry] | None = None  # the request's, this attempt included
     v: int = ENVELOPE_VERSION
 
 

@@ -8,7 +8,11 @@ from datetime import UTC, datetime
 def rfc3339(epoch_s: float | None) -> str | None:
     if epoch_s is None:
         return None
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        moment = datetime.fromtimestamp(epoch_s, UTC)
+    except (OverflowError, OSError, ValueError):  # a far-off schedule (huge delay_s): the calendar's edge
+        moment = datetime.max.replace(tzinfo=UTC) if epoch_s > 0 else datetime.min.replace(tzinfo=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_rfc3339(value: str) -> float:

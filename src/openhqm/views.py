@@ -26,9 +26,28 @@ def status_json(record: RequestRecord) -> dict[str, Any]:
         "session_id": record.session_id, "callback_error": record.callback_error,
         "waiting_on": record.waiting_on, "next_attempt_at": rfc3339(record.next_attempt_at),
         "callbacks": [callback_attempt_json(attempt) for attempt in record.callbacks],
-        "progress": progress_json(record.progress),
+        "progress": progress_json(record.progress), "replayed_from": record.replayed_from,
         **({"parent_id": record.parent_id, "member": record.member} if record.parent_id is not None else {}),
     }
+
+
+def item_json(record: RequestRecord) -> dict[str, Any]:
+    """A request as the console lists it: its status, and what it is for."""
+    kind = record.target_kind
+    return {**status_json(record), "endpoint": record.target if kind == "endpoint" else None,
+            "handler": record.target if kind == "handler" else None, "priority": record.priority}
+
+
+def attempt_history_json(record: RequestRecord) -> list[dict[str, Any]]:
+    """Finished attempts, and the running one (no finished_at) while the request is PROCESSING."""
+    entries = [{"attempt": a.attempt, "started_at": rfc3339(a.started_at), "finished_at": rfc3339(a.finished_at),
+                "worker_id": a.worker_id, "status_code": a.status_code, "error": a.error,
+                "duration_ms": a.duration_ms} for a in record.attempt_history]
+    running = record.status == "PROCESSING" and record.started_at is not None
+    if running and not any(a.attempt == record.attempts for a in record.attempt_history):
+        entries.append({"attempt": record.attempts, "started_at": rfc3339(record.started_at), "finished_at": None,
+                        "worker_id": record.worker_id, "status_code": None, "error": None, "duration_ms": None})
+    return entries
 
 
 def callback_attempt_json(attempt: CallbackAttempt) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from openhqm.backends import Backend, create_backend
 from openhqm.config import Settings
 from tests import leftovers
 from tests.contract import targets
+from tests.contract.stores import make_store, store  # noqa: F401 (the result-store fixtures)
 
 
 def _targets() -> list[ModuleType]:

@@ -18,7 +18,7 @@ from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.results import ResultStore, create_store
 from openhqm.results.series import window
-from tests.contract.test_result_store_contract import TARGETS
+from tests.contract.stores import TARGETS
 from tests.records import new_record
 
 Opened = Callable[[], Awaitable[ResultStore]]

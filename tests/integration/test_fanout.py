@@ -22,7 +22,7 @@ from openhqm.errors import ConfigError, DeadLetter
 from openhqm.listener.fanout import FanOut
 from openhqm.listener.intake import Intake
 from openhqm.results import RequestRecord, create_store
-from openhqm.results.base import FanoutChild
+from openhqm.results.records import FanoutChild
 from openhqm.worker.handlers import Job
 from tests.harness import InProcess, Sample, in_process, settings
 from tests.integration.http_servers import serve

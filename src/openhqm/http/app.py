@@ -18,6 +18,7 @@ from openhqm.http.fastpath import FastPath
 from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
 from openhqm.http.openapi import install_docs
 from openhqm.http.queue_routes import queue_router, worker_router
+from openhqm.http.request_routes import request_router
 from openhqm.http.responses import JSONResponse, problem, rejected, unavailable
 from openhqm.http.routes import ops_router, router
 from openhqm.http.schedule_routes import schedule_router
@@ -55,6 +56,7 @@ def create_app(app: OpenHQM, *, run_workers: bool = False, settle_gc: bool = Tru
     api.include_router(schedule_router)
     api.include_router(queue_router)
     api.include_router(worker_router)
+    api.include_router(request_router)
     if settings.proxy.enabled and settings.proxy.sidecar.enabled:
         # Last, so the bridge's own paths stay its own under any prefix.
         api.include_router(sidecar_router(settings.proxy.sidecar.prefix))

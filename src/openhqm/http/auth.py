@@ -273,15 +273,18 @@ def current_identity(request: Request) -> Identity | None:
 
 
 def required_scope(method: str, path: str) -> ScopeName:
-    """The scope a request needs: admin for dead letters, stats, schedules, queue pause and resume and
-    callback redelivery, submit to queue work (the submit route and sidecar paths), read for everything
-    else under /api/v1."""
+    """The scope a request needs: admin for dead letters, stats, schedules, queue pause and resume,
+    callback redelivery, replay and bulk cancel, submit to queue work (the submit route and sidecar
+    paths), read for everything else under /api/v1."""
     if path.startswith(("/api/v1/dlq", "/api/v1/stats", "/api/v1/schedules")):
         return "admin"
     if method == "POST" and path.startswith("/api/v1/queues/"):
         return "admin"  # pause, resume
     if method == "POST" and path.startswith("/api/v1/requests/") and path.endswith("/callback"):
         return "admin"  # a redelivery sends data to a third party again
+    if method == "POST" and (path == "/api/v1/requests/cancel" or (
+            path.startswith("/api/v1/requests/") and path.endswith("/replay"))):
+        return "admin"  # bulk actions, and running a finished request again
     if path.startswith("/api/v1/"):
         return "submit" if (method, path) == ("POST", "/api/v1/submit") else "read"
     return "submit"

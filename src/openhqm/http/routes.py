@@ -19,7 +19,9 @@ from openhqm.bridge import Bridge, json_body
 from openhqm.constants import DEFAULT_PRIORITY
 from openhqm.envelope import Envelope
 from openhqm.errors import RequestRejected
+from openhqm.http import paths  # noqa: F401 (registers the request_id path convertor)
 from openhqm.http.auth import current_identity
+from openhqm.http.console_params import dead_letter_filter
 from openhqm.http.health import readiness
 from openhqm.http.openapi import ERRORS, RESPONSE_RESPONSES, SUBMIT_RESPONSES
 from openhqm.http.prefer import parse_prefer
@@ -224,7 +226,7 @@ async def answer_response(correlation_id: str, request: Request, wait: float | N
     return finished(record)
 
 
-@router.delete("/api/v1/requests/{correlation_id}", response_model=StatusResponse, responses=ERRORS)
+@router.delete("/api/v1/requests/{correlation_id:request_id}", response_model=StatusResponse, responses=ERRORS)
 async def cancel(correlation_id: str, request: Request) -> dict[str, Any]:
     """Cancel a request that has not finished (a running one is stopped by its worker); 409 once finished."""
     bridge, client = context(request)
@@ -240,7 +242,7 @@ async def get_session(session_id: str, request: Request,
     return {"session_id": session_id, "requests": [status_json(r) for r in records]}
 
 
-@router.get("/api/v1/requests/{correlation_id}/events", responses=ERRORS,
+@router.get("/api/v1/requests/{correlation_id:request_id}/events", responses=ERRORS,
             response_class=EventSourceResponse)
 async def request_events(correlation_id: str, request: Request) -> EventSourceResponse:
     """Server-Sent Events: one `status` event per state change, until a terminal state. A client
@@ -308,10 +310,12 @@ async def get_stats(request: Request) -> dict[str, Any]:
 
 
 @router.get("/api/v1/dlq", response_model=list[DeadLetterEntry])
-async def list_dead_letters(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-                            ) -> list[dict[str, Any]]:
+async def list_dead_letters(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                            endpoint: str | None = None, handler: str | None = None, reason: str | None = None,
+                            since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+    """Oldest first; `since`/`until` (RFC 3339 or epoch seconds) on dead_lettered_at."""
     bridge, _ = context(request)
-    return [dead_letter_json(d) for d in await bridge.dead_letters(limit)]
+    return [dead_letter_json(d) for d in await bridge.dead_letters(limit, dead_letter_filter(locals()))]
 
 
 def dead_letter_json(d: Any) -> dict[str, Any]:
@@ -336,7 +340,7 @@ async def purge_dead_letters(request: Request) -> dict[str, int]:
     return {"purged": await bridge.purge_dead_letters()}
 
 
-@router.post("/api/v1/requests/{correlation_id}/callback", responses=ERRORS)
+@router.post("/api/v1/requests/{correlation_id:request_id}/callback", responses=ERRORS)
 async def resend_callback(correlation_id: str, request: Request) -> dict[str, Any]:
     """Deliver a finished request's callback again (admin); answers with how that went. 409 while it
     is unfinished or when it has no callback_url."""

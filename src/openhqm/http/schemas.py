@@ -125,6 +125,7 @@ class StatusResponse(BaseModel):
     next_attempt_at: str | None = Field(None, description="when it is tried next (RFC 3339), while waiting_on is set")
     callbacks: list[CallbackAttemptEntry] = Field([], description="the latest 20 attempts to deliver its callback")
     progress: ProgressInfo | None = Field(None, description="what the handler last reported (job.progress)")
+    replayed_from: str | None = Field(None, description="the correlation id of the request this one replays")
     parent_id: str | None = Field(None, description="a fan-out child's parent request")
     member: str | None = Field(None, description='the fan-out member a child answers for ("endpoint:<name>" or '
                                '"handler:<name>")')

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import msgspec
 
@@ -28,6 +29,7 @@ log = get_logger("openhqm.listener")
 # moves the message to the queue's dead-letter queue without the worker seeing a last attempt.
 BROKER_DELIVERY_LIMITS = {"sqs": "max_receive_count", "pubsub": "max_delivery_attempts", "nats": "max_deliver"}
 SWEEP_RETRY_S = 5.0  # a broker dead letter the store could not take yet is tried again after this
+DLQ_SCAN = 10_000  # dead letters a filtered listing or bulk action examines at most (the oldest)
 
 
 class DeadLetters:
@@ -37,11 +39,8 @@ class DeadLetters:
         self.routing = routing
         self.replies = replies
         # Re-opens a fan-out parent when its failed child is replayed (listener/fanout.py, plugged in
-        # by the bridge): None when the dead letter is no fan-out child's.
+        # by the bridge): None when the request is no fan-out child its parent counts on.
         self.replay_child: Callable[[str, Envelope], Awaitable[RequestRecord | None]] | None = None
-
-    async def list(self, limit: int = 100) -> list[DeadLetterRecord]:
-        return await self.store.list_dead_letters(limit)
 
     async def purge(self) -> int:
         return await self.store.purge_dead_letters()
@@ -53,29 +52,27 @@ class DeadLetters:
             raise NotFound(f"no dead letter with id {dead_letter_id!r}")
         try:
             envelope = self._again(entry)
-            if self.replay_child is not None:
+            if self.replay_child is not None and entry.correlation_id:
                 child = await self.replay_child(entry.correlation_id, envelope)
                 if child is not None:
                     return child, entry
-            return await self.intake.submit(envelope), entry
+            return await self.intake.submit(envelope, replayed_from=entry.correlation_id or None), entry
         except Exception:
             await self.store.add_dead_letter(entry)  # put it back: replay is all or nothing
             raise
 
     def _again(self, entry: DeadLetterRecord) -> Envelope:
-        """The dead message as a fresh request: a new id, a first attempt, no schedule of its own."""
         try:
             original = decode_envelope(entry.body)
         except UndecodableMessage:
             original = Envelope(body=entry.body)  # another system's raw message
-        if original.endpoint is None and original.handler is None:
-            endpoint, handler = self.routing.choose(None, None)
-            original = msgspec.structs.replace(original, endpoint=endpoint, handler=handler)
-        fresh = new_id()
-        return msgspec.structs.replace(
-            original, id=fresh, correlation_id=fresh, attempt=1, created_at=time.time(), not_before=None,
-            deadline=None, expires_at=None, traceparent=None, raw=False,
-            metadata={**original.metadata, "replay_of": entry.correlation_id or entry.id})
+        return fresh_copy(original, entry.correlation_id or entry.id, self.routing)
+
+    async def list_matching(self, where: DeadLetterFilter, limit: int) -> list[DeadLetterRecord]:
+        """Oldest first, those `where` covers among the oldest DLQ_SCAN entries."""
+        if where == DeadLetterFilter():
+            return await self.store.list_dead_letters(limit)
+        return [d for d in await self.store.list_dead_letters(DLQ_SCAN) if where.matches(d)][:limit]
 
     async def fail(self, entry: DeadLetterRecord) -> bool:
         """Record `entry` and end its request FAILED (callback and all), unless the request finished
@@ -134,3 +131,41 @@ class DeadLetters:
             await delivery.nack(delay_s=SWEEP_RETRY_S)
             return
         await delivery.ack()
+
+
+def fresh_copy(original: Envelope, replay_of: str, routing: Routing) -> Envelope:
+    """A message as a fresh request (a replay): a new id, a first attempt, no schedule of its own."""
+    if original.endpoint is None and original.handler is None:
+        endpoint, handler = routing.choose(None, None)
+        original = msgspec.structs.replace(original, endpoint=endpoint, handler=handler)
+    fresh = new_id()
+    return msgspec.structs.replace(
+        original, id=fresh, correlation_id=fresh, attempt=1, created_at=time.time(), not_before=None,
+        deadline=None, expires_at=None, traceparent=None, raw=False,
+        metadata={**original.metadata, "replay_of": replay_of})
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters a listing or bulk action covers (None: any); times on dead_lettered_at."""
+
+    endpoint: str | None = None
+    handler: str | None = None
+    reason: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def matches(self, entry: DeadLetterRecord) -> bool:
+        if self.reason is not None and entry.reason != self.reason:
+            return False
+        if (self.since is not None and entry.dead_lettered_at < self.since) or (
+                self.until is not None and entry.dead_lettered_at > self.until):
+            return False
+        if self.endpoint is None and self.handler is None:
+            return True
+        try:  # the entry names its target; its message says which kind
+            message = decode_envelope(entry.body)
+        except UndecodableMessage:
+            return False
+        return ((self.endpoint is None or message.endpoint == self.endpoint)
+                and (self.handler is None or message.handler == self.handler))

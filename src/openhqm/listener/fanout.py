@@ -10,8 +10,9 @@ among children finishing together in several listeners exactly one completes it.
 result is computed from the children's records at that point; its waiters and callback fire as
 for any request, since the move is an ordinary transition.
 
-Replaying a failed child's dead letter re-opens the parent (PROCESSING again, its result cleared,
-the member now answered by the new request) before the new child is queued.
+Replaying a failed child (its dead letter, or the finished request) re-opens the parent
+(PROCESSING again, its result cleared, the member now answered by the new request) before the new
+child is queued; replaying a finished parent replays the members that did not complete.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import Any
 import msgspec
 
 from openhqm.constants import Status
-from openhqm.envelope import Envelope, new_id
+from openhqm.envelope import Envelope, decode_envelope, encode, new_id
 from openhqm.errors import Conflict, RequestRejected
 from openhqm.fanout import split_member
 from openhqm.listener.intake import Intake, new_record
 from openhqm.logging import get_logger
-from openhqm.results.base import FanoutChild, RequestRecord, ResultStore
+from openhqm.results.base import RequestRecord, ResultStore
+from openhqm.results.records import FanoutChild
 
 log = get_logger("openhqm.listener")
 
@@ -56,7 +58,8 @@ class FanOut:
                                   status=422)
         return members
 
-    async def submit(self, envelope: Envelope, request_hash: str | None) -> RequestRecord:
+    async def submit(self, envelope: Envelope, request_hash: str | None,
+                     idempotency_key: str | None = None) -> RequestRecord:
         """Create the parent, then queue one child per member; nothing is left behind when the
         broker refuses one (the parent is removed, the children already queued are cancelled)."""
         group = str(envelope.metadata.get(GROUP_KEY))
@@ -65,17 +68,17 @@ class FanOut:
         children = [FanoutChild(member=member, correlation_id=new_id()) for member in members]
         parent = msgspec.structs.replace(
             new_record(envelope, now, request_hash), status=Status.PROCESSING, target=f"fanout:{group}",
-            children=children, waiting_on=None, next_attempt_at=None)
-        await self.store.create(parent)  # AlreadyExists settles concurrent idempotent repeats
-        metadata = {k: v for k, v in envelope.metadata.items() if k != GROUP_KEY}
+            children=children, waiting_on=None, next_attempt_at=None, idempotency_key=idempotency_key)
+        try:  # kept with the parent for the console's detail and a replay of its failed members
+            message = encode(envelope)
+        except (TypeError, OverflowError, UnicodeEncodeError, ValueError) as exc:
+            raise RequestRejected(f"the request cannot be queued: {exc}", status=422) from None
+        await self.store.create(parent, message)  # AlreadyExists settles concurrent idempotent repeats
         queued: list[str] = []
         try:
             for child in children:
-                endpoint, handler = split_member(child.member)
-                await self.intake.submit_child(msgspec.structs.replace(
-                    envelope, id=child.correlation_id, correlation_id=child.correlation_id,
-                    endpoint=endpoint, handler=handler, callback_url=None, metadata=metadata),
-                    parent.correlation_id, child.member)
+                await self.intake.submit_child(self._child_envelope(envelope, child.member, child.correlation_id),
+                                               parent.correlation_id, child.member)
                 queued.append(child.correlation_id)
         except BaseException:
             await self._undo(parent.correlation_id, queued)
@@ -83,6 +86,14 @@ class FanOut:
         self.store.emit(parent)
         log.info("fan-out queued", correlation_id=parent.correlation_id, group=group, children=len(children))
         return parent
+
+    @staticmethod
+    def _child_envelope(parent: Envelope, member: str, correlation_id: str) -> Envelope:
+        """The parent's envelope routed to `member`: no callback of its own, no group."""
+        endpoint, handler = split_member(member)
+        metadata = {k: v for k, v in parent.metadata.items() if k != GROUP_KEY}
+        return msgspec.structs.replace(parent, id=correlation_id, correlation_id=correlation_id, endpoint=endpoint,
+                                       handler=handler, callback_url=None, metadata=metadata)
 
     async def _undo(self, parent_id: str, queued: list[str]) -> None:
         try:
@@ -138,28 +149,59 @@ class FanOut:
                                         error="its fan-out request was cancelled")
 
     async def replay_child(self, original_id: str, envelope: Envelope) -> RequestRecord | None:
-        """Queue `envelope` (a replayed dead letter of request `original_id`) as its parent's new
-        child for the same member, re-opening the parent; None when `original_id` is no fan-out
-        child whose parent still counts on it (then it is replayed as an ordinary request)."""
-        original = await self.store.get(original_id) if original_id else None
-        if original is None or original.parent_id is None or original.member is None:
+        """Queue `envelope` (a replay of request `original_id`: its dead letter, or the finished
+        request) as its parent's new child for the same member, re-opening the parent; None when
+        `original_id` is no fan-out child its parent still counts on (then it is an ordinary replay)."""
+        original = await self.store.get(original_id)
+        if original is None or original.parent_id is None:
             return None
         parent = await self.store.get(original.parent_id)
         if parent is None or all(c.correlation_id != original_id for c in parent.children) or (
                 parent.terminal and parent.status not in _REOPENABLE):
             return None
-        children = [FanoutChild(member=c.member, correlation_id=envelope.correlation_id)
-                    if c.correlation_id == original_id else c for c in parent.children]
+        return (await self._replace(parent, {original_id: envelope}))[0]
+
+    async def replay_failed(self, parent: RequestRecord) -> RequestRecord:
+        """Replay a finished parent: a new child for each member that did not complete (built from
+        the parent's submitted envelope), the parent re-opened; 409 when every member completed."""
+        if parent.status not in _REOPENABLE:
+            raise Conflict(f"fan-out request {parent.correlation_id} is {parent.status}: it is not replayed")
+        message = await self.store.get_envelope(parent.correlation_id)
+        if message is None:
+            raise Conflict(f"fan-out request {parent.correlation_id} has no stored body to replay")
+        envelope = decode_envelope(message)
+        failed = [c for c in parent.children
+                  if (record := await self.store.get(c.correlation_id)) is None or record.status != Status.COMPLETED]
+        if not failed:
+            raise Conflict(f"every member of fan-out request {parent.correlation_id} completed: nothing to replay")
+        await self._replace(parent, {c.correlation_id: self._child_envelope(envelope, c.member, new_id())
+                                     for c in failed})
+        return await self.store.get(parent.correlation_id) or parent
+
+    async def _replace(self, parent: RequestRecord, envelopes: dict[str, Envelope]) -> list[RequestRecord]:
+        """Re-open `parent` with the children `envelopes` replace (by the old child's id), then queue
+        them; a member whose new child could not be queued keeps its old one, and the parent ends
+        again at once if nothing else runs."""
+        children = [FanoutChild(member=c.member, correlation_id=envelopes[c.correlation_id].correlation_id)
+                    if c.correlation_id in envelopes else c for c in parent.children]
         await self._reopen(parent, children)
+        queued: list[RequestRecord] = []
         try:
-            record = await self.intake.submit_child(envelope, parent.correlation_id, original.member)
+            for old in parent.children:
+                if old.correlation_id in envelopes:
+                    queued.append(await self.intake.submit_child(
+                        envelopes[old.correlation_id], parent.correlation_id, old.member,
+                        replayed_from=old.correlation_id))
         except BaseException:
-            await self.store.amend(parent.correlation_id, Status.PROCESSING, children=parent.children)
-            await self.settle(parent.correlation_id)  # as it was: every child finished
+            done = {record.correlation_id for record in queued}
+            kept = [new if new.correlation_id in done or old.correlation_id not in envelopes else old
+                    for old, new in zip(parent.children, children, strict=True)]
+            await self.store.amend(parent.correlation_id, Status.PROCESSING, children=kept)
+            await self.settle(parent.correlation_id)
             raise
-        log.info("fan-out re-opened", correlation_id=parent.correlation_id, member=original.member,
-                 child=record.correlation_id)
-        return record
+        log.info("fan-out re-opened", correlation_id=parent.correlation_id,
+                 children=[record.correlation_id for record in queued])
+        return queued
 
     async def _reopen(self, parent: RequestRecord, children: list[FanoutChild]) -> None:
         if parent.terminal:

@@ -40,37 +40,41 @@ class Intake:
         self.limit = None if max_pending is None else PendingLimit(backend, self.request_queue, max_pending)
         # A routed envelope names its endpoint or handler; one naming neither is a fan-out parent
         # (metadata.fanout), submitted by listener/fanout.py, which the bridge plugs in here.
-        self.fan_out: Callable[[Envelope, str | None], Awaitable[RequestRecord]] | None = None
+        self.fan_out: Callable[[Envelope, str | None, str | None], Awaitable[RequestRecord]] | None = None
 
-    async def submit(self, envelope: Envelope, *, request_hash: str | None = None) -> RequestRecord:
+    async def submit(self, envelope: Envelope, *, request_hash: str | None = None,
+                     idempotency_key: str | None = None, replayed_from: str | None = None) -> RequestRecord:
         """The record of a request the broker accepted; BackendUnavailable (or its QueueFull, StoreFull)
         when it did not, with nothing left behind, counted by its reason."""
         try:
             if self.limit is not None:
                 await self.limit.admit()
             if envelope.endpoint is None and envelope.handler is None and self.fan_out is not None:
-                return await self.fan_out(envelope, request_hash)
-            return await self._submit(envelope, request_hash)
+                return await self.fan_out(envelope, request_hash, idempotency_key)
+            record = new_record(envelope, time.time(), request_hash)
+            if idempotency_key is not None or replayed_from is not None:
+                record = msgspec.structs.replace(record, idempotency_key=idempotency_key,
+                                                 replayed_from=replayed_from)
+            return await self._submit(envelope, record)
         except BackendUnavailable as exc:
             metrics.child(metrics.SUBMITS_REFUSED, self.request_queue, exc.reason).inc()
             raise
 
-    async def submit_child(self, envelope: Envelope, parent_id: str, member: str) -> RequestRecord:
+    async def submit_child(self, envelope: Envelope, parent_id: str, member: str,
+                           replayed_from: str | None = None) -> RequestRecord:
         """A fan-out child: an ordinary request that names its parent (admitted with the parent)."""
-        return await self._submit(envelope, None, (parent_id, member))
+        record = msgspec.structs.replace(new_record(envelope, time.time(), None), parent_id=parent_id,
+                                         member=member, replayed_from=replayed_from)
+        return await self._submit(envelope, record)
 
-    async def _submit(self, envelope: Envelope, request_hash: str | None,
-                      parent: tuple[str, str] | None = None) -> RequestRecord:
+    async def _submit(self, envelope: Envelope, record: RequestRecord) -> RequestRecord:
         envelope = msgspec.structs.replace(envelope, reply_to=self.response_queue)
         try:  # the request's own fault, so before anything is written and never a 503
             message = encode(envelope)
         except (TypeError, OverflowError, UnicodeEncodeError, ValueError) as exc:
             raise RequestRejected(f"the request cannot be queued: {exc}", status=422) from None
-        now = time.time()
-        record = new_record(envelope, now, request_hash)
-        if parent is not None:
-            record = msgspec.structs.replace(record, parent_id=parent[0], member=parent[1])
-        await self.store.create(record)
+        await self.store.create(record, message)  # the message too: the console's detail and replay
+        now = record.submitted_at
         delay_s = envelope.not_before - now if record.status == Status.SCHEDULED and envelope.not_before else None
         try:
             await self.backend.publish(
@@ -112,7 +116,7 @@ class Intake:
         envelope = msgspec.structs.replace(envelope, id=correlation_id, correlation_id=correlation_id)
         for _ in range(2):
             try:
-                return await self.submit(envelope, request_hash=request_hash), True
+                return await self.submit(envelope, request_hash=request_hash, idempotency_key=idempotency_key), True
             except AlreadyExists:
                 existing = await self.store.get(correlation_id)
             if existing is None:
@@ -134,6 +138,8 @@ def new_record(envelope: Envelope, now: float, request_hash: str | None) -> Requ
         correlation_id=envelope.correlation_id, status=Status.SCHEDULED if scheduled else Status.PENDING,
         submitted_at=now, updated_at=now, session_id=envelope.session_id, client_id=envelope.client_id,
         target=envelope.endpoint or envelope.handler, not_before=envelope.not_before,
+        target_kind="endpoint" if envelope.endpoint else ("handler" if envelope.handler else None),
+        priority=envelope.priority,
         callback_url=envelope.callback_url, request_hash=request_hash,
         waiting_on="schedule" if scheduled else None, next_attempt_at=envelope.not_before if scheduled else None)
 

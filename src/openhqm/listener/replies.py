@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from openhqm.backends.base import Backend
 from openhqm.background import Background
@@ -37,10 +38,11 @@ class Replies:
         self.child_finished: Callable[[str, RequestRecord | None], Awaitable[None]] | None = None
 
     async def apply(self, reply: Reply) -> RequestRecord | None:
+        extra: dict[str, Any] = {} if reply.attempt_history is None else {"attempt_history": reply.attempt_history}
         record = await self.store.transition(
             reply.correlation_id, Status(reply.status), result=reply.result, error=reply.error,
             attempts=reply.attempts, processing_time_ms=reply.processing_time_ms,
-            raw_response=reply.raw_response, completed_at=reply.completed_at)
+            raw_response=reply.raw_response, completed_at=reply.completed_at, **extra)
         if record is not None and record.terminal:
             self._deliver_callback(record)
         if self.child_finished is not None and (record is None or record.parent_id is not None):

@@ -11,6 +11,7 @@ import msgspec
 from openhqm.backends.base import Health
 from openhqm.errors import AlreadyExists
 from openhqm.results.base import DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.queries import FilteredCounts, Position, RequestFilter, RequestPage, newest_first
 from openhqm.results.series import FinishedMinute, summarise
 
 
@@ -22,6 +23,7 @@ class MemoryResultStore(ResultStore):
         super().__init__()
         self._records: dict[str, RequestRecord] = {}
         self._dead: dict[str, DeadLetterRecord] = {}
+        self._envelopes: dict[str, bytes] = {}
 
     async def connect(self) -> None:
         pass
@@ -29,13 +31,31 @@ class MemoryResultStore(ResultStore):
     async def close(self) -> None:
         pass
 
-    async def create(self, record: RequestRecord) -> None:
+    async def create(self, record: RequestRecord, envelope: bytes | None = None) -> None:
         if record.correlation_id in self._records:
             raise AlreadyExists(f"request {record.correlation_id} exists")
         self._records[record.correlation_id] = record
+        if envelope is not None:
+            self._envelopes[record.correlation_id] = envelope
 
     async def delete(self, correlation_id: str) -> None:
         self._records.pop(correlation_id, None)
+        self._envelopes.pop(correlation_id, None)
+
+    async def get_envelope(self, correlation_id: str) -> bytes | None:
+        return self._envelopes.get(correlation_id) if correlation_id in self._records else None
+
+    async def query(self, where: RequestFilter, after: Position | None, limit: int) -> RequestPage:
+        found = newest_first(r for r in self._records.values()
+                             if (after is None or after.after(r)) and where.matches(r))
+        return RequestPage(found[:limit], Position.of(found[limit - 1]) if len(found) > limit else None)
+
+    async def count_matching(self, where: RequestFilter) -> FilteredCounts:
+        counts: dict[str, int] = {}
+        for record in self._records.values():
+            if where.matches(record):
+                counts[record.status] = counts.get(record.status, 0) + 1
+        return FilteredCounts(counts)
 
     async def get(self, correlation_id: str) -> RequestRecord | None:
         return self._records.get(correlation_id)
@@ -69,6 +89,7 @@ class MemoryResultStore(ResultStore):
                and (statuses is None or r.status in statuses)]
         for cid in old:
             del self._records[cid]
+            self._envelopes.pop(cid, None)
         return len(old)
 
     async def oldest_unfinished(self) -> float | None:

@@ -5,7 +5,7 @@ Settings: `results.postgres.dsn` (postgresql://user:password@host:port/db) and `
 `connect()` creates the tables and their indexes if missing, and adds a column for any RequestRecord
 field the table lacks.
 Each record field is a column (values of no plain SQL type, such as `result`, are msgpack bytea), so a
-transition is one `UPDATE ... WHERE status = ANY(allowed) RETURNING *`: atomic without locks or retries.
+transition is one `UPDATE ... WHERE status = ANY(allowed) RETURNING <its columns>`: atomic, no locks or retries.
 The same statement calls `pg_notify('<table>', id)` when the record becomes terminal; NOTIFY is
 delivered at commit. Each store keeps one LISTEN connection (outside its pool), reopens it with
 bounded backoff when it drops, and then re-checks every waited id, so a notification sent while it
@@ -29,22 +29,25 @@ from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, Conf
 from openhqm.logging import get_logger
 from openhqm.policies import READINESS_RECONNECT_BACKOFF, Reconnect
 from openhqm.redact import mask_url
+from openhqm.results import postgres_queries as queries
 from openhqm.results.base import SCHEDULE_STATE, DeadLetterRecord, RequestRecord, ResultStore
 from openhqm.results.postgres_columns import COLUMNS, quote, to_record, to_row
+from openhqm.results.queries import FilteredCounts, Position, RequestFilter, RequestPage, Stream, merge
 from openhqm.results.series import FINISHED, FinishedMinute, measured, minute_starts
 
 log = get_logger("openhqm.results")
 
-POOL_MIN_SIZE = 1
-POOL_MAX_SIZE = 10
-HEALTH_TIMEOUT_S = 2.0
-CLOSE_TIMEOUT_S = 5.0
+POOL_MIN_SIZE, POOL_MAX_SIZE = 1, 10
+HEALTH_TIMEOUT_S, CLOSE_TIMEOUT_S = 2.0, 5.0
 LISTENER_CHECK_INTERVAL_S = 30.0  # how often an idle LISTEN connection is probed (half-open TCP)
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_dead = msgspec.msgpack.Decoder(DeadLetterRecord).decode
 _TERMINAL = sorted(str(s) for s in TERMINAL)
 _TERMINAL_SQL = ", ".join(f"'{s}'" for s in _TERMINAL)  # constants from code, inlined for the partial index
+ENVELOPE = "envelope"  # a column of its own, beside the record's: written at create, read by the detail only
+
+
 @contextlib.contextmanager
 def _mapped(action: str) -> Iterator[None]:
     """The one place where asyncpg errors become openhqm errors."""
@@ -76,7 +79,8 @@ class PostgresResultStore(ResultStore):
         self._state = quote(f"{table}_state")
         self._state_channel = f"{table}_state"  # NOTIFY with the kind on every keyed-state write
         self._legacy_schedules = quote(f"{table}_schedules")  # moved into `_state` on connect
-        self._index = {kind: quote(f"{table}_{kind}") for kind in ("session", "done", "status")}
+        self._index = {kind: quote(f"{table}_{kind}") for kind in ("session", "done", "status", "submitted")}
+        self._columns = ", ".join(map(quote, COLUMNS))  # never `*`: the envelope stays where it is
         self._pool: asyncpg.Pool | None = None
         self._listen_conn: asyncpg.Connection | None = None
         self._listen_lost = asyncio.Event()
@@ -142,6 +146,7 @@ class PostgresResultStore(ResultStore):
                 CREATE INDEX IF NOT EXISTS {self._index['done']} ON {t} ((COALESCE(completed_at, updated_at)))
                     WHERE status IN ({_TERMINAL_SQL});
                 CREATE INDEX IF NOT EXISTS {self._index['status']} ON {t} (status);
+                CREATE INDEX IF NOT EXISTS {self._index['submitted']} ON {t} (submitted_at, correlation_id);
                 CREATE TABLE IF NOT EXISTS {self._dead} (
                     id text PRIMARY KEY, dead_lettered_at double precision NOT NULL, data bytea NOT NULL);
                 CREATE TABLE IF NOT EXISTS {self._state} (
@@ -154,8 +159,9 @@ class PostgresResultStore(ResultStore):
             present = {r["attname"] for r in await conn.fetch(
                 "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
                 " AND NOT attisdropped", t)}
-            for name in COLUMNS.keys() - present:  # a field added to RequestRecord since the table was made
-                await conn.execute(f"ALTER TABLE {t} ADD COLUMN {quote(name)} {COLUMNS[name]}")
+            wanted = {**COLUMNS, ENVELOPE: "bytea"}
+            for name in wanted.keys() - present:  # a field added to RequestRecord since the table was made
+                await conn.execute(f"ALTER TABLE {t} ADD COLUMN {quote(name)} {wanted[name]}")
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._wake(payload)
@@ -226,16 +232,16 @@ class PostgresResultStore(ResultStore):
     @staticmethod
     def _notify_sql(source: str, terminal: str, channel: str) -> str:
         """Select `source`'s rows, notifying for each terminal one; NOTIFY is sent at commit."""
-        return (f"SELECT *, CASE WHEN status = ANY({terminal}::text[])"
+        return (f"SELECT {source}.*, CASE WHEN status = ANY({terminal}::text[])"
                 f" THEN pg_notify({channel}, correlation_id) END AS _notified FROM {source}")
 
-    async def create(self, record: RequestRecord) -> None:
-        names = list(COLUMNS)
+    async def create(self, record: RequestRecord, envelope: bytes | None = None) -> None:
+        names = [*COLUMNS, ENVELOPE]
         marks = ", ".join(f"${i}" for i in range(3, len(names) + 3))
         sql = (f"WITH inserted AS (INSERT INTO {self._table} ({', '.join(map(quote, names))})"
                f" VALUES ({marks}) RETURNING correlation_id, status) "
                + self._notify_sql("inserted", "$1", "$2"))
-        values = [to_row(name, getattr(record, name)) for name in names]
+        values = [*(to_row(name, getattr(record, name)) for name in COLUMNS), envelope]
         with _mapped("create"):
             try:
                 await self._db.fetch(sql, _TERMINAL, self._channel, *values)
@@ -248,7 +254,7 @@ class PostgresResultStore(ResultStore):
 
     async def get(self, correlation_id: str) -> RequestRecord | None:
         with _mapped("get"):
-            row = await self._db.fetchrow(f"SELECT * FROM {self._table} WHERE correlation_id = $1",
+            row = await self._db.fetchrow(f"SELECT {self._columns} FROM {self._table} WHERE correlation_id = $1",
                                           correlation_id)
         return None if row is None else to_record(row)
 
@@ -260,7 +266,7 @@ class PostgresResultStore(ResultStore):
         assignments = ", ".join(f"{quote(name)} = ${i}" for i, name in enumerate(names, start=5))
         condition = "status <> ALL($2::text[])" if allowed_from is None else "status = ANY($2::text[])"
         sql = (f"WITH updated AS (UPDATE {self._table} SET {assignments}"
-               f" WHERE correlation_id = $1 AND {condition} RETURNING *) "
+               f" WHERE correlation_id = $1 AND {condition} RETURNING {self._columns}) "
                + self._notify_sql("updated", "$3", "$4"))
         statuses = _TERMINAL if allowed_from is None else [str(s) for s in allowed_from]
         values = [to_row(name, changes[name]) for name in names]
@@ -268,19 +274,41 @@ class PostgresResultStore(ResultStore):
             row = await self._db.fetchrow(sql, correlation_id, statuses, _TERMINAL, self._channel, *values)
         return None if row is None else to_record(row)
 
+    async def get_envelope(self, correlation_id: str) -> bytes | None:
+        sql = f"SELECT {ENVELOPE} FROM {self._table} WHERE correlation_id = $1"
+        with _mapped("get_envelope"):
+            data = await self._db.fetchval(sql, correlation_id)
+        return None if data is None else bytes(data)
+
+    async def query(self, where: RequestFilter, after: Position | None, limit: int) -> RequestPage:
+        (sql, args), stop_query = queries.page_sql(self._table, self._columns, where, after, limit)
+        with _mapped("query"):
+            records = [to_record(row) for row in await self._db.fetch(sql, *args)]
+            stop = Position.of(records[-1]) if len(records) == limit else None
+            if stop is None and stop_query is not None:
+                row = await self._db.fetchrow(stop_query[0], *stop_query[1])
+                stop = None if row is None else Position(row["submitted_at"], row["correlation_id"])
+        return merge([Stream(records, stop)], limit)
+
+    async def count_matching(self, where: RequestFilter) -> FilteredCounts:
+        sql, args = queries.counts_sql(self._table, where)
+        with _mapped("count_matching"):
+            rows = await self._db.fetch(sql, *args)
+        return FilteredCounts({row["status"]: int(row["n"]) for row in rows})
+
     async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
         if limit <= 0:
             return []
         with _mapped("list_session"):
             rows = await self._db.fetch(
-                f"SELECT * FROM {self._table} WHERE session_id = $1 ORDER BY submitted_at LIMIT $2",
+                f"SELECT {self._columns} FROM {self._table} WHERE session_id = $1 ORDER BY submitted_at LIMIT $2",
                 session_id, limit)
         return [to_record(row) for row in rows]
 
     async def unfinished_submitted_before(self, before: float, limit: int = 100) -> list[RequestRecord]:
         with _mapped("unfinished_submitted_before"):
             rows = await self._db.fetch(
-                f"SELECT * FROM {self._table} WHERE status <> ALL($1::text[]) AND submitted_at < $2"
+                f"SELECT {self._columns} FROM {self._table} WHERE status <> ALL($1::text[]) AND submitted_at < $2"
                 " ORDER BY submitted_at LIMIT $3", _TERMINAL, before, limit)
         return [to_record(row) for row in rows]
 
@@ -323,8 +351,7 @@ class PostgresResultStore(ResultStore):
 
     async def purge_dead_letters(self) -> int:
         with _mapped("purge_dead_letters"):
-            status = await self._db.execute(f"DELETE FROM {self._dead}")
-        return int(status.split()[-1])
+            return int((await self._db.execute(f"DELETE FROM {self._dead}")).split()[-1])
 
     async def _put_state(self, kind: str, name: str, data: bytes | None) -> None:
         if data is None:

@@ -3,7 +3,9 @@
 Settings: `results.redis.url` (redis:// or rediss://), `results.redis.prefix` (namespace of every key).
 Keys, all under `<prefix>:`:
 
-    req:<id>          hash  d = msgpack record, s = status, v = version, sess = session id
+    req:<id>          hash  d = msgpack record, s = status, v = version, sess = session id,
+                            b = the envelope written at create (read by the console's detail only)
+    submitted         zset  every id, scored by submitted_at (the console's list, redis_queries.py)
     counts            hash  status -> number of records
     session:<sid>     zset  ids of one session, scored by submitted_at
     done              zset  msgpack [id, status, session?] of terminal records, scored by completed_at
@@ -44,7 +46,9 @@ from openhqm.logging import get_logger
 from openhqm.policies import READINESS_RECONNECT_BACKOFF, Reconnect
 from openhqm.redact import mask_url
 from openhqm.results import redis_lua as lua
+from openhqm.results import redis_queries as queries
 from openhqm.results.base import SCHEDULE_STATE, DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.queries import FilteredCounts, Position, RequestFilter, RequestPage
 
 log = get_logger("openhqm.results")
 
@@ -206,11 +210,11 @@ class RedisResultStore(ResultStore):
     def _done_score(self, record: RequestRecord) -> str:
         return repr(record.completed_at if record.completed_at is not None else record.updated_at)
 
-    async def create(self, record: RequestRecord) -> None:
+    async def create(self, record: RequestRecord, envelope: bytes | None = None) -> None:
         cid = record.correlation_id
-        keys = [self._req_key(cid), self._counts_key, self._done_key]
+        keys = [self._req_key(cid), self._counts_key, self._done_key, f"{self._prefix}:submitted"]
         args: list[EncodableT] = [_encode(record), record.status, cid, self._done_score(record),
-                                   str(self._ttl_ms), self._channel, repr(record.submitted_at)]
+                                   str(self._ttl_ms), self._channel, repr(record.submitted_at), envelope or b""]
         if record.session_id is not None:
             keys.append(f"{self._prefix}:session:{record.session_id}")
             args.append(record.session_id)
@@ -225,6 +229,21 @@ class RedisResultStore(ResultStore):
         with _mapped("get"):
             data = await self._redis.hget(self._req_key(correlation_id), "d")
         return None if data is None else _decode_record(_bytes(data))
+
+    async def get_envelope(self, correlation_id: str) -> bytes | None:
+        with _mapped("get_envelope"):
+            data = await self._redis.hget(self._req_key(correlation_id), "b")
+        return None if data is None else _bytes(data)
+
+    async def query(self, where: RequestFilter, after: Position | None, limit: int) -> RequestPage:
+        with _mapped("query"):
+            return await queries.page(self._redis, self._prefix, where, after, limit)
+
+    async def count_matching(self, where: RequestFilter) -> FilteredCounts:
+        if queries.unfiltered(where):
+            return FilteredCounts(await self.counts())
+        with _mapped("count_matching"):
+            return await queries.counts(self._redis, self._prefix, where)
 
     async def _transition(self, correlation_id: str, changes: dict[str, Any],
                           allowed_from: Iterable[str] | None) -> RequestRecord | None:

@@ -18,14 +18,17 @@ local function finish(key, cid, status, sess, score, ttl_ms, channel)
 end
 """
 
-# KEYS: req, counts, done[, session]  ARGV: data, status, id, done score, ttl ms, channel, submitted_at[, sid]
+# KEYS: req, counts, done, submitted[, session]
+# ARGV: data, status, id, done score, ttl ms, channel, submitted_at, envelope ('' for none)[, sid]
 CREATE = _COMMON + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local sess = ARGV[8]
+local sess = ARGV[9]
 redis.call('HSET', KEYS[1], 'd', ARGV[1], 's', ARGV[2], 'v', 1)
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'b', ARGV[8]) end
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[3])
 if sess then
   redis.call('HSET', KEYS[1], 'sess', sess)
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[3])
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[3])
 end
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 if TERMINAL[ARGV[2]] then finish(KEYS[1], ARGV[3], ARGV[2], sess, ARGV[4], ARGV[5], ARGV[6]) end
@@ -54,6 +57,7 @@ if not cur[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HINCRBY', KEYS[2], cur[1], -1)
 if cur[2] then redis.call('ZREM', ARGV[2] .. ':session:' .. cur[2], ARGV[1]) end
+redis.call('ZREM', ARGV[2] .. ':submitted', ARGV[1])
 if TERMINAL[cur[1]] then redis.call('ZREM', KEYS[3], done_member(ARGV[1], cur[1], cur[2])) end
 return 1
 """
@@ -67,7 +71,7 @@ if #ARGV > 4 then
   wanted = {}
   for i = 5, #ARGV do wanted[ARGV[i]] = true end
 end
-local removed, skipped = {}, 0
+local removed, ids, skipped = {}, {}, 0
 for _, member in ipairs(members) do
   local entry = cmsgpack.unpack(member)
   if wanted == nil or wanted[entry[2]] then
@@ -75,11 +79,15 @@ for _, member in ipairs(members) do
     redis.call('HINCRBY', KEYS[1], entry[2], -1)
     if entry[3] then redis.call('ZREM', ARGV[3] .. ':session:' .. entry[3], entry[1]) end
     table.insert(removed, member)
+    table.insert(ids, entry[1])
   else
     skipped = skipped + 1
   end
 end
-if #removed > 0 then redis.call('ZREM', KEYS[2], unpack(removed)) end
+if #removed > 0 then
+  redis.call('ZREM', KEYS[2], unpack(removed))
+  redis.call('ZREM', ARGV[3] .. ':submitted', unpack(ids))
+end
 return {#removed, skipped, #members}
 """
 

@@ -19,7 +19,9 @@ import msgspec
 from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL
 from openhqm.errors import AlreadyExists
+from openhqm.results import sqlite_queries as queries
 from openhqm.results.base import SCHEDULE_STATE, DeadLetterRecord, RequestRecord, ResultStore
+from openhqm.results.queries import FilteredCounts, Position, RequestFilter, RequestPage
 from openhqm.results.series import FINISHED, SAMPLE_PER_MINUTE, FinishedMinute, minute, minute_starts
 from openhqm.sqlite_db import SQLiteDB, shared_db
 
@@ -30,14 +32,15 @@ CREATE TABLE IF NOT EXISTS requests (
     session_id TEXT,
     submitted_at REAL NOT NULL,
     completed_at REAL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    client_id TEXT,
+    target TEXT,
+    idempotency_key TEXT,
+    envelope BLOB
 );
 CREATE INDEX IF NOT EXISTS requests_session ON requests (session_id, submitted_at) WHERE session_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_completed ON requests (completed_at) WHERE completed_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (submitted_at) WHERE completed_at IS NULL;
--- COUNTS reads this index instead of every record: it still grows with retention, but is several
--- times faster than a scan of the table, and runs on the event loop every metrics sample.
-CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT PRIMARY KEY,
     dead_lettered_at REAL NOT NULL,
@@ -68,9 +71,11 @@ SERIES_COUNTS = ("SELECT status, COUNT(*) FROM requests WHERE completed_at >= ? 
                  " AND +status IN (?, ?) GROUP BY status")
 SERIES_LATENCIES = ("SELECT completed_at - submitted_at FROM requests WHERE completed_at >= ? AND completed_at < ?"
                     " AND +status IN (?, ?) ORDER BY completed_at DESC LIMIT ?")
+# COUNTS reads requests_status_submitted (sqlite_queries.py) instead of every record: it still grows
+# with retention, but is several times faster than a scan of the table.
 COUNTS = "SELECT status, COUNT(*) FROM requests GROUP BY status"
 # `+status` keeps the search on requests_completed (by age): the planner would otherwise take
-# requests_status and read every retained request of those states.
+# the status index and read every retained request of those states.
 EXPIRED_CHUNK = ("SELECT rowid FROM requests WHERE completed_at IS NOT NULL AND completed_at < ?"
                  f" AND +status IN ({{marks}}) LIMIT {_CLEANUP_CHUNK}")
 
@@ -92,6 +97,7 @@ class SQLiteResultStore(ResultStore):
             return
         self._db.acquire(SCHEMA)
         self._db.migrate(_move_legacy_schedules)
+        self._db.migrate(queries.add_columns)
         self._connected = True
         self._watcher = asyncio.create_task(self._watch(), name="openhqm-store-watch")
 
@@ -133,13 +139,15 @@ class SQLiteResultStore(ResultStore):
         (they share the writer connection, whose own commits data_version does not count)."""
         return self._db.others_version(), self._db.finished_requests - self._finished_here
 
-    async def create(self, record: RequestRecord) -> None:
+    async def create(self, record: RequestRecord, envelope: bytes | None = None) -> None:
         row = (record.correlation_id, record.status, record.session_id, record.submitted_at,
-               record.completed_at, _encode(record))
+               record.completed_at, _encode(record), record.client_id, queries.target_column(record),
+               record.idempotency_key, envelope)
         def insert(conn: sqlite3.Connection) -> None:
             try:
-                conn.execute("INSERT INTO requests (correlation_id, status, session_id, submitted_at,"
-                             " completed_at, data) VALUES (?, ?, ?, ?, ?, ?)", row)
+                conn.execute("INSERT INTO requests (correlation_id, status, session_id, submitted_at, completed_at,"
+                             " data, client_id, target, idempotency_key, envelope)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"request {record.correlation_id} exists") from None
 
@@ -153,6 +161,17 @@ class SQLiteResultStore(ResultStore):
         row = await self._db.run(lambda c: c.execute(
             "SELECT data FROM requests WHERE correlation_id = ?", (correlation_id,)).fetchone())
         return _decode_record(row[0]) if row else None
+
+    async def get_envelope(self, correlation_id: str) -> bytes | None:
+        row = await self._db.read(lambda c: c.execute(
+            "SELECT envelope FROM requests WHERE correlation_id = ?", (correlation_id,)).fetchone())
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    async def query(self, where: RequestFilter, after: Position | None, limit: int) -> RequestPage:
+        return await self._db.read(lambda c: queries.page(c, where, after, limit))
+
+    async def count_matching(self, where: RequestFilter) -> FilteredCounts:
+        return await self._db.read(lambda c: queries.counts(c, where))
 
     async def _transition(self, correlation_id: str, changes: dict[str, Any],
                           allowed_from: Iterable[str] | None) -> RequestRecord | None:

@@ -22,15 +22,17 @@ from openhqm import metrics
 from openhqm.backends.base import Backend, Delivery
 from openhqm.config import Settings
 from openhqm.constants import Status
-from openhqm.envelope import Envelope, Reply, decode_envelope, encode, new_id
+from openhqm.envelope import AttemptEntry, Envelope, Reply, decode_envelope, encode, new_id
 from openhqm.errors import DeadLetter, JobCancelled, RequestRejected, Retry, UndecodableMessage
 from openhqm.logging import get_logger
 from openhqm.policies import RetryPolicy
 from openhqm.redact import mask_secrets, secret_values
 from openhqm.results.base import DeadLetterReason, DeadLetterRecord, ResultStore
 from openhqm.tracing import job_span
+from openhqm.worker.attempts import Run, status_code_of
 from openhqm.worker.control import JobControl
 from openhqm.worker.handlers import Job
+from openhqm.worker.identity import this_process
 from openhqm.worker.middleware import Middleware
 from openhqm.worker.replies import BrokerReplies, ReplyRoute
 from openhqm.worker.targets import Outcome, Target, TargetDeferred, TargetFailed, routed
@@ -112,13 +114,15 @@ class Processor:
             metrics.child(metrics.MESSAGES, self.queue, "expired",
                           *metrics.target_labels(envelope, self.target.routing)).inc()
             return
-        if not await self._claim(envelope, attempt):
+        history = await self._claim(envelope, attempt, now)
+        if history is None:
             log.info("skipped: request is no longer runnable")
             await delivery.ack()
             metrics.child(metrics.MESSAGES, self.queue, "cancelled",
                           *metrics.target_labels(envelope, self.target.routing)).inc()
             return
         started = time.perf_counter()
+        run = Run(attempt, now, history)
         metrics.child(metrics.INFLIGHT, self.queue).inc()
         span = job_span("openhqm.process", envelope.traceparent, {
             "messaging.message.id": envelope.id, "openhqm.correlation_id": envelope.correlation_id,
@@ -137,7 +141,7 @@ class Processor:
             return
         except Exception as exc:  # handlers may raise anything; _failure sorts it out
             failure = self._failure(exc, Job(envelope, attempt))
-            await self._failed(delivery, envelope, attempt, failure)
+            await self._failed(delivery, envelope, run, failure)
             return
         finally:
             metrics.child(metrics.INFLIGHT, self.queue).dec()
@@ -146,25 +150,28 @@ class Processor:
         try:
             result = as_json(outcome.result)
         except TypeError as exc:  # retrying would run the handler again for the same answer
-            await self._failed(delivery, envelope, attempt, Failure(f"result is not JSON: {exc}", retryable=False))
+            await self._failed(delivery, envelope, run, Failure(f"result is not JSON: {exc}", retryable=False))
             return
         reply = Reply(correlation_id=envelope.correlation_id, status=Status.COMPLETED, result=result,
                       raw_response=outcome.raw_response, attempts=attempt, started_at=now,
-                      processing_time_ms=round((time.perf_counter() - started) * 1000, 3))
+                      processing_time_ms=round((time.perf_counter() - started) * 1000, 3),
+                      attempt_history=run.ended(status_code=status_code_of(result)))
         await self._finish(delivery, envelope, reply)
         metrics.child(metrics.MESSAGES, self.queue, "completed",
                       *metrics.target_labels(envelope, self.target.routing)).inc()
 
-    async def _claim(self, envelope: Envelope, attempt: int) -> bool:
-        """Mark PROCESSING; False when the request was cancelled or already finished."""
+    async def _claim(self, envelope: Envelope, attempt: int, now: float) -> list[AttemptEntry] | None:
+        """Mark PROCESSING: the earlier attempts' history; None when the request was cancelled or
+        already finished."""
         if envelope.raw:
-            return True
-        record = await self.store.transition(envelope.correlation_id, Status.PROCESSING,
-                                             allowed_from=_RUNNABLE, attempts=attempt, progress=None)
+            return []
+        record = await self.store.transition(envelope.correlation_id, Status.PROCESSING, allowed_from=_RUNNABLE,
+                                             attempts=attempt, progress=None, worker_id=this_process().worker_id,
+                                             started_at=now)
         if record is not None:
-            return True
+            return record.attempt_history
         # Unknown to this store (another system's message, or a store this worker cannot see): run it.
-        return await self.store.get(envelope.correlation_id) is None
+        return [] if await self.store.get(envelope.correlation_id) is None else None
 
     async def _run(self, job: Job) -> Outcome:
         timeout_s = min(job.envelope.timeout_s or self.target.timeout_s(job) or self.settings.default_timeout_s,
@@ -208,20 +215,25 @@ class Processor:
         log.exception("handler raised", exc_info=exc)
         return Failure(f"{type(exc).__name__}: {exc}", retry=policy)
 
-    async def _failed(self, delivery: Delivery, envelope: Envelope, attempt: int, failure: Failure) -> None:
+    async def _failed(self, delivery: Delivery, envelope: Envelope, run: Run, failure: Failure) -> None:
+        attempt = run.attempt
         policy = failure.retry or self.retry
         delay_s = policy.next_delay_s(attempt, retry_after_s=failure.retry_after_s,
                                       age_s=time.time() - envelope.created_at) if failure.retryable else None
+        history = run.ended(status_code=failure.status_code, error=failure.error, secrets=self._secrets)
         if delay_s is not None:
-            await self._retry(delivery, envelope, attempt, failure.error, delay_s)
+            await self._retry(delivery, envelope, attempt, failure.error, delay_s, history)
             return
-        await self._dead_letter(delivery, envelope, *give_up_reason(failure, attempt, policy), attempt, failure)
+        await self._dead_letter(delivery, envelope, *give_up_reason(failure, attempt, policy), attempt, failure,
+                                history)
 
-    async def _retry(self, delivery: Delivery, envelope: Envelope, attempt: int, error: str, delay_s: float) -> None:
+    async def _retry(self, delivery: Delivery, envelope: Envelope, attempt: int, error: str, delay_s: float,
+                     history: list[AttemptEntry]) -> None:
         log.info("retry scheduled", delay_s=round(delay_s, 3), error=error)
         if not envelope.raw:
             await self.store.transition(envelope.correlation_id, Status.RETRY, error=error, attempts=attempt,
-                                        waiting_on="retry", next_attempt_at=time.time() + delay_s)
+                                        waiting_on="retry", next_attempt_at=time.time() + delay_s,
+                                        attempt_history=history)
         await delivery.nack(delay_s=delay_s)
         metrics.child(metrics.MESSAGES, self.queue, "retried",
                       *metrics.target_labels(envelope, self.target.routing)).inc()
@@ -241,7 +253,8 @@ class Processor:
         await delivery.ack()
 
     async def _dead_letter(self, delivery: Delivery, envelope: Envelope | None, reason: DeadLetterReason,
-                           detail: str, attempt: int, last: Failure | None) -> None:
+                           detail: str, attempt: int, last: Failure | None,
+                           history: list[AttemptEntry] | None = None) -> None:
         correlation_id = envelope.correlation_id if envelope else ""
         last_error = bounded(mask_secrets(last.error, self._secrets)) if last else None
         trace = bounded_traceback(last.cause, self._secrets) if last and last.cause else None
@@ -262,7 +275,8 @@ class Processor:
             return
         if envelope is not None:
             await self._finish(delivery, envelope, Reply(
-                correlation_id=correlation_id, status=Status.FAILED, error=last_error or detail, attempts=attempt))
+                correlation_id=correlation_id, status=Status.FAILED, error=last_error or detail, attempts=attempt,
+                attempt_history=history))
             metrics.child(metrics.MESSAGES, self.queue, "failed",
                           *metrics.target_labels(envelope, self.target.routing)).inc()
         else:
