@@ -267,3 +267,40 @@ async def test_two_listeners_settling_one_parent_at_once_complete_it_exactly_onc
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_replaying_a_finished_parent_replays_only_its_failed_members(hq: InProcess, sample: Sample) -> None:
+    gate: Gate = sample.gate  # type: ignore[attr-defined]
+    cid = (await hq.accepted({"name": "p"}, fanout="gated"))["correlation_id"]
+    assert (await hq.result(cid))["status"] == "FAILED"
+    before = {c["member"]: c["correlation_id"] for c in (await status_of(hq, cid))["children"]}
+
+    gate.failing, gate.release = False, asyncio.Event()
+    gate.release.set()
+    replay = await hq.client.post(f"/api/v1/requests/{cid}/replay")
+    assert replay.status_code == 202, replay.text
+    assert replay.json()["correlation_id"] == cid
+    done = await hq.result(cid)
+    assert done["status"] == "COMPLETED"
+    after = {c["member"]: c["correlation_id"] for c in (await status_of(hq, cid))["children"]}
+    assert after["endpoint:ok"] == before["endpoint:ok"], "the completed member is not run again"
+    assert after["handler:gate"] != before["handler:gate"]
+    assert (await status_of(hq, after["handler:gate"]))["replayed_from"] == before["handler:gate"]
+    assert done["result"]["members"]["handler:gate"] == {"gate": "open"}
+
+    again = await hq.client.post(f"/api/v1/requests/{cid}/replay")
+    assert again.status_code == 409 and "nothing to replay" in again.json()["detail"]
+
+
+async def test_replaying_a_finished_failed_child_reopens_its_parent(hq: InProcess, sample: Sample) -> None:
+    gate: Gate = sample.gate  # type: ignore[attr-defined]
+    cid = (await hq.accepted({"name": "q"}, fanout="gated"))["correlation_id"]
+    assert (await hq.result(cid))["status"] == "FAILED"
+    failed = {c["member"]: c["correlation_id"] for c in (await status_of(hq, cid))["children"]}["handler:gate"]
+    gate.failing = False
+    gate.release.set()
+    replay = await hq.client.post(f"/api/v1/requests/{failed}/replay")
+    assert replay.status_code == 202, replay.text
+    assert (await hq.result(cid))["status"] == "COMPLETED"
+    assert {c["member"]: c["correlation_id"] for c in (await status_of(hq, cid))["children"]}[
+        "handler:gate"] == replay.json()["correlation_id"]
