@@ -110,11 +110,12 @@ async def remove_nats_stream(url: str, stream: str) -> None:
 
 
 async def remove_postgres_tables(dsn: str, table: str) -> None:
-    """The result store's table and its companions (its indexes go with them)."""
+    """The result store's table and its companions, flow limits' included (indexes go with them)."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_dead_letters", "{table}_schedules",'
-                           f' "{table}_state"')
+                           f' "{table}_state", "{table}_flow_buckets", "{table}_flow_holders",'
+                           f' "{table}_flow_waiting"')
     finally:
         await conn.close()
 

@@ -24,6 +24,7 @@ from openhqm.backends import registry
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
 from openhqm.errors import ConfigError, MissingDependency
 from openhqm.fanout import check_groups
+from openhqm.flow.limits import FlowSettings
 from openhqm.forward.settings import CallbackSettings, EndpointSettings, MiB, ProxySettings
 from openhqm.http.auth_settings import ApiKeySettings as ApiKeySettings  # re-exported: public names
 from openhqm.http.auth_settings import AuthSettings
@@ -212,14 +213,13 @@ class Settings(BaseSettings):
     proxy: ProxySettings = ProxySettings()
     callbacks: CallbackSettings = CallbackSettings()
     schedules: dict[str, ScheduleSettings] = {}
+    flow: FlowSettings = FlowSettings()
     fanout: dict[str, list[str]] = Field({}, description="group -> members: 'endpoint:<name>' or 'handler:<name>'")
 
     @field_validator("fanout")
     @classmethod
     def _fanout_members(cls, value: dict[str, list[str]], info: Any) -> dict[str, list[str]]:
-        proxy: ProxySettings | None = info.data.get("proxy")
-        check_groups(value, proxy.endpoints if proxy is not None and proxy.enabled else None)
-        return value
+        return check_groups(value, info.data.get("proxy"))
 
     @model_validator(mode="after")
     def _forwarding_concurrency(self) -> Settings:
@@ -227,6 +227,15 @@ class Settings(BaseSettings):
         # backend, the bottleneck of a slow service. The endpoint's max_concurrency protects it.
         if self.proxy.enabled and "concurrency" not in self.worker.model_fields_set:
             self.worker = self.worker.model_copy(update={"concurrency": PROXY_CONCURRENCY})
+        return self
+
+    @model_validator(mode="after")
+    def _flow_endpoints(self) -> Settings:
+        endpoints = self.proxy.all_endpoints() if self.proxy.enabled else {}
+        for name, limit in self.flow.limits.items():
+            if limit.endpoint is not None and limit.endpoint not in endpoints:
+                known = ", ".join(sorted(endpoints)) or "none (proxy is off or has no endpoints)"
+                raise ValueError(f"flow.limits.{name}.endpoint names no endpoint: {limit.endpoint!r}; valid: {known}")
         return self
 
     @classmethod

@@ -59,6 +59,10 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     caller: Caller | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     raw: bool = False
+    # Flow control (flow/limiter.py): the time this request's rate tokens are reserved for, and how
+    # often a concurrency limit has made it wait; set only on a request a limit deferred.
+    flow_ticket: float | None = None
+    flow_waits: int = 0
     v: int = ENVELOPE_VERSION
 
     def __post_init__(self) -> None:

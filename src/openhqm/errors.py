@@ -29,6 +29,7 @@
     │   └── RequestTimeout                  the client's wait() ran out before the request finished
     ├── TargetFailed                        a handler or HTTP backend failed (retryable or not)
     ├── TargetDeferred                      not tried now (circuit open): requeue without counting a try
+    │   └── LimitWait                       over a flow limit: requeue for when it may run (flow/limiter.py)
     ├── JobCancelled                        the client cancelled the request while it ran: ack, no reply
     ├── Retry                               raised by handlers on purpose: try again after delay_s
     └── DeadLetter                          raised by handlers on purpose: give up now, with a reason
@@ -119,6 +120,17 @@ class TargetDeferred(OpenHQMError):
         super().__init__(message)
         self.delay_s = delay_s
         self.waiting_on = waiting_on
+
+
+class LimitWait(TargetDeferred):
+    """Over a flow limit: `ticket_at` is the time its rate tokens are reserved for (it runs then without
+    taking others), `waits` how often concurrency made it wait (its next backoff grows with it)."""
+
+    def __init__(self, message: str, *, delay_s: float, waiting_on: str, ticket_at: float | None,
+                 waits: int) -> None:
+        super().__init__(message, delay_s=delay_s, waiting_on=waiting_on)
+        self.ticket_at = ticket_at
+        self.waits = waits
 
 
 class JobCancelled(OpenHQMError):

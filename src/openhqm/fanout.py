@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from openhqm.errors import ConfigError
+from openhqm.forward.settings import ProxySettings
 
 KINDS = ("endpoint", "handler")
 
@@ -20,9 +21,10 @@ def split_member(member: str) -> tuple[str | None, str | None]:
     return (name, None) if kind == "endpoint" else (None, name)
 
 
-def check_groups(groups: Mapping[str, list[str]], endpoints: Collection[str] | None) -> None:
-    """ValueError naming the first bad member; `endpoints` are the configured proxy endpoints
-    (None when proxy mode is off)."""
+def check_groups(groups: dict[str, list[str]], proxy: ProxySettings | None) -> dict[str, list[str]]:
+    """`groups` as they are, or ValueError naming the first bad member (endpoints are those of
+    `proxy`, none when proxy mode is off)."""
+    endpoints = proxy.endpoints if proxy is not None and proxy.enabled else None
     for group, members in groups.items():
         if not members:
             raise ValueError(f"fanout.{group} has no members")
@@ -39,6 +41,7 @@ def check_groups(groups: Mapping[str, list[str]], endpoints: Collection[str] | N
                 valid = ", ".join(sorted(endpoints)) or "none"
                 raise ValueError(f"fanout.{group} member {member!r} names no configured endpoint "
                                  f"(proxy.endpoints: {valid})")
+    return groups
 
 
 def check_handlers(groups: Mapping[str, list[str]], handlers: Collection[str]) -> None:

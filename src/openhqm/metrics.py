@@ -54,6 +54,12 @@ SUBMITS_REFUSED = Counter("openhqm_submits_refused", "Submits answered 503, by r
 # `reconciled_missing` (unfinished far too long, its message gone): both mean work was lost mid-way.
 FOUND_DEAD_LETTERS = Counter("openhqm_found_dead_letters", "Requests the listener dead-lettered itself, by reason",
                              ["queue", "reason"], registry=REGISTRY)
+# Flow limits (flow/limiter.py): `limit` is a configured limit's name, never a key value.
+FLOW_ADMITTED = Counter("openhqm_flow_admitted", "Requests a flow limit let run", ["limit"], registry=REGISTRY)
+FLOW_DEFERRED = Counter("openhqm_flow_deferred", "Requests a flow limit made wait (each deferral)", ["limit"],
+                        registry=REGISTRY)
+FLOW_WAITING = Gauge("openhqm_flow_waiting", "Requests waiting on a flow limit, all processes (as last seen)",
+                     ["limit"], registry=REGISTRY)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -31,6 +31,7 @@ from openhqm.backends import Backend, create_backend
 from openhqm.bridge import Bridge
 from openhqm.config import Settings
 from openhqm.fanout import check_handlers
+from openhqm.flow.limiter import Limiter, build_limiter
 from openhqm.forward import CallbackSender, Forwarder
 from openhqm.gc_tuning import settle_after_startup
 from openhqm.results import create_store
@@ -72,6 +73,8 @@ class Runtime:
                              Routing(app.handlers, self.settings.worker.default_handler, self.forwarder),
                              self.callbacks) if listener else None
         self.workers = workers
+        # Flow limits are asked by workers only; None when none is configured.
+        self.flow = build_limiter(self.settings, app.handlers) if workers else None
         self.probes = probes
         self.settle_gc = settle_gc
         self.pool: WorkerPool | None = None
@@ -100,6 +103,9 @@ class Runtime:
             if self.forwarder is not None:
                 await self.forwarder.start()
                 stack.push_async_callback(self.forwarder.close)
+            if self.flow is not None:
+                await self.flow.connect()
+                stack.push_async_callback(self.flow.close)
             if self.callbacks is not None:
                 await self.callbacks.start()
                 stack.push_async_callback(self.callbacks.close)
@@ -134,7 +140,7 @@ class Runtime:
         stack.push_async_callback(stop)
 
     async def _start_workers(self, stack: AsyncExitStack) -> None:
-        pool = build_pool(self.app, self.backend, self.store, self.forwarder, self.replies)
+        pool = build_pool(self.app, self.backend, self.store, self.forwarder, self.replies, self.flow)
         if self.probes and self.settings.worker.health_port:
             from openhqm.http.health import serving_probes
 
@@ -160,11 +166,12 @@ def build_target(app: OpenHQM, forwarder: Forwarder | None = None) -> Target:
 
 
 def build_pool(app: OpenHQM, backend: Backend, store: ResultStore, forwarder: Forwarder | None,
-               replies: ReplyRoute) -> WorkerPool:
-    """`replies`: where finished requests' replies go (chosen by the runtime, see worker/replies.py)."""
+               replies: ReplyRoute, flow: Limiter | None = None) -> WorkerPool:
+    """`replies`: where finished requests' replies go (chosen by the runtime, see worker/replies.py);
+    `flow`: the process's flow limiter (flow/limiter.py), None without limits."""
     settings = app.settings
     processor = Processor(app, backend, store, build_target(app, forwarder), settings.queue.request_queue,
-                          replies)
+                          replies, flow)
     worker = settings.worker
     scaling = worker.min_concurrency is not None or worker.max_concurrency is not None
     low = worker.min_concurrency or worker.concurrency

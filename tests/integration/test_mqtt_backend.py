@@ -30,7 +30,7 @@ from openhqm.errors import BackendUnavailable
 from tests.contract.receiver import Receiver
 from tests.services import require_service
 from tests.tcp_proxy import CuttableProxy
-from tests.waiting import wait_until
+from tests.waiting import publish_once_reachable, wait_until
 
 Factory = Callable[..., Awaitable[MQTTBackend]]
 
@@ -260,6 +260,59 @@ async def test_delivery_can_be_acked_after_a_reconnect_and_does_not_come_back(
             await wait_until(healthy, timeout_s=20, what="the backend reconnects")
             await delivery.ack()
             assert await receiver.nothing_within(2.0)
+    finally:
+        await proxy.stop()
+
+
+class HoldingProxy(CuttableProxy):
+    """While holding, what the client sends stops here: a publish is out, and its PUBACK never comes.
+    After a cut, what was held goes nowhere (the connection to the broker is gone)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self._passing = asyncio.Event()
+        self._passing.set()
+        self.held = b""
+
+    def hold(self) -> None:
+        self._passing.clear()
+
+    def release(self) -> None:
+        self._passing.set()
+
+    async def _read(self, source: asyncio.StreamReader, from_broker: bool) -> bytes:
+        data = await source.read(65536)
+        if not from_broker and not self._passing.is_set():
+            self.held += data
+            await self._passing.wait()
+        return data
+
+
+async def test_a_publish_whose_connection_drops_before_its_puback_fails_and_is_never_sent_later(
+    make_backend: Factory, queue: str, broker_url: str
+) -> None:
+    url = urlparse(broker_url)
+    proxy = HoldingProxy(url.hostname or "127.0.0.1", url.port or 1883)
+    await proxy.start()
+    try:
+        consumer = await make_backend(f"it-{uuid.uuid4().hex[:6]}")
+        publisher = await make_backend(f"it-{uuid.uuid4().hex[:6]}", url=f"mqtt://127.0.0.1:{proxy.port}")
+        async with Receiver(consumer, queue) as receiver:
+            await subscribed(consumer)
+            proxy.hold()
+            refused = asyncio.ensure_future(publisher.publish(queue, b"refused"))
+            await wait_until(lambda: b"refused" in proxy.held, timeout_s=10, what="paho sends the publish")
+            proxy.cut()
+            proxy.release()
+            with pytest.raises(BackendUnavailable):
+                async with asyncio.timeout(30):
+                    await refused
+            await publish_once_reachable(publisher, queue, b"after")
+            # paho re-sends what it still holds as soon as it reconnects, before any new publish, and
+            # Mosquitto keeps one client's order: a re-sent "refused" would come first.
+            delivery = await receiver.next()
+            assert delivery.body == b"after"
+            await delivery.ack()
     finally:
         await proxy.stop()
 

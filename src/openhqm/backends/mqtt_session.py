@@ -78,6 +78,9 @@ class Session:
         self._pending: dict[int, asyncio.Future[int]] = {}  # PUBACK reason codes by packet id
         self.closed = False
         self.online = False  # connected, as the event loop has seen it (paho's thread runs ahead)
+        # Written by paho's thread only: off from the start of on_disconnect until on_connect has dropped
+        # what paho still holds, so no publish is handed over between the two (paho's state lags both).
+        self._sendable = False
         self._clean_start = not expiry_s
         self._connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if expiry_s:
@@ -127,9 +130,12 @@ class Session:
 
     def _connected(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,
                    reason: ReasonCode, properties: Properties | None) -> None:
+        # paho sends again whatever it still holds right after this callback: all of it was refused already.
+        self._drop_unacked()
         if reason.is_failure:
             self._call(self._fail, BackendUnavailable(f"mqtt: broker refused {self.client_id!r}: {reason}"))
             return
+        self._sendable = True
         # Queued before any message of this connection (paho calls on_connect first), so the
         # consumer sees the new connection before what the broker re-sends on it.
         self._call(self._set_online, True)
@@ -161,6 +167,10 @@ class Session:
 
     def _disconnected(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
                       reason: ReasonCode, properties: Properties | None) -> None:
+        # paho calls this before it marks itself disconnected, and would send what it holds again after
+        # the reconnect: the publishes waiting for a PUBACK fail here, and paho forgets them here.
+        self._sendable = False
+        self._drop_unacked()
         self._call(self._set_online, False)
         if not self.closed:
             # Mosquitto 2.0.11 closes the older of two connections with one client id without a DISCONNECT
@@ -172,12 +182,20 @@ class Session:
         self.online = online
         if online:
             self.on_connect()
-            return
-        lost = BackendUnavailable(f"mqtt: connection to {self.broker.host}:{self.broker.port} lost before "
-                                  "the broker's PUBACK")
-        for future in self._pending.values():  # their publish raises now, and _forget keeps paho from resending
-            if not future.done():
-                future.set_exception(lost)
+
+    def _drop_unacked(self) -> None:
+        """In paho's thread, under paho's lock on its queue: every publish handed to paho is either PUBACKed
+        (on_publish) or dropped here and fails, never both, and never sent again once it failed."""
+        mids = drop_out_messages(self._client)
+        if mids:
+            self._call(self._lose, mids)
+
+    def _lose(self, mids: list[int]) -> None:
+        for mid in mids:
+            future = self._pending.get(mid)
+            if future is not None and not future.done():
+                future.set_exception(BackendUnavailable(
+                    f"mqtt: connection to {self.broker.host}:{self.broker.port} lost before the broker's PUBACK"))
 
     def _published(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                    properties: Properties | None) -> None:
@@ -194,36 +212,31 @@ class Session:
         copy that fails so leaves its message unacked: the broker sends it again after the reconnect)."""
         if self.closed:
             raise BackendUnavailable("mqtt backend is closed")
-        if not (self.online and self._client.is_connected()):
-            raise BackendUnavailable(f"mqtt: no connection to {self.broker.host}:{self.broker.port}; "
-                                     f"reconnecting every {RECONNECT_DELAY_S} s")
+        if not (self.online and self._sendable and self._client.is_connected()):
+            raise self._no_connection()
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if headers:  # openhqm's Wire headers travel as MQTT 5 user properties
             properties.UserProperty = list(headers.items())
         with ERRORS(f"publish to {topic}"):
             info = self._client.publish(topic, body, qos=1, properties=properties)
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                raise self._no_connection()  # not sent: paho keeps it until the next connect drops it
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise BackendError(f"mqtt: publish to {topic} failed: {mqtt.error_string(info.rc)}")
             # Registered before the next await, so the PUBACK callback (queued onto this loop) finds it.
             future: asyncio.Future[int] = self._loop.create_future()
             self._pending[info.mid] = future
             try:
+                # Past the timeout on a live connection it may still reach the broker, as with any timeout;
+                # once that connection drops, paho forgets it (_drop_unacked).
                 async with asyncio.timeout(self.broker.timeout_s):
                     return await future
-            except BaseException:
-                self._forget(info.mid)
-                raise
             finally:
                 self._pending.pop(info.mid, None)
 
-    def _forget(self, mid: int) -> None:
-        """A publish that raised must not go out later, when paho reconnects (a 503 then a client's retry
-        would duplicate it). On a live connection it may have reached the broker already, as on any timeout."""
-        client = self._client
-        # paho 2.x keeps it in a private queue (no public call removes it); another paho: at-least-once.
-        if not client.is_connected():
-            with contextlib.suppress(AttributeError), client._out_message_mutex:
-                client._out_messages.pop(mid, None)
+    def _no_connection(self) -> BackendUnavailable:
+        return BackendUnavailable(f"mqtt: no connection to {self.broker.host}:{self.broker.port}; "
+                                  f"reconnecting every {RECONNECT_DELAY_S} s")
 
     def puback(self, mid: int) -> bool:
         """False without a connection (paho would drop the PUBACK), and until the loop has seen on_connect
@@ -246,6 +259,18 @@ class Session:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BackendUnavailable("mqtt backend is closed"))
+
+
+def drop_out_messages(client: mqtt.Client) -> list[int]:
+    """The ids of the QoS 1 publishes paho held unacked, which it now forgets (it would send them again on
+    the next connection). paho 2.2 has a public call; earlier 2.x, the same under its private lock."""
+    drop: Callable[[], list[mqtt.MQTTMessage]] | None = getattr(client, "drop_out_messages", None)
+    if drop is not None:
+        return [message.mid for message in drop()]
+    with client._out_message_mutex:
+        mids = list(client._out_messages)
+        client._out_messages.clear()
+    return mids
 
 
 def headers_of(message: mqtt.MQTTMessage) -> dict[str, str]:

@@ -82,8 +82,8 @@ class EndpointSettings(Section):
     headers: dict[str, str] = Field(default_factory=dict, description="static headers added to every call")
     forward_headers: list[str] = Field(default_factory=lambda: ["*"])
     strip_headers: list[str] = Field(default_factory=list)
-    max_concurrency: int = Field(100, ge=1, description="calls in flight at once, per process")
-    rate_limit_per_s: float | None = Field(None, gt=0, description="calls started per second, per process")
+    max_concurrency: int = Field(100, ge=1, description="calls in flight at once; set: shared (flow/limits.py)")
+    rate_limit_per_s: float | None = Field(None, gt=0, description="calls started per second, shared by workers")
     rate_burst: int | None = Field(None, ge=1, description="calls allowed at once above the rate")
     follow_redirects: bool = False
     max_response_bytes: int = Field(10 * MiB, gt=0)

@@ -23,7 +23,8 @@ from openhqm.backends.base import Backend, Delivery
 from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.envelope import AttemptEntry, Envelope, Reply, decode_envelope, encode, new_id
-from openhqm.errors import DeadLetter, JobCancelled, RequestRejected, Retry, UndecodableMessage
+from openhqm.errors import DeadLetter, JobCancelled, LimitWait, RequestRejected, Retry, UndecodableMessage
+from openhqm.flow.limiter import Limiter
 from openhqm.logging import get_logger
 from openhqm.policies import RetryPolicy
 from openhqm.redact import mask_secrets, secret_values
@@ -65,8 +66,9 @@ class WorkerApp(Protocol):
 
 class Processor:
     def __init__(self, app: WorkerApp, backend: Backend, store: ResultStore, target: Target, queue: str,
-                 replies: ReplyRoute | None = None) -> None:
+                 replies: ReplyRoute | None = None, flow: Limiter | None = None) -> None:
         self.app = app
+        self.flow = flow  # None: no flow limit configured, nothing to ask
         self.backend = backend
         self.store = store
         self.target = target
@@ -121,6 +123,13 @@ class Processor:
             metrics.child(metrics.MESSAGES, self.queue, "cancelled",
                           *metrics.target_labels(envelope, self.target.routing)).inc()
             return
+        grant = None
+        if self.flow is not None:  # the one place flow limits are asked (flow/limiter.py)
+            try:
+                grant = await self.flow.admit(envelope, fresh=delivery.attempt == 1)
+            except LimitWait as exc:
+                await self._defer(delivery, envelope, attempt, exc)
+                return
         started = time.perf_counter()
         run = Run(attempt, now, history)
         metrics.child(metrics.INFLIGHT, self.queue).inc()
@@ -131,7 +140,11 @@ class Processor:
             with span as traceparent:
                 job = Job(msgspec.structs.replace(envelope, traceparent=traceparent), attempt, control=control)
                 async with control:
-                    outcome = await self._run(job)
+                    try:
+                        outcome = await self._run(job)
+                    finally:
+                        if grant is not None:
+                            await grant.release()
         except JobCancelled:  # the record is CANCELLED already: no reply, nothing to retry
             await delivery.ack()
             metrics.child(metrics.MESSAGES, self.queue, "cancelled").inc()
@@ -247,7 +260,9 @@ class Processor:
             await self.store.transition(envelope.correlation_id, Status.PENDING, allowed_from=[Status.PROCESSING],
                                         attempts=attempt - 1, waiting_on=deferred.waiting_on,
                                         next_attempt_at=time.time() + delay_s)
-        again = msgspec.structs.replace(envelope, attempt=attempt)
+        # A flow limit's reservation travels with the message it deferred, and only with that one.
+        ticket, waits = (deferred.ticket_at, deferred.waits) if isinstance(deferred, LimitWait) else (None, 0)
+        again = msgspec.structs.replace(envelope, attempt=attempt, flow_ticket=ticket, flow_waits=waits)
         await self.backend.publish(self.queue, encode(again), priority=envelope.priority, delay_s=delay_s,
                                    key=delivery.key, message_id=new_id())
         await delivery.ack()

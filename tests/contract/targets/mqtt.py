@@ -29,12 +29,6 @@ async def make_settings(tmp_path: Path, *, lease_s: float | None = None, address
         "session_expiry_s": 120,
     }}, data_dir=tmp_path)
 
-RACY_BUGS = {
-    "test_publish_while_the_broker_is_unreachable_raises_backend_unavailable_and_works_after[[]*[]]": (
-        "reproduced at the end of session 3 (2026-12-07), a regression: a publish refused while the proxy was down was "
-        "delivered after all: mqtt_session.py's refusal while disconnected vs paho's re-send queue on "
-        "a publish already handed to paho when the connection dropped"),
-}
 UNTESTABLE = {
     "release_on_iterator_close": "MQTT cannot hand a message back: an unacked message stays in its own "
                                  "session until that session resumes or expires; a copy + PUBACK would be "
