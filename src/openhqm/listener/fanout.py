@@ -62,7 +62,9 @@ class FanOut:
                      idempotency_key: str | None = None) -> RequestRecord:
         """Create the parent, then queue one child per member; nothing is left behind when the
         broker refuses one (the parent is removed, the children already queued are cancelled)."""
-        group = str(envelope.metadata.get(GROUP_KEY))
+        group = envelope.metadata.get(GROUP_KEY)
+        if not isinstance(group, str):
+            raise RequestRejected("the request names no endpoint, handler or fan-out group", status=422)
         members = self.members(group)
         now = time.time()
         children = [FanoutChild(member=member, correlation_id=new_id()) for member in members]
