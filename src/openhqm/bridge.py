@@ -15,6 +15,7 @@ from openhqm.envelope import Envelope, Reply
 from openhqm.forward import CallbackSender, check_callback_url
 from openhqm.listener.console import Console
 from openhqm.listener.dead_letters import DeadLetterFilter, DeadLetters
+from openhqm.listener.fanout import FanOut
 from openhqm.listener.housekeeping import Housekeeping, cleanup
 from openhqm.listener.intake import Intake, json_body
 from openhqm.listener.queues import Queues
@@ -38,11 +39,16 @@ class Bridge:
         self.reading = Reading(settings, store)
         self.replies = Replies(backend, store, settings.queue.response_queue, callbacks)
         self.dead = DeadLetters(store, self.intake, router, self.replies)
+        self.fanout = FanOut(settings.fanout, self.intake, store, self.replies.deliver_callback)
+        self.intake.fan_out = self.fanout.submit
+        self.replies.child_finished = self.fanout.child_finished
+        self.dead.replay_child = self.fanout.replay_child
         self.housekeeping = Housekeeping(backend, store, (self.request_queue, self.response_queue), settings.results,
                                          self.dead, settings.worker.max_timeout_s)
         self.scheduler = Scheduler(self.intake, router, settings.schedules)
         self.queues = Queues(backend, store, self.housekeeping, self.request_queue)
         self.console = Console(store, self.intake, self.reading, self.dead, router)  # the operator console's requests
+        self.console.fanout = self.fanout
 
     @property
     def request_queue(self) -> str:
@@ -90,7 +96,20 @@ class Bridge:
         return await self.reading.session(session_id, client_id, limit)
 
     async def cancel(self, correlation_id: str, client_id: str | None = None) -> RequestRecord:
-        return await self.reading.cancel(correlation_id, client_id)
+        record = await self.reading.cancel(correlation_id, client_id)
+        if record.children:
+            await self.fanout.cancel_children(record)
+        elif record.parent_id is not None:
+            await self.fanout.settle(record.parent_id)
+        return record
+
+    # fan-out
+    def fanout_members(self, group: str) -> list[str]:
+        """The members of a fan-out group; 422 naming an unknown one."""
+        return self.fanout.members(group)
+
+    async def children(self, parent: RequestRecord) -> list[dict[str, Any]]:
+        return await self.fanout.children(parent)
 
     # replies
     async def apply_reply(self, reply: Reply) -> RequestRecord | None:

@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 from openhqm.backends import registry
 from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV_PREFIX
 from openhqm.errors import ConfigError, MissingDependency
+from openhqm.fanout import check_groups
 from openhqm.flow.limits import FlowSettings
 from openhqm.forward.settings import CallbackSettings, EndpointSettings, MiB, ProxySettings
 from openhqm.http.auth_settings import ApiKeySettings as ApiKeySettings  # re-exported: public names
@@ -220,6 +221,12 @@ class Settings(BaseSettings):
     callbacks: CallbackSettings = CallbackSettings()
     schedules: dict[str, ScheduleSettings] = {}
     flow: FlowSettings = FlowSettings()
+    fanout: dict[str, list[str]] = Field({}, description="group -> members: 'endpoint:<name>' or 'handler:<name>'")
+
+    @field_validator("fanout")
+    @classmethod
+    def _fanout_members(cls, value: dict[str, list[str]], info: Any) -> dict[str, list[str]]:
+        return check_groups(value, info.data.get("proxy"))
 
     @model_validator(mode="after")
     def _forwarding_concurrency(self) -> Settings:

@@ -30,6 +30,7 @@ from openhqm.app import OpenHQM
 from openhqm.backends import Backend, create_backend
 from openhqm.bridge import Bridge
 from openhqm.config import Settings
+from openhqm.fanout import check_handlers
 from openhqm.flow.limiter import Limiter, build_limiter
 from openhqm.forward import CallbackSender, Forwarder
 from openhqm.gc_tuning import settle_after_startup
@@ -90,6 +91,8 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         if self._stack is not None:
             raise RuntimeError("this runtime is already running")
+        if self.bridge is not None:  # handlers are registered by now; fanout.* was read before they were
+            check_handlers(self.settings.fanout, self.app.handlers.names)
         async with AsyncExitStack() as stack:
             stack.callback(shutdown_tracing)  # last of all: flush the spans of everything below
             await self.backend.connect()

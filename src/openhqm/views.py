@@ -27,6 +27,7 @@ def status_json(record: RequestRecord) -> dict[str, Any]:
         "waiting_on": record.waiting_on, "next_attempt_at": rfc3339(record.next_attempt_at),
         "callbacks": [callback_attempt_json(attempt) for attempt in record.callbacks],
         "progress": progress_json(record.progress), "replayed_from": record.replayed_from,
+        **({"parent_id": record.parent_id, "member": record.member} if record.parent_id is not None else {}),
     }
 
 

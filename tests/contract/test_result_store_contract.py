@@ -13,6 +13,7 @@ from openhqm.constants import Status
 from openhqm.errors import AlreadyExists
 from openhqm.results import DeadLetterRecord, ResultStore
 from openhqm.results.base import CallbackAttempt, Progress
+from openhqm.results.records import FanoutChild
 from tests.contract.stores import StoreFactory
 from tests.records import new_record, waiting_for
 
@@ -262,3 +263,43 @@ async def test_schedules_are_stored_replaced_and_forgotten_across_instances(make
     await second.put_schedule("hourly", None)
     await second.put_schedule("never-stored", None)
     assert await first.schedules() == {"nightly": b'{"paused": true}'}
+
+
+async def test_fanout_links_are_stored_and_read_back_typed(make_store: StoreFactory) -> None:
+    store, reader = await make_store(), await make_store()
+    parent = new_record()
+    child = msgspec.structs.replace(new_record(), parent_id=parent.correlation_id, member="endpoint:a")
+    parent = msgspec.structs.replace(parent, status=Status.PROCESSING, children=[
+        FanoutChild(member="endpoint:a", correlation_id=child.correlation_id)])
+    await store.create(parent)
+    await store.create(child)
+    got_parent, got_child = await reader.get(parent.correlation_id), await reader.get(child.correlation_id)
+    assert got_parent is not None and got_parent.children == parent.children
+    assert got_child is not None and (got_child.parent_id, got_child.member) == (parent.correlation_id, "endpoint:a")
+    replaced = [FanoutChild(member="endpoint:a", correlation_id="replayed")]
+    amended = await store.amend(parent.correlation_id, Status.PROCESSING, children=replaced)
+    assert amended is not None and amended.children == replaced
+    got_parent = await reader.get(parent.correlation_id)
+    assert got_parent is not None and got_parent.children == replaced
+
+
+async def test_a_finished_record_reopened_by_an_explicit_allowed_from_finishes_again(
+        make_store: StoreFactory) -> None:
+    """A fan-out parent whose failed child is replayed: FAILED -> PROCESSING -> COMPLETED, its
+    waiters woken by the second end, and never cleaned up while it is open again."""
+    store, other = await make_store(), await make_store()
+    record = new_record()
+    await store.create(record)
+    await store.transition(record.correlation_id, Status.FAILED, error="a member failed")
+    reopened = await other.transition(record.correlation_id, Status.PROCESSING,
+                                      allowed_from=[Status.COMPLETED, Status.FAILED],
+                                      result=None, error=None, completed_at=None)
+    assert reopened is not None and reopened.status == Status.PROCESSING and reopened.completed_at is None
+    assert await store.counts() == {"PROCESSING": 1}
+    assert await store.cleanup(time.time() + 3600) == 0
+    with store.waiting(record.correlation_id) as finished:
+        done = await other.transition(record.correlation_id, Status.COMPLETED, result={"members": {}})
+        assert done is not None
+        woken = await store.until_terminal(record.correlation_id, finished, reopened, 10)
+    assert woken is not None and woken.status == Status.COMPLETED and woken.result == {"members": {}}
+    assert await store.counts() == {"COMPLETED": 1}

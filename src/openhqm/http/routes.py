@@ -101,7 +101,14 @@ def build_submission(body: SubmitRequest, bridge: Bridge, *, session_header: str
     meta = body.metadata
     extra = dict(meta.model_extra or {})
     router_ = bridge.router
-    endpoint, handler = router_.choose(meta.endpoint, meta.handler, payload=body.payload, headers=body.headers)
+    if meta.fanout is not None:  # a fan-out parent: its children are routed to the group's members
+        if meta.endpoint is not None or meta.handler is not None:
+            raise RequestRejected("metadata.fanout excludes metadata.endpoint and metadata.handler")
+        bridge.fanout_members(meta.fanout)
+        endpoint, handler, extra["fanout"] = None, None, meta.fanout
+    else:
+        endpoint, handler = router_.choose(meta.endpoint, meta.handler, payload=body.payload,
+                                           headers=body.headers)
     not_before, expires_at = _schedule(meta)
     if meta.callback_url is not None:
         bridge.check_callback_url(meta.callback_url)
@@ -185,7 +192,11 @@ async def _answer(request: Request, bridge: Bridge, record: RequestRecord, wait_
 @router.get("/api/v1/status/{correlation_id}", response_model=StatusResponse, responses=ERRORS)
 async def get_status(correlation_id: str, request: Request) -> dict[str, Any]:
     bridge, client = context(request)
-    return status_json(await bridge.get(correlation_id, client))
+    record = await bridge.get(correlation_id, client)
+    shown = status_json(record)
+    if record.children:
+        shown["children"] = await bridge.children(record)
+    return shown
 
 
 @router.get("/api/v1/response/{correlation_id}", response_model=ResultResponse,

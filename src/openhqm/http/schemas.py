@@ -35,6 +35,8 @@ class Metadata(BaseModel):
     run_at: str | None = None
     expires_at: str | None = None
     callback_url: str | None = Field(None, max_length=2048)
+    fanout: str | None = Field(None, description="a fan-out group (`fanout.<group>`): one child request per "
+                               "member, this request ends when they all have")
 
     @field_validator("priority")
     @classmethod
@@ -102,6 +104,12 @@ class ProgressInfo(BaseModel):
     updated_at: str | None = None
 
 
+class FanoutChildStatus(BaseModel):
+    member: str
+    correlation_id: str
+    status: str | None = Field(description="null when the child's record is gone (retention)")
+
+
 class StatusResponse(BaseModel):
     correlation_id: str
     status: str
@@ -118,6 +126,10 @@ class StatusResponse(BaseModel):
     callbacks: list[CallbackAttemptEntry] = Field([], description="the latest 20 attempts to deliver its callback")
     progress: ProgressInfo | None = Field(None, description="what the handler last reported (job.progress)")
     replayed_from: str | None = Field(None, description="the correlation id of the request this one replays")
+    parent_id: str | None = Field(None, description="a fan-out child's parent request")
+    member: str | None = Field(None, description='the fan-out member a child answers for ("endpoint:<name>" or '
+                               '"handler:<name>")')
+    children: list[FanoutChildStatus] | None = Field(None, description="a fan-out parent's children")
 
 
 class DeadLetterEntry(BaseModel):

@@ -14,6 +14,7 @@ from openhqm.constants import Status
 from openhqm.envelope import Envelope, decode_envelope
 from openhqm.errors import Conflict, RequestRejected, UndecodableMessage
 from openhqm.listener.dead_letters import DeadLetterFilter, DeadLetters, fresh_copy
+from openhqm.listener.fanout import FanOut
 from openhqm.listener.intake import Intake
 from openhqm.listener.reading import Reading
 from openhqm.results.base import FilteredCounts, Position, RequestFilter, RequestPage, RequestRecord, ResultStore
@@ -52,6 +53,7 @@ class Console:
         self.reading = reading
         self.dead = dead
         self.routing = routing
+        self.fanout: FanOut | None = None  # fan-out replays (listener/fanout.py), plugged in by the bridge
 
     async def page(self, where: RequestFilter, after: Position | None, limit: int) -> RequestPage:
         return await self.store.query(where, after, limit)
@@ -69,12 +71,18 @@ class Console:
         if not record.terminal:
             raise Conflict(f"request {correlation_id} is not finished (it is {record.status}); "
                            "cancel it first or wait for it to end")
+        if self.fanout is not None and record.children:  # a fan-out parent: its failed members again
+            return await self.fanout.replay_failed(record)
         original = decoded(await self.store.get_envelope(correlation_id))
         if original is None:
             raise Conflict(f"request {correlation_id} has no stored body to replay "
                            "(submitted before this version, or not through the API)")
-        return await self.intake.submit(fresh_copy(original, correlation_id, self.routing),
-                                        replayed_from=correlation_id)
+        fresh = fresh_copy(original, correlation_id, self.routing)
+        if self.fanout is not None and record.parent_id is not None:  # a fan-out child: re-opens its parent
+            child = await self.fanout.replay_child(correlation_id, fresh)
+            if child is not None:
+                return child
+        return await self.intake.submit(fresh, replayed_from=correlation_id)
 
     async def cancel_many(self, selection: Selection, client_id: str | None) -> BulkOutcome:
         outcome = BulkOutcome()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -37,6 +38,9 @@ class DeadLetters:
         self.intake = intake
         self.routing = routing
         self.replies = replies
+        # Re-opens a fan-out parent when its failed child is replayed (listener/fanout.py, plugged in
+        # by the bridge): None when the request is no fan-out child its parent counts on.
+        self.replay_child: Callable[[str, Envelope], Awaitable[RequestRecord | None]] | None = None
 
     async def purge(self) -> int:
         return await self.store.purge_dead_letters()
@@ -48,6 +52,10 @@ class DeadLetters:
             raise NotFound(f"no dead letter with id {dead_letter_id!r}")
         try:
             envelope = self._again(entry)
+            if self.replay_child is not None and entry.correlation_id:
+                child = await self.replay_child(entry.correlation_id, envelope)
+                if child is not None:
+                    return child, entry
             return await self.intake.submit(envelope, replayed_from=entry.correlation_id or None), entry
         except Exception:
             await self.store.add_dead_letter(entry)  # put it back: replay is all or nothing

@@ -121,7 +121,9 @@ class Housekeeping:
         Returns how many."""
         request_queue = self.queues[0]
         stale = [record for record in await self.store.unfinished_submitted_before(
-            now - self.stale_after_s, RECONCILE_BATCH) if last_activity(record) < now - self.stale_after_s]
+            now - self.stale_after_s, RECONCILE_BATCH)
+            if last_activity(record) < now - self.stale_after_s
+            and not record.children]  # a fan-out parent has no message of its own: its children end it
         if not stale or (await self.queue_depths()).get(request_queue) != 0:
             return 0
         found = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -37,6 +38,9 @@ class Intake:
         self.ordered = settings.ordering == "session"
         max_pending = settings.queue.max_pending
         self.limit = None if max_pending is None else PendingLimit(backend, self.request_queue, max_pending)
+        # A routed envelope names its endpoint or handler; one naming neither is a fan-out parent
+        # (metadata.fanout), submitted by listener/fanout.py, which the bridge plugs in here.
+        self.fan_out: Callable[[Envelope, str | None, str | None], Awaitable[RequestRecord]] | None = None
 
     async def submit(self, envelope: Envelope, *, request_hash: str | None = None,
                      idempotency_key: str | None = None, replayed_from: str | None = None) -> RequestRecord:
@@ -45,6 +49,8 @@ class Intake:
         try:
             if self.limit is not None:
                 await self.limit.admit()
+            if envelope.endpoint is None and envelope.handler is None and self.fan_out is not None:
+                return await self.fan_out(envelope, request_hash, idempotency_key)
             record = new_record(envelope, time.time(), request_hash)
             if idempotency_key is not None or replayed_from is not None:
                 record = msgspec.structs.replace(record, idempotency_key=idempotency_key,
@@ -53,6 +59,13 @@ class Intake:
         except BackendUnavailable as exc:
             metrics.child(metrics.SUBMITS_REFUSED, self.request_queue, exc.reason).inc()
             raise
+
+    async def submit_child(self, envelope: Envelope, parent_id: str, member: str,
+                           replayed_from: str | None = None) -> RequestRecord:
+        """A fan-out child: an ordinary request that names its parent (admitted with the parent)."""
+        record = msgspec.structs.replace(new_record(envelope, time.time(), None), parent_id=parent_id,
+                                         member=member, replayed_from=replayed_from)
+        return await self._submit(envelope, record)
 
     async def _submit(self, envelope: Envelope, record: RequestRecord) -> RequestRecord:
         envelope = msgspec.structs.replace(envelope, reply_to=self.response_queue)

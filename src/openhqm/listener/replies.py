@@ -8,6 +8,7 @@ beyond the callback policy, but an operator can deliver it again (`resend_callba
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ class Replies:
         self.response_queue = response_queue
         self.callbacks = callbacks
         self.deliveries = Background()  # callbacks on their way
+        # Settles a fan-out parent once its child ended (listener/fanout.py; the bridge plugs it in).
+        self.child_finished: Callable[[str, RequestRecord | None], Awaitable[None]] | None = None
 
     async def apply(self, reply: Reply) -> RequestRecord | None:
         extra: dict[str, Any] = {} if reply.attempt_history is None else {"attempt_history": reply.attempt_history}
@@ -42,6 +45,8 @@ class Replies:
             raw_response=reply.raw_response, completed_at=reply.completed_at, **extra)
         if record is not None and record.terminal:
             self._deliver_callback(record)
+        if self.child_finished is not None and (record is None or record.parent_id is not None):
+            await self.child_finished(reply.correlation_id, record)
         return record
 
     async def consume(self) -> None:
@@ -66,6 +71,10 @@ class Replies:
                 log.warning("reply consumer failed; retrying", error=str(exc),
                             retry_in_s=round(reconnect.next_delay_s, 3))
                 await reconnect.wait()
+
+    def deliver_callback(self, record: RequestRecord) -> None:
+        """Send a finished request's callback (a fan-out parent's, which no reply ends)."""
+        self._deliver_callback(record)
 
     def _deliver_callback(self, record: RequestRecord) -> None:
         if self.callbacks is None or not record.callback_url:

@@ -31,6 +31,14 @@ class Progress(msgspec.Struct, kw_only=True, omit_defaults=True):
     updated_at: float
 
 
+class FanoutChild(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One member of a fan-out parent (listener/fanout.py): the request currently answering for it
+    (a replayed dead letter replaces the one that failed)."""
+
+    member: str
+    correlation_id: str
+
+
 class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     correlation_id: str
     status: str = Status.PENDING
@@ -65,6 +73,11 @@ class RequestRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     worker_id: str | None = None
     started_at: float | None = None
     attempt_history: list[AttemptEntry] = msgspec.field(default_factory=list)
+    # Fan-out (listener/fanout.py): a child names its parent and the member it answers for; a parent
+    # lists its children and is never queued itself.
+    parent_id: str | None = None
+    member: str | None = None
+    children: list[FanoutChild] = msgspec.field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
