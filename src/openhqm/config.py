@@ -29,7 +29,7 @@ from openhqm.forward.settings import CallbackSettings, EndpointSettings, MiB, Pr
 from openhqm.http.auth_settings import ApiKeySettings as ApiKeySettings  # re-exported: public names
 from openhqm.http.auth_settings import AuthSettings
 from openhqm.http.auth_settings import JWTSettings as JWTSettings
-from openhqm.redact import SECRET_MASK, mask_url
+from openhqm.redact import redacted as redacted  # re-exported: config_sources and the CLI read it here
 from openhqm.schedules import ScheduleSettings
 from openhqm.settings_base import RetrySection, Section
 
@@ -380,28 +380,3 @@ def load_settings(config_file: Path | str | None = None, overrides: dict[str, An
         raise ConfigError(f"invalid configuration: {_problems(exc, init)}") from exc
     finally:
         _FILE_DATA.reset(token)
-
-
-def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, every secret masked."""
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            secret = value.get_secret_value()
-            # A plain URL keeps its shape with the password masked; anything else (connection
-            # strings with SharedAccessKey=..., tokens) is masked whole.
-            is_url = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^;\s]*$", secret) is not None
-            return mask_url(secret) if is_url else SECRET_MASK
-        if isinstance(value, BaseModel):
-            fields = {k: walk(getattr(value, k)) for k in type(value).model_fields}
-            return {**fields, **{k: walk(v) for k, v in (value.model_extra or {}).items()}}
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [walk(v) for v in value]
-        if isinstance(value, Path):
-            return str(value)
-        return value
-
-    result: dict[str, Any] = walk(settings)
-    return result

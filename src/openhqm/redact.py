@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
@@ -48,3 +49,28 @@ def mask_secrets(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted({secret for secret in secrets if secret}, key=len, reverse=True):
         text = text.replace(secret, SECRET_MASK)
     return mask_url(text)
+
+
+def redacted(settings: BaseModel) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret masked."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            # A plain URL keeps its shape with the password masked; anything else (connection
+            # strings with SharedAccessKey=..., tokens) is masked whole.
+            is_url = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^;\s]*$", secret) is not None
+            return mask_url(secret) if is_url else SECRET_MASK
+        if isinstance(value, BaseModel):
+            fields = {k: walk(getattr(value, k)) for k in type(value).model_fields}
+            return {**fields, **{k: walk(v) for k, v in (value.model_extra or {}).items()}}
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    result: dict[str, Any] = walk(settings)
+    return result
