@@ -1,7 +1,7 @@
 """Round trips per second and p50/p99 latency through `openhqm serve`, next to calling the echo
 backend directly, at a fixed number of concurrent clients for a bounded time.
 
-    python benchmarks/bench.py [--seconds 10] [--clients 32] [--load wrk|aiohttp] [--queue-type sqlite]
+    python benchmarks/bench.py [--seconds 10] [--clients 32] [--load wrk|aiohttp] [--queue-type sqlite] [--consoles N]
                                [--scenarios ...]
 
 Everything runs on 127.0.0.1: the echo server, openhqm and the load generator share the machine's
@@ -238,6 +238,9 @@ def main() -> None:
                         default=["direct", "prefer-wait", "long-poll", "forward-prefer-wait"])
     parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for openhqm serve")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--consoles", type=int, default=0,
+                        help="keep N operator consoles open meanwhile: N readers of /api/v1/console/events "
+                             "(curl), each served the overview tick every 2 s")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the serve process with py-spy while the scenarios run (speedscope JSON)")
     args = parser.parse_args()
@@ -268,6 +271,10 @@ def main() -> None:
             serve_pid = procs.procs[-1].pid
             procs.start(["py-spy", "record", "--rate", "200", "--format", "speedscope", "--nonblocking",
                          "--pid", str(serve_pid), "--output", os.path.abspath(args.profile)])
+        if args.consoles and not shutil.which("curl"):
+            parser.error("--consoles needs curl on PATH")
+        for _ in range(args.consoles):
+            procs.start(["curl", "-sN", "-o", os.devnull, f"{base}/api/v1/console/events"])
         submit = f"{base}/api/v1/submit"
         scenarios = {
             "direct": Scenario(echo_url, json.dumps(PAYLOAD)),

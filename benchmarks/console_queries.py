@@ -76,6 +76,18 @@ async def timed(run: Callable[[], Awaitable[Any]], repeat: int) -> tuple[float, 
     return statistics.median(times), result
 
 
+def describe(result: Any) -> str:
+    if hasattr(result, "records"):
+        return f"{len(result.records)} items, cursor {'yes' if result.next else 'no'}"
+    if hasattr(result, "counts"):
+        return f"{sum(result.counts.values())} counted"
+    if isinstance(result, dict):
+        return f"{sum(result.values())} counted"
+    if isinstance(result, list):
+        return f"{len(result)} minutes, {sum(m.completed + m.failed for m in result)} finished"
+    return repr(result)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -104,12 +116,15 @@ async def main() -> None:
                 "counts, unfiltered": lambda: store.count_matching(RequestFilter()),
                 "counts, status=FAILED": lambda: store.count_matching(RequestFilter(statuses=frozenset({"FAILED"}))),
                 "counts, handler": lambda: store.count_matching(RequestFilter(handler=HANDLERS[3])),
+                # What the overview (GET /api/v1/queues and its series) reads from the store.
+                "overview: requests by status": store.counts,
+                "overview: oldest unfinished": store.oldest_unfinished,
+                "overview: 15-minute series": lambda: store.finished_series(time.time() - 900, time.time()),
             }
             print("| query | median ms | answer |\n|---|---:|---|")
             for name, run in cases.items():
                 ms, result = await timed(run, args.repeat)
-                answer = (f"{len(result.records)} items, cursor {'yes' if result.next else 'no'}"
-                          if hasattr(result, "records") else f"{sum(result.counts.values())} counted")
+                answer = describe(result)
                 print(f"| {name} | {ms:.1f} | {answer} |")
         finally:
             await store.close()
