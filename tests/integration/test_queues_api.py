@@ -208,3 +208,18 @@ async def test_a_pause_reaches_a_worker_of_another_runtime_through_a_shared_stor
             await eventually(lambda: pool.pause is not None and not pool.pause.paused)
     finally:
         await module.remove(config)
+
+
+async def test_the_redis_store_reports_the_oldest_unfinished_age(tmp_path: Path) -> None:
+    section = (await redis_store.make_settings(tmp_path)).results.redis  # a prefix of its own
+    options = {key: value.get_secret_value() if isinstance(value, SecretStr) else value for key, value in section}
+    config = settings(tmp_path, results={"type": "redis", "redis": options})
+    try:
+        async with in_process(Sample().app, config, workers=False) as hq:
+            assert (await queue(hq))["oldest_pending_age_s"] is None  # nothing unfinished yet
+            await hq.accepted({"name": "waiting"}, handler="record")
+            item = await queue(hq)
+            assert item["pending"] == 1 and item["not_reported"] == []
+            assert item["oldest_pending_age_s"] is not None and item["oldest_pending_age_s"] >= 0
+    finally:
+        await redis_store.remove(config)
