@@ -165,14 +165,20 @@ async def test_a_request_left_processing_with_its_message_nowhere_is_reconciled_
         assert await bridge.store.oldest_unfinished() is None
 
 
-async def test_the_oldest_unfinished_request_is_told_past_finished_ones(make_store: StoreFactory) -> None:
+async def test_the_oldest_unfinished_request_is_told_past_finished_and_vanished_ones(
+        make_store: StoreFactory, admin: aioredis.Redis) -> None:
     store = await make_store()
     finished, oldest, newer = (new_record(submitted_at=1000.0), new_record(submitted_at=1001.0),
                                new_record(submitted_at=1002.0))
     for record in (newer, finished, oldest):
         await store.create(record)
     await store.transition(finished.correlation_id, Status.COMPLETED)
+    # entries whose record is gone (keys changed outside the scripts) are stepped over
+    await admin.zadd(f"{store._prefix}:unfinished", {f"gone{n}": 900.0 + n for n in range(20)})
     assert await store.oldest_unfinished() == 1001.0
+    assert [r.correlation_id for r in await store.unfinished_submitted_before(1001.5, limit=1)] == [
+        oldest.correlation_id]
+    await admin.zrem(f"{store._prefix}:unfinished", *[f"gone{n}" for n in range(20)])
     await store.transition(oldest.correlation_id, Status.CANCELLED)
     await store.delete(newer.correlation_id)
     assert await store.oldest_unfinished() is None

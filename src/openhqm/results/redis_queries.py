@@ -13,7 +13,8 @@ finished records cost them nothing: one call reads at most UNFINISHED_SCAN_BUDGE
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 import msgspec
@@ -25,7 +26,7 @@ from openhqm.results.records import RequestRecord
 
 COUNT_SCAN_BUDGET = 50_000
 BATCH = 500
-UNFINISHED_SCAN_BUDGET = 2_000
+UNFINISHED_SCAN_BUDGET = 500
 UNFINISHED_BATCH = 200
 
 _decode_record = msgspec.msgpack.Decoder(RequestRecord).decode
@@ -95,14 +96,16 @@ async def counts(client: aioredis.Redis, prefix: str, where: RequestFilter) -> F
     return FilteredCounts(found, exact)
 
 
-async def _unfinished(client: aioredis.Redis, prefix: str, before: float | None,
-                      fields: tuple[str, ...]) -> AsyncIterator[tuple[float, list[Any]]]:
+async def _unfinished(client: aioredis.Redis, prefix: str, before: float | None, fields: tuple[str, ...],
+                      first: int) -> AsyncGenerator[tuple[float, list[Any]], None]:
     """(submitted_at, [status, *fields]) of index entries oldest first whose record is still
-    unfinished, reading at most UNFINISHED_SCAN_BUDGET entries."""
+    unfinished, read `first` then UNFINISHED_BATCH at a time, at most UNFINISHED_SCAN_BUDGET."""
     high = "+inf" if before is None else f"({before!r}"
-    for skip in range(0, UNFINISHED_SCAN_BUDGET, UNFINISHED_BATCH):
+    skip, batch = 0, first
+    while skip < UNFINISHED_SCAN_BUDGET:
+        batch = min(batch, UNFINISHED_SCAN_BUDGET - skip)
         entries = cast(list[tuple[bytes, float]], await client.zrangebyscore(
-            f"{prefix}:unfinished", "-inf", high, start=skip, num=UNFINISHED_BATCH, withscores=True))
+            f"{prefix}:unfinished", "-inf", high, start=skip, num=batch, withscores=True))
         async with client.pipeline(transaction=False) as pipe:
             for member, _ in entries:
                 pipe.hmget(f"{prefix}:req:{_text(member)}", ["s", *fields])
@@ -110,21 +113,24 @@ async def _unfinished(client: aioredis.Redis, prefix: str, before: float | None,
         for (_, score), row in zip(entries, rows, strict=True):
             if row[0] is not None and _text(row[0]) not in TERMINAL:
                 yield score, row
-        if len(entries) < UNFINISHED_BATCH:
+        if len(entries) < batch:
             return
+        skip, batch = skip + batch, UNFINISHED_BATCH
 
 
 async def oldest_unfinished(client: aioredis.Redis, prefix: str) -> float | None:
-    async for score, _ in _unfinished(client, prefix, None, ()):
-        return score
+    async with contextlib.aclosing(_unfinished(client, prefix, None, (), first=8)) as entries:
+        async for score, _ in entries:
+            return score
     return None
 
 
 async def unfinished_before(client: aioredis.Redis, prefix: str, before: float, limit: int) -> list[RequestRecord]:
     found: list[RequestRecord] = []
-    async for _, row in _unfinished(client, prefix, before, ("d",)):
-        if row[1] is not None:
-            found.append(_decode_record(row[1]))
-            if len(found) >= limit:
-                break
+    async with contextlib.aclosing(_unfinished(client, prefix, before, ("d",), first=limit)) as entries:
+        async for _, row in entries:
+            if row[1] is not None:
+                found.append(_decode_record(row[1]))
+                if len(found) >= limit:
+                    break
     return found
