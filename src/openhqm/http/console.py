@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 from openhqm.errors import RequestRejected
 from openhqm.http.auth import Authenticator, Identity, header_credential
-from openhqm.http.console_events import Ticker, events_router, figures
+from openhqm.http.console_events import Figures, Ticker, events_router
 from openhqm.http.console_session import (
     CONSOLE_PATH,
     CSRF_COOKIE,
@@ -48,7 +48,7 @@ def install_console(api: FastAPI) -> None:
     api.mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="console-assets")
     api.include_router(console_router)
     api.include_router(events_router)
-    api.state.console_ticker = Ticker(lambda: figures(api.state.bridge))
+    api.state.console_ticker = Ticker(Figures(lambda: api.state.bridge))
 
 
 @functools.cache

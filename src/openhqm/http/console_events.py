@@ -32,21 +32,33 @@ events_router = APIRouter(include_in_schema=False)
 Reading = dict[str, Any]
 T = TypeVar("T")
 SERIES_MINUTES = 15
+SERIES_REFRESH_S = 10.0
 
 
-async def figures(bridge: Bridge) -> Reading:
+class Figures:
     """What the overview shows, as the public routes give it: GET /api/v1/queues, each queue's
     /series?minutes=15, GET /api/v1/workers and the /ready checks. A part that cannot be read is null
-    (the console then says so), and the rest still arrives."""
-    queues = await _part(bridge.queues.overview())
-    series = {}
-    for queue in queues or []:
-        series[queue["name"]] = await _part(bridge.queues.series(queue["name"], SERIES_MINUTES))
-    health = await _part(bridge.health())
-    ready = None if health is None else {name: {"ok": check.ok, "detail": check.detail}
-                                         for name, check in zip(("queue", "results"), health, strict=True)}
-    return {"at": rfc3339(time.time()), "queues": queues, "series": series,
-            "workers": await _part(bridge.queues.workers()), "ready": ready}
+    (the console then says so), and the rest still arrives. The series, the costliest part, is read
+    every SERIES_REFRESH_S (its points are per minute) and repeated in the ticks between."""
+
+    def __init__(self, bridge: Callable[[], Bridge]) -> None:
+        self._bridge = bridge
+        self._series: dict[str, Any] = {}
+        self._series_at = -SERIES_REFRESH_S
+
+    async def __call__(self) -> Reading:
+        bridge = self._bridge()
+        queues = await _part(bridge.queues.overview())
+        now = time.monotonic()
+        if now - self._series_at >= SERIES_REFRESH_S or set(self._series) != {q["name"] for q in queues or []}:
+            self._series = {queue["name"]: await _part(bridge.queues.series(queue["name"], SERIES_MINUTES))
+                            for queue in queues or []}
+            self._series_at = now
+        health = await _part(bridge.health())
+        ready = None if health is None else {name: {"ok": check.ok, "detail": check.detail}
+                                             for name, check in zip(("queue", "results"), health, strict=True)}
+        return {"at": rfc3339(time.time()), "queues": queues, "series": self._series,
+                "workers": await _part(bridge.queues.workers()), "ready": ready}
 
 
 async def _part(reading: Awaitable[T]) -> T | None:
