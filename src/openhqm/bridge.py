@@ -97,10 +97,7 @@ class Bridge:
 
     async def cancel(self, correlation_id: str, client_id: str | None = None) -> RequestRecord:
         record = await self.reading.cancel(correlation_id, client_id)
-        if record.children:
-            await self.fanout.cancel_children(record)
-        elif record.parent_id is not None:
-            await self.fanout.settle(record.parent_id)
+        await self.fanout.cancelled(record)
         return record
 
     # fan-out

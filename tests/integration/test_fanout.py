@@ -224,6 +224,15 @@ async def test_cancelling_the_parent_cancels_its_children(hq: InProcess, sample:
             await asyncio.sleep(0.01)
 
 
+async def test_a_bulk_cancel_of_the_parent_cancels_its_children_too(hq: InProcess, sample: Sample) -> None:
+    cid = (await hq.accepted({"name": "b", "hold": True}, fanout="together"))["correlation_id"]
+    outcome = (await hq.client.post("/api/v1/requests/cancel", json={"ids": [cid]})).json()
+    assert (outcome["matched"], outcome["done"]) == (1, 1)
+    async with asyncio.timeout(10):
+        while {c["status"] for c in (await status_of(hq, cid))["children"]} != {"CANCELLED"}:
+            await asyncio.sleep(0.01)
+
+
 async def test_a_handler_member_no_handler_answers_stops_the_runtime_from_starting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="handler:nosuch"):
         async with in_process(Sample().app, settings(tmp_path, fanout={"g": ["handler:nosuch"]})):

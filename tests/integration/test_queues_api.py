@@ -208,3 +208,36 @@ async def test_a_pause_reaches_a_worker_of_another_runtime_through_a_shared_stor
             await eventually(lambda: pool.pause is not None and not pool.pause.paused)
     finally:
         await module.remove(config)
+
+
+async def test_the_redis_store_reports_the_oldest_unfinished_age(tmp_path: Path) -> None:
+    section = (await redis_store.make_settings(tmp_path)).results.redis  # a prefix of its own
+    options = {key: value.get_secret_value() if isinstance(value, SecretStr) else value for key, value in section}
+    config = settings(tmp_path, results={"type": "redis", "redis": options})
+    try:
+        async with in_process(Sample().app, config, workers=False) as hq:
+            assert (await queue(hq))["oldest_pending_age_s"] is None  # nothing unfinished yet
+            await hq.accepted({"name": "waiting"}, handler="record")
+            item = await queue(hq)
+            assert item["pending"] == 1 and item["not_reported"] == []
+            assert item["oldest_pending_age_s"] is not None and item["oldest_pending_age_s"] >= 0
+    finally:
+        await redis_store.remove(config)
+
+
+async def test_the_series_reads_only_unsettled_minutes_from_the_store_after_the_first_time(
+        tmp_path: Path) -> None:
+    """An open console asks every 2 s; the 14 past minutes of its 15 are read from the store once."""
+    async with in_process(Sample().app, settings(tmp_path), workers=False) as hq:
+        store, asked = hq.runtime.store, []
+        read = store.finished_series
+
+        async def spy(since: float, until: float) -> Any:
+            asked.append((until - since) / 60)
+            return await read(since, until)
+
+        store.finished_series = spy  # type: ignore[method-assign]  # a spy on the real store's reads
+        first = (await hq.client.get(f"/api/v1/queues/{QUEUE}/series?minutes=15")).json()
+        second = (await hq.client.get(f"/api/v1/queues/{QUEUE}/series?minutes=15")).json()
+    assert asked[0] == 15 and asked[1] <= 2  # the current minute (and the last one, if not yet settled)
+    assert len(first["minutes"]) == len(second["minutes"]) == 15

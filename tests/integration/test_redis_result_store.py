@@ -15,8 +15,14 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from openhqm.app import OpenHQM
+from openhqm.backends.memory import MemoryBackend
+from openhqm.bridge import Bridge
+from openhqm.config import Settings
 from openhqm.constants import Status
+from openhqm.envelope import Envelope
 from openhqm.results.redis import RedisResultStore
+from openhqm.routing import Routing
 from tests.contract.store_targets.redis import TEST_PREFIX
 from tests.leftovers import remove_redis_keys, unique
 from tests.records import new_record, waiting_for
@@ -137,3 +143,57 @@ async def test_terminal_records_carry_a_redis_ttl(make_store: StoreFactory, admi
     assert await admin.pttl(store._req_key(record.correlation_id)) == -1
     await store.transition(record.correlation_id, Status.FAILED, error="x")
     assert 0 < await admin.pttl(store._req_key(record.correlation_id)) <= 60_000
+
+
+async def test_a_request_left_processing_with_its_message_nowhere_is_reconciled_to_failed(
+        make_store: StoreFactory) -> None:
+    app = OpenHQM(Settings(worker={"max_timeout_s": 60}))
+    async with MemoryBackend(app.settings) as backend:
+        bridge = Bridge(app, backend, await make_store(), Routing(app.handlers, "echo"))
+        record = await bridge.submit(Envelope(handler="echo", body=b"{}", content_type="application/json"))
+        delivery = await anext(aiter(backend.consume(bridge.request_queue)))
+        await delivery.ack()  # a broken worker acknowledged it and never finished it
+        await bridge.store.transition(record.correlation_id, Status.PROCESSING, attempts=1)
+        later = time.time() + bridge.housekeeping.stale_after_s + 1
+        assert await bridge.housekeeping.reconcile(later) == 1
+        got = await bridge.store.get(record.correlation_id)
+        assert got is not None and got.status == Status.FAILED
+        [entry] = await bridge.dead_letters()
+        assert (entry.correlation_id, entry.reason, entry.attempts) == (
+            record.correlation_id, "reconciled_missing", 1)
+        assert await bridge.housekeeping.reconcile(later) == 0
+        assert await bridge.store.oldest_unfinished() is None
+
+
+async def test_the_oldest_unfinished_request_is_told_past_finished_and_vanished_ones(
+        make_store: StoreFactory, admin: aioredis.Redis) -> None:
+    store = await make_store()
+    finished, oldest, newer = (new_record(submitted_at=1000.0), new_record(submitted_at=1001.0),
+                               new_record(submitted_at=1002.0))
+    for record in (newer, finished, oldest):
+        await store.create(record)
+    await store.transition(finished.correlation_id, Status.COMPLETED)
+    # entries whose record is gone (keys changed outside the scripts) are stepped over
+    await admin.zadd(f"{store._prefix}:unfinished", {f"gone{n}": 900.0 + n for n in range(20)})
+    assert await store.oldest_unfinished() == 1001.0
+    assert [r.correlation_id for r in await store.unfinished_submitted_before(1001.5, limit=1)] == [
+        oldest.correlation_id]
+    await admin.zrem(f"{store._prefix}:unfinished", *[f"gone{n}" for n in range(20)])
+    await store.transition(oldest.correlation_id, Status.CANCELLED)
+    await store.delete(newer.correlation_id)
+    assert await store.oldest_unfinished() is None
+
+
+async def test_records_written_before_the_unfinished_index_are_not_reconciled_and_still_work(
+        make_store: StoreFactory, admin: aioredis.Redis) -> None:
+    store = await make_store()
+    legacy, current = new_record(submitted_at=1000.0), new_record(submitted_at=1001.0)
+    for record in (legacy, current):
+        await store.create(record)
+    await admin.zrem(f"{store._prefix}:unfinished", legacy.correlation_id)  # as an older version wrote it
+    assert [r.correlation_id for r in await store.unfinished_submitted_before(2000.0)] == [current.correlation_id]
+    assert await store.oldest_unfinished() == 1001.0
+    assert await store.transition(legacy.correlation_id, Status.PROCESSING) is not None
+    assert await store.transition(legacy.correlation_id, Status.COMPLETED, completed_at=1.0) is not None
+    assert await store.cleanup(older_than=time.time()) == 1
+    assert await store.counts() == {"PENDING": 1}

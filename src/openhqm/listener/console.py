@@ -89,11 +89,13 @@ class Console:
         async for cid in self._selected(selection, client_id):
             outcome.matched += 1
             try:
-                await self.reading.cancel(cid, client_id)
+                record = await self.reading.cancel(cid, client_id)
             except RequestRejected as exc:  # NotFound (or another client's), Conflict (finished)
                 outcome.skip(cid, exc.message)
             else:
                 outcome.done += 1
+                if self.fanout is not None:
+                    await self.fanout.cancelled(record)
         return outcome
 
     async def _selected(self, selection: Selection, client_id: str | None) -> AsyncIterator[str]:

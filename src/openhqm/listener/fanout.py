@@ -144,6 +144,13 @@ class FanOut:
                           "status": record.status if record is not None else None})
         return shown
 
+    async def cancelled(self, record: RequestRecord) -> None:
+        """After a cancel: a parent's unfinished children go with it; a child's parent may now be done."""
+        if record.children:
+            await self.cancel_children(record)
+        elif record.parent_id is not None:
+            await self.settle(record.parent_id)
+
     async def cancel_children(self, parent: RequestRecord) -> None:
         """A cancelled parent's unfinished children are cancelled too (a running one by its worker)."""
         for child in parent.children:

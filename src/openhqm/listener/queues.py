@@ -17,11 +17,14 @@ from openhqm.constants import Status
 from openhqm.errors import NotFound, RequestRejected
 from openhqm.listener.housekeeping import Housekeeping
 from openhqm.results.base import ResultStore
-from openhqm.results.series import FIGURES, SERIES_MAX_MINUTES, window
+from openhqm.results.series import FIGURES, SERIES_MAX_MINUTES, FinishedMinute, minute_starts, window
 from openhqm.state import heartbeats, set_paused
 from openhqm.timefmt import rfc3339
 
 DEAD_LETTERS_COUNTED = 10_000  # as /api/v1/stats: more than this many show as this many
+# A minute's figures are final once it is this long over (a reply's completed_at is stamped by the
+# worker a moment before the store sees it); later readings take them from memory, not the store.
+SETTLED_AFTER_S = 10.0
 
 
 class Queues:
@@ -30,6 +33,7 @@ class Queues:
         self.store = store
         self.housekeeping = housekeeping
         self.names = (request_queue,)
+        self._settled: dict[float, FinishedMinute] = {}  # minute start -> its final figures
 
     def known(self, queue: str) -> str:
         if queue not in self.names:
@@ -69,14 +73,31 @@ class Queues:
         self.known(queue)
         if not 1 <= minutes <= SERIES_MAX_MINUTES:
             raise RequestRejected(f"minutes must be between 1 and {SERIES_MAX_MINUTES}; got {minutes}", status=422)
-        since, until = window(minutes, time.time())
-        found = await self.store.finished_series(since, until)
+        now = time.time()
+        since, until = window(minutes, now)
+        found = await self._finished_series(since, until, now)
         if found is None:
             return {"minutes": [{"at": rfc3339(since + 60 * i), **dict.fromkeys(FIGURES)} for i in range(minutes)],
                     "not_reported": list(FIGURES)}
         return {"minutes": [{"at": rfc3339(m.at), "completed": m.completed, "failed": m.failed,
                              "p50_ms": m.p50_ms, "p95_ms": m.p95_ms, "p99_ms": m.p99_ms} for m in found],
                 "not_reported": []}
+
+    async def _finished_series(self, since: float, until: float, now: float) -> list[FinishedMinute] | None:
+        """The store's series, reading only the minutes not yet settled: an open console asks every
+        2 s, and the past minutes of its 15 do not change."""
+        starts = minute_starts(since, until)
+        unknown = [start for start in starts if start not in self._settled]
+        fresh = await self.store.finished_series(unknown[0], until) if unknown else []
+        if fresh is None:
+            return None
+        for figures in fresh:
+            if figures.at + 60.0 + SETTLED_AFTER_S <= now:
+                self._settled[figures.at] = figures
+        for start in [start for start in self._settled if start < now - 60.0 * (SERIES_MAX_MINUTES + 1)]:
+            del self._settled[start]
+        by_start = {figures.at: figures for figures in fresh}
+        return [self._settled.get(start) or by_start[start] for start in starts]
 
     async def workers(self) -> list[dict[str, Any]]:
         now = time.time()

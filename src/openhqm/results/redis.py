@@ -6,6 +6,8 @@ Keys, all under `<prefix>:`:
     req:<id>          hash  d = msgpack record, s = status, v = version, sess = session id,
                             b = the envelope written at create (read by the console's detail only)
     submitted         zset  every id, scored by submitted_at (the console's list, redis_queries.py)
+    unfinished        zset  ids of records not yet terminal, scored by submitted_at (reconciliation and
+                            the oldest unfinished age; records written before it existed are not in it)
     counts            hash  status -> number of records
     session:<sid>     zset  ids of one session, scored by submitted_at
     done              zset  msgpack [id, status, session?] of terminal records, scored by completed_at
@@ -89,6 +91,7 @@ def create(settings: Settings) -> RedisResultStore:
 
 class RedisResultStore(ResultStore):
     name = "redis"
+    tells_oldest_unfinished = True
 
     def __init__(self, url: str, *, prefix: str = "openhqm", ttl_s: float = 86400.0) -> None:
         super().__init__()
@@ -97,6 +100,7 @@ class RedisResultStore(ResultStore):
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._channel = f"{prefix}:done"
         self._counts_key, self._done_key = f"{prefix}:counts", f"{prefix}:done"
+        self._unfinished_key = f"{prefix}:unfinished"
         self._dead_key, self._dead_order_key = f"{prefix}:dead", f"{prefix}:dead:order"
         self._legacy_schedules_key = f"{prefix}:schedules"  # moved into the state hash on connect
         self._state_channel = f"{prefix}:state"  # a keyed-state write publishes its kind here
@@ -212,7 +216,8 @@ class RedisResultStore(ResultStore):
 
     async def create(self, record: RequestRecord, envelope: bytes | None = None) -> None:
         cid = record.correlation_id
-        keys = [self._req_key(cid), self._counts_key, self._done_key, f"{self._prefix}:submitted"]
+        keys = [self._req_key(cid), self._counts_key, self._done_key, f"{self._prefix}:submitted",
+                self._unfinished_key]
         args: list[EncodableT] = [_encode(record), record.status, cid, self._done_score(record),
                                    str(self._ttl_ms), self._channel, repr(record.submitted_at), envelope or b""]
         if record.session_id is not None:
@@ -249,7 +254,7 @@ class RedisResultStore(ResultStore):
                           allowed_from: Iterable[str] | None) -> RequestRecord | None:
         allowed = None if allowed_from is None else {str(s) for s in allowed_from}
         key = self._req_key(correlation_id)
-        keys = [key, self._counts_key, self._done_key]
+        keys = [key, self._counts_key, self._done_key, self._unfinished_key]
         for _ in range(CAS_ATTEMPTS):
             with _mapped("transition"):
                 data, version = await self._redis.hmget(key, ["d", "v"])
@@ -261,7 +266,7 @@ class RedisResultStore(ResultStore):
             updated = msgspec.structs.replace(record, **changes)
             outcome = await self._run("transition", lua.TRANSITION, keys, [
                 version, _encode(updated), updated.status, correlation_id, self._done_score(updated),
-                str(self._ttl_ms), self._channel])
+                str(self._ttl_ms), self._channel, repr(updated.submitted_at)])
             if outcome == 1:
                 return updated
             if outcome == -1:
@@ -269,6 +274,16 @@ class RedisResultStore(ResultStore):
             # 0: another writer changed the record since we read it; read it again.
         raise BackendError(f"redis result store: request {correlation_id} kept changing during "
                            f"{CAS_ATTEMPTS} transition attempts")
+
+    async def oldest_unfinished(self) -> float | None:
+        with _mapped("oldest_unfinished"):
+            return await queries.oldest_unfinished(self._redis, self._prefix)
+
+    async def unfinished_submitted_before(self, before: float, limit: int = 100) -> list[RequestRecord]:
+        if limit <= 0:
+            return []
+        with _mapped("unfinished_submitted_before"):
+            return await queries.unfinished_before(self._redis, self._prefix, before, limit)
 
     async def list_session(self, session_id: str, limit: int = 1000) -> list[RequestRecord]:
         if limit <= 0:

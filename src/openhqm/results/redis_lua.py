@@ -18,7 +18,7 @@ local function finish(key, cid, status, sess, score, ttl_ms, channel)
 end
 """
 
-# KEYS: req, counts, done, submitted[, session]
+# KEYS: req, counts, done, submitted, unfinished[, session]
 # ARGV: data, status, id, done score, ttl ms, channel, submitted_at, envelope ('' for none)[, sid]
 CREATE = _COMMON + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -28,14 +28,21 @@ if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'b', ARGV[8]) end
 redis.call('ZADD', KEYS[4], ARGV[7], ARGV[3])
 if sess then
   redis.call('HSET', KEYS[1], 'sess', sess)
-  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[3])
+  redis.call('ZADD', KEYS[6], ARGV[7], ARGV[3])
 end
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-if TERMINAL[ARGV[2]] then finish(KEYS[1], ARGV[3], ARGV[2], sess, ARGV[4], ARGV[5], ARGV[6]) end
+if TERMINAL[ARGV[2]] then
+  finish(KEYS[1], ARGV[3], ARGV[2], sess, ARGV[4], ARGV[5], ARGV[6])
+else
+  redis.call('ZADD', KEYS[5], ARGV[7], ARGV[3])
+end
 return 1
 """
 
-# KEYS: req, counts, done  ARGV: expected version, data, status, id, done score, ttl ms, channel
+# KEYS: req, counts, done, unfinished
+# ARGV: expected version, data, status, id, done score, ttl ms, channel, submitted_at
+# `unfinished` changes only when terminal-ness does, so a record created before that index existed
+# (by an older version) stays out of it until it is finished and reopened.
 TRANSITION = _COMMON + """
 local cur = redis.call('HMGET', KEYS[1], 's', 'v', 'sess')
 if not cur[1] then return -1 end
@@ -45,8 +52,14 @@ redis.call('HSET', KEYS[1], 'd', ARGV[2], 's', new)
 redis.call('HINCRBY', KEYS[1], 'v', 1)
 redis.call('HINCRBY', KEYS[2], old, -1)
 redis.call('HINCRBY', KEYS[2], new, 1)
-if TERMINAL[old] then redis.call('ZREM', KEYS[3], done_member(ARGV[4], old, sess)) end
-if TERMINAL[new] then finish(KEYS[1], ARGV[4], new, sess, ARGV[5], ARGV[6], ARGV[7]) end
+if TERMINAL[old] then
+  redis.call('ZREM', KEYS[3], done_member(ARGV[4], old, sess))
+  if not TERMINAL[new] then redis.call('ZADD', KEYS[4], ARGV[8], ARGV[4]) end
+end
+if TERMINAL[new] then
+  finish(KEYS[1], ARGV[4], new, sess, ARGV[5], ARGV[6], ARGV[7])
+  if not TERMINAL[old] then redis.call('ZREM', KEYS[4], ARGV[4]) end
+end
 return 1
 """
 
@@ -58,7 +71,11 @@ redis.call('DEL', KEYS[1])
 redis.call('HINCRBY', KEYS[2], cur[1], -1)
 if cur[2] then redis.call('ZREM', ARGV[2] .. ':session:' .. cur[2], ARGV[1]) end
 redis.call('ZREM', ARGV[2] .. ':submitted', ARGV[1])
-if TERMINAL[cur[1]] then redis.call('ZREM', KEYS[3], done_member(ARGV[1], cur[1], cur[2])) end
+if TERMINAL[cur[1]] then
+  redis.call('ZREM', KEYS[3], done_member(ARGV[1], cur[1], cur[2]))
+else
+  redis.call('ZREM', ARGV[2] .. ':unfinished', ARGV[1])
+end
 return 1
 """
 

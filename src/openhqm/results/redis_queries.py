@@ -3,21 +3,31 @@ submitted_at, written by the create script) walked newest first, each record rea
 here. Redis indexes neither status nor target, so every filter is a bounded scan: a page examines
 at most SCAN_BUDGET records and a filtered count COUNT_SCAN_BUDGET (then `exact` is False).
 Records that their Redis TTL removed are skipped until cleanup drops their index entries.
+
+Reconciliation and the oldest unfinished age read `<prefix>:unfinished` instead (ids of records not
+yet terminal, scored by submitted_at, kept by the create/transition/delete scripts), oldest first, so
+finished records cost them nothing: one call reads at most UNFINISHED_SCAN_BUDGET index entries
+(and their records' statuses), a few milliseconds. Entries whose record is gone or already terminal
+(only if something outside the scripts changed the keys) are stepped over, within that budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
 
+from openhqm.constants import TERMINAL
 from openhqm.results.queries import SCAN_BUDGET, FilteredCounts, Position, RequestFilter, RequestPage
 from openhqm.results.records import RequestRecord
 
 COUNT_SCAN_BUDGET = 50_000
 BATCH = 500
+UNFINISHED_SCAN_BUDGET = 500
+UNFINISHED_BATCH = 200
 
 _decode_record = msgspec.msgpack.Decoder(RequestRecord).decode
 
@@ -84,3 +94,43 @@ async def counts(client: aioredis.Redis, prefix: str, where: RequestFilter) -> F
                 found[record.status] = found.get(record.status, 0) + 1
         exact = ended
     return FilteredCounts(found, exact)
+
+
+async def _unfinished(client: aioredis.Redis, prefix: str, before: float | None, fields: tuple[str, ...],
+                      first: int) -> AsyncGenerator[tuple[float, list[Any]], None]:
+    """(submitted_at, [status, *fields]) of index entries oldest first whose record is still
+    unfinished, read `first` then UNFINISHED_BATCH at a time, at most UNFINISHED_SCAN_BUDGET."""
+    high = "+inf" if before is None else f"({before!r}"
+    skip, batch = 0, first
+    while skip < UNFINISHED_SCAN_BUDGET:
+        batch = min(batch, UNFINISHED_SCAN_BUDGET - skip)
+        entries = cast(list[tuple[bytes, float]], await client.zrangebyscore(
+            f"{prefix}:unfinished", "-inf", high, start=skip, num=batch, withscores=True))
+        async with client.pipeline(transaction=False) as pipe:
+            for member, _ in entries:
+                pipe.hmget(f"{prefix}:req:{_text(member)}", ["s", *fields])
+            rows = await pipe.execute() if entries else []
+        for (_, score), row in zip(entries, rows, strict=True):
+            if row[0] is not None and _text(row[0]) not in TERMINAL:
+                yield score, row
+        if len(entries) < batch:
+            return
+        skip, batch = skip + batch, UNFINISHED_BATCH
+
+
+async def oldest_unfinished(client: aioredis.Redis, prefix: str) -> float | None:
+    async with contextlib.aclosing(_unfinished(client, prefix, None, (), first=8)) as entries:
+        async for score, _ in entries:
+            return score
+    return None
+
+
+async def unfinished_before(client: aioredis.Redis, prefix: str, before: float, limit: int) -> list[RequestRecord]:
+    found: list[RequestRecord] = []
+    async with contextlib.aclosing(_unfinished(client, prefix, before, ("d",), first=limit)) as entries:
+        async for _, row in entries:
+            if row[1] is not None:
+                found.append(_decode_record(row[1]))
+                if len(found) >= limit:
+                    break
+    return found
