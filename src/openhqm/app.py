@@ -52,12 +52,18 @@ class OpenHQM:
         self._settings = settings
 
     def handler(self, name: str, *, retry: RetrySettings | dict[str, Any] | None = None,
-                timeout_s: float | None = None) -> Callable[[F], F]:
-        """Register an async or sync function as the handler called `name`."""
+                timeout_s: float | None = None, batch_size: int | None = None,
+                batch_wait_s: float | None = None) -> Callable[[F], F]:
+        """Register an async or sync function as the handler called `name`.
+
+        With `batch_size`/`batch_wait_s` it is a batch handler: `f(jobs: list[Job]) -> list[Any]`, called
+        with up to batch_size requests gathered for at most batch_wait_s (defaults 100 and 0.5 s),
+        returning one result per request, in order (an exception instance fails that request alone)."""
         policy = RetrySettings(**retry) if isinstance(retry, dict) else retry
 
         def decorate(func: F) -> F:
-            self.handlers.register(name, func, retry=policy, timeout_s=timeout_s)
+            self.handlers.register(name, func, retry=policy, timeout_s=timeout_s, batch_size=batch_size,
+                                   batch_wait_s=batch_wait_s)
             return func
 
         return decorate

@@ -190,3 +190,16 @@ def test_nested_environment_variables_configure_endpoints(
     assert isinstance(endpoint.auth, BearerAuth) and endpoint.auth.token.get_secret_value() == "tok"
     assert endpoint.forward_headers == ["*", "Authorization"]
     assert settings.callbacks.allow_hosts == ["10.0.0.0/8"]
+
+
+@pytest.mark.parametrize(("batch", "named"), [({"max_size": 0}, "max_size"), ({"max_wait_s": 0}, "max_wait_s")])
+def test_an_endpoint_batch_that_cannot_form_is_a_config_error_naming_the_key(batch: dict[str, float],
+                                                                             named: str) -> None:
+    overrides = {"proxy": {"enabled": True, "endpoints": {"scorer": {"url": URL, "batch": batch}}}}
+    with pytest.raises(ConfigError, match=rf"scorer\.batch\.{named}"):
+        load_settings(overrides=overrides)
+
+
+def test_an_endpoint_batch_defaults_to_100_requests_and_half_a_second() -> None:
+    batch = EndpointSettings(url=URL, batch={}).batch  # type: ignore[arg-type]
+    assert batch is not None and (batch.max_size, batch.max_wait_s) == (100, 0.5)

@@ -14,7 +14,7 @@ from typing import Any
 from openhqm.forward.endpoint import Endpoint
 from openhqm.forward.models import ForwardRequest, ForwardResponse
 from openhqm.forward.routing import Router
-from openhqm.forward.settings import ProxySettings
+from openhqm.forward.settings import BatchSettings, ProxySettings
 from openhqm.policies import RetryPolicy
 
 
@@ -68,6 +68,10 @@ class Forwarder:
     def circuit_state(self, endpoint: str) -> str:
         """`closed`, `open` or `half_open` (for the openhqm_circuit_state metric)."""
         return str(self._endpoint(endpoint).breaker.state)
+
+    def batches(self) -> dict[str, BatchSettings]:
+        """The endpoints whose requests are sent in batches, and how."""
+        return {name: e.settings.batch for name, e in self._endpoints.items() if e.settings.batch is not None}
 
     def retry_policy(self, endpoint: str) -> RetryPolicy | None:
         """The endpoint's own retry policy, or None when it has no `retry` section (use the worker's)."""

@@ -75,6 +75,13 @@ _NOT_STATIC = frozenset(
 _FLAT_AUTH = ("auth_type", "auth_token", "auth_username", "auth_password", "auth_header_name")
 
 
+class BatchSettings(Section):
+    """Requests for the endpoint go out together: one POST with a JSON array of the payloads."""
+
+    max_size: int = Field(100, ge=1, description="requests in one call at most")
+    max_wait_s: float = Field(0.5, gt=0, description="how long the first request waits for others")
+
+
 class EndpointSettings(Section):
     url: str
     method: str = "POST"
@@ -91,6 +98,7 @@ class EndpointSettings(Section):
     auth: AuthSettings | None = None
     retry: ForwardRetrySettings | None = Field(None, description="unset: the worker's retry settings apply")
     circuit: CircuitSettings = CircuitSettings()
+    batch: BatchSettings | None = Field(None, description="set: requests are sent in batches (JSON arrays)")
 
     @model_validator(mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import inspect
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ import orjson
 from openhqm.config import RetrySettings
 from openhqm.envelope import Envelope
 from openhqm.errors import DeadLetter, RequestRejected
+from openhqm.worker.batching import Batcher, check_batch
 from openhqm.worker.control import JobControl
 
 
@@ -85,13 +87,26 @@ class Handler:
     retry: RetrySettings | None = None
     timeout_s: float | None = None
     is_async: bool = field(default=False)
+    batch: Batcher[Job] | None = field(default=None, repr=False)  # set: `func` takes a list of jobs
 
     async def __call__(self, job: Job) -> Any:
+        if self.batch is not None:  # the one check a single-request handler pays
+            return await self.batch.submit(job)
         if self.is_async:
             return await self.func(job)
         # Sync handlers run in the default thread pool so they never block the event loop.
         with job.control.blocking():
             return await asyncio.to_thread(self.func, job)
+
+    async def call_batch(self, jobs: list[Job]) -> Any:
+        """One call of a batch handler with its gathered jobs (a sync one in a thread)."""
+        func: Any = self.func
+        if self.is_async:
+            return await func(jobs)
+        with contextlib.ExitStack() as stack:
+            for job in jobs:
+                stack.enter_context(job.control.blocking())
+            return await asyncio.to_thread(func, jobs)
 
 
 def echo(job: Job) -> Any:
@@ -109,8 +124,23 @@ class HandlerRegistry:
         self.register("echo", _echo)
 
     def register(self, name: str, func: HandlerFunc, *, retry: RetrySettings | None = None,
-                 timeout_s: float | None = None) -> Handler:
-        handler = Handler(name, func, retry, timeout_s, is_async=inspect.iscoroutinefunction(func))
+                 timeout_s: float | None = None, batch_size: int | None = None,
+                 batch_wait_s: float | None = None) -> Handler:
+        """With `batch_size` or `batch_wait_s`, `func` is a batch handler: it takes `list[Job]` (up to
+        batch_size jobs gathered for at most batch_wait_s; defaults 100 and 0.5 s) and returns a list
+        with one result per job, in order; an exception instance in the list fails that job alone."""
+        is_async = inspect.iscoroutinefunction(func)
+        if batch_size is None and batch_wait_s is None:
+            handler = Handler(name, func, retry, timeout_s, is_async=is_async)
+        else:
+            size = 100 if batch_size is None else batch_size
+            wait_s = 0.5 if batch_wait_s is None else batch_wait_s
+            check_batch(f"handler {name!r}", size, wait_s)
+            holder: list[Handler] = []
+            batcher: Batcher[Job] = Batcher(name, lambda jobs: holder[0].call_batch(jobs), size=size,
+                                            wait_s=wait_s)
+            handler = Handler(name, func, retry, timeout_s, is_async=is_async, batch=batcher)
+            holder.append(handler)
         self._handlers[name] = handler
         return handler
 
