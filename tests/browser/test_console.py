@@ -6,6 +6,7 @@ Screens are saved as PNGs (light and dark) under tests/artifacts/console/ for a 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,11 @@ def test_three_dead_letters_are_replayed_by_filter_after_a_confirmation(listener
         wait_until(lambda cid=cid: listener.status(cid) == "FAILED")
     wait_until(lambda: len(httpx.get(listener.url + "/api/v1/dlq").json()) == 4)
     listener.sample.failing = False
-    page.goto(listener.console("#/dlq?handler=flaky"))
+    page.goto(listener.console("#/dlq"))
+    expect(page.locator("tbody tr")).to_have_count(4)
+    page.locator("form.filters input[name=handler]").fill("flaky")  # the filter form puts it in the address
+    page.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(re.compile(r"#/dlq\?handler=flaky$"))
     expect(page.locator("tbody tr")).to_have_count(3)
     page.get_by_role("button", name="Replay matching…").click()
     expect(page.locator("dialog.confirm")).to_contain_text("3 dead letters match")
@@ -167,7 +172,10 @@ def test_three_dead_letters_are_replayed_by_filter_after_a_confirmation(listener
 def test_bulk_cancel_by_filter_states_the_count_before_it_acts(listener: Listener, page: Any) -> None:
     batch = [listener.submit({"n": n}, handler="record", delay_s=600, session_id="night-batch") for n in range(3)]
     other = listener.submit({"n": "other"}, handler="record", delay_s=600)
-    page.goto(listener.console("#/requests?session_id=night-batch"))
+    page.goto(listener.console("#/requests"))
+    page.locator("form.filters input[name=session_id]").fill("night-batch")
+    page.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(re.compile(r"#/requests\?session_id=night-batch$"))
     expect(page.locator("tbody tr")).to_have_count(3)
     page.get_by_role("button", name="Cancel matching…").click()
     expect(page.locator("dialog.confirm")).to_contain_text("3 unfinished requests match")

@@ -1,7 +1,7 @@
 // Dead letters: why each one died, replay or delete one, or all a filter matches after a count.
 import { get, post, query } from "./api.js";
-import { h, replace, link, requestHref, shortId, timeCell, toRfc3339, toLocalInput } from "./dom.js";
-import { actionButton, confirmDialog, errorBox, empty, field, toast } from "./ui.js";
+import { h, replace, link, requestHref, shortId, timeCell, toLocalInput } from "./dom.js";
+import { actionButton, applyFiltersOnSubmit, confirmDialog, errorBox, empty, field, toast } from "./ui.js";
 
 const FILTERS = ["endpoint", "handler", "reason", "since", "until"];
 const SHOWN = 200;  // the list refreshes every 2 s: the newest 200 are plenty to read
@@ -47,16 +47,7 @@ function filterForm(filters) {
     field("Dead after", input("since", "", "datetime-local")), field("Dead before", input("until", "", "datetime-local")),
     h("div", { class: "filter-actions" }, h("button", { type: "submit", class: "primary" }, "Apply"),
       h("a", { class: "button ghost", href: "#/dlq" }, "Clear")));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    const data = new FormData(form), next = new URLSearchParams();
-    for (const k of FILTERS) {
-      let v = String(data.get(k) || "").trim();
-      if (k === "since" || k === "until") v = toRfc3339(v);
-      if (v) next.set(k, v);
-    }
-    location.hash = "#/dlq" + (next.toString() ? "?" + next : "");
-  });
+  applyFiltersOnSubmit(form, FILTERS, "#/dlq");
   return form;
 }
 

@@ -1,7 +1,7 @@
 // Requests: filter, page newest first, counts per status, and cancel everything a filter matches.
 import { get, post, query } from "./api.js";
-import { h, replace, badge, link, requestHref, shortId, timeCell, STATUSES, TERMINAL, toRfc3339, toLocalInput } from "./dom.js";
-import { actionButton, confirmDialog, errorBox, empty, field, toast } from "./ui.js";
+import { h, replace, badge, link, requestHref, shortId, timeCell, STATUSES, TERMINAL, toLocalInput } from "./dom.js";
+import { actionButton, applyFiltersOnSubmit, confirmDialog, errorBox, empty, field, toast } from "./ui.js";
 
 const FILTERS = ["status", "endpoint", "handler", "session_id", "idempotency_key", "since", "until", "id_prefix"];
 const PAGE = 50;
@@ -68,16 +68,7 @@ function filterForm(filters) {
     field("Id starts with", input("id_prefix", "")),
     h("div", { class: "filter-actions" }, h("button", { type: "submit", class: "primary" }, "Apply"),
       h("a", { class: "button ghost", href: "#/requests" }, "Clear")));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    const data = new FormData(form), next = new URLSearchParams();
-    for (const k of FILTERS) {
-      let v = String(data.get(k) || "").trim();
-      if (k === "since" || k === "until") v = toRfc3339(v);
-      if (v) next.set(k, v);
-    }
-    location.hash = "#/requests" + (next.toString() ? "?" + next : "");
-  });
+  applyFiltersOnSubmit(form, FILTERS, "#/requests");
   return form;
 }
 

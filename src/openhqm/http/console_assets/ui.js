@@ -1,5 +1,5 @@
 // Shared pieces of the screens: notices, confirmation dialogs, empty and error states.
-import { h, append } from "./dom.js";
+import { h, append, toRfc3339 } from "./dom.js";
 
 export function toast(message, kind = "ok") {
   const box = document.getElementById("toasts");
@@ -62,4 +62,19 @@ export function actionButton(label, handler, { cls = "", title, disabled } = {})
     try { await handler(); } catch (err) { failed(err); } finally { if (button.isConnected) button.disabled = false; }
   });
   return button;
+}
+
+// A filter form's submit puts its non-empty fields (times as RFC 3339) in the address: the list
+// screens read their filters from there, so a filtered view can be shared and reloaded.
+export function applyFiltersOnSubmit(form, keys, route) {
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const data = new FormData(form), next = new URLSearchParams();
+    for (const k of keys) {
+      let v = String(data.get(k) || "").trim();
+      if (k === "since" || k === "until") v = toRfc3339(v);
+      if (v) next.set(k, v);
+    }
+    location.hash = route + (next.toString() ? "?" + next : "");
+  });
 }
