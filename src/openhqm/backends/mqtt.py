@@ -76,6 +76,11 @@ class MQTTDelivery(Delivery):
         self._consumer.settle(self.mid)
 
     async def _nack(self, delay_s: float | None) -> None:
+        await self.hand_back(delay_s)
+
+    async def hand_back(self, delay_s: float | None) -> None:
+        """The copy a nack publishes (attempt + 1), then the PUBACK; retried on its own by the consumer
+        when a redelivery is counted, where no nack (and no settled state) is involved."""
         await self._consumer.replace(self.mid, self.queue, self.body,
                                      self.headers | redelivery(self.attempt, delay_s, time.time()))
 
@@ -148,10 +153,9 @@ class _Consumer(Session):
         """Retried until the copy is out: this session is connected (the message just came on it), so
         the broker will not send it again; only a closing consumer leaves it to the next session."""
         reconnect = Reconnect()
-        headers = delivery.headers | redelivery(delivery.attempt, None, time.time())
         while True:
             try:
-                await self.replace(delivery.mid, delivery.queue, delivery.body, headers)
+                await delivery.hand_back(None)
                 return
             except BackendError as exc:
                 if self._stopping.is_set():
