@@ -331,6 +331,7 @@ def _brokers(script: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+@pytest.mark.restarts_shared_broker
 async def test_backend_resumes_publishing_and_consuming_after_the_broker_restarts(
     address: str, backend: KafkaBackend, queue: str
 ) -> None:

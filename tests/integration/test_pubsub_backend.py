@@ -192,6 +192,7 @@ async def _script(name: str, *args: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.restarts_shared_broker
 async def test_backend_resumes_publishing_and_consuming_after_the_emulator_restarts(
     make_backend: Factory, queue: str, emulator: str
 ) -> None:

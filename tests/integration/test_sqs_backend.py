@@ -271,6 +271,7 @@ def _brokers(script: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.restarts_shared_broker
 async def test_publish_and_an_open_consumer_work_again_after_moto_restarts(
     make_backend: Factory, endpoint: str, queue: str
 ) -> None:
