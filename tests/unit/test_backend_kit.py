@@ -111,6 +111,29 @@ async def test_a_consumer_waiting_on_an_empty_buffer_wakes_on_close() -> None:
     assert await asyncio.wait_for(waiting, 5) is None
 
 
+async def test_a_get_cancelled_after_taking_an_item_keeps_it_first_even_when_the_buffer_refilled() -> None:
+    """The item a cancelled get() took is not lost, nor does it overflow a buffer refilled meanwhile."""
+    released: list[int] = []
+
+    async def release(item: int) -> None:
+        released.append(item)
+
+    buffer: PrefetchBuffer[int] = PrefetchBuffer(1, release)
+    getting = asyncio.create_task(buffer.get())
+    await asyncio.sleep(0)  # waiting on the empty buffer
+    await buffer.put(1)
+    await asyncio.sleep(0)  # its inner getter takes 1; the get itself has not resumed yet
+    await buffer.put(2)  # the slot 1 left is filled again
+    getting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await getting
+    assert len(buffer) == 2 and buffer.free == 0
+    assert [await buffer.get(), await buffer.get()] == [1, 2]
+    await buffer.put(3)
+    await buffer.close()
+    assert released == [3]
+
+
 def test_backoff_grows_exponentially_within_its_cap_and_retry_after_wins_capped() -> None:
     backoff = Backoff(base_delay_s=1.0, max_delay_s=8.0, jitter=False)
     assert [backoff.delay_s(n) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 8.0, 8.0]

@@ -14,6 +14,7 @@ The health template and the options model live on `Backend` itself (base.py).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -174,6 +175,9 @@ class PrefetchBuffer(Generic[T]):
 
     def __init__(self, capacity: int, release: Callable[[T], Awaitable[None]]) -> None:
         self._items: asyncio.Queue[T] = asyncio.Queue(maxsize=max(1, capacity))
+        # Taken by a get() that was then cancelled: handed out first. Not put back into `_items`,
+        # whose freed slot a waiting put() may already have filled.
+        self._returned: collections.deque[T] = collections.deque()
         self._release = release
         self._closed = asyncio.Event()
 
@@ -182,11 +186,11 @@ class PrefetchBuffer(Generic[T]):
         return self._closed.is_set()
 
     def __len__(self) -> int:
-        return self._items.qsize()
+        return self._items.qsize() + len(self._returned)
 
     @property
     def free(self) -> int:
-        return self._items.maxsize - self._items.qsize()
+        return max(0, self._items.maxsize - len(self))
 
     async def put(self, item: T) -> None:
         """Wait for room; once closed, the item goes straight back to the broker."""
@@ -201,6 +205,8 @@ class PrefetchBuffer(Generic[T]):
         """The next item, or None once closed. Cancelled while an item arrived, it keeps the item."""
         if self.closed:
             return None
+        if self._returned:
+            return self._returned.popleft()
         if not self._items.empty():
             return self._items.get_nowait()
         getter = asyncio.ensure_future(self._items.get())
@@ -223,15 +229,15 @@ class PrefetchBuffer(Generic[T]):
             with contextlib.suppress(Exception):
                 await self._release(item)
         else:
-            self._items.put_nowait(item)  # room: it was just taken out
+            self._returned.append(item)
 
     async def close(self) -> None:
         self._closed.set()
         await self._drain()
 
     async def _drain(self) -> None:
-        while not self._items.empty():
-            item = self._items.get_nowait()
+        while self._returned or not self._items.empty():
+            item = self._returned.popleft() if self._returned else self._items.get_nowait()
             with contextlib.suppress(Exception):  # the broker redelivers it after its lease anyway
                 await self._release(item)
 
