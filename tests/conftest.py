@@ -11,7 +11,11 @@ worker that finished early would see another's names still in use.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -53,6 +57,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.path.is_relative_to(chaos):
                 item.add_marker(pytest.mark.xdist_group("chaos"))
+
+
+def _dump_tasks(signum: int, frame: FrameType | None) -> None:
+    """`kill -USR1 <pytest pid>`: print where every task of the running event loop waits (a hung test)."""
+    try:
+        tasks = asyncio.all_tasks(asyncio.get_running_loop())
+    except RuntimeError:
+        tasks = set()
+    print(f"\n== {len(tasks)} asyncio task(s)", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(file=sys.stderr)
+
+
+signal.signal(signal.SIGUSR1, _dump_tasks)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
