@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
 from openhqm.backends.base import Backend, BackendOptions
-from openhqm.backends.kit import Admit, Background, Closing, ErrorMap, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import (
+    Admit,
+    Background,
+    Closing,
+    ErrorMap,
+    PrefetchBuffer,
+    Wire,
+    admission,
+    redelivery,
+    reraise_swallowed_cancel,
+)
 from openhqm.config import load_settings
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError, NotFound
 from openhqm.policies import Backoff, Reconnect, RetryPolicy
@@ -132,6 +143,43 @@ async def test_a_get_cancelled_after_taking_an_item_keeps_it_first_even_when_the
     await buffer.put(3)
     await buffer.close()
     assert released == [3]
+
+
+async def test_after_a_swallowed_cancel_each_item_is_handed_out_once() -> None:
+    """A library that catches a task's CancelledError leaves `Task.cancelling()` up; the buffer must
+    not then keep every item it hands out (a NATS consumer once looped on one status message)."""
+    buffer: PrefetchBuffer[int] = PrefetchBuffer(4, lambda item: asyncio.sleep(0))
+    taken: list[int | None] = []
+    started = asyncio.Event()
+
+    async def consumer() -> None:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed, as nats-py's publish does
+            await asyncio.sleep(3600)
+        for _ in range(3):
+            taken.append(await buffer.get())
+
+    task = asyncio.create_task(consumer())
+    await started.wait()
+    task.cancel()
+    for item in (1, 2, 3):
+        await buffer.put(item)
+        await asyncio.sleep(0)
+    await asyncio.wait_for(task, 5)
+    assert taken == [1, 2, 3] and len(buffer) == 0
+
+
+async def test_a_swallowed_cancel_is_raised_again() -> None:
+    async def swallows_then_checks() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        reraise_swallowed_cancel()
+
+    task = asyncio.create_task(swallows_then_checks())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 def test_backoff_grows_exponentially_within_its_cap_and_retry_after_wins_capped() -> None:

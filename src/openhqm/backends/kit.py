@@ -202,7 +202,11 @@ class PrefetchBuffer(Generic[T]):
             await self._drain()
 
     async def get(self) -> T | None:
-        """The next item, or None once closed. Cancelled while an item arrived, it keeps the item."""
+        """The next item, or None once closed. Cancelled while an item arrived, it keeps the item.
+
+        Decided by the exception, never by `Task.cancelling()`: a cancel that a client library
+        swallowed (nats-py's publish does) leaves that count up, and every later item would then be
+        both handed out and kept."""
         if self.closed:
             return None
         if self._returned:
@@ -213,15 +217,20 @@ class PrefetchBuffer(Generic[T]):
         closer = asyncio.ensure_future(self._closed.wait())
         try:
             await asyncio.wait((getter, closer), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if getter.done() and not getter.cancelled():
+                await self._give_back(getter.result())
+            raise
         finally:
             closer.cancel()
             if not getter.done():
                 getter.cancel()
-            elif not getter.cancelled() and (self.closed or asyncio.current_task().cancelling()):  # type: ignore[union-attr]
-                await self._give_back(getter.result())
-        if getter.done() and not getter.cancelled() and not self.closed:
-            return getter.result()
-        return None
+        if not getter.done() or getter.cancelled():
+            return None  # closed while waiting
+        if self.closed:
+            await self._give_back(getter.result())
+            return None
+        return getter.result()
 
     async def _give_back(self, item: T) -> None:
         """An item taken but not handed out: to the broker once closed, else back into the buffer."""
@@ -240,6 +249,14 @@ class PrefetchBuffer(Generic[T]):
             item = self._returned.popleft() if self._returned else self._items.get_nowait()
             with contextlib.suppress(Exception):  # the broker redelivers it after its lease anyway
                 await self._release(item)
+
+
+def reraise_swallowed_cancel() -> None:
+    """Raise the CancelledError a client library caught and dropped (nats-py's publish does, in
+    `Client._flush_pending`): otherwise a cancelled consumer loops on, and whoever awaits it hangs."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Closing(asyncio.Event):

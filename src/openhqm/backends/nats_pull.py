@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from openhqm.backends.kit import ErrorMap, PrefetchBuffer
+from openhqm.backends.kit import ErrorMap, PrefetchBuffer, reraise_swallowed_cancel
 from openhqm.errors import BackendError, BackendUnavailable
 
 API_PREFIX = "$JS.API"
@@ -112,6 +112,7 @@ class Puller:
         with errors("pull"):
             await self._connection().publish(self._next_subject, json.dumps(request).encode(),
                                              reply=self._sub.subject)
+        reraise_swallowed_cancel()
         self._wanted = self.batch
         self._deadline = time.monotonic() + PULL_EXPIRES_S + PULL_GRACE_S
 
