@@ -12,10 +12,12 @@ from typing import Any
 from openhqm.app import OpenHQM
 from openhqm.backends.base import Backend, Health
 from openhqm.envelope import Envelope, Reply
+from openhqm.flow.ledger import Ledger
 from openhqm.forward import CallbackSender, check_callback_url
 from openhqm.listener.console import Console
 from openhqm.listener.dead_letters import DeadLetterFilter, DeadLetters
 from openhqm.listener.fanout import FanOut
+from openhqm.listener.flow import FlowLimits
 from openhqm.listener.housekeeping import Housekeeping, cleanup
 from openhqm.listener.intake import Intake, json_body
 from openhqm.listener.queues import Queues
@@ -29,7 +31,7 @@ from openhqm.stats import RollingStats
 
 class Bridge:
     def __init__(self, app: OpenHQM, backend: Backend, store: ResultStore, router: Routing,
-                 callbacks: CallbackSender | None = None) -> None:
+                 callbacks: CallbackSender | None = None, flow_ledger: Ledger | None = None) -> None:
         self.app = app
         self.settings = settings = app.settings
         self.router = router
@@ -45,6 +47,8 @@ class Bridge:
         self.dead.replay_child = self.fanout.replay_child
         self.housekeeping = Housekeeping(backend, store, (self.request_queue, self.response_queue), settings.results,
                                          self.dead, settings.worker.max_timeout_s)
+        self.flow = FlowLimits(settings, flow_ledger)  # `flow_ledger`: the workers' beside it, in `serve`
+        self.housekeeping.flow = self.flow
         self.scheduler = Scheduler(self.intake, router, settings.schedules)
         self.queues = Queues(backend, store, self.housekeeping, self.request_queue)
         self.console = Console(store, self.intake, self.reading, self.dead, router)  # the operator console's requests

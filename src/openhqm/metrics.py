@@ -60,6 +60,8 @@ FLOW_DEFERRED = Counter("openhqm_flow_deferred", "Requests a flow limit made wai
                         registry=REGISTRY)
 FLOW_WAITING = Gauge("openhqm_flow_waiting", "Requests waiting on a flow limit, all processes (as last seen)",
                      ["limit"], registry=REGISTRY)
+FLOW_IN_FLIGHT = Gauge("openhqm_flow_in_flight", "Concurrency slots of a flow limit held, all processes (as last "
+                       "read by the listener)", ["limit"], registry=REGISTRY)
 
 
 @functools.lru_cache(maxsize=4096)

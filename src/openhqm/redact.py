@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 SECRET_MASK = "**********"
+# Request headers never shown as sent (the request API masks them; a flow limit keyed on one shows its hash).
+MASKED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")

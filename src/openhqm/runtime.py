@@ -69,12 +69,12 @@ class Runtime:
         # endpoints, the listener resolves endpoint names at submit.
         self.callbacks = CallbackSender(self.settings.callbacks) \
             if listener and self.settings.callbacks.enabled else None
-        self.bridge = Bridge(app, self.backend, self.store,
-                             Routing(app.handlers, self.settings.worker.default_handler, self.forwarder),
-                             self.callbacks) if listener else None
-        self.workers = workers
         # Flow limits are asked by workers only; None when none is configured.
         self.flow = build_limiter(self.settings, app.handlers) if workers else None
+        self.bridge = Bridge(app, self.backend, self.store,
+                             Routing(app.handlers, self.settings.worker.default_handler, self.forwarder),
+                             self.callbacks, self.flow.ledger if self.flow else None) if listener else None
+        self.workers = workers
         self.probes = probes
         self.settle_gc = settle_gc
         self.pool: WorkerPool | None = None
@@ -110,6 +110,8 @@ class Runtime:
                 await self.callbacks.start()
                 stack.push_async_callback(self.callbacks.close)
             if self.bridge is not None:
+                await self.bridge.flow.connect()
+                stack.push_async_callback(self.bridge.flow.close)
                 self._start_listener(stack, self.bridge)
             if self.workers:
                 await self._start_workers(stack)

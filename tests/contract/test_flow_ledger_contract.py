@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from openhqm.flow.ledger import Ledger, Verdict
+from openhqm.flow.ledger import Ledger, LimitState, Verdict
 from openhqm.flow.limiter import create_ledger
 from openhqm.flow.limits import Bucket
 from tests.contract.stores import TARGETS
@@ -142,3 +142,67 @@ async def test_pruning_keeps_buckets_that_still_count_and_held_slots(ledger: Led
     assert (await acquire(ledger, paced, "a")).admitted and (await acquire(ledger, pool, "a")).admitted
     assert not (await acquire(ledger, paced, "b")).admitted
     assert not (await acquire(ledger, pool, "b")).admitted
+
+
+def tenant(key: str, max_concurrency: int = 1) -> Bucket:
+    return Bucket(f"tenant={key}", "tenant", None, 1, max_concurrency)
+
+
+async def test_a_snapshot_counts_each_limits_waiting_running_and_keys_across_ledgers(
+        make_ledger: tuple[LedgerFactory, bool]) -> None:
+    factory, _ = make_ledger
+    worker, reader = await factory(), await factory()  # two processes when the store is shared
+    for holder, key in (("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b")):
+        await acquire(worker, tenant(key), holder)
+    assert (await acquire(worker, slots(2), "p1")).admitted
+    tenants, pool, unused = await reader.snapshot(["tenant", "pool", "unused"])
+    assert (tenants.limit, tenants.waiting, tenants.in_flight, tenants.keys) == ("tenant", 2, 2, 2)
+    assert [(k.key, k.waiting, k.in_flight) for k in tenants.top_keys] == [("a", 2, 1), ("b", 0, 1)]
+    assert tenants.reserved_until is None  # a concurrency limit reserves nothing
+    assert (pool.waiting, pool.in_flight, pool.keys, pool.top_keys) == (0, 1, 1, ())  # no key: no top keys
+    assert unused == LimitState("unused")  # nothing recorded: all zero
+
+
+async def test_a_snapshot_drops_a_released_slot_and_an_admitted_waiter(ledger: Ledger) -> None:
+    assert (await acquire(ledger, tenant("a"), "first")).admitted
+    assert not (await acquire(ledger, tenant("a"), "second")).admitted
+    await ledger.release([tenant("a")], "first")
+    assert (await acquire(ledger, tenant("a"), "second")).admitted
+    [state] = await ledger.snapshot(["tenant"])
+    assert (state.waiting, state.in_flight, state.keys) == (0, 1, 1)
+    assert [(k.key, k.waiting, k.in_flight) for k in state.top_keys] == [("a", 0, 1)]
+    await ledger.release([tenant("a")], "second")
+    [state] = await ledger.snapshot(["tenant"])
+    assert (state.waiting, state.in_flight, state.keys, state.top_keys) == (0, 0, 0, ())
+
+
+async def test_a_snapshot_tells_until_when_rate_reservations_run(ledger: Ledger) -> None:
+    bucket = rate(0.5, 1)  # each token 2 s apart
+    assert (await acquire(ledger, bucket, "ran")).admitted
+    waited = await acquire(ledger, bucket, "waits")
+    assert waited.ticket_at is not None
+    [state] = await ledger.snapshot(["api"])
+    assert (state.waiting, state.in_flight, state.keys) == (1, 0, 1)
+    # the bucket is booked up to one interval past the last reservation
+    assert state.reserved_until == pytest.approx(waited.ticket_at + 2.0, abs=0.01)
+
+
+async def test_a_snapshot_names_the_ten_busiest_keys_most_waiting_first(ledger: Ledger) -> None:
+    for n in range(12):  # twelve keys running one request each ...
+        assert (await acquire(ledger, tenant(f"k{n:02}"), f"run{n}")).admitted
+    for n, waiting in ((3, 2), (7, 1)):  # ... two of them with requests waiting
+        for w in range(waiting):
+            assert not (await acquire(ledger, tenant(f"k{n:02}"), f"wait{n}.{w}")).admitted
+    [state] = await ledger.snapshot(["tenant"])
+    assert (state.waiting, state.in_flight, state.keys) == (3, 12, 12)
+    assert [(k.key, k.waiting) for k in state.top_keys][:3] == [("k03", 2), ("k07", 1), ("k00", 0)]
+    assert len(state.top_keys) == 10
+
+
+async def test_a_request_under_two_limits_shows_waiting_only_on_the_one_that_held_it(ledger: Ledger) -> None:
+    both = [tenant("a"), rate(0.1, 100)]
+    assert (await ledger.acquire(both, "a", ticket=False, concurrency_delay_s=0.1, ttl_s=TTL_S)).admitted
+    assert not (await ledger.acquire(both, "b", ticket=False, concurrency_delay_s=0.1, ttl_s=TTL_S)).admitted
+    tenants, api = await ledger.snapshot(["tenant", "api"])
+    assert (tenants.waiting, tenants.in_flight, api.waiting, api.in_flight) == (1, 1, 0, 0)
+    assert api.reserved_until is not None  # its one token is taken: the bucket is booked 10 s ahead

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ class Backend:
                 Route("/status/{code:int}", self.status, methods=["GET", "POST"]),
                 Route("/slow", self.slow, methods=["GET", "POST"]),
                 Route("/hold", self.hold, methods=["GET", "POST"]),
+                Route("/gate", self.gate, methods=["GET", "POST"]),
                 Route("/switch", self.switch, methods=["GET", "POST"]),
                 Route("/redirect", self.redirect, methods=["GET", "POST"]),
                 Route("/stream", self.stream, methods=["GET", "POST"]),
@@ -53,6 +55,8 @@ class Backend:
         self.token_status = 200
         self.token_requests: list[dict[str, str]] = []
         self.seen_tokens: list[str] = []
+        self.gate_reached = threading.Event()  # a call is inside /gate (the backend runs in its own thread)
+        self.gate_open = threading.Event()
 
     def _count(self, request: Request) -> None:
         self.hits[request.url.path] += 1
@@ -108,6 +112,17 @@ class Backend:
         finally:
             self.in_flight -= 1
         return PlainTextResponse("held")
+
+    async def gate(self, request: Request) -> Response:
+        """Holds every call until the test opens the gate (at most 30 s)."""
+        self._count(request)
+        self.in_flight += 1
+        self.gate_reached.set()
+        try:
+            await asyncio.to_thread(self.gate_open.wait, 30)
+        finally:
+            self.in_flight -= 1
+        return PlainTextResponse("through")
 
     async def switch(self, request: Request) -> Response:
         """500 while `failing`, else 200; `delay` keeps the call in flight."""

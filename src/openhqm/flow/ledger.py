@@ -14,16 +14,20 @@ in Lua) atomically over all of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from openhqm.flow.limits import Bucket
+from openhqm.flow.limits import Bucket, key_of
 
 WAITING_GRACE_S = 30.0  # a waiting entry outlives its next attempt by this much (a request cancelled meanwhile)
 # Every this many decisions a process drops buckets whose time is past: such a bucket is full, the
 # same as no row at all, so keys no longer used do not pile up (Redis expires its keys instead).
 PRUNE_EVERY = 1000
+TOP_KEYS = 10  # the keys a snapshot names per limit: the most held
+# A snapshot reads at most this many entries (buckets, holders, waiting requests) per figure and
+# limit, so its cost is bounded whatever the backlog; a figure beyond it shows as this many.
+SNAPSHOT_ROWS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,33 @@ class Verdict:
 class BucketState:
     tat: float | None = None  # None: the bucket is full
     holders: dict[str, float] = field(default_factory=dict)  # holder -> lease expiry
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLoad:
+    key: str  # the key value as it names its bucket (limits.bucket_key: long values hashed)
+    waiting: int
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """One limit across every process sharing the store, at one moment (GET /api/v1/flow)."""
+
+    limit: str
+    waiting: int = 0  # requests waiting on it (their waiting entry not yet expired)
+    in_flight: int = 0  # concurrency slots held, over all its buckets
+    keys: int = 0  # buckets with anything in them: a reservation ahead, a slot held, a request waiting
+    reserved_until: float | None = None  # the latest `tat` ahead of now over its buckets (epoch s)
+    top_keys: tuple[KeyLoad, ...] = ()  # keyed limits only: the most waiting, then most running
+
+
+def top_keys(limit: str, loads: Iterable[tuple[str, int, int]]) -> tuple[KeyLoad, ...]:
+    """The TOP_KEYS busiest of (bucket id, waiting, in flight), the limit's unkeyed bucket left out."""
+    found = [KeyLoad(key, waiting, in_flight) for ident, waiting, in_flight in loads
+             if (waiting or in_flight) and (key := key_of(limit, ident)) is not None]
+    found.sort(key=lambda load: (-load.waiting, -load.in_flight, load.key))
+    return tuple(found[:TOP_KEYS])
 
 
 class Ledger(Protocol):
@@ -62,6 +93,11 @@ class Ledger(Protocol):
 
     async def refresh(self, buckets: Sequence[Bucket], holder: str, ttl_s: float) -> None:
         """Renew its slots' lease while it runs."""
+        ...
+
+    async def snapshot(self, limits: Sequence[str]) -> list[LimitState]:
+        """Each named limit's state now, across processes (one LimitState per name, in order): a read
+        whose work is bounded (SNAPSHOT_ROWS), for the console, /api/v1/flow and the gauges."""
         ...
 
 
@@ -97,3 +133,8 @@ def decide(buckets: Sequence[Bucket], states: Sequence[BucketState], now: float,
 
 def limits_of(buckets: Sequence[Bucket]) -> list[str]:
     return sorted({bucket.limit for bucket in buckets})
+
+
+def bucket_of(buckets: Sequence[Bucket], limit: str) -> str:
+    """The id of the request's bucket of `limit` (a waiting entry names it, for the snapshot's keys)."""
+    return next(bucket.id for bucket in buckets if bucket.limit == limit)

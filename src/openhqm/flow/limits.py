@@ -100,6 +100,18 @@ class Limit:
         return Bucket(ident, self.name, self.rate_per_s, self.burst, self.max_concurrency)
 
 
+def key_range(limit: str) -> tuple[str, str]:
+    """[low, high): the ids of a keyed limit's buckets (`<limit>=<value>`) sort in this range, and
+    no other bucket's does ('>' follows '=', and no limit or endpoint name holds either): an index
+    range, not a scan."""
+    return limit + "=", limit + ">"
+
+
+def key_of(limit: str, bucket_id: str) -> str | None:
+    """The key value a bucket id names; None for the one bucket of a limit without `key`."""
+    return None if bucket_id == limit else bucket_id[len(limit) + 1:]
+
+
 def limit_of(name: str, rate_per_s: float | None, burst: int | None, max_concurrency: int | None,
              key: str | None = None) -> Limit:
     """A limit with its burst default: max(1, rate_per_s), one second's worth of requests."""

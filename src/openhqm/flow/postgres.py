@@ -15,8 +15,20 @@ from collections.abc import Iterator, Sequence
 import asyncpg
 
 from openhqm.errors import BackendUnavailable, ConfigError
-from openhqm.flow.ledger import PRUNE_EVERY, WAITING_GRACE_S, BucketState, Verdict, decide, limits_of
-from openhqm.flow.limits import Bucket
+from openhqm.flow.ledger import (
+    PRUNE_EVERY,
+    SNAPSHOT_ROWS,
+    TOP_KEYS,
+    WAITING_GRACE_S,
+    BucketState,
+    LimitState,
+    Verdict,
+    bucket_of,
+    decide,
+    limits_of,
+    top_keys,
+)
+from openhqm.flow.limits import Bucket, key_range
 from openhqm.redact import mask_url
 
 POOL_MAX_SIZE = 4
@@ -59,11 +71,17 @@ class PostgresLedger:
             try:
                 async with pool.acquire() as conn:
                     await conn.execute(
-                        f"CREATE TABLE IF NOT EXISTS {self.buckets_table} (id text PRIMARY KEY, tat float8);"
-                        f"CREATE TABLE IF NOT EXISTS {self.holders_table} (bucket text NOT NULL, holder text NOT NULL,"
-                        " expires_at float8 NOT NULL, PRIMARY KEY (bucket, holder));"
+                        # Bucket ids in byte order ("C"), so a keyed limit's buckets are one index range
+                        # whatever the database's collation (see snapshot).
+                        f'CREATE TABLE IF NOT EXISTS {self.buckets_table} (id text COLLATE "C" PRIMARY KEY,'
+                        " tat float8);"
+                        f'CREATE TABLE IF NOT EXISTS {self.holders_table} (bucket text COLLATE "C" NOT NULL,'
+                        " holder text NOT NULL, expires_at float8 NOT NULL, PRIMARY KEY (bucket, holder));"
                         f"CREATE TABLE IF NOT EXISTS {self.waiting_table} (limit_name text NOT NULL,"
-                        " holder text NOT NULL, expires_at float8 NOT NULL, PRIMARY KEY (limit_name, holder));")
+                        ' holder text NOT NULL, expires_at float8 NOT NULL, bucket text COLLATE "C",'
+                        " PRIMARY KEY (limit_name, holder));"
+                        # a table of an earlier version lacks it (its rows count, with no key)
+                        f'ALTER TABLE {self.waiting_table} ADD COLUMN IF NOT EXISTS bucket text COLLATE "C";')
             except BaseException:
                 await pool.close()
                 raise
@@ -125,9 +143,45 @@ class PostgresLedger:
                                limits_of(buckets), holder)
         elif verdict.blocked is not None:
             await conn.execute(
-                f"INSERT INTO {self.waiting_table} (limit_name, holder, expires_at) VALUES ($1, $2, $3)"
-                " ON CONFLICT (limit_name, holder) DO UPDATE SET expires_at = excluded.expires_at",
-                verdict.blocked, holder, now + verdict.delay_s + WAITING_GRACE_S)
+                f"INSERT INTO {self.waiting_table} (limit_name, holder, expires_at, bucket) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (limit_name, holder) DO UPDATE SET expires_at = excluded.expires_at,"
+                " bucket = excluded.bucket",
+                verdict.blocked, holder, now + verdict.delay_s + WAITING_GRACE_S, bucket_of(buckets, verdict.blocked))
+
+    async def snapshot(self, limits: Sequence[str]) -> list[LimitState]:
+        """Each figure reads at most SNAPSHOT_ROWS rows along a primary key (a limit's bucket ids are
+        `id = limit` or its key range, compared in byte order as the columns are; waiting entries lead
+        with the limit's name). One read-only transaction: the figures agree with each other."""
+        buckets = '(id = $1 OR (id >= $2 COLLATE "C" AND id < $3 COLLATE "C"))'
+        # Every id read out is "C" too, so the unions compare alike in tables of any version.
+        held = (f'SELECT bucket COLLATE "C" AS bucket FROM {self.holders_table} WHERE (bucket = $1'
+                ' OR (bucket >= $2 COLLATE "C" AND bucket < $3 COLLATE "C")) AND expires_at > $4 LIMIT $5')
+        waiting = (f'SELECT bucket COLLATE "C" AS bucket FROM {self.waiting_table}'
+                   " WHERE limit_name = $1 AND expires_at > $4 LIMIT $5")
+        figures = (
+            f"SELECT (SELECT count(*) FROM ({waiting}) w) AS waiting, (SELECT count(*) FROM ({held}) h) AS in_flight,"
+            f" (SELECT max(tat) FROM (SELECT tat FROM {self.buckets_table} WHERE {buckets} AND tat > $4 LIMIT $5) r)"
+            " AS reserved_until,"
+            f' (SELECT count(*) FROM ((SELECT id COLLATE "C" FROM {self.buckets_table} WHERE {buckets} AND tat > $4'
+            " LIMIT $5)"
+            f" UNION ({held}) UNION (SELECT bucket FROM ({waiting}) w WHERE bucket IS NOT NULL)) k) AS keys")
+        top = (f"SELECT bucket, sum(w) AS w, sum(f) AS f FROM (SELECT bucket, 1 AS w, 0 AS f FROM ({waiting}) w"
+               f" UNION ALL SELECT bucket, 0, 1 FROM ({held}) h) l WHERE bucket IS NOT NULL"
+               " GROUP BY bucket ORDER BY w DESC, f DESC, bucket LIMIT $6")
+        states = []
+        with _mapped("snapshot"):
+            async with self._db.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+                now = float(await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8"))
+                for limit in limits:
+                    args = (limit, *key_range(limit), now, SNAPSHOT_ROWS)
+                    row = await conn.fetchrow(figures, *args)
+                    # One more than named: the unkeyed bucket (id = limit) may be among them.
+                    loads = [(r["bucket"], int(r["w"]), int(r["f"]))
+                             for r in await conn.fetch(top, *args, TOP_KEYS + 1)]
+                    states.append(LimitState(limit, waiting=int(row["waiting"]), in_flight=int(row["in_flight"]),
+                                             keys=int(row["keys"]), reserved_until=row["reserved_until"],
+                                             top_keys=top_keys(limit, loads)))
+        return states
 
     async def release(self, buckets: Sequence[Bucket], holder: str) -> None:
         held = [b.id for b in buckets if b.max_concurrency is not None]

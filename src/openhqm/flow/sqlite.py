@@ -15,9 +15,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from openhqm.flow.ledger import PRUNE_EVERY, WAITING_GRACE_S, BucketState, Verdict, decide, limits_of
-from openhqm.flow.limits import Bucket
-from openhqm.sqlite_db import SQLiteDB, shared_db
+from openhqm.flow.ledger import (
+    PRUNE_EVERY,
+    SNAPSHOT_ROWS,
+    TOP_KEYS,
+    WAITING_GRACE_S,
+    BucketState,
+    LimitState,
+    Verdict,
+    bucket_of,
+    decide,
+    limits_of,
+    top_keys,
+)
+from openhqm.flow.limits import Bucket, key_range
+from openhqm.sqlite_db import SQLiteDB, shared_db, unavailable
 
 T = TypeVar("T")
 
@@ -26,8 +38,32 @@ CREATE TABLE IF NOT EXISTS flow_buckets (id TEXT PRIMARY KEY, tat REAL);
 CREATE TABLE IF NOT EXISTS flow_holders (
     bucket TEXT NOT NULL, holder TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (bucket, holder));
 CREATE TABLE IF NOT EXISTS flow_waiting (
-    limit_name TEXT NOT NULL, holder TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (limit_name, holder));
+    limit_name TEXT NOT NULL, holder TEXT NOT NULL, expires_at REAL NOT NULL, bucket TEXT,
+    PRIMARY KEY (limit_name, holder));
 """
+
+# A snapshot's figures for one limit; each reads at most SNAPSHOT_ROWS rows, along the primary keys
+# (bucket ids of a limit: `id = :limit` or in its key range; waiting entries: by limit name).
+_BUCKETS = "(id = :limit OR (id >= :low AND id < :high))"
+_HELD = ("SELECT bucket FROM flow_holders WHERE (bucket = :limit OR (bucket >= :low AND bucket < :high))"
+         " AND expires_at > :now LIMIT :cap")
+_WAITING = "SELECT bucket FROM flow_waiting WHERE limit_name = :limit AND expires_at > :now LIMIT :cap"
+SNAPSHOT_QUERIES = {
+    "waiting": f"SELECT COUNT(*) FROM ({_WAITING})",
+    "in_flight": f"SELECT COUNT(*) FROM ({_HELD})",
+    "reserved_until": f"SELECT MAX(tat) FROM (SELECT tat FROM flow_buckets WHERE {_BUCKETS} AND tat > :now LIMIT :cap)",
+    "keys": f"SELECT COUNT(*) FROM (SELECT * FROM (SELECT id FROM flow_buckets WHERE {_BUCKETS} AND tat > :now"
+            f" LIMIT :cap) UNION SELECT * FROM ({_HELD}) UNION SELECT * FROM ({_WAITING}) WHERE bucket IS NOT NULL)",
+}
+TOP_QUERY = (f"SELECT bucket, SUM(w) AS w, SUM(f) AS f FROM (SELECT bucket, 1 AS w, 0 AS f FROM ({_WAITING})"
+             f" UNION ALL SELECT bucket, 0, 1 FROM ({_HELD})) WHERE bucket IS NOT NULL"
+             " GROUP BY bucket ORDER BY w DESC, f DESC, bucket LIMIT :top")
+
+
+def add_bucket_column(conn: sqlite3.Connection) -> None:
+    """A flow_waiting table of an earlier version lacks `bucket` (its rows count, with no key)."""
+    if "bucket" not in {row[1] for row in conn.execute("PRAGMA table_info(flow_waiting)")}:
+        conn.execute("ALTER TABLE flow_waiting ADD COLUMN bucket TEXT")
 
 
 class SQLiteLedger:
@@ -40,6 +76,12 @@ class SQLiteLedger:
         if not self._connected:
             self._db.acquire(SCHEMA)
             self._connected = True
+            try:
+                self._db.migrate(add_bucket_column)
+            except sqlite3.Error as exc:
+                self._connected = False
+                self._db.release()
+                raise unavailable(exc, "flow limits migration") from exc
 
     async def close(self) -> None:
         if self._connected:
@@ -93,8 +135,9 @@ class SQLiteLedger:
                 conn.executemany("DELETE FROM flow_waiting WHERE limit_name = ? AND holder = ?",
                                  [(limit, holder) for limit in limits])
             elif verdict.blocked is not None:
-                conn.execute("INSERT OR REPLACE INTO flow_waiting (limit_name, holder, expires_at) VALUES (?, ?, ?)",
-                             (verdict.blocked, holder, now + verdict.delay_s + WAITING_GRACE_S))
+                conn.execute("INSERT OR REPLACE INTO flow_waiting (limit_name, holder, expires_at, bucket)"
+                             " VALUES (?, ?, ?, ?)", (verdict.blocked, holder, now + verdict.delay_s + WAITING_GRACE_S,
+                                                      bucket_of(buckets, verdict.blocked)))
             conn.executemany("DELETE FROM flow_waiting WHERE limit_name = ? AND expires_at <= ?",
                              [(limit, now) for limit in limits])
             counts = tuple((limit, int(conn.execute(
@@ -115,3 +158,22 @@ class SQLiteLedger:
         if rows:
             await self._atomic(lambda conn: conn.executemany(
                 "UPDATE flow_holders SET expires_at = ? WHERE bucket = ? AND holder = ?", rows))
+
+    async def snapshot(self, limits: Sequence[str]) -> list[LimitState]:
+        """On a reading connection of its own (WAL: the writer is not held up)."""
+        def read(conn: sqlite3.Connection) -> list[LimitState]:
+            now = time.time()
+            states = []
+            for limit in limits:
+                low, high = key_range(limit)
+                # One more than named: the unkeyed bucket (id = limit) may be among them, and is not named.
+                params = {"limit": limit, "low": low, "high": high, "now": now, "cap": SNAPSHOT_ROWS,
+                          "top": TOP_KEYS + 1}
+                figures = {name: conn.execute(query, params).fetchone()[0] for name, query in SNAPSHOT_QUERIES.items()}
+                loads = conn.execute(TOP_QUERY, params).fetchall()
+                states.append(LimitState(limit, waiting=figures["waiting"], in_flight=figures["in_flight"],
+                                         keys=figures["keys"], reserved_until=figures["reserved_until"],
+                                         top_keys=top_keys(limit, loads)))
+            return states
+
+        return await self._db.read(read)

@@ -16,6 +16,7 @@ from openhqm.errors import BackendUnavailable, RequestRejected
 from openhqm.http.auth import AuthMiddleware, build_authenticator
 from openhqm.http.console import install_console
 from openhqm.http.fastpath import FastPath
+from openhqm.http.flow_routes import flow_router
 from openhqm.http.middleware import BodyLimitMiddleware, MetricsMiddleware
 from openhqm.http.openapi import install_docs
 from openhqm.http.queue_routes import queue_router, worker_router
@@ -57,6 +58,7 @@ def create_app(app: OpenHQM, *, run_workers: bool = False, settle_gc: bool = Tru
     api.include_router(schedule_router)
     api.include_router(queue_router)
     api.include_router(worker_router)
+    api.include_router(flow_router)
     api.include_router(request_router)
     if settings.console.enabled:
         install_console(api)

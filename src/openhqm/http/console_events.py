@@ -37,7 +37,7 @@ SERIES_REFRESH_S = 10.0
 
 class Figures:
     """What the overview shows, as the public routes give it: GET /api/v1/queues, each queue's
-    /series?minutes=15, GET /api/v1/workers and the /ready checks. A part that cannot be read is null
+    /series?minutes=15, GET /api/v1/workers, GET /api/v1/flow and the /ready checks. A part that cannot be read is null
     (the console then says so), and the rest still arrives. The series, the costliest part, is read
     every SERIES_REFRESH_S (its points are per minute) and repeated in the ticks between."""
 
@@ -58,7 +58,8 @@ class Figures:
         ready = None if health is None else {name: {"ok": check.ok, "detail": check.detail}
                                              for name, check in zip(("queue", "results"), health, strict=True)}
         return {"at": rfc3339(time.time()), "queues": queues, "series": self._series,
-                "workers": await _part(bridge.queues.workers()), "ready": ready}
+                "workers": await _part(bridge.queues.workers()), "flow": await _part(bridge.flow.view()),
+                "ready": ready}
 
 
 async def _part(reading: Awaitable[T]) -> T | None:

@@ -32,12 +32,11 @@ from openhqm.http.request_schemas import (
     RequestReplayResponse,
 )
 from openhqm.listener.console import BulkOutcome, Selection
-from openhqm.redact import SECRET_MASK, mask_secrets, secret_values
+from openhqm.redact import MASKED_HEADERS, SECRET_MASK, mask_secrets, secret_values
 from openhqm.timefmt import rfc3339
 from openhqm.views import attempt_history_json, item_json, result_json
 
 request_router = APIRouter()
-MASKED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
 BAD_INPUT = problems(400, 413, 422, 503)
 
 

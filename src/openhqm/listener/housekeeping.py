@@ -13,6 +13,7 @@ from openhqm.backends.base import Backend
 from openhqm.config import ResultsSettings
 from openhqm.constants import Status
 from openhqm.listener.dead_letters import DeadLetters
+from openhqm.listener.flow import FlowLimits
 from openhqm.logging import get_logger
 from openhqm.results.base import DeadLetterReason, DeadLetterRecord, RequestRecord, ResultStore
 from openhqm.state import paused_queues
@@ -54,6 +55,7 @@ class Housekeeping:
         self.dead = dead
         self.stale_after_s = 2 * max_timeout_s + LEASE_MARGIN_S
         self.rolling = RollingStats()
+        self.flow: FlowLimits | None = None  # its gauges are sampled with the rest
         self._readings = 0  # figures() calls started, and the latest whose gauges were set
         self._exported = 0
 
@@ -95,12 +97,18 @@ class Housekeeping:
         }
 
     async def sample_metrics_forever(self, interval_s: float = 5.0) -> None:
-        """Keep the gauges that need a query current, off the hot path."""
+        """Keep the gauges that need a query current, off the hot path (the flow limits' too: a
+        worker sets them only when it decides, so they would stand still while the queue is idle)."""
         while True:
             try:
                 await self.figures()
             except Exception as exc:
                 log.warning("metrics sampling failed", error=str(exc))
+            if self.flow is not None:
+                try:
+                    await self.flow.states()
+                except Exception as exc:
+                    log.warning("flow limit sampling failed", error=str(exc))
             await asyncio.sleep(interval_s)
 
     async def cleanup_forever(self) -> None:

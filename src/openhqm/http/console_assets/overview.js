@@ -1,5 +1,5 @@
 // Overview: the listener's readiness; per queue depth, age, throughput, latency, failures and pause;
-// live workers. The figures arrive with each tick of /api/v1/console/events (the same shapes as the
+// flow limits (when any is configured); live workers. The figures arrive with each tick of /api/v1/console/events (the same shapes as the
 // public routes, which are read directly after an action and before the first tick).
 import { get, post, query } from "./api.js";
 import { h, replace, seconds, timeCell, STATUSES, badge } from "./dom.js";
@@ -17,16 +17,18 @@ export function overview(main, ctx) {
   const countsBox = h("div", { class: "counts" });
   const queuesBox = h("div", { class: "queues" }, h("p", { class: "muted" }, "Loading queues…"));
   const workersBox = h("div");
+  const flowBox = h("div");
+  const flowCard = h("section", { class: "card", hidden: true, "data-panel": "flow" }, h("h2", null, "Flow limits"), flowBox);
   replace(main,
     h("div", { class: "page-head" }, h("h1", null, "Overview"),
       h("span", { class: "muted" }, "Figures refresh every 2 s while this page is open."), h("span", { class: "spacer" }),
       healthBox),
     h("section", { class: "card" }, h("h2", null, "Requests by status"), countsBox),
-    h("h2", { class: "section-title" }, "Queues"), queuesBox,
+    h("h2", { class: "section-title" }, "Queues"), queuesBox, flowCard,
     h("section", { class: "card" }, h("h2", null, "Workers"), workersBox));
 
   let alive = true;
-  const boxes = { healthBox, queuesBox, workersBox };
+  const boxes = { healthBox, queuesBox, workersBox, flowCard, flowBox };
   const show = (figures) => { if (alive) render(boxes, figures, ctx, refetch); };
   async function refetch() { show(await fromRoutes()); }
   const off = ctx.onTick((tick) => { show(tick); showCounts(countsBox); });
@@ -38,20 +40,21 @@ export function overview(main, ctx) {
 // The same figures the tick carries, read from the public routes.
 async function fromRoutes() {
   const part = (promise) => promise.catch((err) => ({ error: err }));
-  const [queues, workers, ready] = await Promise.all([part(get("/api/v1/queues")), part(get("/api/v1/workers")),
-    get("/ready").then((r) => r.checks, (err) => (err.body && err.body.checks) || null)]);
+  const [queues, workers, flow, ready] = await Promise.all([part(get("/api/v1/queues")), part(get("/api/v1/workers")),
+    part(get("/api/v1/flow")), get("/ready").then((r) => r.checks, (err) => (err.body && err.body.checks) || null)]);
   const series = {};
   if (Array.isArray(queues)) {
     await Promise.all(queues.map(async (q) => {
       series[q.name] = await part(get(`/api/v1/queues/${encodeURIComponent(q.name)}/series${query({ minutes: MINUTES })}`));
     }));
   }
-  return { queues, series, workers, ready };
+  return { queues, series, workers, flow, ready };
 }
 
-function render({ healthBox, queuesBox, workersBox }, figures, ctx, refetch) {
+function render({ healthBox, queuesBox, workersBox, flowCard, flowBox }, figures, ctx, refetch) {
   showHealth(healthBox, figures.ready);
   showQueues(queuesBox, figures.queues, figures.series || {}, ctx, refetch);
+  showFlow(flowCard, flowBox, figures.flow, figures.at);
   showWorkers(workersBox, figures.workers);
 }
 
@@ -146,4 +149,46 @@ function showWorkers(box, workers) {
         h("td", null, timeCell(w.started_at)), h("td", { class: "num" }, String(w.concurrency ?? "—")),
         h("td", { class: "num" }, String(w.in_flight ?? "—")), h("td", null, timeCell(w.last_seen_at)),
         h("td", null, h("span", { class: `pill ${w.alive ? "ok" : "bad"}` }, w.alive ? "alive" : "gone")))))));
+}
+
+// Flow limits: shown only when some are configured (with none, the listing is empty and never fails,
+// so a failed reading means there are limits). "Ahead" is measured on the listener's clock when the
+// tick says what time it is there.
+function showFlow(card, box, flow, at) {
+  if (flow && !flow.error && Array.isArray(flow.limits) && !flow.limits.length) {
+    card.hidden = true;
+    return;
+  }
+  card.hidden = false;
+  if (!flow || flow.error) return replace(box, errorBox(flow && flow.error, "Reading the flow limits"));
+  const now = (at && Date.parse(at)) || Date.now();
+  replace(box, h("table", { class: "table flow" },
+    h("thead", null, h("tr", null, ["Limit", "Covers", "Key", "Rate", "Max concurrency", "Waiting", "In flight",
+      "Reservations", "Most held keys"].map((t) => h("th", null, t)))),
+    h("tbody", null, flow.limits.map((limit) => flowRow(limit, now)))));
+}
+
+function flowRow(limit, now) {
+  const keyed = limit.key != null;
+  const perKey = keyed ? " per key" : "";
+  const ahead = limit.reserved_until ? (Date.parse(limit.reserved_until) - now) / 1000 : null;
+  return h("tr", { "data-limit": limit.name },
+    h("td", { class: "mono" }, limit.name),
+    h("td", null, limit.endpoint != null ? `endpoint ${limit.endpoint}` : `handler ${limit.handler}`),
+    h("td", null, keyed ? [h("span", { class: "mono" }, limit.key), h("div", { class: "muted small" },
+      `${limit.keys} key${limit.keys === 1 ? "" : "s"} active`)] : h("span", { class: "muted" }, "one bucket")),
+    h("td", null, limit.rate_per_s != null ? `${rate(limit.rate_per_s)}${perKey}, burst ${limit.burst}` : "—"),
+    h("td", { class: "num" }, limit.max_concurrency != null ? `${limit.max_concurrency}${perKey}` : "—"),
+    h("td", { class: `num${limit.waiting > 0 ? " warn" : ""}`, "data-figure": "waiting" }, String(limit.waiting)),
+    h("td", { class: "num", "data-figure": "in_flight" },
+      limit.max_concurrency != null && !keyed ? `${limit.in_flight} / ${limit.max_concurrency}` : String(limit.in_flight)),
+    h("td", { "data-figure": "reserved_until", title: limit.reserved_until || "" },
+      ahead != null && ahead > 0 ? `reservations run ${seconds(ahead)} ahead` : h("span", { class: "muted" }, "none ahead")),
+    h("td", { "data-figure": "top_keys" }, limit.top_keys.length ? h("ul", { class: "keys" }, limit.top_keys.map((k) =>
+      h("li", null, h("span", { class: "mono" }, k.key === "" ? "(no value)" : k.key),
+        h("span", { class: "muted small" }, ` ${k.waiting} waiting, ${k.in_flight} in flight`)))) : h("span", { class: "muted" }, "—")));
+}
+
+function rate(perS) {
+  return perS >= 1 ? `${Number(perS.toPrecision(4))}/s` : `1 every ${seconds(1 / perS)}`;
 }
