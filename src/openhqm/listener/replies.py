@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from openhqm import stages
 from openhqm.backends.base import Backend
 from openhqm.background import Background
 from openhqm.constants import Status
@@ -43,6 +44,7 @@ class Replies:
             reply.correlation_id, Status(reply.status), result=reply.result, error=reply.error,
             attempts=reply.attempts, processing_time_ms=reply.processing_time_ms,
             raw_response=reply.raw_response, completed_at=reply.completed_at, **extra)
+        stages.mark(reply.correlation_id, "stored")
         if record is not None and record.terminal:
             self._deliver_callback(record)
         if self.child_finished is not None and (record is None or record.parent_id is not None):

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
+from openhqm import stages
 from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL, Status
 from openhqm.envelope import AttemptEntry
@@ -233,6 +234,7 @@ class ResultStore(ABC):
         try:
             async with asyncio.timeout(timeout_s):
                 done = await finished
+            stages.mark(correlation_id, "woken")
             if done is not None:
                 return done  # moved by this store object: no need to read it back
         except TimeoutError:
