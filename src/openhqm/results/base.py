@@ -213,8 +213,9 @@ class ResultStore(ABC):
 
     @contextlib.contextmanager
     def waiting(self, correlation_id: str) -> Iterator[asyncio.Future[RequestRecord | None]]:
-        """A future resolved when `correlation_id` turns terminal: with the record when this store
-        object moved it, with None when another process did. Register it before the change can happen."""
+        """A future resolved when `correlation_id` turns terminal: with the record when this store object
+        moved it or read it (the SQLite store's watch reads another process's), else with None (read it
+        again). Register it before the change can happen."""
         future: asyncio.Future[RequestRecord | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(correlation_id, set()).add(future)
         try:
