@@ -262,10 +262,15 @@ def main() -> None:
     parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
                         help="the HTTP server in front of the openhqm app: uvicorn + httptools as `openhqm serve` "
                              "runs it, or granian (Rust; pip install granian) with the same app (granian_app.py)")
+    parser.add_argument("--split", action="store_true",
+                        help="run `openhqm listener` and `openhqm worker` (one each, sharing the SQLite file) instead "
+                             "of `serve`; the openhqm CPU column is both processes'")
     parser.add_argument("--stages", type=int, default=0, metavar="N",
                         help="trace 1 in N submits in serve (OPENHQM_STAGE_SAMPLE) and print where they waited: "
                              "p50/p90/p99 of the gap between consecutive hops, per scenario")
     args = parser.parse_args()
+    if args.split and args.server != "uvicorn":
+        parser.error("--split runs openhqm's own listener and worker commands (uvicorn)")
     if args.load == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not on PATH (Debian/Ubuntu: apt-get install wrk); or use --load aiohttp")
 
@@ -287,14 +292,18 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     try:
         procs.start([sys.executable, str(HERE / "echo_server.py"), str(echo_port), str(args.backend_delay_s)])
-        procs.start(serve_command(args.server, hqm_port), env=env | server_env(args.server), cwd=data_dir)
+        if args.split:  # the listener and a worker process sharing the data dir, woken by the SQLite bell
+            for command in ("listener", "worker"):
+                procs.start([sys.executable, "-m", "openhqm", command], env=env, cwd=data_dir)
+        else:
+            procs.start(serve_command(args.server, hqm_port), env=env | server_env(args.server), cwd=data_dir)
+        openhqm_pids = [proc.pid for proc in procs.procs[1:]]
         wait_http(f"http://127.0.0.1:{echo_port}/")
         wait_http(f"http://127.0.0.1:{hqm_port}/ready")
         base = f"http://127.0.0.1:{hqm_port}"
         if args.profile:
-            serve_pid = procs.procs[-1].pid
             procs.start(["py-spy", "record", "--rate", "200", "--format", "speedscope", "--nonblocking",
-                         "--pid", str(serve_pid), "--output", os.path.abspath(args.profile)])
+                         "--pid", str(openhqm_pids[0]), "--output", os.path.abspath(args.profile)])
         if args.consoles and not shutil.which("curl"):
             parser.error("--consoles needs curl on PATH")
         for _ in range(args.consoles):
@@ -311,16 +320,16 @@ def main() -> None:
                                           expect_completed=True),
             "response": Scenario(finished, None, expect_completed=True),  # GET a finished request's answer
         }
-        echo_pid, serve_pid = procs.procs[0].pid, procs.procs[1].pid
+        echo_pid = procs.procs[0].pid
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.scenarios}
         for _ in range(args.repeat):
             for name in args.scenarios:
                 asyncio.run(warm_up(scenarios[name], args.clients))
                 if args.stages:
                     stage_times(base)  # a new sample: the warm-up's traces are dropped
-                before = cpu_seconds(echo_pid), cpu_seconds(serve_pid)
+                before = cpu_seconds(echo_pid), sum(map(cpu_seconds, openhqm_pids))
                 result: dict[str, Any] = LOADS[args.load](scenarios[name], args.clients, args.seconds)
-                after = cpu_seconds(echo_pid), cpu_seconds(serve_pid)
+                after = cpu_seconds(echo_pid), sum(map(cpu_seconds, openhqm_pids))
                 if args.stages and name != "direct":
                     result["stages"] = stage_times(base)
                 # CPU per round trip of each process over the measured run (the warm-up before it excluded).
@@ -373,7 +382,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
         print(json.dumps(results, indent=2))
         return
     baseline = results.get("direct", {}).get("rps")
-    print(f"server={args.server} load={args.load} queue={args.queue_type} results={args.results_type} "
+    print(f"server={args.server}{' split' if args.split else ''} load={args.load} queue={args.queue_type} "
+          f"results={args.results_type} "
           f"clients={args.clients} "
           f"seconds={args.seconds:g} repeat={args.repeat} backend_delay_s={args.backend_delay_s:g} "
           f"cores={os.cpu_count()}")
