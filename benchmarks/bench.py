@@ -2,7 +2,7 @@
 backend directly, at a fixed number of concurrent clients for a bounded time.
 
     python benchmarks/bench.py [--seconds 10] [--clients 32] [--load wrk|aiohttp] [--queue-type sqlite] [--consoles N]
-                               [--scenarios ...]
+                               [--scenarios ...] [--stages N] [--profile FILE]
 
 Everything runs on 127.0.0.1: the echo server, openhqm and the load generator share the machine's
 cores, as they would on one node; the ratio to the direct call is the number to watch. The default load
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,8 +47,6 @@ def free_port() -> int:
 
 
 def wait_http(url: str, timeout_s: float = 30) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -82,7 +82,7 @@ class Scenario:
     """One kind of round trip, described once for both load generators."""
 
     url: str
-    body: str
+    body: str | None  # None: a GET
     prefer: str | None = None
     long_poll: bool = False  # POST, then GET the answer's Location with ?wait=30
     expect_completed: bool = False  # a good answer says "status": "COMPLETED"
@@ -95,6 +95,12 @@ def submit_body(metadata: dict[str, Any]) -> str:
 async def round_trip(session: aiohttp.ClientSession, scenario: Scenario) -> None:
     """One round trip as the aiohttp load sends it; raises on anything but a good answer."""
     headers = {"Content-Type": "application/json"} | ({"Prefer": scenario.prefer} if scenario.prefer else {})
+    if scenario.body is None:
+        async with session.get(scenario.url) as response:
+            status, body = response.status, await response.read()
+        if status != 200 or (scenario.expect_completed and json.loads(body)["status"] != "COMPLETED"):
+            raise RuntimeError(status, body[:200])
+        return
     async with session.post(scenario.url, data=scenario.body, headers=headers) as response:
         status, body, location = response.status, await response.read(), response.headers.get("Location")
     if scenario.long_poll:
@@ -163,7 +169,7 @@ def wrk_load(scenario: Scenario, clients: int, seconds: float) -> dict[str, floa
     # No answer takes longer than the run or the 30 s wait; wrk's histogram is sized by its timeout.
     command = ["wrk", "--threads", str(threads), "--connections", str(clients), "--duration", f"{duration}s",
                "--timeout", f"{min(duration, 30) + 5}s", "--script", str(HERE / "wrk_scenario.lua"), scenario.url, "--",
-               "long-poll" if scenario.long_poll else "single", scenario.body, scenario.prefer or "-",
+               "long-poll" if scenario.long_poll else "single", scenario.body or "-", scenario.prefer or "-",
                "COMPLETED" if scenario.expect_completed else "-"]
     before = children_cpu_seconds()
     # run() kills wrk (by PID) if it outlives its duration by a minute.
@@ -183,12 +189,22 @@ LOADS: dict[str, Callable[[Scenario, int, float], dict[str, float]]] = {"wrk": w
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc; 0 elsewhere)."""
+    """User + system CPU time of a process and the processes below it that are running (granian serves
+    from a worker process it starts; Linux /proc; 0 elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in child_pids(pid))
+
+
+def child_pids(pid: int) -> list[int]:
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.scandir(f"/proc/{pid}/task"):
+            children += [int(c) for c in Path(task.path, "children").read_text().split()]
+    return children
 
 
 def own_cpu_seconds() -> float:
@@ -243,7 +259,18 @@ def main() -> None:
                              "(curl), each served the overview tick every 2 s")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the serve process with py-spy while the scenarios run (speedscope JSON)")
+    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
+                        help="the HTTP server in front of the openhqm app: uvicorn + httptools as `openhqm serve` "
+                             "runs it, or granian (Rust; pip install granian) with the same app (granian_app.py)")
+    parser.add_argument("--split", action="store_true",
+                        help="run `openhqm listener` and `openhqm worker` (one each, sharing the SQLite file) instead "
+                             "of `serve`; the openhqm CPU column is both processes'")
+    parser.add_argument("--stages", type=int, default=0, metavar="N",
+                        help="trace 1 in N submits in serve (OPENHQM_STAGE_SAMPLE) and print where they waited: "
+                             "p50/p90/p99 of the gap between consecutive hops, per scenario")
     args = parser.parse_args()
+    if args.split and args.server != "uvicorn":
+        parser.error("--split runs openhqm's own listener and worker commands (uvicorn)")
     if args.load == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not on PATH (Debian/Ubuntu: apt-get install wrk); or use --load aiohttp")
 
@@ -259,23 +286,30 @@ def main() -> None:
         "OPENHQM_PROXY__ENDPOINTS": json.dumps({"echo": {"url": echo_url}}),
         **dict(item.split("=", 1) for item in args.env),
     }
+    if args.stages:
+        env["OPENHQM_STAGE_SAMPLE"] = str(args.stages)
     env |= broker_env(args.queue_type)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     try:
         procs.start([sys.executable, str(HERE / "echo_server.py"), str(echo_port), str(args.backend_delay_s)])
-        procs.start([sys.executable, "-m", "openhqm", "serve"], env=env, cwd=data_dir)
+        if args.split:  # the listener and a worker process sharing the data dir, woken by the SQLite bell
+            for command in ("listener", "worker"):
+                procs.start([sys.executable, "-m", "openhqm", command], env=env, cwd=data_dir)
+        else:
+            procs.start(serve_command(args.server, hqm_port), env=env | server_env(args.server), cwd=data_dir)
+        openhqm_pids = [proc.pid for proc in procs.procs[1:]]
         wait_http(f"http://127.0.0.1:{echo_port}/")
         wait_http(f"http://127.0.0.1:{hqm_port}/ready")
         base = f"http://127.0.0.1:{hqm_port}"
         if args.profile:
-            serve_pid = procs.procs[-1].pid
             procs.start(["py-spy", "record", "--rate", "200", "--format", "speedscope", "--nonblocking",
-                         "--pid", str(serve_pid), "--output", os.path.abspath(args.profile)])
+                         "--pid", str(openhqm_pids[0]), "--output", os.path.abspath(args.profile)])
         if args.consoles and not shutil.which("curl"):
             parser.error("--consoles needs curl on PATH")
         for _ in range(args.consoles):
             procs.start(["curl", "-sN", "-o", os.devnull, f"{base}/api/v1/console/events"])
         submit = f"{base}/api/v1/submit"
+        finished = f"{base}/api/v1/response/{finished_request(submit) if 'response' in args.scenarios else '-'}"
         scenarios = {
             "direct": Scenario(echo_url, json.dumps(PAYLOAD)),
             "prefer-wait": Scenario(submit, submit_body({"handler": "echo"}), PREFER_WAIT, expect_completed=True),
@@ -284,15 +318,20 @@ def main() -> None:
                                             expect_completed=True),
             "forward-long-poll": Scenario(submit, submit_body({"endpoint": "echo"}), long_poll=True,
                                           expect_completed=True),
+            "response": Scenario(finished, None, expect_completed=True),  # GET a finished request's answer
         }
-        echo_pid, serve_pid = procs.procs[0].pid, procs.procs[1].pid
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in args.scenarios}
+        echo_pid = procs.procs[0].pid
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.scenarios}
         for _ in range(args.repeat):
             for name in args.scenarios:
                 asyncio.run(warm_up(scenarios[name], args.clients))
-                before = cpu_seconds(echo_pid), cpu_seconds(serve_pid)
-                result = LOADS[args.load](scenarios[name], args.clients, args.seconds)
-                after = cpu_seconds(echo_pid), cpu_seconds(serve_pid)
+                if args.stages:
+                    stage_times(base)  # a new sample: the warm-up's traces are dropped
+                before = cpu_seconds(echo_pid), sum(map(cpu_seconds, openhqm_pids))
+                result: dict[str, Any] = LOADS[args.load](scenarios[name], args.clients, args.seconds)
+                after = cpu_seconds(echo_pid), sum(map(cpu_seconds, openhqm_pids))
+                if args.stages and name != "direct":
+                    result["stages"] = stage_times(base)
                 # CPU per round trip of each process over the measured run (the warm-up before it excluded).
                 round_trips = max(1, result["requests"])
                 for key, start, end in zip(("echo_cpu_ms", "serve_cpu_ms"), before, after, strict=True):
@@ -307,12 +346,45 @@ def main() -> None:
     report(results, args)
 
 
-def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+def serve_command(server: str, port: int) -> list[str]:
+    if server == "uvicorn":
+        return [sys.executable, "-m", "openhqm", "serve"]  # OPENHQM_SERVER__PORT says the port
+    # One worker, the asyncio loop (uvloop is not installed, as for uvicorn), no WebSockets: like serve.
+    return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1", "--loop", "asyncio", "--no-ws", "--log-level", "warning",
+            "--no-access-log", "granian_app:serve_app"]
+
+
+def server_env(server: str) -> dict[str, str]:
+    if server == "uvicorn":
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+
+
+def finished_request(submit: str) -> str:
+    """The correlation id of a request answered by the echo handler, for the `response` scenario."""
+    request = urllib.request.Request(submit, data=submit_body({"handler": "echo"}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Prefer": PREFER_WAIT})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        correlation_id: str = json.loads(answer.read())["correlation_id"]
+        return correlation_id
+
+
+def stage_times(base: str) -> dict[str, Any]:
+    """The serve process's stage summary since the last call (openhqm/stages.py), starting a new one."""
+    with urllib.request.urlopen(f"{base}/api/v1/stats/stages?reset=true", timeout=10) as answer:
+        summary: dict[str, Any] = json.loads(answer.read())
+        return summary
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
     baseline = results.get("direct", {}).get("rps")
-    print(f"load={args.load} queue={args.queue_type} results={args.results_type} clients={args.clients} "
+    print(f"server={args.server}{' split' if args.split else ''} load={args.load} queue={args.queue_type} "
+          f"results={args.results_type} "
+          f"clients={args.clients} "
           f"seconds={args.seconds:g} repeat={args.repeat} backend_delay_s={args.backend_delay_s:g} "
           f"cores={os.cpu_count()}")
     print("| scenario | round trips/s | p50 ms | p99 ms | vs direct | errors "
@@ -324,6 +396,22 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
         cpu = f"{serve_cpu}, {r['echo_cpu_ms']:.2f}, {r['client_cpu_ms']:.2f}"
         print(f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio} | {r['errors']:.0f} "
               f"| {cpu} |")
+    for name, r in results.items():
+        if "stages" in r:
+            report_stages(name, r["stages"])
+
+
+def report_stages(scenario: str, summary: dict[str, Any]) -> None:
+    print(f"\n{scenario}: where sampled submits waited (1 in {summary['sample_every']}, "
+          f"{summary['traces']} traces), ms between hops")
+    print("| hop | count | p50 | p90 | p99 | max |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = [(f"{gap['from']} -> {gap['to']}", gap) for gap in summary["gaps"]]
+    rows += [("whole round trip in openhqm", summary["total"]), ("one event-loop turn (probe)", summary["loop_turn"])]
+    for label, gap in rows:
+        if gap.get("count"):
+            print(f"| {label} | {gap['count']} | {gap['p50_ms']:.2f} | {gap['p90_ms']:.2f} | {gap['p99_ms']:.2f} "
+                  f"| {gap['max_ms']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 --           "long-poll": POST, then GET the answer's Location with ?wait=30, timed here from the POST to
 --             the answer; bench.py runs it with one connection per thread, as the two steps keep their
 --             state per thread.
---   BODY    the JSON body of the POST
+--   BODY    the JSON body of the POST, or "-" for a GET without a body ("single" only)
 --   PREFER  the Prefer header ("wait=30"), or "-" for none
 --   EXPECT  text every good answer contains ("COMPLETED"), or "-" to check the status only
 --
@@ -49,7 +49,8 @@ function init(args)
       headers["Prefer"] = args[3]
    end
    if mode == "single" then -- a static request: wrk formats it once
-      wrk.method, wrk.body = "POST", args[2]
+      wrk.method = args[2] == "-" and "GET" or "POST"
+      wrk.body = args[2] ~= "-" and args[2] or nil
       for name, value in pairs(headers) do
          wrk.headers[name] = value
       end

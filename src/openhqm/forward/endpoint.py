@@ -20,6 +20,7 @@ from aiohttp.payload import TOO_LARGE_BYTES_BODY
 from multidict import CIMultiDict
 from yarl import URL
 
+from openhqm import stages
 from openhqm.errors import (
     ForwardError,
     OpenHQMError,
@@ -86,7 +87,9 @@ class Endpoint:
         outcome: Outcome = "neutral"
         try:
             async with self._limits.slot():
+                stages.mark(req.correlation_id, "forwarded")
                 response = await self._exchange(method, url, headers, req.body)
+                stages.mark(req.correlation_id, "answered")
             outcome = "failure" if response.status_code >= 500 else "success"
         except (UpstreamTimeout, UpstreamUnavailable):
             outcome = "failure"

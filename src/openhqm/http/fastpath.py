@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from openhqm import stages
 from openhqm.errors import BackendUnavailable, RequestRejected
 from openhqm.http.responses import rejected, unavailable
 from openhqm.http.routes import answer_response, answer_submit, router
@@ -59,6 +60,7 @@ class FastPath:
         await self.app(scope, receive, send)
 
     async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stages.received()
         body = await _read_body(receive)
         if body is None:
             return  # the client went away (or the body limit already answered 413)
@@ -70,6 +72,7 @@ class FastPath:
             await self.app(scope, _replaying(body, receive), send)
             return
         await _respond(scope, receive, send, _SUBMIT_ROUTE, lambda request: answer_submit(parsed, request))
+        stages.responded()
 
 
 Answer = Callable[[Request], Awaitable[Response]]

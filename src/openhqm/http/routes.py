@@ -14,7 +14,7 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from openhqm import metrics
+from openhqm import metrics, stages
 from openhqm.bridge import Bridge, json_body
 from openhqm.constants import DEFAULT_PRIORITY
 from openhqm.envelope import Envelope
@@ -25,7 +25,7 @@ from openhqm.http.console_params import dead_letter_filter
 from openhqm.http.health import readiness
 from openhqm.http.openapi import ERRORS, RESPONSE_RESPONSES, SUBMIT_RESPONSES
 from openhqm.http.prefer import parse_prefer
-from openhqm.http.responses import JSONResponse, raw_response
+from openhqm.http.responses import JSONResponse, problem, raw_response
 from openhqm.http.schemas import (
     DeadLetterEntry,
     ReplayResponse,
@@ -307,6 +307,15 @@ async def get_stats(request: Request) -> dict[str, Any]:
     """Counts per state, queue depth, recent throughput and latency, oldest unfinished age."""
     bridge, _ = context(request)
     return await bridge.stats()
+
+
+@router.get("/api/v1/stats/stages", include_in_schema=False)
+async def get_stage_times(reset: bool = False) -> Response:
+    """A diagnostic (OPENHQM_STAGE_SAMPLE, openhqm/stages.py): where this process's sampled requests
+    waited; `reset` starts a new sample. 404 while tracing is off."""
+    if not stages.enabled():
+        return problem(404, f"stage tracing is off; set {stages.ENVIRONMENT_VARIABLE}=N to trace 1 in N submits")
+    return JSONResponse(stages.summary(reset=reset))
 
 
 @router.get("/api/v1/dlq", response_model=list[DeadLetterEntry])

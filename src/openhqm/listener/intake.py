@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from openhqm import metrics
+from openhqm import metrics, stages
 from openhqm.backends.base import Backend
 from openhqm.config import Settings
 from openhqm.constants import Status
@@ -74,6 +74,7 @@ class Intake:
         except (TypeError, OverflowError, UnicodeEncodeError, ValueError) as exc:
             raise RequestRejected(f"the request cannot be queued: {exc}", status=422) from None
         await self.store.create(record, message)  # the message too: the console's detail and replay
+        stages.mark(record.correlation_id, "written")
         now = record.submitted_at
         delay_s = envelope.not_before - now if record.status == Status.SCHEDULED and envelope.not_before else None
         try:
@@ -89,6 +90,7 @@ class Intake:
             if isinstance(exc, OpenHQMError) and type(exc) is not BackendUnavailable:
                 raise  # a client's error, or a refusal that names its own cause (StoreFull)
             raise BackendUnavailable(f"the queue did not accept the request: {exc}") from exc
+        stages.mark(record.correlation_id, "published")
         self.store.emit(record)
         metrics.child(metrics.SUBMITTED, self.request_queue).inc()
         log.info("request queued", correlation_id=record.correlation_id, session_id=envelope.session_id,

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from openhqm.backends.base import Backend
+from openhqm import stages
+from openhqm.backends.base import Backend, Delivery
 from openhqm.background import Background
 from openhqm.constants import Status
 from openhqm.envelope import Reply, decode_reply
@@ -24,6 +25,7 @@ from openhqm.results.base import MAX_CALLBACK_ATTEMPTS_KEPT, CallbackAttempt, Re
 from openhqm.views import result_json
 
 log = get_logger("openhqm.listener")
+REPLIES_AT_ONCE = 64  # replies being stored concurrently (and fetched ahead) by one listener
 
 
 class Replies:
@@ -43,6 +45,7 @@ class Replies:
             reply.correlation_id, Status(reply.status), result=reply.result, error=reply.error,
             attempts=reply.attempts, processing_time_ms=reply.processing_time_ms,
             raw_response=reply.raw_response, completed_at=reply.completed_at, **extra)
+        stages.mark(reply.correlation_id, "stored")
         if record is not None and record.terminal:
             self._deliver_callback(record)
         if self.child_finished is not None and (record is None or record.parent_id is not None):
@@ -50,27 +53,43 @@ class Replies:
         return record
 
     async def consume(self) -> None:
-        """Store each worker reply and wake whoever waits for it; ack only after it is stored."""
+        """Store each worker reply and wake whoever waits for it; ack only after it is stored.
+
+        Up to REPLIES_AT_ONCE replies are stored concurrently: one after the other, each reply's write
+        and ack waited for a commit of their own, which capped a listener at ~600 replies/s behind
+        separate worker processes (docs/benchmarks.md, "Where a request waits")."""
         reconnect = Reconnect()
-        while True:
+        slots = asyncio.Semaphore(REPLIES_AT_ONCE)
+        storing = Background()
+        try:
+            while True:
+                try:
+                    async for delivery in self.backend.consume(self.response_queue, prefetch=REPLIES_AT_ONCE):
+                        reconnect.reset()
+                        await slots.acquire()
+                        storing.spawn(self._store(delivery), on_done=lambda _: slots.release())
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("reply consumer failed; retrying", error=str(exc),
+                                retry_in_s=round(reconnect.next_delay_s, 3))
+                    await reconnect.wait()
+        finally:
+            await storing.wait()  # the replies taken finish storing (or fail) before the store closes
+
+    async def _store(self, delivery: Delivery) -> None:
+        try:
             try:
-                async for delivery in self.backend.consume(self.response_queue, prefetch=64):
-                    reconnect.reset()
-                    try:
-                        reply = decode_reply(delivery.body)
-                    except UndecodableMessage as exc:
-                        log.warning("undecodable reply dead-lettered", error=str(exc))
-                        await delivery.dead_letter(str(exc))
-                        continue
-                    await self.apply(reply)
-                    await delivery.ack()
+                reply = decode_reply(delivery.body)
+            except UndecodableMessage as exc:
+                log.warning("undecodable reply dead-lettered", error=str(exc))
+                await delivery.dead_letter(str(exc))
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("reply consumer failed; retrying", error=str(exc),
-                            retry_in_s=round(reconnect.next_delay_s, 3))
-                await reconnect.wait()
+            await self.apply(reply)
+            await delivery.ack()
+        except Exception as exc:  # not settled: the broker hands it out again after its lease
+            log.warning("reply not stored; it is delivered again", message_id=delivery.message_id, error=str(exc))
 
     def deliver_callback(self, record: RequestRecord) -> None:
         """Send a finished request's callback (a fan-out parent's, which no reply ends)."""

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
+from openhqm import stages
 from openhqm.backends.base import Health
 from openhqm.constants import TERMINAL, Status
 from openhqm.envelope import AttemptEntry
@@ -212,8 +213,9 @@ class ResultStore(ABC):
 
     @contextlib.contextmanager
     def waiting(self, correlation_id: str) -> Iterator[asyncio.Future[RequestRecord | None]]:
-        """A future resolved when `correlation_id` turns terminal: with the record when this store
-        object moved it, with None when another process did. Register it before the change can happen."""
+        """A future resolved when `correlation_id` turns terminal: with the record when this store object
+        moved it or read it (the SQLite store's watch reads another process's), else with None (read it
+        again). Register it before the change can happen."""
         future: asyncio.Future[RequestRecord | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(correlation_id, set()).add(future)
         try:
@@ -233,6 +235,7 @@ class ResultStore(ABC):
         try:
             async with asyncio.timeout(timeout_s):
                 done = await finished
+            stages.mark(correlation_id, "woken")
             if done is not None:
                 return done  # moved by this store object: no need to read it back
         except TimeoutError:

@@ -128,11 +128,13 @@ class SQLiteResultStore(ResultStore):
             version = current
             ids = self.waited_ids
             marks = ",".join("?" * len(ids))
+            # With the record: a woken waiter answers with it instead of reading it again (two loop turns
+            # and a query per request that another process finished; see docs/benchmarks.md, stage times).
             rows = self._db.connection.execute(
-                f"SELECT correlation_id FROM requests WHERE correlation_id IN ({marks})"
+                f"SELECT correlation_id, data FROM requests WHERE correlation_id IN ({marks})"
                 f" AND status IN ({','.join('?' * len(_TERMINAL))})", (*ids, *_TERMINAL)).fetchall()
-            for (cid,) in rows:
-                self._wake(cid)
+            for cid, data in rows:
+                self._wake(cid, _decode_record(data))
 
     def _changes_elsewhere(self) -> tuple[int, int]:
         """Changes by other processes, and requests finished by other store objects in this one

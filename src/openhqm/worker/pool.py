@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
-from openhqm import metrics
+from openhqm import metrics, stages
 from openhqm.backends.base import Backend, Delivery
 from openhqm.logging import get_logger
 from openhqm.policies import Reconnect
@@ -99,6 +99,7 @@ class WorkerPool:
                         self._slots.release()
                         raise
                     reconnect.reset()
+                    stages.mark(delivery.message_id, "dequeued")
                     self._spawn(delivery)
             except StopAsyncIteration:
                 return

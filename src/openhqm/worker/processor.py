@@ -18,7 +18,7 @@ import msgspec
 import orjson
 import structlog
 
-from openhqm import metrics
+from openhqm import metrics, stages
 from openhqm.backends.base import Backend, Delivery
 from openhqm.config import Settings
 from openhqm.constants import Status
@@ -94,6 +94,7 @@ class Processor:
                                     f"no route: {exc.message}", delivery.attempt, None)
             return
         attempt = envelope.attempt + delivery.attempt - 1
+        stages.mark(envelope.correlation_id, "started")
         structlog.contextvars.bind_contextvars(
             correlation_id=envelope.correlation_id, session_id=envelope.session_id, attempt=attempt,
             endpoint=envelope.endpoint or envelope.handler)
@@ -117,6 +118,7 @@ class Processor:
                           *metrics.target_labels(envelope, self.target.routing)).inc()
             return
         history = await self._claim(envelope, attempt, now)
+        stages.mark(envelope.correlation_id, "claimed")
         if history is None:
             log.info("skipped: request is no longer runnable")
             await delivery.ack()
