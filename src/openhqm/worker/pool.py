@@ -74,9 +74,11 @@ class WorkerPool:
 
     def start(self) -> None:
         metrics.WORKER_CONCURRENCY.set(self.concurrency)
-        if self.pause is None:
+        # Read the pause state (pause.refresh()) before start(), or a paused queue is consumed. The
+        # intake starts here, not on a later turn, so a submit right after start finds the pool taking work.
+        if self.pause is None or not self.pause.paused:
             self._start_intake()
-        else:  # read the pause state (pause.refresh()) before start(), or a paused queue is consumed
+        if self.pause is not None:
             self._pausing = [asyncio.create_task(self.pause.run(), name="openhqm-pause-watch"),
                              asyncio.create_task(self._follow(self.pause), name="openhqm-pause-follow")]
         if self.autoscaler is not None:
@@ -90,7 +92,8 @@ class WorkerPool:
         """Consume while the queue runs; on a pause stop the intake (see the module's docstring)."""
         while True:
             await pause.until(False)
-            self._start_intake()
+            if not self._taking:
+                self._start_intake()
             await pause.until(True)
             await self._stop_intake()
 
