@@ -171,6 +171,10 @@ class WorkerSettings(Section):
     heartbeat_interval_s: float = Field(
         5.0, gt=0, description="how often each worker process writes its heartbeat to the result store "
                                "(GET /api/v1/workers; gone after three silent intervals)")
+    eager_dispatch: bool = Field(
+        True, description="`openhqm serve`: a submit that finds a free worker slot writes its message already "
+                          "leased and hands it over in memory, not through the queue (where the queue supports "
+                          "it: SQLite)")
 
 
 class LoggingSettings(Section):

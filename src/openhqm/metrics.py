@@ -45,6 +45,10 @@ UPSTREAM_DURATION = Histogram("openhqm_upstream_duration_seconds", "HTTP backend
 CIRCUIT_STATE = Gauge("openhqm_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
                       ["endpoint"], registry=REGISTRY)
 RESULTS = Gauge("openhqm_results", "Requests in the result store, by status", ["status"], registry=REGISTRY)
+# `via`: "consume" (taken from the queue) or "eager" (handed over by this process's submit, never
+# consumed: worker/pool.py, listener/enqueue.py).
+WORKER_DELIVERIES = Counter("openhqm_worker_deliveries", "Messages a worker pool started, by how they reached it",
+                            ["queue", "via"], registry=REGISTRY)
 WORKER_CONCURRENCY = Gauge("openhqm_worker_concurrency", "Current size of the worker pool", registry=REGISTRY)
 SUBMITTED = Counter("openhqm_submitted", "Requests accepted by the listener", ["queue"], registry=REGISTRY)
 # `reason`: BackendUnavailable.reason of the refusal (unavailable, queue_full, store_full), a fixed set.

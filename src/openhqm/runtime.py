@@ -17,7 +17,9 @@ The three commands are three selections of it:
 
 How a finished job's reply reaches the result store is decided here, once (worker/replies.py): with
 the listener in the same process the bridge applies it directly; otherwise it is published to the
-response queue that a listener consumes.
+response queue that a listener consumes. So is eager dispatch: with the listener and the pool in one
+process, on a backend that can write a message already leased (`capabilities.eager_dispatch`), a
+submit that finds a free slot hands its request to the pool in memory (listener/intake.py).
 """
 
 from __future__ import annotations
@@ -156,6 +158,9 @@ class Runtime:
         pool.start()
         stack.push_async_callback(pool.stop, self.settings.worker.shutdown_timeout_s)
         self.pool = pool
+        if self.bridge is not None and self.settings.worker.eager_dispatch \
+                and self.backend.capabilities.eager_dispatch:
+            self.bridge.intake.local_workers = pool
 
 
 def build_target(app: OpenHQM, forwarder: Forwarder | None = None) -> Target:

@@ -1,13 +1,15 @@
 """One SQLite connection per database file and process, with group commit on the event loop.
 
 Every operation is a function of the connection that either completes or raises before it has
-written anything (each writes with one statement, and SQLite statements are atomic), so one failing
-operation spoils no other. Operations issued during one turn of the event loop are run together in
-one transaction and committed once. Under load this turns hundreds of commits into one. The work runs on the loop
-thread itself: in WAL mode with synchronous=NORMAL a commit does not fsync and takes tens of
-microseconds, far less than handing each operation to a thread and back (measured: a writer thread
-made a round trip 30x slower, because every hop waits for the GIL). The queue backend and the
-result store share the connection when they share a file, so their rows land in the same commit.
+written anything (most write with one statement, and SQLite statements are atomic; one that writes
+more, like the submit's record and message in listener/enqueue.py, raises nothing but SQLite's own
+errors once it has written, and those fail the whole batch), so one failing operation spoils no other.
+Operations issued during one turn of the event loop are run together in one transaction and committed
+once. Under load this turns hundreds of commits into one. The work runs on the loop thread itself: in
+WAL mode with synchronous=NORMAL a commit does not fsync and takes tens of microseconds, far less than
+handing each operation to a thread and back (measured: a writer thread made a round trip 30x slower,
+because every hop waits for the GIL). The queue backend and the result store share the connection
+when they share a file, so their rows land in the same commit.
 """
 
 from __future__ import annotations

@@ -42,3 +42,13 @@ async def until_cancelled(job: Job) -> Any:
         with Path(os.environ["OPENHQM_TEST_RUN_LOG"]).open("a") as f:
             f.write(f"interrupted {job.correlation_id}\n")
         raise
+
+
+@app.handler("stall_first_attempt")
+async def stall_first_attempt(job: Job) -> Any:
+    """Logs `started <id>`; its first attempt then never ends (the test kills the process), later ones return."""
+    with Path(os.environ["OPENHQM_TEST_RUN_LOG"]).open("a") as f:
+        f.write(f"started {job.correlation_id}\n")
+    if job.attempt == 1:
+        await asyncio.Event().wait()
+    return {"attempt": job.attempt}

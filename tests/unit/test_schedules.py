@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from openhqm.config import load_settings
 from openhqm.errors import BackendUnavailable, ConfigError
+from openhqm.listener.enqueue import Message
 from openhqm.schedules import ScheduleSettings, tick_correlation_id
 from openhqm.timefmt import rfc3339
 from openhqm.worker.handlers import Job
@@ -127,14 +128,15 @@ async def test_a_tick_the_broker_refused_is_tried_again_with_the_same_correlatio
     refused: list[str] = []
     every_second = {"every_s": 1, "metadata": {"handler": "record"}}
     async with in_process(sample.app, settings(tmp_path, schedules={"tick": every_second})) as hq:
-        backend = hq.runtime.backend
-        publish = backend.publish
+        assert hq.runtime.bridge is not None
+        writes = hq.runtime.bridge.intake.writes  # where a submit writes to the queue (listener/enqueue.py)
+        put = writes.put
 
-        async def refuse_first(queue: str, message: bytes, **options: Any) -> None:
-            if not refused:  # a broker outage, staged at the broker boundary
-                refused.append(options["message_id"])
+        async def refuse_first(record: Any, message: Message, **options: Any) -> Any:
+            if not refused:  # a broker outage, staged at the queue boundary
+                refused.append(message.message_id)
                 raise BackendUnavailable("broker down")
-            await publish(queue, message, **options)
+            return await put(record, message, **options)
 
-        backend.publish = refuse_first  # type: ignore[method-assign]
+        writes.put = refuse_first  # type: ignore[method-assign]
         await eventually(lambda: bool(refused) and sample.ran(refused[0]) == 1)

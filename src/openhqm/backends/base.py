@@ -51,6 +51,9 @@ class Capabilities:
     # False where the broker cannot count what it holds (MQTT, the Pub/Sub emulator): depth() raises
     # NotImplementedError instead of answering 0.
     depth: bool = True
+    # publish_leased(): the message is written already leased to the publishing process, which runs it
+    # without consuming it (eager dispatch, chosen by the runtime for `openhqm serve`; see runtime.py).
+    eager_dispatch: bool = False
 
 
 HEALTH_TIMEOUT_S = 2.0  # /ready must answer quickly even while a broker hangs
@@ -157,6 +160,14 @@ class Backend(ABC):
         message_id: str | None = None,
     ) -> None:
         """Return once the broker has durably accepted the message."""
+
+    async def publish_leased(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
+                             key: str | None = None, message_id: str | None = None) -> Delivery | None:
+        """Publish like `publish`, but already leased to the caller, which settles the returned
+        delivery as if it had consumed it; unsettled, it comes back after the lease like any other.
+        None when it was published for consumers instead: leasing it would overtake a waiting message
+        of equal or higher priority, or of the same ordering `key`. Where `capabilities.eager_dispatch`."""
+        raise NotImplementedError(f"backend {self.name!r} cannot publish a leased message")
 
     @abstractmethod
     def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]: ...

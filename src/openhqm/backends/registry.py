@@ -98,12 +98,12 @@ def options_model(name: str) -> type[BaseModel] | None:
 def capability_table() -> str:
     """The README/docs broker table, generated from each backend's Capabilities so it cannot drift."""
     rows = ["| queue.type | priority | delay | ordering key | dead letters | lease extension | depth | durable "
-            "| shared between processes |", "|---|---|---|---|---|---|---|---|---|"]
+            "| shared between processes | eager dispatch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for alias in BACKEND_ALIASES:
         try:
             caps = get_backend_class(alias).capabilities
         except MissingDependency:
-            rows.append(f"| `{alias}` | install `openhqm[{BACKEND_EXTRAS[alias]}]` |||||||")
+            rows.append(f"| `{alias}` | install `openhqm[{BACKEND_EXTRAS[alias]}]` ||||||||")
             continue
 
         def yes(flag: bool) -> str:
@@ -111,5 +111,5 @@ def capability_table() -> str:
 
         rows.append(f"| `{alias}` | {caps.priority} | {caps.delay} | {caps.ordering_key} | {caps.dead_letter} "
                     f"| {yes(caps.lease_extension)} | {yes(caps.depth)} | {yes(caps.durable)} "
-                    f"| {yes(caps.shared_between_processes)} |")
+                    f"| {yes(caps.shared_between_processes)} | {yes(caps.eager_dispatch)} |")
     return "\n".join(rows)

@@ -1,7 +1,8 @@
 """Intake: a routed envelope becomes a store record and a queued message, at most once per key.
 
-The store record is written first and the message published second; if the broker refuses, the
-record is removed again, so a client that gets 503 leaves nothing half-written behind.
+Both are written together or not at all (listener/enqueue.py), so a client that gets 503 leaves
+nothing half-written behind. In `openhqm serve` a request may go to a free worker slot of this
+process at once (eager dispatch, wired by the runtime): written already leased, handed over in memory.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import base64
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import orjson
@@ -20,12 +21,26 @@ from openhqm.backends.base import Backend
 from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope, encode
-from openhqm.errors import AlreadyExists, BackendUnavailable, Conflict, OpenHQMError, RequestRejected
+from openhqm.errors import AlreadyExists, BackendUnavailable, Conflict, RequestRejected
 from openhqm.listener.admission import PendingLimit
+from openhqm.listener.enqueue import Leased, Message, writes_for
 from openhqm.logging import get_logger
 from openhqm.results.base import RequestRecord, ResultStore
 
 log = get_logger("openhqm.listener")
+
+
+class LocalWorkers(Protocol):
+    """The worker pool beside the listener (worker/pool.py), for eager dispatch."""
+
+    async def reserve_slot(self) -> bool:
+        """Take a free slot now, or False (none free, or the pool takes no new work: paused, stopping)."""
+
+    def claimed(self, record: RequestRecord) -> RequestRecord:
+        """`record` as this process's worker claims it (PROCESSING, first attempt)."""
+
+    def fill_slot(self, leased: Leased | None) -> None:
+        """Run the delivery in the reserved slot; None gives the slot back."""
 
 
 class Intake:
@@ -38,6 +53,9 @@ class Intake:
         self.ordered = settings.ordering == "session"
         max_pending = settings.queue.max_pending
         self.limit = None if max_pending is None else PendingLimit(backend, self.request_queue, max_pending)
+        self.writes = writes_for(backend, store)
+        # Set by the runtime for eager dispatch (`openhqm serve` on a backend that supports it).
+        self.local_workers: LocalWorkers | None = None
         # A routed envelope names its endpoint or handler; one naming neither is a fan-out parent
         # (metadata.fanout), submitted by listener/fanout.py, which the bridge plugs in here.
         self.fan_out: Callable[[Envelope, str | None, str | None], Awaitable[RequestRecord]] | None = None
@@ -73,25 +91,26 @@ class Intake:
             message = encode(envelope)
         except (TypeError, OverflowError, UnicodeEncodeError, ValueError) as exc:
             raise RequestRejected(f"the request cannot be queued: {exc}", status=422) from None
-        await self.store.create(record, message)  # the message too: the console's detail and replay
-        stages.mark(record.correlation_id, "written")
         now = record.submitted_at
         delay_s = envelope.not_before - now if record.status == Status.SCHEDULED and envelope.not_before else None
+        queued = Message(self.request_queue, message, envelope.id, envelope.priority, delay_s,
+                         key=envelope.session_id if self.ordered else None)
+        local = self.local_workers if delay_s is None else None
+        eager = local is not None and await local.reserve_slot()
+        claimed = local.claimed(record) if local is not None and eager else None
         try:
-            await self.backend.publish(
-                self.request_queue, message, priority=envelope.priority, delay_s=delay_s,
-                key=envelope.session_id if self.ordered else None, message_id=envelope.id)
-        except Exception as exc:
-            try:
-                await self.store.delete(record.correlation_id)
-            except Exception as undo:  # the store failed too (a full disk refuses the delete as well)
-                log.warning("a refused request's record could not be removed; it stays PENDING without "
-                            "a message", correlation_id=record.correlation_id, error=str(undo))
-            if isinstance(exc, OpenHQMError) and type(exc) is not BackendUnavailable:
-                raise  # a client's error, or a refusal that names its own cause (StoreFull)
-            raise BackendUnavailable(f"the queue did not accept the request: {exc}") from exc
+            leased = await self.writes.put(record, queued, claimed=claimed)
+        except BaseException:
+            if local is not None and eager:
+                local.fill_slot(None)
+            raise
+        stages.mark(record.correlation_id, "written")  # record and message: one transaction or two
         stages.mark(record.correlation_id, "published")
         self.store.emit(record)
+        if leased is not None and leased.claimed and claimed is not None:
+            self.store.emit(claimed)  # written so: hooks and watchers see both steps, as with a claim
+        if local is not None and eager:
+            local.fill_slot(leased)
         metrics.child(metrics.SUBMITTED, self.request_queue).inc()
         log.info("request queued", correlation_id=record.correlation_id, session_id=envelope.session_id,
                  endpoint=record.target)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,11 @@ class SQLiteResultStore(ResultStore):
         self._finished_here = 0
         self._connected = False
 
+    @property
+    def db(self) -> SQLiteDB:
+        """The process's connection to the file, shared with the SQLite queue when it uses the same file."""
+        return self._db
+
     async def connect(self) -> None:
         if self._connected:
             return
@@ -142,9 +147,15 @@ class SQLiteResultStore(ResultStore):
         return self._db.others_version(), self._db.finished_requests - self._finished_here
 
     async def create(self, record: RequestRecord, envelope: bytes | None = None) -> None:
+        await self._db.run(self.create_op(record, envelope))
+
+    def create_op(self, record: RequestRecord, envelope: bytes | None = None) -> Callable[[sqlite3.Connection], None]:
+        """The create as an operation of the shared connection (listener/enqueue.py puts the queue's
+        message in the same transaction); raises AlreadyExists before it has written anything."""
         row = (record.correlation_id, record.status, record.session_id, record.submitted_at,
                record.completed_at, _encode(record), record.client_id, queries.target_column(record),
                record.idempotency_key, envelope)
+
         def insert(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute("INSERT INTO requests (correlation_id, status, session_id, submitted_at, completed_at,"
@@ -153,7 +164,7 @@ class SQLiteResultStore(ResultStore):
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"request {record.correlation_id} exists") from None
 
-        await self._db.run(insert)
+        return insert
 
     async def delete(self, correlation_id: str) -> None:
         await self._db.run(lambda c: c.execute("DELETE FROM requests WHERE correlation_id = ?",

@@ -7,6 +7,11 @@ last, after every delivery is settled, so nothing fetched is lost.
 A pause (worker/pausing.py) stops the intake the same way: closing the consumer hands back what the
 backend prefetched (backends/kit.py PrefetchBuffer), so nothing fetched waits unstarted on a lease
 while paused, on every backend; running jobs finish. A resume opens a new consumer.
+
+Eager dispatch (`openhqm serve`, listener/intake.py): a submit in this process may reserve a free
+slot and fill it with a delivery it wrote already leased, never consumed. Only while the intake runs
+(not paused, not stopping) and only a slot the intake is not waiting for, so the queue's own messages
+keep the first claim on a freed slot; the job is then like any other (lease kept, drained, returned).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from typing import Protocol
 
 from openhqm import metrics, stages
 from openhqm.backends.base import Backend, Delivery
+from openhqm.listener.enqueue import Leased
 from openhqm.logging import get_logger
 from openhqm.policies import Reconnect
+from openhqm.results.base import RequestRecord
 from openhqm.worker.pausing import PauseWatch
 from openhqm.worker.processor import Processor
 
@@ -46,6 +53,9 @@ class WorkerPool:
         self._idle = asyncio.Event()
         self._idle.set()
         self._intake: asyncio.Task[None] | None = None
+        self._taking = False  # whether the intake runs: eager dispatch only then (reserve_slot)
+        self._reserved = 0  # slots reserved by submits whose write has not ended yet
+        self._stopped = False
         self.pause: PauseWatch | None = None
         self._pausing: list[asyncio.Task[None]] = []
         self._shrinking: asyncio.Task[None] | None = None
@@ -57,11 +67,18 @@ class WorkerPool:
     def in_flight(self) -> int:
         return len(self._jobs)
 
+    @property
+    def taking(self) -> bool:
+        """Whether the pool takes new work now (its intake runs: started, not paused, not stopping)."""
+        return self._taking
+
     def start(self) -> None:
         metrics.WORKER_CONCURRENCY.set(self.concurrency)
-        if self.pause is None:
+        # Read the pause state (pause.refresh()) before start(), or a paused queue is consumed. The
+        # intake starts here, not on a later turn, so a submit right after start finds the pool taking work.
+        if self.pause is None or not self.pause.paused:
             self._start_intake()
-        else:  # read the pause state (pause.refresh()) before start(), or a paused queue is consumed
+        if self.pause is not None:
             self._pausing = [asyncio.create_task(self.pause.run(), name="openhqm-pause-watch"),
                              asyncio.create_task(self._follow(self.pause), name="openhqm-pause-follow")]
         if self.autoscaler is not None:
@@ -69,16 +86,19 @@ class WorkerPool:
 
     def _start_intake(self) -> None:
         self._intake = asyncio.create_task(self._take_messages(), name=f"openhqm-intake-{self.queue}")
+        self._taking = True
 
     async def _follow(self, pause: PauseWatch) -> None:
         """Consume while the queue runs; on a pause stop the intake (see the module's docstring)."""
         while True:
             await pause.until(False)
-            self._start_intake()
+            if not self._taking:
+                self._start_intake()
             await pause.until(True)
             await self._stop_intake()
 
     async def _stop_intake(self) -> None:
+        self._taking = False
         if self._intake is not None:
             self._intake.cancel()
             # wait(), not `await task` under suppress(CancelledError): a cancel of the caller itself
@@ -100,6 +120,7 @@ class WorkerPool:
                         raise
                     reconnect.reset()
                     stages.mark(delivery.message_id, "dequeued")
+                    metrics.child(metrics.WORKER_DELIVERIES, self.queue, "consume").inc()
                     self._spawn(delivery)
             except StopAsyncIteration:
                 return
@@ -113,8 +134,37 @@ class WorkerPool:
                 with contextlib.suppress(Exception):
                     await deliveries.aclose()  # type: ignore[attr-defined]
 
-    def _spawn(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._run(delivery))
+    async def reserve_slot(self) -> bool:
+        """For eager dispatch: a free slot now, or False. A slot the intake waits for is not free
+        (`locked()` counts waiters), and the acquire of a free one returns without suspending."""
+        if not self._taking or self._slots.locked() or (self.pause is not None and self.pause.paused):
+            return False
+        await self._slots.acquire()
+        self._reserved += 1
+        self._idle.clear()  # a drain waits for the write to end and its job, if any, to finish
+        return True
+
+    def claimed(self, record: RequestRecord) -> RequestRecord:
+        return self.processor.claimed(record)
+
+    def fill_slot(self, leased: Leased | None) -> None:
+        """Run a delivery handed over by this process's submit in the slot it reserved (None: give it back)."""
+        self._reserved -= 1
+        if leased is not None and self._stopped:
+            # A write that outlasted the whole drain: not started, so it runs again after its lease.
+            log.warning("a request handed over after the drain ended waits for its lease to run out",
+                        message_id=leased.delivery.message_id)
+            leased = None
+        if leased is None:
+            self._slots.release()
+            self._check_idle()
+            return
+        stages.mark(leased.delivery.message_id, "dequeued")
+        metrics.child(metrics.WORKER_DELIVERIES, self.queue, "eager").inc()
+        self._spawn(leased.delivery, claimed=leased.claimed)
+
+    def _spawn(self, delivery: Delivery, *, claimed: bool = False) -> None:
+        task = asyncio.create_task(self._run(delivery, claimed))
         self._jobs[task] = delivery
         self._idle.clear()
         task.add_done_callback(self._done)
@@ -123,13 +173,16 @@ class WorkerPool:
         self._jobs.pop(task, None)
         self._slots.release()
         self.last_activity = asyncio.get_event_loop().time()
-        if not self._jobs:
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self._jobs and not self._reserved:
             self._idle.set()
 
-    async def _run(self, delivery: Delivery) -> None:
+    async def _run(self, delivery: Delivery, claimed: bool) -> None:
         stop_keeping = self._keep_lease(delivery)
         try:
-            await self.processor.process(delivery)
+            await self.processor.process(delivery, claimed=claimed)
         except asyncio.CancelledError:
             await asyncio.shield(self.processor.give_back(delivery))
             raise
@@ -169,13 +222,14 @@ class WorkerPool:
         return stop
 
     async def stop(self, timeout_s: float) -> None:
+        self._taking = False  # no eager dispatch from here on, even before the intake has stopped
         if self._autoscaling is not None:
             self._autoscaling.cancel()
         for task in self._pausing:  # no resume may start the intake again
             task.cancel()
         await asyncio.gather(*self._pausing, return_exceptions=True)
         await self._stop_intake()  # 1. no new messages
-        if self._jobs:  # 2. in-flight jobs finish within the timeout
+        if self._jobs or self._reserved:  # 2. in-flight jobs finish within the timeout
             log.info("draining", in_flight=len(self._jobs), timeout_s=timeout_s)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
@@ -186,6 +240,7 @@ class WorkerPool:
         if remaining:
             log.warning("returned unfinished jobs to the queue", count=len(remaining))
             await asyncio.gather(*remaining, return_exceptions=True)
+        self._stopped = True
 
     def resize(self, concurrency: int) -> None:
         """Grow or shrink the pool; shrinking takes effect as running jobs finish."""

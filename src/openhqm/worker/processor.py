@@ -28,7 +28,7 @@ from openhqm.flow.limiter import Limiter
 from openhqm.logging import get_logger
 from openhqm.policies import RetryPolicy
 from openhqm.redact import mask_secrets, secret_values
-from openhqm.results.base import DeadLetterReason, DeadLetterRecord, ResultStore
+from openhqm.results.base import DeadLetterReason, DeadLetterRecord, RequestRecord, ResultStore
 from openhqm.tracing import job_span
 from openhqm.worker.attempts import Run, status_code_of
 from openhqm.worker.control import JobControl
@@ -78,7 +78,15 @@ class Processor:
         self.retry = self.settings.retry.policy()  # for targets without a policy of their own
         self._secrets = secret_values(app.settings)  # masked in stored tracebacks
 
-    async def process(self, delivery: Delivery) -> None:
+    def claimed(self, record: RequestRecord) -> RequestRecord:
+        """A new request's record as this worker's claim writes it, for eager dispatch to write it so at
+        submit (listener/enqueue.py) instead of claiming it in a round of its own."""
+        now = time.time()
+        return msgspec.structs.replace(record, status=Status.PROCESSING, updated_at=now, attempts=1,
+                                       worker_id=this_process().worker_id, started_at=now)
+
+    async def process(self, delivery: Delivery, *, claimed: bool = False) -> None:
+        """`claimed`: its record was written as this worker's claim (eager dispatch)."""
         try:
             envelope = decode_envelope(delivery.body)
         except UndecodableMessage as exc:
@@ -101,11 +109,12 @@ class Processor:
         control = JobControl(None if envelope.raw else self.store, envelope.correlation_id)
         try:
             with control.watching():
-                await self._process(delivery, envelope, attempt, control)
+                await self._process(delivery, envelope, attempt, control, claimed)
         finally:
             structlog.contextvars.clear_contextvars()
 
-    async def _process(self, delivery: Delivery, envelope: Envelope, attempt: int, control: JobControl) -> None:
+    async def _process(self, delivery: Delivery, envelope: Envelope, attempt: int, control: JobControl,
+                       claimed: bool) -> None:
         now = time.time()
         if envelope.not_before is not None and envelope.not_before > now + 0.01:
             # Only reached where the broker's own delay is shorter than asked (e.g. SQS's 900 s cap).
@@ -117,7 +126,7 @@ class Processor:
             metrics.child(metrics.MESSAGES, self.queue, "expired",
                           *metrics.target_labels(envelope, self.target.routing)).inc()
             return
-        history = await self._claim(envelope, attempt, now)
+        history = [] if claimed else await self._claim(envelope, attempt, now)
         stages.mark(envelope.correlation_id, "claimed")
         if history is None:
             log.info("skipped: request is no longer runnable")
