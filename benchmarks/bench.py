@@ -2,7 +2,7 @@
 backend directly, at a fixed number of concurrent clients for a bounded time.
 
     python benchmarks/bench.py [--seconds 10] [--clients 32] [--load wrk|aiohttp] [--queue-type sqlite] [--consoles N]
-                               [--scenarios ...] [--stages N] [--profile FILE]
+                               [--processes N] [--scenarios ...] [--stages N] [--profile FILE]
 
 Everything runs on 127.0.0.1: the echo server, openhqm and the load generator share the machine's
 cores, as they would on one node; the ratio to the direct call is the number to watch. The default load
@@ -207,6 +207,19 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def wait_serving(base: str, processes: int, timeout_s: float = 30) -> None:
+    """Until every serving process runs its worker pool (its heartbeat is in /api/v1/workers)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/api/v1/workers", timeout=5) as answer:
+            if len(json.loads(answer.read())) >= processes:
+                return
+        time.sleep(0.1)  # starting processes offer nothing to wait on
+    raise TimeoutError(f"{processes} serving processes at {base}")
+
+
 def own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -252,6 +265,7 @@ def main() -> None:
     parser.add_argument("--backend-delay-s", type=float, default=0.0, help="echo server delay per request")
     parser.add_argument("--scenarios", nargs="*",
                         default=["direct", "prefer-wait", "long-poll", "forward-prefer-wait"])
+    parser.add_argument("--processes", type=int, default=1, help="openhqm serve --processes (server.processes)")
     parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for openhqm serve")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--consoles", type=int, default=0,
@@ -281,7 +295,7 @@ def main() -> None:
     env = {
         "OPENHQM_SERVER__PORT": str(hqm_port), "OPENHQM_DATA_DIR": data_dir,
         "OPENHQM_QUEUE__TYPE": args.queue_type, "OPENHQM_RESULTS__TYPE": args.results_type,
-        "OPENHQM_LOGGING__LEVEL": "WARNING",
+        "OPENHQM_LOGGING__LEVEL": "WARNING", "OPENHQM_SERVER__PROCESSES": str(args.processes),
         "OPENHQM_PROXY__ENABLED": "true",
         "OPENHQM_PROXY__ENDPOINTS": json.dumps({"echo": {"url": echo_url}}),
         **dict(item.split("=", 1) for item in args.env),
@@ -301,8 +315,10 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{echo_port}/")
         wait_http(f"http://127.0.0.1:{hqm_port}/ready")
         base = f"http://127.0.0.1:{hqm_port}"
+        wait_serving(base, args.processes)
         if args.profile:
             procs.start(["py-spy", "record", "--rate", "200", "--format", "speedscope", "--nonblocking",
+                         *(["--subprocesses"] if args.processes > 1 else []),
                          "--pid", str(openhqm_pids[0]), "--output", os.path.abspath(args.profile)])
         if args.consoles and not shutil.which("curl"):
             parser.error("--consoles needs curl on PATH")
@@ -386,6 +402,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
           f"results={args.results_type} "
           f"clients={args.clients} "
           f"seconds={args.seconds:g} repeat={args.repeat} backend_delay_s={args.backend_delay_s:g} "
+          f"processes={args.processes} "
           f"cores={os.cpu_count()}")
     print("| scenario | round trips/s | p50 ms | p99 ms | vs direct | errors "
           "| CPU ms/round trip: openhqm, echo, client |")

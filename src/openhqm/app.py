@@ -14,7 +14,10 @@ that gets them loaded from the environment and YAML then, once (see `OpenHQM.set
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -104,3 +107,21 @@ class OpenHQM:
 def _log_hook_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("lifecycle hook failed", error=repr(task.exception()))
+
+
+def load_app(settings: Settings) -> OpenHQM:
+    """The OpenHQM app named by `worker.app` (module:attribute, importable from the working directory),
+    bound to `settings`; without one, a plain app (its `echo` handler). ConfigError when it cannot be."""
+    if not settings.worker.app:
+        return OpenHQM(settings)
+    module_name, _, attr = settings.worker.app.partition(":")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+        app = getattr(module, attr or "app")
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"worker.app {settings.worker.app!r} cannot be loaded: {exc}") from exc
+    if not isinstance(app, OpenHQM):
+        raise ConfigError(f"worker.app {settings.worker.app!r} is a {type(app).__name__}, not an OpenHQM app")
+    app.settings = settings
+    return app

@@ -49,6 +49,7 @@ class ServerSettings(Section):
     timeout_keep_alive_s: int = Field(5, gt=0, description="an idle connection is closed after this")
     header_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive within this")
     h11_max_incomplete_event_size: int = Field(16 * 1024, gt=0, description="max request head bytes (h11)")
+    processes: int = Field(1, ge=1, le=256, description="processes serving the port (SO_REUSEPORT); 1: this one")
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -249,6 +250,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"flow.limits.{name}.endpoint names no endpoint: {limit.endpoint!r}; valid: {known}")
         return self
 
+    @model_validator(mode="after")
+    def _processes_share_state(self) -> Settings:
+        # N processes are N listeners and N worker pools: they must see one queue and one store.
+        if self.server.processes > 1:
+            alone = [f"{part}.type memory" for part, kind in (("queue", self.queue.type),
+                                                               ("results", self.results.type)) if kind == "memory"]
+            if alone:
+                raise PydanticCustomError(
+                    "not_shared", "setting 'server.processes' (got {processes}): with {alone} each process would "
+                    "keep its own requests, unseen by the others; use sqlite (the default), redis or postgres",
+                    {"processes": self.server.processes, "alone": " and ".join(alone)})
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -355,7 +369,7 @@ def _describe(error: Any, source: Any, prefix: tuple[str, ...]) -> str:
     loc = ".".join(parts)
     if error["type"] == "extra_forbidden":
         return f"unknown setting '{loc}'"
-    if error["type"] in ("unknown_backend", "backend_options"):  # they name their keys themselves
+    if error["type"] in ("unknown_backend", "backend_options", "not_shared"):  # they name their keys themselves
         return str(error["msg"])
     value: Any = source
     for part in error["loc"]:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import importlib
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,13 +14,14 @@ from typing import Annotated, Any
 
 import typer
 
-from openhqm.app import OpenHQM
+from openhqm.app import load_app
 from openhqm.cli.common import (
     ConcurrencyOpt,
     ConfigOpt,
     DataDirOpt,
     HostOpt,
     PortOpt,
+    ProcessesOpt,
     QueueTypeOpt,
     fail,
     settings_from,
@@ -33,23 +32,6 @@ from openhqm.logging import configure_logging
 from openhqm.tracing import configure_tracing
 
 CONNECT_TIMEOUT_S = 30.0
-
-
-def load_app(settings: Settings) -> OpenHQM:
-    """The OpenHQM app named by `worker.app` (module:attribute), or a plain one with `echo`."""
-    if not settings.worker.app:
-        return OpenHQM(settings)
-    module_name, _, attr = settings.worker.app.partition(":")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-        app = getattr(module, attr or "app")
-    except (ImportError, AttributeError) as exc:
-        fail(f"worker.app {settings.worker.app!r} cannot be loaded: {exc}")
-    if not isinstance(app, OpenHQM):
-        fail(f"worker.app {settings.worker.app!r} is a {type(app).__name__}, not an OpenHQM app")
-    app.settings = settings
-    return app
 
 
 def check_port(host: str, port: int) -> None:
@@ -136,16 +118,15 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
     import uvicorn
 
     from openhqm.http.app import create_app
-    from openhqm.http.server_limits import uvicorn_options
+    from openhqm.http.server_limits import server_options
 
     configure_logging(settings.logging)
     configure_tracing(settings.tracing, "openhqm")
     check_data_dir(settings)
     check_port(settings.server.host, settings.server.port)
     preflight(settings)
-    app = load_app(settings)
     try:
-        api = create_app(app, run_workers=run_workers)
+        api = create_app(load_app(settings), run_workers=run_workers)
     except (ConfigError, MissingDependency) as exc:
         fail(str(exc))
     if settings.server.host not in ("127.0.0.1", "localhost", "::1"):
@@ -154,22 +135,31 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
             typer.secho(f"WARNING: serving on {settings.server.host} without client authentication; "
                         "anyone who can reach this port can submit and read requests", fg=typer.colors.YELLOW,
                         err=True)
-    uvicorn.run(api, host=settings.server.host, port=settings.server.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=int(settings.worker.shutdown_timeout_s) + 5,
-                **uvicorn_options(settings.server))
+    if settings.server.processes > 1:
+        # The app above only proved the settings build one; each serving process builds its own.
+        from openhqm.supervisor import serve_processes
+
+        try:
+            raise typer.Exit(serve_processes(settings, run_workers))
+        except ConfigError as exc:
+            fail(str(exc))
+    uvicorn.run(api, **server_options(settings))
 
 
 def serve(config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None, queue_type: QueueTypeOpt = None,
-          data_dir: DataDirOpt = None, concurrency: ConcurrencyOpt = None) -> None:
-    """Listener and workers in one process: the quick start, on the embedded SQLite queue by default."""
+          data_dir: DataDirOpt = None, concurrency: ConcurrencyOpt = None, processes: ProcessesOpt = None) -> None:
+    """Listener and workers in one process (or in each of --processes): the quick start, on the
+    embedded SQLite queue by default."""
     settings = settings_from(config, **{"server.host": host, "server.port": port, "queue.type": queue_type,
-                                        "data_dir": data_dir, "worker.concurrency": concurrency})
+                                        "data_dir": data_dir, "worker.concurrency": concurrency,
+                                        "server.processes": processes})
     _run_server(settings, run_workers=True)
 
 
-def listener(config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None) -> None:
+def listener(config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None,
+             processes: ProcessesOpt = None) -> None:
     """The HTTP API only; workers run elsewhere (`openhqm worker`)."""
-    settings = settings_from(config, **{"server.host": host, "server.port": port})
+    settings = settings_from(config, **{"server.host": host, "server.port": port, "server.processes": processes})
     _run_server(settings, run_workers=False)
 
 

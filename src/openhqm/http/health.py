@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from openhqm import metrics
 from openhqm.backends.base import Backend, Health
@@ -50,7 +50,7 @@ def health_app(backend: Backend, store: ResultStore, pool: Pool) -> FastAPI:
 
     @api.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return api
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from openhqm.config import ServerSettings
+from openhqm.config import ServerSettings, Settings
 
 _Mixin: Any = object  # the mixin calls uvicorn's protocol methods, which `object` does not declare
 
@@ -69,3 +69,11 @@ def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
     return {"http": http_protocol(server.header_timeout_s), "limit_concurrency": server.limit_concurrency,
             "backlog": server.backlog, "timeout_keep_alive": server.timeout_keep_alive_s,
             "h11_max_incomplete_event_size": server.h11_max_incomplete_event_size}
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """Everything uvicorn takes from the settings, for `openhqm serve` and `listener`'s one process or
+    each of `server.processes` (which then passes its own socket)."""
+    return {"host": settings.server.host, "port": settings.server.port, "log_config": None, "access_log": False,
+            "timeout_graceful_shutdown": int(settings.worker.shutdown_timeout_s) + 5,
+            **uvicorn_options(settings.server)}
