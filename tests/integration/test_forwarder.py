@@ -614,3 +614,23 @@ async def test_unreadable_tls_file_fails_start_naming_the_setting(tmp_path: Path
     )
     with pytest.raises(ConfigError, match=r"proxy\.endpoints\.api\.tls\.ca_file"):
         await fwd.start()
+
+
+async def test_a_connection_idle_longer_than_keepalive_is_not_reused() -> None:
+    """A backend closes idle keep-alive connections (uvicorn after 5 s); reusing one it is closing fails
+    the POST, so the pool drops connections idle for `timeout_s.keepalive` (default 4 s) itself."""
+    ports: list[int] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        ports.append(scope["client"][1])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with serve(app) as url:
+        endpoint = {"url": url, "timeout_s": {"keepalive": 0.2}}
+        async with forwarder(api=endpoint) as fwd:
+            await fwd.forward(ForwardRequest(endpoint="api", body=b"{}"))
+            await fwd.forward(ForwardRequest(endpoint="api", body=b"{}"))  # at once: the same connection
+            await asyncio.sleep(0.5)  # idle beyond keepalive: what this test is about is time itself
+            await fwd.forward(ForwardRequest(endpoint="api", body=b"{}"))
+    assert ports[0] == ports[1] and ports[2] != ports[1], ports

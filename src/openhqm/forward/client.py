@@ -75,6 +75,7 @@ def build_session(endpoint: EndpointSettings, where: str) -> aiohttp.ClientSessi
     """Call inside the running event loop. Connections = concurrency slots (0: unlimited)."""
     timeouts = endpoint.timeouts
     connector = aiohttp.TCPConnector(limit=endpoint.max_concurrency or 0, limit_per_host=0,
+                                     keepalive_timeout=timeouts.keepalive,
                                      ssl=ssl_context(endpoint.tls, where + ".tls"))
     return aiohttp.ClientSession(
         connector=connector, trust_env=False, auto_decompress=True,

@@ -44,6 +44,9 @@ class TimeoutSettings(Section):
     connect: float = Field(5.0, gt=0, description="TCP + TLS connect, and waiting for a pooled connection")
     read: float = Field(30.0, gt=0, description="waiting for each chunk of the response (and to send one)")
     total: float | None = Field(None, gt=0, description="the whole exchange, body included")
+    # Below the common servers' own keep-alive (uvicorn, Node, Apache: 5 s): a pooled connection the
+    # backend is closing is never reused for a POST, which would fail and cost the request a try.
+    keepalive: float = Field(4.0, gt=0, description="an idle pooled connection is closed after this")
 
 
 class ForwardRetrySettings(RetrySection):
