@@ -230,13 +230,13 @@ class KafkaBackend(Backend):
                            headers=record_headers(message_id or new_id(), ours))
 
     async def produce(self, queue: str, topic: str, body: bytes, *, key: bytes | None,
-                      headers: Headers) -> Any:
-        """Send one record to `topic` (Q or Q.delay) and wait for acks=all, at most `publish_timeout_s`
-        once its topics exist (then the record is withdrawn: `kafka_send`)."""
+                      headers: Headers, timeout_s: float | None = None) -> Any:
+        """Send one record to `topic` (Q or Q.delay) and wait for acks=all, at most `timeout_s`
+        (`publish_timeout_s` unless given) once its topics exist; then the record is withdrawn (`kafka_send`)."""
         producer, _, _ = self._connected()
         await self._refuse_unless_reachable(producer)
         await self.ensure_topics(queue)  # once per queue and process
-        deadline = asyncio.get_running_loop().time() + self.options.publish_timeout_s
+        deadline = asyncio.get_running_loop().time() + (timeout_s or self.options.publish_timeout_s)
         with ERRORS(f"publish to {topic!r}"):
             return await send_within(producer, deadline, topic, body, key=key, headers=headers)
 

@@ -48,7 +48,7 @@ class GroupHost(Protocol):
     consumers: set[GroupConsumer]
 
     async def produce(self, queue: str, topic: str, body: bytes, *, key: bytes | None,
-                      headers: Headers) -> Any: ...
+                      headers: Headers, timeout_s: float | None = None) -> Any: ...
 
 
 class _PartitionOffsets:
@@ -294,7 +294,9 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         if turn is not None:
             turn.reserved_for, turn.reserved_partition = item.message_id, item.tp.partition
         try:
-            metadata = await self.host.produce(queue, topic, item.record.value, key=item.key, headers=headers)
+            # No client waits on a copy: it may take the request timeout, as the commit after it does.
+            metadata = await self.host.produce(queue, topic, item.record.value, key=item.key, headers=headers,
+                                               timeout_s=self._commit_timeout_s)
         except BackendError:
             if turn is not None and turn.reserved_for == item.message_id:
                 turn.reserved_for = None
