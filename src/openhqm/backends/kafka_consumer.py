@@ -158,8 +158,19 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         self._settled.set()  # a rebalance waiting for settles stops waiting
         await self._stop_polling()
         # Leaving the group hands the partitions over at once; uncommitted records are read again.
-        with contextlib.suppress(Exception):
+        try:
             await self._kafka.stop()
+        except asyncio.CancelledError:
+            # aiokafka 0.14's fetcher.close() cancels a fetch waiting out its error backoff (the broker
+            # is gone) and awaits it, raising that task's CancelledError here: not ours unless this
+            # task is being cancelled. Its client is closed as stop() would have.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            with contextlib.suppress(Exception):
+                await self._kafka._client.close()
+        except Exception:
+            log.debug("kafka: the consumer of %s did not stop cleanly", self.queue, exc_info=True)
         self.host.consumers.discard(self)
 
     async def _stop_polling(self) -> None:

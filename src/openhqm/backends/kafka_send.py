@@ -4,7 +4,7 @@ aiokafka keeps a record in its buffer until a broker takes it, for up to `reques
 sends it again after a broken connection. A submit cannot wait that long (issue 14: its 503 within
 1 s), and a record reported refused must not reach the queue afterwards. So when the deadline passes,
 the record's batch is taken out of aiokafka's buffer and failed (every record in it is refused, each
-caller told so); a batch on the wire at that moment is marked expired, so aiokafka fails it rather
+caller told so); a batch on the wire at that moment is marked withdrawn, so aiokafka fails it rather
 than sending it again once the connection breaks. What a broker may already have stored before it
 died (sent, never acknowledged) cannot be called back: such a request's store record is gone by
 then, and the worker skips a message whose record is gone (worker/processor.py `_claim`).
@@ -16,6 +16,7 @@ aiokafka has no public API for this: `withdraw` reaches into its accumulator (0.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError
@@ -57,8 +58,28 @@ def withdraw(producer: Any, sent: asyncio.Future[Any]) -> None:
                 return
     for batch in accumulator._pending_batches:
         if _holds(batch, sent):
-            batch._ttl = 0.0  # expired: a failed send of it is not retried (`_can_retry`)
+            batch._ttl = 0.0  # expired: a send that fails from now on is not retried (`_can_retry`)
+            _withdrawn(accumulator).add(batch)  # one that failed already waits to be re-queued
             return
+
+
+def _withdrawn(accumulator: Any) -> weakref.WeakSet[Any]:
+    """The batches withdrawn while on the wire. A send that failed just before waits out a backoff and
+    then puts its batch back in the buffer (`reenqueue`), which would send it again: for these, the
+    accumulator's reenqueue fails them instead."""
+    withdrawn: weakref.WeakSet[Any] | None = getattr(accumulator, "_openhqm_withdrawn", None)
+    if withdrawn is None:
+        withdrawn = accumulator._openhqm_withdrawn = weakref.WeakSet()
+        requeue = accumulator.reenqueue
+
+        def reenqueue(batch: Any) -> None:
+            if batch in withdrawn:
+                batch.failure(KafkaTimeoutError("withdrawn: no broker acknowledged it in time"))
+                return  # its done-callback takes it out of the pending set
+            requeue(batch)
+
+        accumulator.reenqueue = reenqueue
+    return withdrawn
 
 
 def _retrieved(sent: asyncio.Future[Any]) -> None:
