@@ -9,13 +9,24 @@ import struct
 
 class CuttableProxy:
     """Forwards 127.0.0.1:<port> to host:port. `cut()` aborts every connection through it;
-    `stop()` also stops listening (the broker looks down); `start()` listens again on the same port."""
+    `stop()` also stops listening (the broker looks down); `start()` listens again on the same port.
+    `hold()` stops passing bytes on while connections stay open (a broker that stopped answering);
+    `release()` passes on what waited meanwhile."""
 
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self.held = 0  # chunks that waited in hold(): a request the broker has not seen yet
         self.port = 0
+
+    def hold(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     @property
     def address(self) -> str:
@@ -36,6 +47,9 @@ class CuttableProxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, from_broker: bool) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                 while data := await self._read(source, from_broker):
+                    if not self._flowing.is_set():
+                        self.held += 1
+                        await self._flowing.wait()
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()

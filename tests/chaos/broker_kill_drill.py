@@ -219,12 +219,12 @@ def run_counts(tmp_path: Path) -> collections.Counter[str]:
     return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
 
 
-def assert_refusals_were_prompt(seen: Observed) -> None:
+def assert_refusals_were_prompt(seen: Observed, *, in_flight_too: bool = False) -> None:
     """Every answer was 202 or 503; each 503 to a submit made while the broker was down came within
-    the bound, and every 503 carried Retry-After."""
+    the bound (`in_flight_too`: also those sent before a kill), and every 503 carried Retry-After."""
     assert not seen.others, f"answers other than 202/503: {seen.others[:5]} ({len(seen.others)})"
     slow = [elapsed for started, elapsed, _ in seen.refusals
-            if elapsed > SUBMIT_503_BOUND_S and not seen.in_flight_at_a_kill(started, elapsed)]
+            if elapsed > SUBMIT_503_BOUND_S and (in_flight_too or not seen.in_flight_at_a_kill(started, elapsed))]
     assert not slow, f"{len(slow)} of {len(seen.refusals)} 503s took over {SUBMIT_503_BOUND_S} s: max {max(slow):.2f}"
     assert all(retry_after for _, _, retry_after in seen.refusals), "a 503 without Retry-After"
 
@@ -235,6 +235,13 @@ def assert_outage_bounds(outages: list[Outage], ready_again_bound_s: float = REA
         assert outage.ready_200_after_s <= ready_again_bound_s, f"/ready 200 after {outage.ready_200_after_s:.2f} s"
         status, elapsed = outage.get_known_id
         assert status in (200, 202) and elapsed <= SUBMIT_503_BOUND_S, f"GET of a known id: {status} in {elapsed:.2f} s"
+
+
+def assert_no_refused_request_ran(seen: Observed, runs: collections.Counter[str]) -> None:
+    """Every request the handler ran was one whose submit was answered 202: a request answered 503
+    whose message reached the queue after all (a ghost) must not run."""
+    ghosts = set(runs) - {cid for _, cid in seen.accepted}
+    assert not ghosts, f"{len(ghosts)} requests ran that no 202 answered: {sorted(ghosts)[:5]}"
 
 
 def summary(name: str, seen: Observed, outages: list[Outage], statuses: dict[str, str],

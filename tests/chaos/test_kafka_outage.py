@@ -1,5 +1,6 @@
-"""Kafka (tansu) killed with SIGKILL twice under a steady submit load: the bridge refuses at once,
-/ready follows the broker, and every accepted request ends terminal (tansu keeps its log in S3)."""
+"""Kafka (tansu) killed with SIGKILL twice under a steady submit load: the bridge refuses at once (a
+send in flight at the kill too, within 1 s), /ready follows the broker, no request answered 503
+runs after the restart, and every accepted request ends terminal (tansu keeps its log in S3)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.chaos.broker_kill_drill import (
     BrokerInstance,
+    assert_no_refused_request_ran,
     assert_outage_bounds,
     assert_refusals_were_prompt,
     bridge_under_load,
@@ -78,7 +80,7 @@ def durable_tansu(tmp_path: Path) -> Iterator[BrokerInstance]:
         s3.stop()
 
 
-async def test_kafka_killed_twice_refuses_promptly_and_finishes_every_accepted_request(
+async def test_kafka_killed_twice_refuses_promptly_runs_no_refused_request_and_finishes_every_accepted_one(
     tmp_path: Path, durable_tansu: BrokerInstance
 ) -> None:
     env = {"OPENHQM_QUEUE__TYPE": "kafka", "OPENHQM_QUEUE__KAFKA__BOOTSTRAP_SERVERS": durable_tansu.address,
@@ -86,8 +88,8 @@ async def test_kafka_killed_twice_refuses_promptly_and_finishes_every_accepted_r
            # the contract target's group timings: a new group gets its first record in ~2 s, not ~23 s
            "OPENHQM_QUEUE__KAFKA__SESSION_TIMEOUT_S": "2", "OPENHQM_QUEUE__KAFKA__HEARTBEAT_INTERVAL_S": "0.3",
            "OPENHQM_QUEUE__KAFKA__REBALANCE_GRACE_S": "1",
-           # a send in flight when the broker dies waits this long for it (aiokafka's delivery
-           # timeout), then answers 503: 3 s, not 40, keeps those submits within the client's timeout
+           # the consumer's commits and the admin calls wait this long for a dead broker: 3 s, not 40.
+           # A submit does not: a record unacknowledged after publish_timeout_s (0.8 s) is withdrawn.
            "OPENHQM_QUEUE__KAFKA__REQUEST_TIMEOUT_S": "3"}
     async with bridge_under_load(tmp_path, env) as (server, seen, stop_load):
         outages = [await kill_and_restart(durable_tansu, server, seen) for _ in range(2)]
@@ -97,7 +99,8 @@ async def test_kafka_killed_twice_refuses_promptly_and_finishes_every_accepted_r
         assert server.proc is not None and server.proc.poll() is None, "the bridge's process ended"
     runs = run_counts(tmp_path)
     print(summary("kafka", seen, outages, statuses, runs))
-    assert_refusals_were_prompt(seen)
+    assert_refusals_were_prompt(seen, in_flight_too=True)
+    assert_no_refused_request_ran(seen, runs)
     assert_outage_bounds(outages)
     unfinished = {cid: status for cid, status in statuses.items() if status not in ("COMPLETED", "FAILED")}
     assert not unfinished, f"{len(unfinished)} of {len(accepted)} accepted requests not terminal: {unfinished}"

@@ -71,3 +71,22 @@ def test_a_dead_letter_names_why_the_worker_gave_up() -> None:
     assert give_up_reason(Failure("boom"), 3, policy) == ("max_attempts", "failed after 3 attempt(s)")
     reason, detail = give_up_reason(Failure("boom"), 2, policy)  # attempts left, but too old for another
     assert reason == "expired" and "max_age_s" in detail
+
+
+async def test_a_message_of_this_bridge_whose_record_is_gone_is_skipped_and_another_systems_runs() -> None:
+    """A submit answered 503 has its record removed; should its message reach the queue after all (a
+    send the broker stored but never acknowledged), it must not run. Another system's message runs."""
+    settings = Settings()
+    target = DeferOnce()
+    queue = QUEUE + "-gone"
+    async with MemoryBackend(settings) as backend:
+        processor = Processor(OpenHQM(settings), backend, MemoryResultStore(), target, queue)
+        refused = Envelope(body=b"{}", reply_to=settings.queue.response_queue, metadata={"from": "refused"})
+        foreign = Envelope(body=b"{}", reply_to="another-systems-replies", metadata={"from": "foreign"})
+        for envelope in (refused, foreign):
+            await backend.publish(queue, encode(envelope))
+        deliveries = aiter(backend.consume(queue))
+        for _ in range(2):
+            await processor.process(await anext(deliveries))
+        assert await backend.depth(queue) == 1  # the refused one acked; the foreign one deferred back
+    assert [seen.metadata for seen in target.seen] == [{"from": "foreign"}]

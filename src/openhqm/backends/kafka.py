@@ -4,7 +4,9 @@ URL: `queue.type: kafka`, `queue.kafka.bootstrap_servers: "host1:9092,host2:9092
 Options (`queue.kafka`): `security_protocol` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) with `sasl_mechanism`,
 `sasl_username`, `sasl_password`; `group_id` (queue Q is read by consumer group `<group_id>.Q`, so a consumer
 joining one queue does not rebalance the others); `session_timeout_s`, `heartbeat_interval_s`,
-`rebalance_grace_s`, `request_timeout_s`; `create_topics`, `topic_partitions`, `topic_replication_factor`
+`rebalance_grace_s`, `request_timeout_s`, `publish_timeout_s` (0.8 s: a record no broker acknowledged by then
+is withdrawn from the producer's buffer and the publish refused; see `openhqm.backends.kafka_send`);
+`create_topics`, `topic_partitions`, `topic_replication_factor`
 (default min(3, brokers)); `max_buffered`.
 
 Topics of queue Q: `Q`; `Q.delay` (records with an `openhqm-not-before` header); the dead letters are the
@@ -46,6 +48,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.backends.kafka_consumer import ERRORS, FetchedRecord, GroupConsumer, Headers, delay_topic
+from openhqm.backends.kafka_send import send_within
 from openhqm.backends.kit import Wire, redelivery
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
@@ -73,6 +76,8 @@ class KafkaOptions(BackendOptions):
     heartbeat_interval_s: float = Field(3.0, gt=0)
     rebalance_grace_s: float = Field(10.0, ge=0, description="rebalance waits for in-flight settles")
     request_timeout_s: float = Field(40.0, gt=0)
+    publish_timeout_s: float = Field(
+        0.8, gt=0, description="a record no broker acknowledged within this is withdrawn and its publish refused")
     create_topics: bool = Field(True, description="create <queue>, <queue>.delay, <queue>.dlq when missing")
     topic_partitions: int = Field(4, ge=1, description="partitions of the topics openhqm creates")
     topic_replication_factor: int | None = Field(None, ge=1, description="default: min(3, brokers)")
@@ -225,13 +230,15 @@ class KafkaBackend(Backend):
                            headers=record_headers(message_id or new_id(), ours))
 
     async def produce(self, queue: str, topic: str, body: bytes, *, key: bytes | None,
-                      headers: Headers) -> Any:
-        """Send one record to `topic` (Q or Q.delay) and wait for acks=all."""
+                      headers: Headers, timeout_s: float | None = None) -> Any:
+        """Send one record to `topic` (Q or Q.delay) and wait for acks=all, at most `timeout_s`
+        (`publish_timeout_s` unless given) once its topics exist; then the record is withdrawn (`kafka_send`)."""
         producer, _, _ = self._connected()
         await self._refuse_unless_reachable(producer)
-        await self.ensure_topics(queue)
+        await self.ensure_topics(queue)  # once per queue and process
+        deadline = asyncio.get_running_loop().time() + (timeout_s or self.options.publish_timeout_s)
         with ERRORS(f"publish to {topic!r}"):
-            return await producer.send_and_wait(topic, body, key=key, headers=headers)
+            return await send_within(producer, deadline, topic, body, key=key, headers=headers)
 
     async def _refuse_unless_reachable(self, producer: Any) -> None:
         """Refuse at once while no broker answers: aiokafka would hold the record for up to

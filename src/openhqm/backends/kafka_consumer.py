@@ -48,7 +48,7 @@ class GroupHost(Protocol):
     consumers: set[GroupConsumer]
 
     async def produce(self, queue: str, topic: str, body: bytes, *, key: bytes | None,
-                      headers: Headers) -> Any: ...
+                      headers: Headers, timeout_s: float | None = None) -> Any: ...
 
 
 class _PartitionOffsets:
@@ -158,8 +158,19 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         self._settled.set()  # a rebalance waiting for settles stops waiting
         await self._stop_polling()
         # Leaving the group hands the partitions over at once; uncommitted records are read again.
-        with contextlib.suppress(Exception):
+        try:
             await self._kafka.stop()
+        except asyncio.CancelledError:
+            # aiokafka 0.14's fetcher.close() cancels a fetch waiting out its error backoff (the broker
+            # is gone) and awaits it, raising that task's CancelledError here: not ours unless this
+            # task is being cancelled. Its client is closed as stop() would have.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            with contextlib.suppress(Exception):
+                await self._kafka._client.close()
+        except Exception:
+            log.debug("kafka: the consumer of %s did not stop cleanly", self.queue, exc_info=True)
         self.host.consumers.discard(self)
 
     async def _stop_polling(self) -> None:
@@ -294,7 +305,9 @@ class GroupConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafk
         if turn is not None:
             turn.reserved_for, turn.reserved_partition = item.message_id, item.tp.partition
         try:
-            metadata = await self.host.produce(queue, topic, item.record.value, key=item.key, headers=headers)
+            # No client waits on a copy: it may take the request timeout, as the commit after it does.
+            metadata = await self.host.produce(queue, topic, item.record.value, key=item.key, headers=headers,
+                                               timeout_s=self._commit_timeout_s)
         except BackendError:
             if turn is not None and turn.reserved_for == item.message_id:
                 turn.reserved_for = None

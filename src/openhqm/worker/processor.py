@@ -194,8 +194,14 @@ class Processor:
                                              started_at=now)
         if record is not None:
             return record.attempt_history
-        # Unknown to this store (another system's message, or a store this worker cannot see): run it.
-        return [] if await self.store.get(envelope.correlation_id) is None else None
+        if await self.store.get(envelope.correlation_id) is not None:
+            return None
+        if envelope.reply_to == self.app.settings.queue.response_queue:
+            # Submitted here, its record gone: a submit answered 503 whose message reached the queue
+            # after all (a send the broker stored but never acknowledged), or a request deleted since.
+            log.warning("skipped: this request's record is gone (refused or deleted)")
+            return None
+        return []  # another system's message, or one replying elsewhere: run it
 
     async def _run(self, job: Job) -> Outcome:
         timeout_s = min(job.envelope.timeout_s or self.target.timeout_s(job) or self.settings.default_timeout_s,

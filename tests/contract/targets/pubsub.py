@@ -54,5 +54,7 @@ RACY_BUGS = {
         "gcp_pubsub.py _publish_once (lines 345-359): when asyncio.timeout(timeout_s + 5) gives up (raised "
         "as BackendUnavailable), the library's publish future is neither cancelled nor awaited, and its "
         "batch keeps retrying; once the emulator answers again it is sent, so a publish reported as "
-        "refused (HTTP 503) arrives after all. Likely cause, not traced inside the library"),
+        "refused (HTTP 503) arrives after all. Likely cause, not traced inside the library; publish futures "
+        "cannot be cancelled. In the bridge such a message does not run: the refused submit's record is "
+        "removed, and the worker skips a message of this bridge whose record is gone (processor._claim)"),
 }
