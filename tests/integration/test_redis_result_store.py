@@ -21,6 +21,7 @@ from openhqm.bridge import Bridge
 from openhqm.config import Settings
 from openhqm.constants import Status
 from openhqm.envelope import Envelope
+from openhqm.redis_pool import POOL_SIZE
 from openhqm.results.redis import RedisResultStore
 from openhqm.routing import Routing
 from tests.contract.store_targets.redis import TEST_PREFIX
@@ -197,3 +198,13 @@ async def test_records_written_before_the_unfinished_index_are_not_reconciled_an
     assert await store.transition(legacy.correlation_id, Status.COMPLETED, completed_at=1.0) is not None
     assert await store.cleanup(older_than=time.time()) == 1
     assert await store.counts() == {"PENDING": 1}
+
+
+async def test_more_concurrent_calls_than_the_pool_holds_wait_for_a_connection(make_store: StoreFactory) -> None:
+    """A worker running 100 jobs plus its housekeeping once met redis-py's "Too many connections"
+    (its default pool fails at 100 in use): each job over the count failed its store write."""
+    store = await make_store()
+    records = [new_record() for _ in range(POOL_SIZE + 50)]
+    await asyncio.gather(*(store.create(record) for record in records))
+    got = await asyncio.gather(*(store.get(record.correlation_id) for record in records))
+    assert all(record is not None for record in got)

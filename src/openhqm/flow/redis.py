@@ -19,6 +19,7 @@ from openhqm.errors import BackendUnavailable, ConfigError
 from openhqm.flow.ledger import TOP_KEYS, WAITING_GRACE_S, LimitState, Verdict, limits_of, top_keys
 from openhqm.flow.limits import Bucket
 from openhqm.redact import mask_url
+from openhqm.redis_pool import pooled_client
 
 # Keys under <prefix>:flow: per bucket `b:<id>` (its tat), `h:<id>` (holders -> lease expiry),
 # `wb:<id>` (requests waiting on it -> expiry); per limit `w:<limit>` (its waiting requests), `f:<limit>`
@@ -214,7 +215,7 @@ class RedisLedger:
         if self._client is not None:
             return
         try:
-            client = aioredis.from_url(self._url)
+            client = pooled_client(self._url)
         except ValueError as exc:
             raise ConfigError(f"results.redis.url {mask_url(self._url)!r}: {exc}") from exc
         self._client = client

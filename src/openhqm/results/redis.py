@@ -47,6 +47,7 @@ from openhqm.errors import AlreadyExists, BackendError, BackendUnavailable, Conf
 from openhqm.logging import get_logger
 from openhqm.policies import READINESS_RECONNECT_BACKOFF, Reconnect
 from openhqm.redact import mask_url
+from openhqm.redis_pool import pooled_client
 from openhqm.results import redis_lua as lua
 from openhqm.results import redis_queries as queries
 from openhqm.results.base import SCHEDULE_STATE, DeadLetterRecord, RequestRecord, ResultStore
@@ -132,7 +133,7 @@ class RedisResultStore(ResultStore):
         if self._client is not None:
             return
         try:
-            client = aioredis.from_url(self._url)
+            client = pooled_client(self._url)
             listener_client = aioredis.from_url(self._url, client_name=self.listener_name,
                                                 socket_keepalive=True)
         except ValueError as exc:
