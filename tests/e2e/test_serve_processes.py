@@ -63,8 +63,15 @@ async def test_both_processes_answer_prefer_wait_and_run_requests(served: OpenHQ
             detail = (await http.get(f"/api/v1/requests/{cid}")).json()
             return str(detail["attempt_history"][-1]["worker_id"])
 
-    ran_on = await asyncio.gather(*(round_trip(n) for n in range(40)))
-    assert {worker_pid(worker_id) for worker_id in ran_on} == set(children), "both processes ran requests"
+    # Which process runs a request is the kernel's pick of connection and, with eager dispatch, the
+    # receiving process's free slot: on a loaded machine one round of 40 once all ran on one process.
+    ran: set[int] = set()
+    for round_ in range(5):
+        ran_on = await asyncio.gather(*(round_trip(40 * round_ + n) for n in range(40)))
+        ran |= {worker_pid(worker_id) for worker_id in ran_on}
+        if ran == set(children):
+            break
+    assert ran == set(children), "both processes ran requests"
 
 
 def test_metrics_add_up_every_process(served: OpenHQMProcess) -> None:
