@@ -365,9 +365,10 @@ def main() -> None:
 def serve_command(server: str, port: int) -> list[str]:
     if server == "uvicorn":
         return [sys.executable, "-m", "openhqm", "serve"]  # OPENHQM_SERVER__PORT says the port
-    # One worker, the asyncio loop (uvloop is not installed, as for uvicorn), no WebSockets: like serve.
+    # One worker, uvloop (which `openhqm serve`'s uvicorn picks when installed, as uvicorn[standard]
+    # does), no WebSockets: like serve.
     return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
-            "--port", str(port), "--workers", "1", "--loop", "asyncio", "--no-ws", "--log-level", "warning",
+            "--port", str(port), "--workers", "1", "--loop", "uvloop", "--no-ws", "--log-level", "warning",
             "--no-access-log", "granian_app:serve_app"]
 
 
