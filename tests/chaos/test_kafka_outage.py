@@ -89,8 +89,9 @@ async def test_kafka_killed_twice_refuses_promptly_runs_no_refused_request_and_f
            "OPENHQM_QUEUE__KAFKA__SESSION_TIMEOUT_S": "2", "OPENHQM_QUEUE__KAFKA__HEARTBEAT_INTERVAL_S": "0.3",
            "OPENHQM_QUEUE__KAFKA__REBALANCE_GRACE_S": "1",
            # the consumer's commits and the admin calls wait this long for a dead broker: 3 s, not 40.
-           # A submit does not: a record unacknowledged after publish_timeout_s (0.8 s) is withdrawn.
-           "OPENHQM_QUEUE__KAFKA__REQUEST_TIMEOUT_S": "3"}
+           # A submit does not: a record unacknowledged after publish_timeout_s is withdrawn (0.8 s here:
+           # the 1 s for a send in flight at the kill; the default, 5 s, spares a slow live broker).
+           "OPENHQM_QUEUE__KAFKA__REQUEST_TIMEOUT_S": "3", "OPENHQM_QUEUE__KAFKA__PUBLISH_TIMEOUT_S": "0.8"}
     async with bridge_under_load(tmp_path, env) as (server, seen, stop_load):
         outages = [await kill_and_restart(durable_tansu, server, seen) for _ in range(2)]
         await stop_load()

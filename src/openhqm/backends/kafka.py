@@ -4,7 +4,7 @@ URL: `queue.type: kafka`, `queue.kafka.bootstrap_servers: "host1:9092,host2:9092
 Options (`queue.kafka`): `security_protocol` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL) with `sasl_mechanism`,
 `sasl_username`, `sasl_password`; `group_id` (queue Q is read by consumer group `<group_id>.Q`, so a consumer
 joining one queue does not rebalance the others); `session_timeout_s`, `heartbeat_interval_s`,
-`rebalance_grace_s`, `request_timeout_s`, `publish_timeout_s` (0.8 s: a record no broker acknowledged by then
+`rebalance_grace_s`, `request_timeout_s`, `publish_timeout_s` (5 s: a record no broker acknowledged by then
 is withdrawn from the producer's buffer and the publish refused; see `openhqm.backends.kafka_send`);
 `create_topics`, `topic_partitions`, `topic_replication_factor`
 (default min(3, brokers)); `max_buffered`.
@@ -77,7 +77,7 @@ class KafkaOptions(BackendOptions):
     rebalance_grace_s: float = Field(10.0, ge=0, description="rebalance waits for in-flight settles")
     request_timeout_s: float = Field(40.0, gt=0)
     publish_timeout_s: float = Field(
-        0.8, gt=0, description="a record no broker acknowledged within this is withdrawn and its publish refused")
+        5.0, gt=0, description="a record no broker acknowledged within this is withdrawn and its publish refused")
     create_topics: bool = Field(True, description="create <queue>, <queue>.delay, <queue>.dlq when missing")
     topic_partitions: int = Field(4, ge=1, description="partitions of the topics openhqm creates")
     topic_replication_factor: int | None = Field(None, ge=1, description="default: min(3, brokers)")

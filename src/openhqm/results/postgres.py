@@ -38,7 +38,7 @@ from openhqm.results.series import FINISHED, FinishedMinute, measured, minute_st
 log = get_logger("openhqm.results")
 
 POOL_MIN_SIZE, POOL_MAX_SIZE = 1, 10
-HEALTH_TIMEOUT_S, CLOSE_TIMEOUT_S = 2.0, 5.0
+HEALTH_TIMEOUT_S, CLOSE_TIMEOUT_S = 1.5, 5.0
 LISTENER_CHECK_INTERVAL_S = 30.0  # how often an idle LISTEN connection is probed (half-open TCP)
 
 _encode = msgspec.msgpack.Encoder().encode

@@ -63,7 +63,7 @@ CAS_ATTEMPTS = 100
 CLEANUP_BATCH = 500
 CLEANUP_MAX_BATCHES = 1000
 SUBSCRIBE_TIMEOUT_S = 5.0
-HEALTH_TIMEOUT_S = 2.0
+HEALTH_TIMEOUT_S = 1.5
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
