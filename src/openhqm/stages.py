@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from openhqm.errors import ConfigError
+from openhqm.results.series import percentile
 
 ENVIRONMENT_VARIABLE = "OPENHQM_STAGE_SAMPLE"
 # The hops in the order a forwarded `Prefer: wait` submit passes them (a handler's has no forward).
@@ -158,14 +159,13 @@ def summary(reset: bool = False) -> dict[str, Any]:
 
 def percentiles(values_s: list[float]) -> dict[str, float]:
     ordered = sorted(values_s)
-    n = len(ordered)
-    if not n:
+    if not ordered:
         return {"count": 0}
 
-    def at(p: float) -> float:
-        return round(ordered[min(n - 1, int(n * p))] * 1000, 3)
+    def at(q: float) -> float:
+        return round(percentile(ordered, q) * 1000, 3)
 
-    return {"count": n, "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99), "max_ms": at(1.0)}
+    return {"count": len(ordered), "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99), "max_ms": at(1.0)}
 
 
 def every_from_environment(environ: Mapping[str, str]) -> int:

@@ -178,4 +178,9 @@ def bucket_key(value: str) -> str:
     """The value as it names a bucket: itself when short and plain, else a hash of it."""
     if len(value) <= MAX_KEY_CHARS and value.isprintable():
         return value
+    return hashed_key(value)
+
+
+def hashed_key(value: str) -> str:
+    """A key value that is too long, or not fit to show, as its hash (`sha256:` and 32 hex digits)."""
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:32]

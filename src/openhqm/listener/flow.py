@@ -6,14 +6,13 @@ the workers share (flow/ledger.py). Every configured limit is listed, the endpoi
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from openhqm import metrics
 from openhqm.flow.ledger import Ledger, LimitState
 from openhqm.flow.limiter import create_ledger
-from openhqm.flow.limits import Limit, configured_limits
+from openhqm.flow.limits import Limit, configured_limits, hashed_key
 from openhqm.redact import MASKED_HEADERS
 from openhqm.timefmt import rfc3339
 
@@ -33,7 +32,7 @@ class CoveredLimit:
         source, _, name = (self.limit.key or "").partition(".")
         if source != "header" or name.lower() not in MASKED_HEADERS or key.startswith("sha256:"):
             return key
-        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:32]  # as limits.bucket_key hashes
+        return hashed_key(key)
 
     def json(self, state: LimitState) -> dict[str, Any]:
         limit = self.limit
