@@ -82,8 +82,7 @@ class Processor:
         """A new request's record as this worker's claim writes it, for eager dispatch to write it so at
         submit (listener/enqueue.py) instead of claiming it in a round of its own."""
         now = time.time()
-        return msgspec.structs.replace(record, status=Status.PROCESSING, updated_at=now, attempts=1,
-                                       worker_id=this_process().worker_id, started_at=now)
+        return msgspec.structs.replace(record, status=Status.PROCESSING, updated_at=now, **_claim_changes(1, now))
 
     async def process(self, delivery: Delivery, *, claimed: bool = False) -> None:
         """`claimed`: its record was written as this worker's claim (eager dispatch)."""
@@ -190,8 +189,7 @@ class Processor:
         if envelope.raw:
             return []
         record = await self.store.transition(envelope.correlation_id, Status.PROCESSING, allowed_from=_RUNNABLE,
-                                             attempts=attempt, progress=None, worker_id=this_process().worker_id,
-                                             started_at=now)
+                                             **_claim_changes(attempt, now))
         if record is not None:
             return record.attempt_history
         if await self.store.get(envelope.correlation_id) is not None:
@@ -325,6 +323,12 @@ class Processor:
         if delivery.settled is None:
             with contextlib.suppress(Exception):
                 await delivery.nack()
+
+
+def _claim_changes(attempt: int, now: float) -> dict[str, Any]:
+    """What a worker's claim writes on the record besides PROCESSING (its claim round, or eager dispatch's
+    claimed record written at submit)."""
+    return {"attempts": attempt, "progress": None, "worker_id": this_process().worker_id, "started_at": now}
 
 
 def give_up_reason(failure: Failure, attempt: int, policy: RetryPolicy) -> tuple[DeadLetterReason, str]:
