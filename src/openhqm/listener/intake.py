@@ -96,21 +96,21 @@ class Intake:
         queued = Message(self.request_queue, message, envelope.id, envelope.priority, delay_s,
                          key=envelope.session_id if self.ordered else None)
         local = self.local_workers if delay_s is None else None
-        eager = local is not None and await local.reserve_slot()
-        claimed = local.claimed(record) if local is not None and eager else None
+        reserved = local if local is not None and await local.reserve_slot() else None  # a slot for eager dispatch
+        claimed = reserved.claimed(record) if reserved is not None else None
         try:
             leased = await self.writes.put(record, queued, claimed=claimed)
         except BaseException:
-            if local is not None and eager:
-                local.fill_slot(None)
+            if reserved is not None:
+                reserved.fill_slot(None)
             raise
         stages.mark(record.correlation_id, "written")  # record and message: one transaction or two
         stages.mark(record.correlation_id, "published")
         self.store.emit(record)
         if leased is not None and leased.claimed and claimed is not None:
             self.store.emit(claimed)  # written so: hooks and watchers see both steps, as with a claim
-        if local is not None and eager:
-            local.fill_slot(leased)
+        if reserved is not None:
+            reserved.fill_slot(leased)
         metrics.child(metrics.SUBMITTED, self.request_queue).inc()
         log.info("request queued", correlation_id=record.correlation_id, session_id=envelope.session_id,
                  endpoint=record.target)
