@@ -189,8 +189,8 @@ LOADS: dict[str, Callable[[Scenario, int, float], dict[str, float]]] = {"wrk": w
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and the processes below it that are running (granian serves
-    from a worker process it starts; Linux /proc; 0 elsewhere)."""
+    """User + system CPU time of a process and the processes below it that are running (`serve
+    --processes` serves from processes it starts; Linux /proc, every thread; 0 elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -274,8 +274,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE",
                         help="record the serve process with py-spy while the scenarios run (speedscope JSON)")
     parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn",
-                        help="the HTTP server in front of the openhqm app: uvicorn + httptools as `openhqm serve` "
-                             "runs it, or granian (Rust; pip install granian) with the same app (granian_app.py)")
+                        help="server.engine of `openhqm serve`: uvicorn + httptools (the default), or granian "
+                             "(Rust; the `granian` extra)")
     parser.add_argument("--split", action="store_true",
                         help="run `openhqm listener` and `openhqm worker` (one each, sharing the SQLite file) instead "
                              "of `serve`; the openhqm CPU column is both processes'")
@@ -283,8 +283,6 @@ def main() -> None:
                         help="trace 1 in N submits in serve (OPENHQM_STAGE_SAMPLE) and print where they waited: "
                              "p50/p90/p99 of the gap between consecutive hops, per scenario")
     args = parser.parse_args()
-    if args.split and args.server != "uvicorn":
-        parser.error("--split runs openhqm's own listener and worker commands (uvicorn)")
     if args.load == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not on PATH (Debian/Ubuntu: apt-get install wrk); or use --load aiohttp")
 
@@ -296,6 +294,7 @@ def main() -> None:
         "OPENHQM_SERVER__PORT": str(hqm_port), "OPENHQM_DATA_DIR": data_dir,
         "OPENHQM_QUEUE__TYPE": args.queue_type, "OPENHQM_RESULTS__TYPE": args.results_type,
         "OPENHQM_LOGGING__LEVEL": "WARNING", "OPENHQM_SERVER__PROCESSES": str(args.processes),
+        "OPENHQM_SERVER__ENGINE": args.server,
         "OPENHQM_PROXY__ENABLED": "true",
         "OPENHQM_PROXY__ENDPOINTS": json.dumps({"echo": {"url": echo_url}}),
         **dict(item.split("=", 1) for item in args.env),
@@ -310,7 +309,7 @@ def main() -> None:
             for command in ("listener", "worker"):
                 procs.start([sys.executable, "-m", "openhqm", command], env=env, cwd=data_dir)
         else:
-            procs.start(serve_command(args.server, hqm_port), env=env | server_env(args.server), cwd=data_dir)
+            procs.start([sys.executable, "-m", "openhqm", "serve"], env=env, cwd=data_dir)
         openhqm_pids = [proc.pid for proc in procs.procs[1:]]
         wait_http(f"http://127.0.0.1:{echo_port}/")
         wait_http(f"http://127.0.0.1:{hqm_port}/ready")
@@ -360,22 +359,6 @@ def main() -> None:
         procs.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     report(results, args)
-
-
-def serve_command(server: str, port: int) -> list[str]:
-    if server == "uvicorn":
-        return [sys.executable, "-m", "openhqm", "serve"]  # OPENHQM_SERVER__PORT says the port
-    # One worker, uvloop (which `openhqm serve`'s uvicorn picks when installed, as uvicorn[standard]
-    # does), no WebSockets: like serve.
-    return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
-            "--port", str(port), "--workers", "1", "--loop", "uvloop", "--no-ws", "--log-level", "warning",
-            "--no-access-log", "granian_app:serve_app"]
-
-
-def server_env(server: str) -> dict[str, str]:
-    if server == "uvicorn":
-        return {}
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
 
 
 def finished_request(submit: str) -> str:

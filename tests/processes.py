@@ -17,7 +17,8 @@ import httpx
 from tests.services import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
-_RUNNING_ON = re.compile(r"Uvicorn running on https?://[^\s]+:(\d+)")
+# uvicorn's line, or the granian engine's "serving" event (JSON or console logs)
+_RUNNING_ON = re.compile(r"(?:Uvicorn running on |\"url\":\"|url=)https?://[^\s\"]+:(\d+)")
 # This checkout's src first: the editable install points at another checkout's.
 SUBPROCESS_PYTHONPATH = os.pathsep.join([str(REPO / "src"), str(REPO)])
 

@@ -25,31 +25,16 @@ from openhqm.constants import DEFAULT_REQUEST_QUEUE, DEFAULT_RESPONSE_QUEUE, ENV
 from openhqm.errors import ConfigError, MissingDependency
 from openhqm.fanout import check_groups
 from openhqm.flow.limits import FlowSettings
-from openhqm.forward.settings import CallbackSettings, EndpointSettings, MiB, ProxySettings
+from openhqm.forward.settings import CallbackSettings, EndpointSettings, ProxySettings
 from openhqm.http.auth_settings import ApiKeySettings as ApiKeySettings  # re-exported: public names
 from openhqm.http.auth_settings import AuthSettings
 from openhqm.http.auth_settings import JWTSettings as JWTSettings
+from openhqm.http.server_settings import ServerSettings as ServerSettings  # re-exported: public name
 from openhqm.redact import redacted as redacted  # re-exported: config_sources and the CLI read it here
 from openhqm.schedules import ScheduleSettings
 from openhqm.settings_base import RetrySection, Section
 
 _FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("openhqm_config_file_data", default={})  # noqa: B039
-
-
-class ServerSettings(Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    max_body_bytes: int = Field(10 * MiB, gt=0)
-    max_wait_s: float = Field(60.0, ge=0)
-    retry_after_s: int = Field(1, ge=0)
-    instance_id: str | None = None
-    # The HTTP server's limits (http/server_limits.py; docs/operations.md "HTTP server limits").
-    limit_concurrency: int | None = Field(None, gt=0, description="connections + requests before 503s")
-    backlog: int = Field(2048, gt=0, description="connections waiting to be accepted (listen backlog)")
-    timeout_keep_alive_s: int = Field(5, gt=0, description="an idle connection is closed after this")
-    header_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive within this")
-    h11_max_incomplete_event_size: int = Field(16 * 1024, gt=0, description="max request head bytes (h11)")
-    processes: int = Field(1, ge=1, le=256, description="processes serving the port (SO_REUSEPORT); 1: this one")
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -51,9 +51,14 @@ class ServingProcess(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            log.info("serving process ready", process=self.order.index + 1, of=self.order.count, pid=os.getpid())
-            with contextlib.suppress(OSError):  # the parent is gone: PDEATHSIG is on its way
-                os.write(self.order.ready_fd, b"r")
+            announce_ready(self.order)
+
+
+def announce_ready(order: Order) -> None:
+    """One byte on the ready pipe: this process listens."""
+    log.info("serving process ready", process=order.index + 1, of=order.count, pid=os.getpid())
+    with contextlib.suppress(OSError):  # the parent is gone: PDEATHSIG is on its way
+        os.write(order.ready_fd, b"r")
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -77,6 +82,11 @@ def serve(order: Order) -> None:
     configure_tracing(settings.tracing, "openhqm")
     api = create_app(load_app(settings), run_workers=order.run_workers)
     sock = shared_socket(settings.server.host, order.port)
+    if settings.server.engine == "granian":
+        from openhqm.http import granian_server
+
+        granian_server.run(api, settings, sock, on_listening=lambda: announce_ready(order))
+        return
     config = uvicorn.Config(api, **{**server_options(settings), "port": order.port})
     ServingProcess(config, order).run(sockets=[sock])
 

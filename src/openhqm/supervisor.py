@@ -278,6 +278,9 @@ def serve_processes(settings: Settings, run_workers: bool) -> int:
 
         def announce() -> None:
             host = f"[{server.host}]" if ":" in server.host else server.host
+            if server.engine == "granian":
+                log.info("serving", url=f"http://{host}:{port}", engine="granian", processes=server.processes)
+                return
             logging.getLogger("uvicorn.error").info(
                 "Uvicorn running on http://%s:%d (%d processes; Press CTRL+C to quit)", host, port, server.processes)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import signal
 import time
 from pathlib import Path
@@ -94,8 +95,10 @@ async def test_kill_9_mid_way_loses_no_accepted_request(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_sigterm_drains_in_flight_work_and_runs_nothing_twice(tmp_path: Path) -> None:
-    env = {**SAMPLE_ENV, "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log"),
+@pytest.mark.parametrize("engine", ["uvicorn", pytest.param("granian", marks=pytest.mark.skipif(
+    importlib.util.find_spec("granian") is None, reason="the granian extra is not installed"))])
+async def test_sigterm_drains_in_flight_work_and_runs_nothing_twice(tmp_path: Path, engine: str) -> None:
+    env = {**SAMPLE_ENV, "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log"), "OPENHQM_SERVER__ENGINE": engine,
            "OPENHQM_WORKER__CONCURRENCY": "4", "OPENHQM_WORKER__SHUTDOWN_TIMEOUT_S": "20"}
     server = OpenHQMProcess("serve", tmp_path, env).start()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from tests.processes import SUBPROCESS_PYTHONPATH, OpenHQMProcess
 from tests.waiting import wait_until
 
 TWO = {**SAMPLE_ENV, "OPENHQM_SERVER__PROCESSES": "2"}
+needs_granian = pytest.mark.skipif(importlib.util.find_spec("granian") is None,
+                                   reason="the granian extra is not installed")
 
 
 def started_pids(log: str) -> list[int]:
@@ -89,9 +92,10 @@ def test_metrics_add_up_every_process(served: OpenHQMProcess) -> None:
 
 
 @pytest.mark.slow
-async def test_sigterm_during_load_loses_no_accepted_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["uvicorn", pytest.param("granian", marks=needs_granian)])
+async def test_sigterm_during_load_loses_no_accepted_request(tmp_path: Path, engine: str) -> None:
     env = {**TWO, "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log"), "OPENHQM_WORKER__CONCURRENCY": "4",
-           "OPENHQM_WORKER__SHUTDOWN_TIMEOUT_S": "20"}
+           "OPENHQM_WORKER__SHUTDOWN_TIMEOUT_S": "20", "OPENHQM_SERVER__ENGINE": engine}
     server = OpenHQMProcess("serve", tmp_path, env).start()
     try:
         half = asyncio.Event()
@@ -103,7 +107,8 @@ async def test_sigterm_during_load_loses_no_accepted_request(tmp_path: Path) -> 
         print(f"accepted={len(accepted)} of 600")
         assert server.wait_exit(90) == 0, server.log()
         log = server.log()
-        assert log.count("Finished server process") == 2, "each process drained and ended"
+        ended = "Finished server process" if engine == "uvicorn" else '"server stopped"'
+        assert log.count(ended) == 2, "each process drained and ended"
         assert "returned unfinished jobs" not in log, "in-flight jobs finished within the timeout"
         server = OpenHQMProcess("serve", tmp_path, env, log_name="restart").start()
         statuses = await wait_all_terminal(server.url, accepted)

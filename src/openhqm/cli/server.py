@@ -126,6 +126,10 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
     check_port(settings.server.host, settings.server.port)
     preflight(settings)
     try:
+        if settings.server.engine == "granian":
+            from openhqm.http.granian_server import require_granian
+
+            require_granian()
         api = create_app(load_app(settings), run_workers=run_workers)
     except (ConfigError, MissingDependency) as exc:
         fail(str(exc))
@@ -143,6 +147,12 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
             raise typer.Exit(serve_processes(settings, run_workers))
         except ConfigError as exc:
             fail(str(exc))
+    if settings.server.engine == "granian":
+        from openhqm.http import granian_server
+        from openhqm.http.shared_port import shared_socket
+
+        granian_server.run(api, settings, shared_socket(settings.server.host, settings.server.port, shared=False))
+        return
     uvicorn.run(api, **server_options(settings))
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from openhqm.config import ServerSettings, Settings
+from openhqm.config import Settings
+from openhqm.http.server_settings import ServerSettings
 
 _Mixin: Any = object  # the mixin calls uvicorn's protocol methods, which `object` does not declare
 

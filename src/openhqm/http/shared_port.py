@@ -14,15 +14,17 @@ import socket
 from openhqm.errors import ConfigError
 
 
-def shared_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to (host, port) that other processes of this user may bind too; not listening."""
+def shared_socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
+    """A socket bound to (host, port), not listening; with `shared`, other processes of this user may
+    bind it too. Unshared, it is the one socket of a single process (port 0 then reads back)."""
     reuse_port = getattr(socket, "SO_REUSEPORT", None)
-    if reuse_port is None:
+    if reuse_port is None and shared:
         raise ConfigError("server.processes > 1 needs SO_REUSEPORT, which this platform lacks; use 1")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        sock.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
+        if reuse_port is not None and shared:
+            sock.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
