@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 from openhqm.app import OpenHQM
 from openhqm.logging import get_logger
 from openhqm.runtime import Runtime
+from openhqm.signals import drain_on_signals
 from openhqm.worker.pool import WorkerPool
 
 log = get_logger("openhqm.worker")
@@ -26,19 +25,7 @@ async def exit_when_idle(pool: WorkerPool, idle_exit_s: float, stop: asyncio.Eve
 
 async def run_worker(app: OpenHQM) -> None:
     """Run until SIGTERM or SIGINT (or idleness), then drain: a second signal exits at once."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second signal: exiting now; unsettled messages return after their lease")
-            os._exit(1)
-        log.info("signal received: draining", signal=signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-
+    stop = drain_on_signals()
     async with Runtime(app, workers=True, probes=True) as runtime:
         pool = runtime.pool
         assert pool is not None

@@ -23,8 +23,6 @@ sends one stays open (put a proxy in front where clients are untrusted); `timeou
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +32,7 @@ from fastapi import FastAPI
 from openhqm.config import Settings
 from openhqm.errors import MissingDependency
 from openhqm.logging import get_logger
+from openhqm.signals import drain_on_signals
 
 log = get_logger("openhqm.listener")
 
@@ -74,7 +73,7 @@ async def serve(api: FastAPI, settings: Settings, sock: socket.socket,
     from sse_starlette.sse import AppStatus
 
     if stop is None:
-        stop = _on_signals(asyncio.Event())
+        stop = drain_on_signals()
     host, port = sock.getsockname()[:2]
     async with api.router.lifespan_context(api):
         sock.listen(settings.server.backlog)
@@ -95,22 +94,6 @@ async def serve(api: FastAPI, settings: Settings, sock: socket.socket,
         finally:
             AppStatus.should_exit = False  # process-global: a later server in this process starts clean
     log.info("server stopped", engine="granian")
-
-
-def _on_signals(stop: asyncio.Event) -> asyncio.Event:
-    """`stop` set by the first SIGTERM or SIGINT; a second one exits at once, as `openhqm worker` does."""
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second signal: exiting now; unsettled messages return after their lease")
-            os._exit(1)
-        log.info("signal received: draining", signal=signal.Signals(signum).name)
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    return stop
 
 
 def run(api: FastAPI, settings: Settings, sock: socket.socket,
