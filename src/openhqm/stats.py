@@ -7,6 +7,7 @@ from collections import deque
 
 from openhqm.constants import Status
 from openhqm.results.base import RequestRecord
+from openhqm.results.series import percentile
 
 WINDOW_S = 300.0
 
@@ -28,7 +29,7 @@ class RollingStats:
         latencies = sorted(d[2] for d in self._done if d[2] is not None and d[1] == Status.COMPLETED)
 
         def pct(q: float) -> float | None:
-            return round(latencies[min(len(latencies) - 1, int(len(latencies) * q))], 3) if latencies else None
+            return round(percentile(latencies, q), 3) if latencies else None
 
         return {
             "finished_per_s": {"1m": round(len(last_minute) / 60, 3), "5m": round(len(self._done) / self.window_s, 3)},
