@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # OpenHQM image: `openhqm serve` by default; `listener` or `worker` as the command for split deployments.
-#   docker build -t openhqm .                       # every broker extra
+#   docker build -t openhqm .                       # every extra: the brokers, otel, granian
 #   docker build --build-arg EXTRAS=redis -t openhqm:redis .
 ARG PYTHON_IMAGE=python:3.11-slim
 
