@@ -1,9 +1,9 @@
 """`server.engine: granian`: the app behind granian's Rust HTTP server, embedded in this process's loop.
 
 Why: with uvicorn, parsing requests and writing answers are Python work on the one event loop that
-also runs the bridge; when 32 answers of a slow backend return together they queue behind it.
-granian does that work on a Rust thread (docs/benchmarks.md: behind a 50 ms backend 0.92-0.94 of
-direct against 0.87-0.88, and the plain GET 60 % faster).
+also runs the bridge; granian does that work in Rust (docs/benchmarks.md: a plain GET of a result
+46-60 % faster, the waiting submit 8-12 %; behind a 50 ms backend a gain on one machine, none on a
+slower one, where the bridge's own Python work is what the returning answers queue behind).
 
 The same guarantees as `openhqm serve` on uvicorn (http/server_limits.py, supervisor.py):
 - the runtime starts before the port listens and drains after the server stopped; SIGTERM or SIGINT
