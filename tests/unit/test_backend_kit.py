@@ -48,6 +48,25 @@ def test_a_redelivery_counts_the_next_attempt_and_carries_its_due_time_in_second
     assert redelivery(1, None, now=100.0) == {Wire.ATTEMPT: "2"}
 
 
+def test_a_first_publish_carries_its_id_key_and_due_time_and_a_new_id_when_none_is_given() -> None:
+    assert Wire.published("m1", 2.5, now=100.0, key="k") == {
+        Wire.ID: "m1", Wire.KEY: "k", Wire.NOT_BEFORE: "102.5"}
+    assert Wire.published("m1", 0, now=100.0) == {Wire.ID: "m1"}
+    generated = Wire.published(None, None, now=100.0)
+    assert list(generated) == [Wire.ID] and generated[Wire.ID]
+
+
+def test_a_retry_copy_keeps_foreign_headers_and_replaces_the_attempt_and_the_spent_due_time() -> None:
+    original = {Wire.ID: "m1", "Openhqm-Not-Before": "50", Wire.ATTEMPT: "2", "trace": "t"}
+    assert Wire.retried(original, 2, None, now=100.0) == {Wire.ID: "m1", "trace": "t", Wire.ATTEMPT: "3"}
+    assert Wire.retried(original, 2, 5.0, now=100.0)[Wire.NOT_BEFORE] == "105.0"
+
+
+def test_a_dead_letter_copy_carries_the_reason_and_starts_over_at_attempt_one_due_now() -> None:
+    original = {Wire.ID: "m1", Wire.KEY: "k", Wire.NOT_BEFORE: "50", Wire.ATTEMPT: "4", Wire.REASON: "old"}
+    assert Wire.dead_lettered(original, "boom\nagain") == {Wire.ID: "m1", Wire.KEY: "k", Wire.REASON: "boom again"}
+
+
 def test_wire_numbers_are_read_from_bytes_strings_and_numbers_and_garbage_is_none() -> None:
     assert Wire.number(b"12.5") == 12.5 and Wire.number("3") == 3.0 and Wire.number(4) == 4.0
     assert Wire.number(None) is None and Wire.number("soon") is None and Wire.number("nan") is None

@@ -37,9 +37,8 @@ from pydantic import Field
 
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.backends.gcp_pubsub_topics import PubSubTopics, errors
-from openhqm.backends.kit import Admit, Background, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, PrefetchBuffer, Wire, admission
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
-from openhqm.envelope import new_id
 from openhqm.errors import BackendError
 from openhqm.policies import Reconnect
 
@@ -92,14 +91,13 @@ class PubSubDelivery(Delivery):
                 or Wire.NOT_BEFORE in attributes):
             # Pub/Sub would not count this redelivery as we need (no policy, or deliveries spent on a
             # not-before wait), or cannot wait that long: a copy carries the count instead.
-            copy = Wire.carried(attributes, Wire.NOT_BEFORE)
-            copy |= redelivery(self.attempt, delay_s, time.time())
-            await self._backend.repost(self.queue, self._message, copy)
+            await self._backend.repost(self.queue, self._message,
+                                       Wire.retried(attributes, self.attempt, delay_s, time.time()))
         else:
             await self._backend.set_deadline(self.queue, self._message, max(0.0, delay_s or 0.0))
 
     async def _dead_letter(self, reason: str) -> None:
-        copy = {Wire.ID: self.message_id, Wire.REASON: Wire.reason(reason)}
+        copy = Wire.dead_lettered(self._message.attributes, reason) | {Wire.ID: self.message_id}
         await self._backend.topics.publish(dead_letter_queue(self.queue), self.body, copy, self.key)
         await self._backend.topics.acknowledge(self.queue, self._message)
 
@@ -216,10 +214,7 @@ class PubSubBackend(Backend):
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
-        attributes = {Wire.ID: message_id or new_id()}
-        if delay_s and delay_s > 0:
-            attributes[Wire.NOT_BEFORE] = Wire.time(time.time() + delay_s)
-        await self.topics.publish(queue, body, attributes, key)
+        await self.topics.publish(queue, body, Wire.published(message_id, delay_s, time.time()), key)
 
     async def repost(self, queue: str, message: Message, attributes: dict[str, str]) -> None:
         """Publish a copy of `message` with `attributes`, then ack it: a fresh delivery count."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from openhqm.background import Background as Background  # re-exported: the backends take it from the kit
+from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
 from openhqm.redact import mask_url
 
@@ -65,10 +66,6 @@ class Wire:
         return " ".join(text.split())[:MAX_REASON_CHARS] or "-"
 
     @staticmethod
-    def own(headers: Mapping[str, Any]) -> bool:
-        return any(name.lower().startswith(Wire.PREFIX) for name in headers)
-
-    @staticmethod
     def get(headers: Mapping[str, V] | None, name: str) -> V | None:
         """A header by its `Wire` name, whatever its case (NATS keeps the case it was sent with)."""
         return next((value for key, value in (headers or {}).items() if key.lower() == name), None)
@@ -78,6 +75,30 @@ class Wire:
         """The headers a copy of a message keeps: all but the `dropped` Wire names, in any case
         (foreign headers travel on, for whoever else reads the queue)."""
         return {key: value for key, value in headers.items() if key.lower() not in dropped}
+
+    @staticmethod
+    def published(message_id: str | None, delay_s: float | None, now: float, key: str | None = None
+                  ) -> dict[str, str]:
+        """The headers of a first publish: its id (a new one unless given), its key, its due time."""
+        headers = {Wire.ID: message_id or new_id()}
+        if key is not None:
+            headers[Wire.KEY] = key
+        if delay_s is not None and delay_s > 0:
+            headers[Wire.NOT_BEFORE] = Wire.time(now + delay_s)
+        return headers
+
+    @staticmethod
+    def retried(headers: Mapping[str, V], attempt: int, delay_s: float | None, now: float) -> dict[str, V | str]:
+        """The headers of the copy a `nack(delay_s)` publishes: the original's, with the next attempt,
+        due after the delay (an earlier due time is spent)."""
+        return Wire.carried(headers, Wire.NOT_BEFORE, Wire.ATTEMPT) | redelivery(attempt, delay_s, now)
+
+    @staticmethod
+    def dead_lettered(headers: Mapping[str, V], reason: str) -> dict[str, V | str]:
+        """The headers of a dead letter's copy: the original's with the reason, due now, and starting
+        over at attempt 1 when replayed."""
+        kept = Wire.carried(headers, Wire.NOT_BEFORE, Wire.ATTEMPT, Wire.REASON)
+        return kept | {Wire.REASON: Wire.reason(reason)}
 
 
 Rule = tuple[type[BaseException] | tuple[type[BaseException], ...], type[BackendError]]

@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Background, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, Wire, admission
 from openhqm.backends.mqtt_session import NEVER_EXPIRE, Broker, Session, headers_of
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
@@ -82,12 +82,11 @@ class MQTTDelivery(Delivery):
         """The copy a nack publishes (attempt + 1), then the PUBACK; retried on its own by the consumer
         when a redelivery is counted, where no nack (and no settled state) is involved."""
         await self._consumer.replace(self.mid, self.queue, self.body,
-                                     self.headers | redelivery(self.attempt, delay_s, time.time()))
+                                     Wire.retried(self.headers, self.attempt, delay_s, time.time()))
 
     async def _dead_letter(self, reason: str) -> None:
-        headers = {name: value for name, value in self.headers.items() if name in (Wire.ID, Wire.KEY)}
         await self._consumer.replace(self.mid, dead_letter_queue(self.queue), self.body,
-                                     headers | {Wire.REASON: Wire.reason(reason)})
+                                     Wire.dead_lettered(self.headers, reason))
 
 
 class _Consumer(Session):
@@ -274,11 +273,7 @@ class MQTTBackend(Backend):
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
-        # A first attempt, due after delay_s: the headers a nack of "attempt 0" would give its copy.
-        headers = {Wire.ID: message_id or new_id()} | redelivery(0, delay_s, time.time())
-        if key is not None:
-            headers[Wire.KEY] = key
-        await self.send(queue, body, headers)
+        await self.send(queue, body, Wire.published(message_id, delay_s, time.time(), key))
 
     async def send(self, queue: str, body: bytes, headers: dict[str, str]) -> None:
         """Publish with openhqm's headers; where nobody subscribes, hold it in a session or refuse."""

@@ -39,7 +39,6 @@ from openhqm.backends.base import Backend, BackendOptions, Capabilities, Deliver
 from openhqm.backends.kit import Admit, Closing, Wire, admission
 from openhqm.backends.nats_pull import JetStreamMissing, Puller, errors
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
-from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
 from openhqm.policies import Reconnect
 from openhqm.redact import mask_url
@@ -269,14 +268,9 @@ class NATSJetStreamBackend(Backend):
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
-        subject = self.subject(queue)
-        headers: dict[str, str] = {}
-        if key is not None:
-            headers[Wire.KEY] = key
-        if delay_s and delay_s > 0:
-            headers[Wire.NOT_BEFORE] = Wire.time(time.time() + delay_s)
-            subject = f"{subject}.{DELAYED_TOKEN}"
-        await self._publish(subject, body, headers, message_id or new_id())
+        headers = Wire.published(message_id, delay_s, time.time(), key)
+        subject = self.subject(queue) + (f".{DELAYED_TOKEN}" if Wire.NOT_BEFORE in headers else "")
+        await self._publish(subject, body, headers, headers[Wire.ID])
 
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str], message_id: str) -> None:
         """Publish and wait for the stream's ack. The dedup id is scoped by subject, because the
@@ -295,7 +289,7 @@ class NATSJetStreamBackend(Backend):
                                      f"to {subject} (nats-py is reconnecting)")
 
     async def _dead_letter(self, queue: str, msg: Msg, message_id: str, reason: str) -> None:
-        headers = {**_copied_headers(msg, Wire.ID, Wire.NOT_BEFORE, Wire.REASON), Wire.REASON: Wire.reason(reason)}
+        headers = Wire.dead_lettered(_copied_headers(msg), reason)
         await self._forward(msg, self.subject(dead_letter_queue(queue)), message_id, headers)
 
     async def _forward(self, msg: Msg, subject: str, message_id: str, headers: dict[str, str]) -> None:
