@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 
-from openhqm.backends.base import Backend, BackendOptions
+from openhqm.backends.base import Backend, BackendOptions, Delivery
 from openhqm.backends.kit import (
     Admit,
     Background,
@@ -20,7 +21,7 @@ from openhqm.backends.kit import (
     reraise_swallowed_cancel,
 )
 from openhqm.config import load_settings
-from openhqm.errors import BackendError, BackendUnavailable, ConfigError, NotFound
+from openhqm.errors import AlreadySettled, BackendError, BackendUnavailable, ConfigError, NotFound
 from openhqm.policies import Backoff, Reconnect, RetryPolicy
 
 
@@ -344,3 +345,31 @@ async def test_a_call_made_through_closing_returns_its_result_or_raises_its_erro
     assert await closing.unless_closed(answer()) == 42
     with pytest.raises(ConnectionError):
         await closing.unless_closed(broken())
+
+
+class _Recorded(Delivery):
+    """A delivery that records how it was settled."""
+
+    def __init__(self, *, lease_until: float | None = None) -> None:
+        super().__init__("q", b"", attempt=1, message_id="m1")
+        self.lease_until, self.calls = lease_until, list[str]()
+
+    async def _ack(self) -> None:
+        self.calls.append("ack")
+
+    async def _nack(self, delay_s: float | None) -> None:
+        self.calls.append("nack")
+
+    async def _dead_letter(self, reason: str) -> None:
+        self.calls.append(f"dead_letter: {reason}")
+
+
+async def test_a_settle_after_the_lease_ended_changes_nothing_but_still_counts_as_the_one_settle() -> None:
+    late = _Recorded(lease_until=time.monotonic() - 1)
+    await late.ack()
+    assert late.calls == [] and late.settled == "ack"
+    with pytest.raises(AlreadySettled):
+        await late.nack()
+    timely = _Recorded(lease_until=time.monotonic() + 60)
+    await timely.nack()
+    assert timely.calls == ["nack"]

@@ -97,29 +97,18 @@ class NATSDelivery(Delivery):
         self._backend = backend
         self._msg = msg
         # The puller hands out only messages with at least half their ack_wait left (max_age_s).
-        self._lease_until = time.monotonic() + backend.options.ack_wait_s / 2
-
-    def _late(self) -> bool:
-        """Past this delivery's ack_wait: JetStream may have given the message to another consumer, and
-        an ack now would delete that live copy (a late nak would add a copy), so it changes nothing."""
-        if time.monotonic() < self._lease_until:
-            return False
-        log.warning("nats.late_settle", queue=self.queue, message_id=self.message_id)
-        return True
+        self.lease_until = time.monotonic() + backend.options.ack_wait_s / 2
 
     async def _ack(self) -> None:
-        if not self._late():
-            with errors("ack"):
-                await self._msg.ack_sync(timeout=API_TIMEOUT_S)
+        with errors("ack"):
+            await self._msg.ack_sync(timeout=API_TIMEOUT_S)
 
     async def _nack(self, delay_s: float | None) -> None:
-        if not self._late():
-            with errors("nak"):
-                await self._msg.nak(delay=delay_s if delay_s and delay_s > 0 else None)
+        with errors("nak"):
+            await self._msg.nak(delay=delay_s if delay_s and delay_s > 0 else None)
 
     async def _dead_letter(self, reason: str) -> None:
-        if not self._late():
-            await self._backend._dead_letter(self.queue, self._msg, self.message_id, reason)
+        await self._backend._dead_letter(self.queue, self._msg, self.message_id, reason)
 
     async def extend_lease(self, seconds: float) -> None:
         """Restart the ack_wait_s timer (JetStream cannot extend by an arbitrary amount)."""
@@ -127,7 +116,7 @@ class NATSDelivery(Delivery):
             started = time.monotonic()
             with errors("in progress"):
                 await self._msg.in_progress()
-            self._lease_until = started + self._backend.options.ack_wait_s
+            self.lease_until = started + self._backend.options.ack_wait_s
 
 
 class NATSJetStreamBackend(Backend):

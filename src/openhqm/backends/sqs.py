@@ -113,27 +113,17 @@ class SQSDelivery(Delivery):
         self._backend = backend
         self._attributes = attributes
         self._handle: str = self._message["ReceiptHandle"]
-        self._lease_until = backend._lease_end(self._received_at)
+        # Past it, a settle changes nothing (`Delivery._late`): moto deletes even by a stale receipt handle.
+        self.lease_until = backend._lease_end(self._received_at)
 
     def _visibility_budget(self) -> int:
         """Seconds of invisibility this receive can still get (SQS counts 12 h from the receive)."""
         return max(0, int(HOLD_MAX_S - (time.monotonic() - self._received_at)))
 
-    def _late(self) -> bool:
-        """Past this receive's lease: the message may be another consumer's now, and a settle by this
-        receipt handle could change that live copy (moto deletes by it), so it changes nothing."""
-        if time.monotonic() < self._lease_until:
-            return False
-        log.warning("sqs.late_settle", queue=self.queue, message_id=self.message_id)
-        return True
-
     async def _ack(self) -> None:
-        if not self._late():
-            await self._backend.queues.delete(self._url, self._handle)
+        await self._backend.queues.delete(self._url, self._handle)
 
     async def _nack(self, delay_s: float | None) -> None:
-        if self._late():
-            return
         seconds = math.ceil(max(0.0, delay_s or 0.0))
         if seconds <= self._visibility_budget():
             await self._backend.queues.set_visibility(self._url, self._handle, seconds, missing_ok=True)
@@ -142,8 +132,6 @@ class SQSDelivery(Delivery):
                                     Wire.retried(self._attributes, self.attempt, delay_s, time.time()))
 
     async def _dead_letter(self, reason: str) -> None:
-        if self._late():
-            return
         await self._backend._send(dead_letter_queue(self.queue), self._message["Body"],
                                   Wire.dead_lettered(self._attributes, reason), dedup_id=self.message_id)
         await self._backend.queues.delete(self._url, self._handle)
@@ -153,7 +141,7 @@ class SQSDelivery(Delivery):
         if self.settled is None and not self._late():
             now, visibility = time.monotonic(), min(math.ceil(seconds), self._visibility_budget())
             await self._backend.queues.set_visibility(self._url, self._handle, visibility)
-            self._lease_until = now + visibility
+            self.lease_until = now + visibility
 
 
 class SQSBackend(Backend):
