@@ -19,6 +19,7 @@ from openhqm.backends.kit import (
     admission,
     redelivery,
     reraise_swallowed_cancel,
+    within_limit,
 )
 from openhqm.config import load_settings
 from openhqm.errors import AlreadySettled, BackendError, BackendUnavailable, ConfigError, NotFound
@@ -348,11 +349,11 @@ async def test_a_call_made_through_closing_returns_its_result_or_raises_its_erro
 
 
 class _Recorded(Delivery):
-    """A delivery that records how it was settled."""
+    """A delivery that records how it was settled; `fail` makes its settles raise BackendUnavailable."""
 
-    def __init__(self, *, lease_until: float | None = None) -> None:
+    def __init__(self, *, fail: bool = False, lease_until: float | None = None) -> None:
         super().__init__("q", b"", attempt=1, message_id="m1")
-        self.lease_until, self.calls = lease_until, list[str]()
+        self.fail, self.lease_until, self.calls = fail, lease_until, list[str]()
 
     async def _ack(self) -> None:
         self.calls.append("ack")
@@ -361,7 +362,19 @@ class _Recorded(Delivery):
         self.calls.append("nack")
 
     async def _dead_letter(self, reason: str) -> None:
+        if self.fail:
+            raise BackendUnavailable("down")
         self.calls.append(f"dead_letter: {reason}")
+
+
+async def test_a_delivery_past_the_brokers_delivery_limit_is_dead_lettered_with_the_limit_named() -> None:
+    within = _Recorded()
+    assert await within_limit(within, 2, 2, "queue.x.max is 2") is within and within.calls == []
+    assert await within_limit(within, None, 2, "queue.x.max is 2") is within
+    past = _Recorded()
+    assert await within_limit(past, 3, 2, "queue.x.max is 2") is None
+    assert past.calls == ["dead_letter: delivered 3 times; queue.x.max is 2"]
+    assert await within_limit(_Recorded(fail=True), 3, 2, "queue.x.max is 2") is None  # logged; it comes back
 
 
 async def test_a_settle_after_the_lease_ended_changes_nothing_but_still_counts_as_the_one_settle() -> None:

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.backends.gcp_pubsub_topics import PubSubTopics, errors
-from openhqm.backends.kit import Admit, Background, PrefetchBuffer, Wire, admission
+from openhqm.backends.kit import Admit, Background, PrefetchBuffer, Wire, admission, within_limit
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.errors import BackendError
 from openhqm.policies import Reconnect
@@ -265,7 +265,11 @@ class PubSubBackend(Backend):
         not_before = Wire.number(message.attributes.get(Wire.NOT_BEFORE))
         decision = admission(not_before, time.time(), max_hold_s=MAX_ACK_DEADLINE_S)
         if decision.action is Admit.DELIVER:
-            return await self._within_limit(PubSubDelivery(self, queue, message), message.delivery_attempt)
+            # Its last delivery (Pub/Sub's policy then forwards it to Q.dlq, the emulator drops it) is
+            # dead-lettered here, with a reason, so both end the same way and the bridge sees it.
+            limit = self.options.max_delivery_attempts
+            return await within_limit(PubSubDelivery(self, queue, message), message.delivery_attempt, limit - 1,
+                                      f"queue.pubsub.max_delivery_attempts is {limit}")
         try:
             # No native delay: a message comes back at once, so a re-post follows a first hold of the
             # longest deadline, and waits never use up the dead-letter policy's delivery attempts.
@@ -275,19 +279,6 @@ class PubSubBackend(Backend):
                 await self.set_deadline(queue, message, min(decision.wait_s, MAX_ACK_DEADLINE_S))
         except BackendError as exc:
             log.warning("pubsub.delay_failed", queue=queue, error=str(exc))  # it comes back after its lease
-        return None
-
-    async def _within_limit(self, delivery: PubSubDelivery, delivered: int | None) -> PubSubDelivery | None:
-        """The delivery, or None on its `max_delivery_attempts`-th: the last one Pub/Sub makes, after
-        which its policy forwards the message to Q.dlq (the emulator drops it instead). The backend
-        moves it then itself, with a reason, so both end the same way and the bridge sees it."""
-        limit = self.options.max_delivery_attempts
-        if delivered is None or delivered < limit:
-            return delivery
-        try:
-            await delivery.dead_letter(f"delivered {delivered} times; queue.pubsub.max_delivery_attempts is {limit}")
-        except BackendError as exc:  # it comes back after its lease and is moved then
-            log.warning("pubsub.dead_letter_failed", queue=delivery.queue, error=str(exc))
         return None
 
     # -- settling ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 - `Wire`: the message headers/attributes/properties openhqm writes beside a body, one spelling,
   one unit (seconds since the epoch for times, decimal strings on the wire).
 - `ErrorMap`: the one place where a driver's exceptions become openhqm's, per backend a table.
-- `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays.
+- `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays;
+  `within_limit`: the dead letter of a message past the broker's delivery limit.
 - `PrefetchBuffer`: messages fetched ahead, handed back to the broker when the consumer closes.
 - `Background` (from `openhqm/background.py`, shared with the listener): tasks started on the side,
   which close() waits for.
@@ -19,14 +20,21 @@ import contextlib
 import enum
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import structlog
 
 from openhqm.background import Background as Background  # re-exported: the backends take it from the kit
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
 from openhqm.redact import mask_url
 
+if TYPE_CHECKING:
+    from openhqm.backends.base import Delivery
+
+log = structlog.get_logger(__name__)
 V = TypeVar("V")
+D = TypeVar("D", bound="Delivery")
 MAX_REASON_CHARS = 1000  # a dead-letter reason travels in a header: bounded
 
 
@@ -185,6 +193,19 @@ def redelivery(attempt: int, delay_s: float | None, now: float) -> dict[str, str
     if delay_s is not None and delay_s > 0:
         headers[Wire.NOT_BEFORE] = Wire.time(now + delay_s)
     return headers
+
+
+async def within_limit(delivery: D, delivered: int | None, allowed: int, limit: str) -> D | None:
+    """`delivery`, or None past `allowed` deliveries: then it is moved to the dead-letter queue with a
+    reason naming the `limit` setting (the broker's own limit would strand or drop it instead). A move
+    that fails is logged: the message comes back after its lease, and is moved then."""
+    if delivered is None or delivered <= allowed:
+        return delivery
+    try:
+        await delivery.dead_letter(f"delivered {delivered} times; {limit}")
+    except BackendError as exc:
+        log.warning("dead_letter_over_limit_failed", queue=delivery.queue, error=str(exc))
+    return None
 
 
 T = TypeVar("T")

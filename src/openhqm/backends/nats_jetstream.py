@@ -36,7 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Closing, Wire, admission
+from openhqm.backends.kit import Admit, Closing, Wire, admission, within_limit
 from openhqm.backends.nats_pull import JetStreamMissing, Puller, errors
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.errors import BackendError, BackendUnavailable
@@ -322,16 +322,9 @@ class NATSJetStreamBackend(Backend):
             await puller.stop()
 
     async def _admit(self, queue: str, msg: Msg) -> NATSDelivery | None:
-        delivery = NATSDelivery(self, queue, msg)
-        limit = self.options.max_deliver
-        if delivery.attempt <= limit or queue.endswith(DEAD_LETTER_SUFFIX):
-            return delivery
-        try:
-            await self._dead_letter(queue, msg, delivery.message_id,
-                                    f"delivered {delivery.attempt} times; queue.nats.max_deliver is {limit}")
-        except BackendError as exc:  # it comes back after ack_wait_s and is moved then
-            log.warning("nats could not dead-letter a message over max_deliver", queue=queue, error=str(exc))
-        return None
+        delivery, limit = NATSDelivery(self, queue, msg), self.options.max_deliver
+        delivered = None if queue.endswith(DEAD_LETTER_SUFFIX) else delivery.attempt
+        return await within_limit(delivery, delivered, limit, f"queue.nats.max_deliver is {limit}")
 
     async def _move_due(self, queue: str) -> None:
         """Hand the queue's delayed messages over to it once they are due (the delay emulation)."""
