@@ -24,6 +24,7 @@ from openhqm.backends.kit import (
 from openhqm.config import load_settings
 from openhqm.errors import AlreadySettled, BackendError, BackendUnavailable, ConfigError, NotFound
 from openhqm.policies import Backoff, Reconnect, RetryPolicy
+from openhqm.redact import SECRET_MASK
 
 
 def test_a_message_without_a_not_before_time_is_delivered_at_once() -> None:
@@ -260,6 +261,17 @@ def test_backend_options_come_from_their_queue_section_with_defaults() -> None:
     assert _Pingless(load_settings(overrides={"queue": {"type": PINGLESS}})).options == _Options()
     with pytest.raises(ConfigError, match=r"setting 'queue.pingless.limit' \(got 'many'\)"):
         load_settings(overrides={"queue": {"type": PINGLESS, "pingless": {"limit": "many"}}})
+
+
+@pytest.mark.parametrize(("name", "shown"), [("nats", f"nats://u:{SECRET_MASK}@h:4222"), ("mqtt", f"mqtt://u:{SECRET_MASK}@h:1883"),
+                                             ("rabbitmq", f"amqp://u:{SECRET_MASK}@h/"), ("memory", "memory")])
+def test_a_backend_is_shown_by_its_url_option_without_the_password(name: str, shown: str) -> None:
+    from openhqm.backends import create_backend
+
+    url = {"nats": "nats://u:pw@h:4222", "mqtt": "mqtt://u:pw@h:1883", "rabbitmq": "amqp://u:pw@h/"}.get(name)
+    section = {name: {"url": url}} if url else {}
+    backend = create_backend(load_settings(overrides={"queue": {"type": name, **section}}))
+    assert backend.display_url == shown
 
 
 def test_a_backend_section_with_a_typo_names_the_key_and_suggests_the_backend() -> None:

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import structlog
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from openhqm.constants import DEFAULT_PRIORITY
 from openhqm.errors import AlreadySettled
@@ -155,8 +155,9 @@ class Backend(ABC):
 
     @property
     def display_url(self) -> str:
-        """Where this backend points, with any password masked."""
-        return self.name
+        """Where this backend points (its `url` option, where it has one), with any password masked."""
+        url = getattr(self.options, "url", None)
+        return mask_url(url.get_secret_value()) if isinstance(url, SecretStr) else self.name
 
     @abstractmethod
     async def connect(self) -> None: ...

@@ -36,7 +36,6 @@ from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
 from openhqm.policies import Reconnect
-from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
@@ -212,8 +211,8 @@ class MQTTBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._url = self.options.url.get_secret_value()
-        self.broker = Broker.parse(self._url, keepalive_s=self.options.keepalive_s, timeout_s=self.options.timeout_s)
+        self.broker = Broker.parse(self.options.url.get_secret_value(), keepalive_s=self.options.keepalive_s,
+                                   timeout_s=self.options.timeout_s)
         self.client_id = self.options.client_id or f"openhqm-{socket.gethostname()}"
         self.expiry_s = self.options.session_expiry_s or NEVER_EXPIRE  # of every persistent session
         self._validate_topic_part("queue.mqtt.topic_prefix", self.options.topic_prefix)
@@ -222,10 +221,6 @@ class MQTTBackend(Backend):
         self.consumers: set[_Consumer] = set()
         self.background = Background()  # consumers closing themselves after their session was lost
         self._session_locks: dict[str, asyncio.Lock] = {}
-
-    @property
-    def display_url(self) -> str:
-        return mask_url(self._url)
 
     @staticmethod
     def _validate_topic_part(what: str, value: str, *, levels: bool = True) -> None:

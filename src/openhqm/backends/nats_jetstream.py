@@ -145,10 +145,6 @@ class NATSJetStreamBackend(Backend):
     def lease_s(self) -> float | None:
         return self.options.ack_wait_s
 
-    @property
-    def display_url(self) -> str:
-        return mask_url(self.options.url.get_secret_value())
-
     def subject(self, queue: str) -> str:
         return queue_subject(self.prefix, queue)
 

@@ -52,7 +52,6 @@ from openhqm.backends.rabbitmq_consumer import (
 from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
-from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -122,10 +121,6 @@ class RabbitMQBackend(Backend):
         self._changed = asyncio.Event()  # set (and replaced) when the connection or a channel goes or comes
         self._lost_at: float | None = None  # loop time the connection dropped; None while it is up
         self._bounded: set[asyncio.Timeout] = set()  # the calls under way in _unless_down
-
-    @property
-    def display_url(self) -> str:
-        return mask_url(self.options.url.get_secret_value())
 
     async def connect(self) -> None:
         if self._connection is not None:

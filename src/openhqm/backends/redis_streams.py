@@ -51,7 +51,6 @@ from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
 from openhqm.policies import Reconnect
-from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -142,10 +141,6 @@ class RedisStreamsBackend(Backend):
     @property
     def lease_s(self) -> float | None:
         return self.options.lease_s
-
-    @property
-    def display_url(self) -> str:
-        return mask_url(self.options.url.get_secret_value())
 
     def _pool(self, pool_class: type[aioredis.ConnectionPool], max_connections: int) -> aioredis.ConnectionPool:
         try:
