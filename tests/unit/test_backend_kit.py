@@ -17,6 +17,7 @@ from openhqm.backends.kit import (
     PrefetchBuffer,
     Wire,
     admission,
+    connected,
     redelivery,
     reraise_swallowed_cancel,
     within_limit,
@@ -398,3 +399,10 @@ async def test_a_settle_after_the_lease_ended_changes_nothing_but_still_counts_a
     timely = _Recorded(lease_until=time.monotonic() + 60)
     await timely.nack()
     assert timely.calls == ["nack"]
+
+
+def test_a_part_of_a_connection_that_is_not_there_is_backend_unavailable() -> None:
+    client = object()
+    assert connected("testbroker", client) is client
+    with pytest.raises(BackendUnavailable, match="testbroker backend is not connected"):
+        connected("testbroker", None)

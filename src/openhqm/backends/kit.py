@@ -2,7 +2,8 @@
 
 - `Wire`: the message headers/attributes/properties openhqm writes beside a body, one spelling,
   one unit (seconds since the epoch for times, decimal strings on the wire).
-- `ErrorMap`: the one place where a driver's exceptions become openhqm's, per backend a table.
+- `ErrorMap`: the one place where a driver's exceptions become openhqm's, per backend a table;
+  `connected`: the one error for a call before connect() or after close().
 - `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays;
   `within_limit`: the dead letter of a message past the broker's delivery limit.
 - `PrefetchBuffer`: messages fetched ahead, handed back to the broker when the consumer closes.
@@ -209,6 +210,13 @@ async def within_limit(delivery: D, delivered: int | None, allowed: int, limit: 
 
 
 T = TypeVar("T")
+
+
+def connected(broker: str, part: T | None) -> T:
+    """`part` of a connection (a client, a channel), or BackendUnavailable while there is none."""
+    if part is None:
+        raise BackendUnavailable(f"{broker} backend is not connected")
+    return part
 
 
 class PrefetchBuffer(Generic[T]):

@@ -36,7 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Closing, Wire, admission, within_limit
+from openhqm.backends.kit import Admit, Closing, Wire, admission, connected, within_limit
 from openhqm.backends.nats_pull import JetStreamMissing, Puller, errors
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.errors import BackendError, BackendUnavailable
@@ -149,14 +149,10 @@ class NATSJetStreamBackend(Backend):
         return queue_subject(self.prefix, queue)
 
     def _connection(self) -> NATS:
-        if self._nc is None:
-            raise BackendUnavailable("nats backend is not connected")
-        return self._nc
+        return connected("nats", self._nc)
 
     def _jetstream(self) -> JetStreamContext:
-        if self._js is None:
-            raise BackendUnavailable("nats backend is not connected")
-        return self._js
+        return connected("nats", self._js)
 
     async def connect(self) -> None:
         if self._nc is not None:

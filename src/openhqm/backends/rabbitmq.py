@@ -39,7 +39,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Wire, admission
+from openhqm.backends.kit import Admit, Wire, admission, connected
 from openhqm.backends.rabbitmq_consumer import (
     CLEANUP_TIMEOUT_S,
     Consumer,
@@ -196,9 +196,7 @@ class RabbitMQBackend(Backend):
             self._bounded.discard(bound)
 
     def _channels(self) -> tuple[AbstractRobustChannel, AbstractRobustChannel]:
-        if self._publisher is None or self._admin is None:
-            raise BackendUnavailable("rabbitmq backend is not connected (call connect() first)")
-        return self._publisher, self._admin
+        return connected("rabbitmq", self._publisher), connected("rabbitmq", self._admin)
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
@@ -299,10 +297,9 @@ class RabbitMQBackend(Backend):
             await consumer.stop()
 
     async def _start_consumer(self, queue: str, prefetch: int) -> Consumer:
-        if self._connection is None:
-            raise BackendUnavailable("rabbitmq backend is not connected (call connect() first)")
+        connection = connected("rabbitmq", self._connection)
         with errors(f"consume from {queue!r}"):
-            channel = await self._connection.channel(publisher_confirms=False)
+            channel = await connection.channel(publisher_confirms=False)
             try:
                 await channel.set_qos(prefetch_count=prefetch)
                 amqp_queue = await channel.declare_queue(queue, durable=True, arguments=QUEUE_ARGUMENTS)

@@ -45,7 +45,7 @@ from redis.backoff import ExponentialBackoff
 
 from openhqm.backends import redis_streams_lua as lua
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Closing, PrefetchBuffer
+from openhqm.backends.kit import Closing, PrefetchBuffer, connected
 from openhqm.backends.redis_streams_lua import GROUP, Entry, GroupLost, Keys, errors
 from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
@@ -203,9 +203,7 @@ class RedisStreamsBackend(Backend):
 
     def _clients(self) -> tuple[aioredis.Redis, aioredis.Redis]:
         """The clients for commands and for blocking reads."""
-        if self._redis is None or self._blocking is None:
-            raise BackendUnavailable("redis backend is not connected")
-        return self._redis, self._blocking
+        return connected("redis", self._redis), connected("redis", self._blocking)
 
     async def _call(self, script: str, keys: Sequence[str], args: Sequence[Any], action: str) -> Any:
         if not self._scripts:
