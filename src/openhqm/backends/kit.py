@@ -4,6 +4,7 @@
   one unit (seconds since the epoch for times, decimal strings on the wire).
 - `ErrorMap`: the one place where a driver's exceptions become openhqm's, per backend a table;
   `connected`: the one error for a call before connect() or after close().
+- `percent_encoded`: queue names made into the resource names a broker accepts.
 - `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays;
   `within_limit`: the dead letter of a message past the broker's delivery limit.
 - `PrefetchBuffer`: messages fetched ahead, handed back to the broker when the consumer closes.
@@ -19,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -210,6 +212,12 @@ async def within_limit(delivery: D, delivered: int | None, allowed: int, limit: 
 
 
 T = TypeVar("T")
+
+
+def percent_encoded(name: str, safe: re.Pattern[str]) -> str:
+    """`name` with each character `safe` does not match written as %XX (its UTF-8 bytes): a queue name
+    made into a broker's resource name, still distinct for distinct queues."""
+    return "".join(c if safe.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
 
 
 def connected(broker: str, part: T | None) -> T:

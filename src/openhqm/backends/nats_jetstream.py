@@ -36,7 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Closing, Wire, admission, connected, within_limit
+from openhqm.backends.kit import Admit, Closing, Wire, admission, connected, percent_encoded, within_limit
 from openhqm.backends.nats_pull import JetStreamMissing, Puller, errors
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.errors import BackendError, BackendUnavailable
@@ -63,7 +63,7 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 def subject_token(part: str) -> str:
     if not part:
         return "%"
-    return "".join(c if _TOKEN_SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in part)
+    return percent_encoded(part, _TOKEN_SAFE)
 
 
 def queue_subject(prefix: str, queue: str) -> str:
