@@ -145,12 +145,7 @@ class RabbitMQDelivery(Delivery):
                 f" the broker has returned it to {self.queue!r}")
 
     async def _ack(self) -> None:
-        try:
-            self._require_open()
-            with errors(f"ack on {self.queue!r}"):
-                await self._message.ack()
-        finally:
-            await self._consumer.settled()
+        await self._move(None, {}, None)
 
     async def _nack(self, delay_s: float | None) -> None:
         headers = Wire.retried(copied_headers(self._message), self.attempt, delay_s, time.time())
@@ -159,11 +154,13 @@ class RabbitMQDelivery(Delivery):
     async def _dead_letter(self, reason: str) -> None:
         await self._move(dead_letter_queue(self.queue), Wire.dead_lettered(copied_headers(self._message), reason), None)
 
-    async def _move(self, queue: str, headers: dict[str, Any], delay_s: float | None) -> None:
-        """Publish a copy (confirmed), then ack the original: a crash in between duplicates, never loses."""
+    async def _move(self, queue: str | None, headers: dict[str, Any], delay_s: float | None) -> None:
+        """Publish a copy to `queue` (confirmed; none for an ack), then ack the original: a crash in
+        between duplicates, never loses."""
         try:
             self._require_open()
-            await self._consumer.send(queue, copy_of(self._message, self.message_id, headers), delay_s)
+            if queue is not None:
+                await self._consumer.send(queue, copy_of(self._message, self.message_id, headers), delay_s)
             with errors(f"ack on {self.queue!r}"):
                 await self._message.ack()
         finally:
