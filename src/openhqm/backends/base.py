@@ -41,7 +41,9 @@ class Support(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """Facts about a backend that the core and the contract suite read (never marketing)."""
+    """Facts about a backend that the core and the contract suite read (never marketing). A backend
+    states only where it differs from these defaults: no priority, delay or ordering key, emulated
+    dead letters, durable and shared between processes, no lease extension."""
 
     priority: Support = Support.NONE
     delay: Support = Support.NONE

@@ -171,11 +171,8 @@ class PubSubBackend(Backend):
     name = "pubsub"
     options_model = PubSubOptions
     options: PubSubOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NATIVE,
-        dead_letter=Support.EMULATED, lease_extension=True, durable=True, shared_between_processes=True,
-        max_message_bytes=10_000_000, depth=False,
-    )
+    capabilities = Capabilities(delay=Support.EMULATED, ordering_key=Support.NATIVE, lease_extension=True,
+                                max_message_bytes=10_000_000, depth=False)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

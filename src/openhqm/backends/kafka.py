@@ -93,11 +93,7 @@ class KafkaBackend(Backend):
     name = "kafka"
     options_model: ClassVar[type[BackendOptions]] = KafkaOptions
     options: KafkaOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NATIVE,
-        dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
-        max_message_bytes=1_000_000,
-    )
+    capabilities = Capabilities(delay=Support.EMULATED, ordering_key=Support.NATIVE, max_message_bytes=1_000_000)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

@@ -203,11 +203,7 @@ class MQTTBackend(Backend):
     name = "mqtt"
     options_model = MQTTOptions
     options: MQTTOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NONE,
-        dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
-        depth=False,
-    )
+    capabilities = Capabilities(delay=Support.EMULATED, depth=False)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

@@ -123,11 +123,7 @@ class NATSJetStreamBackend(Backend):
     name = "nats"
     options_model = NATSOptions
     options: NATSOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NONE, dead_letter=Support.EMULATED,
-        lease_extension=True, durable=True, shared_between_processes=True,
-        max_message_bytes=MAX_MESSAGE_BYTES, max_delay_s=None,
-    )
+    capabilities = Capabilities(delay=Support.EMULATED, lease_extension=True, max_message_bytes=MAX_MESSAGE_BYTES)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

@@ -102,11 +102,7 @@ class RabbitMQBackend(Backend):
     name = "rabbitmq"
     options_model = RabbitMQOptions
     options: RabbitMQOptions
-    capabilities = Capabilities(
-        priority=Support.NATIVE, delay=Support.EMULATED, ordering_key=Support.NONE,
-        dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
-        max_message_bytes=MAX_MESSAGE_BYTES, max_delay_s=None,
-    )
+    capabilities = Capabilities(priority=Support.NATIVE, delay=Support.EMULATED, max_message_bytes=MAX_MESSAGE_BYTES)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

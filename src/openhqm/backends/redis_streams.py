@@ -120,11 +120,8 @@ class RedisStreamsBackend(Backend):
     name = "redis"
     options_model = RedisStreamsOptions
     options: RedisStreamsOptions
-    capabilities = Capabilities(
-        priority=Support.EMULATED, delay=Support.EMULATED, ordering_key=Support.NONE,
-        dead_letter=Support.EMULATED, lease_extension=True, durable=True, shared_between_processes=True,
-        max_message_bytes=512 * 1024 * 1024,
-    )
+    capabilities = Capabilities(priority=Support.EMULATED, delay=Support.EMULATED, lease_extension=True,
+                                max_message_bytes=512 * 1024 * 1024)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

@@ -148,11 +148,8 @@ class SQSBackend(Backend):
     name = "sqs"
     options_model = SQSOptions
     options: SQSOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.NATIVE, ordering_key=Support.NONE, dead_letter=Support.NATIVE,
-        lease_extension=True, durable=True, shared_between_processes=True,
-        max_message_bytes=MAX_MESSAGE_BYTES, max_delay_s=None,
-    )
+    capabilities = Capabilities(delay=Support.NATIVE, dead_letter=Support.NATIVE, lease_extension=True,
+                                max_message_bytes=MAX_MESSAGE_BYTES)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
