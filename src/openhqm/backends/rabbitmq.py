@@ -268,13 +268,14 @@ class RabbitMQBackend(Backend):
         count = declared.declaration_result.message_count
         return count or 0
 
-    def _delay_queues(self, queue: str) -> list[tuple[str, dict[str, Any]]]:
-        """The delay queues of `queue` that may still hold messages this process sent."""
+    def _queues_of(self, queue: str) -> list[tuple[str, dict[str, Any]]]:
+        """`queue` and the delay queues of it that may still hold messages this process sent."""
         now = time.monotonic()
         known = self._delayed[queue]
         for ttl_ms in [t for t, until in known.items() if until < now]:
             del known[ttl_ms]
-        return [(delay_queue(queue, ttl_ms), _delay_arguments(queue, ttl_ms)) for ttl_ms in sorted(known)]
+        delay_queues = [(delay_queue(queue, ttl_ms), _delay_arguments(queue, ttl_ms)) for ttl_ms in sorted(known)]
+        return [(queue, QUEUE_ARGUMENTS), *delay_queues]
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
         consumer = await self._start_consumer(queue, prefetch)
@@ -323,15 +324,12 @@ class RabbitMQBackend(Backend):
     async def depth(self, queue: str) -> int:
         """Ready messages, plus those in the delay queues this process sent to (AMQP cannot list
         queues, and only this process knows which delay queues it used)."""
-        count = await self._declare(queue, QUEUE_ARGUMENTS)
-        for name, arguments in self._delay_queues(queue):
-            count += await self._declare(name, arguments)
-        return count
+        return sum([await self._declare(name, arguments) for name, arguments in self._queues_of(queue)])
 
     async def purge(self, queue: str) -> int:
         _, admin = self._channels()
         total = 0
-        for name, arguments in [(queue, QUEUE_ARGUMENTS), *self._delay_queues(queue)]:
+        for name, arguments in self._queues_of(queue):
             await self._declare(name, arguments)  # so the purge cannot fail with 404
             with errors(f"purge {name!r}"):
                 channel = await admin.get_underlay_channel()
