@@ -87,12 +87,16 @@ def _copied_headers(msg: Msg, *dropped: str) -> dict[str, str]:
     return Wire.carried({k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}, *dropped)
 
 
+def _message_id(msg: Msg) -> str:
+    """Ours, else the publisher's dedup id, else the message's place in the stream."""
+    meta = msg.metadata
+    return (Wire.get(msg.headers, Wire.ID) or (msg.headers or {}).get(MSG_ID_HEADER)
+            or f"{meta.stream}:{meta.sequence.stream}")
+
+
 class NATSDelivery(Delivery):
     def __init__(self, backend: NATSJetStreamBackend, queue: str, msg: Msg) -> None:
-        meta = msg.metadata
-        message_id = (Wire.get(msg.headers, Wire.ID) or (msg.headers or {}).get(MSG_ID_HEADER)
-                      or f"{meta.stream}:{meta.sequence.stream}")
-        super().__init__(queue, msg.data, attempt=meta.num_delivered, message_id=message_id,
+        super().__init__(queue, msg.data, attempt=msg.metadata.num_delivered, message_id=_message_id(msg),
                          key=Wire.get(msg.headers, Wire.KEY))
         self._backend = backend
         self._msg = msg
@@ -328,8 +332,8 @@ class NATSJetStreamBackend(Backend):
                         with errors("nak"):
                             await msg.nak(delay=decision.wait_s)
                     else:
-                        message_id = Wire.get(msg.headers, Wire.ID) or f"{self.stream}:{msg.metadata.sequence.stream}"
-                        await self._forward(msg, subject, message_id, _copied_headers(msg, Wire.ID, Wire.NOT_BEFORE))
+                        headers = _copied_headers(msg, Wire.ID, Wire.NOT_BEFORE)
+                        await self._forward(msg, subject, _message_id(msg), headers)
                 except BackendError as exc:  # it comes back after ack_wait_s
                     log.warning("nats delay mover failed", queue=queue, error=str(exc))
 
