@@ -49,7 +49,7 @@ from pydantic import Field, SecretStr, model_validator
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.backends.kafka_consumer import ERRORS, FetchedRecord, GroupConsumer, Headers, delay_topic
 from openhqm.backends.kafka_send import send_within
-from openhqm.backends.kit import Wire, redelivery
+from openhqm.backends.kit import Wire, connected, redelivery
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.errors import BackendUnavailable
 
@@ -176,9 +176,7 @@ class KafkaBackend(Backend):
                 await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
 
     def _connected(self) -> tuple[Any, Any, Any]:
-        if self.closed or self._clients is None:
-            raise BackendUnavailable("kafka backend is not connected")
-        return self._clients
+        return connected("kafka", None if self.closed else self._clients)
 
     # -- topics --
 

@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Background, Wire, admission
+from openhqm.backends.kit import Admit, Background, Wire, admission, connected
 from openhqm.backends.mqtt_session import NEVER_EXPIRE, Broker, Session, headers_of
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
@@ -257,9 +257,8 @@ class MQTTBackend(Backend):
             await publisher.close()
 
     def _connection(self) -> Session:
-        if self._publisher is None or self._publisher.closed:
-            raise BackendUnavailable("mqtt backend is not connected")
-        return self._publisher
+        publisher = self._publisher
+        return connected("mqtt", None if publisher is None or publisher.closed else publisher)
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,

@@ -203,11 +203,10 @@ class RedisStreamsBackend(Backend):
         return connected("redis", self._redis), connected("redis", self._blocking)
 
     async def _call(self, script: str, keys: Sequence[str], args: Sequence[Any], action: str) -> Any:
-        if not self._scripts:
-            raise BackendUnavailable("redis backend is not connected")
+        scripts = connected("redis", self._scripts or None)
         with errors(action):
             async with asyncio.timeout(_COMMAND_TIMEOUT_S):
-                return await self._scripts[script](keys=list(keys), args=list(args))
+                return await scripts[script](keys=list(keys), args=list(args))
 
     async def _blocking_read(self, command: Callable[[aioredis.Redis], Awaitable[T]], block_s: float,
                              action: str) -> T | None:
