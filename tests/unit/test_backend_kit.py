@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 
-from openhqm.backends.base import Backend, BackendOptions
+from openhqm.backends.base import Backend, BackendOptions, Delivery
 from openhqm.backends.kit import (
     Admit,
     Background,
@@ -16,12 +17,15 @@ from openhqm.backends.kit import (
     PrefetchBuffer,
     Wire,
     admission,
+    connected,
     redelivery,
     reraise_swallowed_cancel,
+    within_limit,
 )
 from openhqm.config import load_settings
-from openhqm.errors import BackendError, BackendUnavailable, ConfigError, NotFound
+from openhqm.errors import AlreadySettled, BackendError, BackendUnavailable, ConfigError, NotFound
 from openhqm.policies import Backoff, Reconnect, RetryPolicy
+from openhqm.redact import SECRET_MASK
 
 
 def test_a_message_without_a_not_before_time_is_delivered_at_once() -> None:
@@ -46,6 +50,25 @@ def test_without_a_hold_limit_every_future_message_is_held() -> None:
 def test_a_redelivery_counts_the_next_attempt_and_carries_its_due_time_in_seconds() -> None:
     assert redelivery(2, 1.5, now=100.0) == {Wire.ATTEMPT: "3", Wire.NOT_BEFORE: "101.5"}
     assert redelivery(1, None, now=100.0) == {Wire.ATTEMPT: "2"}
+
+
+def test_a_first_publish_carries_its_id_key_and_due_time_and_a_new_id_when_none_is_given() -> None:
+    assert Wire.published("m1", 2.5, now=100.0, key="k") == {
+        Wire.ID: "m1", Wire.KEY: "k", Wire.NOT_BEFORE: "102.5"}
+    assert Wire.published("m1", 0, now=100.0) == {Wire.ID: "m1"}
+    generated = Wire.published(None, None, now=100.0)
+    assert list(generated) == [Wire.ID] and generated[Wire.ID]
+
+
+def test_a_retry_copy_keeps_foreign_headers_and_replaces_the_attempt_and_the_spent_due_time() -> None:
+    original = {Wire.ID: "m1", "Openhqm-Not-Before": "50", Wire.ATTEMPT: "2", "trace": "t"}
+    assert Wire.retried(original, 2, None, now=100.0) == {Wire.ID: "m1", "trace": "t", Wire.ATTEMPT: "3"}
+    assert Wire.retried(original, 2, 5.0, now=100.0)[Wire.NOT_BEFORE] == "105.0"
+
+
+def test_a_dead_letter_copy_carries_the_reason_and_starts_over_at_attempt_one_due_now() -> None:
+    original = {Wire.ID: "m1", Wire.KEY: "k", Wire.NOT_BEFORE: "50", Wire.ATTEMPT: "4", Wire.REASON: "old"}
+    assert Wire.dead_lettered(original, "boom\nagain") == {Wire.ID: "m1", Wire.KEY: "k", Wire.REASON: "boom again"}
 
 
 def test_wire_numbers_are_read_from_bytes_strings_and_numbers_and_garbage_is_none() -> None:
@@ -241,6 +264,17 @@ def test_backend_options_come_from_their_queue_section_with_defaults() -> None:
         load_settings(overrides={"queue": {"type": PINGLESS, "pingless": {"limit": "many"}}})
 
 
+@pytest.mark.parametrize(("name", "shown"), [("nats", f"nats://u:{SECRET_MASK}@h:4222"), ("mqtt", f"mqtt://u:{SECRET_MASK}@h:1883"),
+                                             ("rabbitmq", f"amqp://u:{SECRET_MASK}@h/"), ("memory", "memory")])
+def test_a_backend_is_shown_by_its_url_option_without_the_password(name: str, shown: str) -> None:
+    from openhqm.backends import create_backend
+
+    url = {"nats": "nats://u:pw@h:4222", "mqtt": "mqtt://u:pw@h:1883", "rabbitmq": "amqp://u:pw@h/"}.get(name)
+    section = {name: {"url": url}} if url else {}
+    backend = create_backend(load_settings(overrides={"queue": {"type": name, **section}}))
+    assert backend.display_url == shown
+
+
 def test_a_backend_section_with_a_typo_names_the_key_and_suggests_the_backend() -> None:
     with pytest.raises(ConfigError, match=r"unknown setting 'queue.redsi'.*did you mean 'redis'"):
         load_settings(overrides={"queue": {"redsi": {"url": "redis://h"}}})
@@ -325,3 +359,50 @@ async def test_a_call_made_through_closing_returns_its_result_or_raises_its_erro
     assert await closing.unless_closed(answer()) == 42
     with pytest.raises(ConnectionError):
         await closing.unless_closed(broken())
+
+
+class _Recorded(Delivery):
+    """A delivery that records how it was settled; `fail` makes its settles raise BackendUnavailable."""
+
+    def __init__(self, *, fail: bool = False, lease_until: float | None = None) -> None:
+        super().__init__("q", b"", attempt=1, message_id="m1")
+        self.fail, self.lease_until, self.calls = fail, lease_until, list[str]()
+
+    async def _ack(self) -> None:
+        self.calls.append("ack")
+
+    async def _nack(self, delay_s: float | None) -> None:
+        self.calls.append("nack")
+
+    async def _dead_letter(self, reason: str) -> None:
+        if self.fail:
+            raise BackendUnavailable("down")
+        self.calls.append(f"dead_letter: {reason}")
+
+
+async def test_a_delivery_past_the_brokers_delivery_limit_is_dead_lettered_with_the_limit_named() -> None:
+    within = _Recorded()
+    assert await within_limit(within, 2, 2, "queue.x.max is 2") is within and within.calls == []
+    assert await within_limit(within, None, 2, "queue.x.max is 2") is within
+    past = _Recorded()
+    assert await within_limit(past, 3, 2, "queue.x.max is 2") is None
+    assert past.calls == ["dead_letter: delivered 3 times; queue.x.max is 2"]
+    assert await within_limit(_Recorded(fail=True), 3, 2, "queue.x.max is 2") is None  # logged; it comes back
+
+
+async def test_a_settle_after_the_lease_ended_changes_nothing_but_still_counts_as_the_one_settle() -> None:
+    late = _Recorded(lease_until=time.monotonic() - 1)
+    await late.ack()
+    assert late.calls == [] and late.settled == "ack"
+    with pytest.raises(AlreadySettled):
+        await late.nack()
+    timely = _Recorded(lease_until=time.monotonic() + 60)
+    await timely.nack()
+    assert timely.calls == ["nack"]
+
+
+def test_a_part_of_a_connection_that_is_not_there_is_backend_unavailable() -> None:
+    client = object()
+    assert connected("testbroker", client) is client
+    with pytest.raises(BackendUnavailable, match="testbroker backend is not connected"):
+        connected("testbroker", None)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict
+import structlog
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from openhqm.constants import DEFAULT_PRIORITY
 from openhqm.errors import AlreadySettled
@@ -27,6 +29,8 @@ from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
+
+log = structlog.get_logger(__name__)
 
 
 class Support(enum.StrEnum):
@@ -37,7 +41,9 @@ class Support(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """Facts about a backend that the core and the contract suite read (never marketing)."""
+    """Facts about a backend that the core and the contract suite read (never marketing). A backend
+    states only where it differs from these defaults: no priority, delay or ordering key, emulated
+    dead letters, durable and shared between processes, no lease extension."""
 
     priority: Support = Support.NONE
     delay: Support = Support.NONE
@@ -74,6 +80,9 @@ class Health:
 class Delivery(ABC):
     """One received message. Settle it exactly once; a second settle raises AlreadySettled."""
 
+    # Where the backend tracks it: the monotonic time this delivery's lease ends (see `_late`).
+    lease_until: float | None = None
+
     def __init__(self, queue: str, body: bytes, *, attempt: int, message_id: str, key: str | None = None):
         self.queue = queue
         self.body = body
@@ -82,23 +91,33 @@ class Delivery(ABC):
         self.key = key
         self.settled: str | None = None
 
-    def _settle(self, how: str) -> None:
+    def _settle(self, how: str) -> bool:
+        """Mark the delivery settled; False when the settle must change nothing, being late."""
         if self.settled is not None:
             raise AlreadySettled(f"delivery {self.message_id} was already settled by {self.settled}")
         self.settled = how
+        return not self._late()
+
+    def _late(self) -> bool:
+        """Past `lease_until`: the broker may have handed the message to another consumer, and a settle
+        could change that live copy (an ack delete it, a nack add another), so it changes nothing."""
+        if self.lease_until is None or time.monotonic() < self.lease_until:
+            return False
+        log.warning("late_settle", queue=self.queue, message_id=self.message_id, delivery=type(self).__name__)
+        return True
 
     async def ack(self) -> None:
-        self._settle("ack")
-        await self._ack()
+        if self._settle("ack"):
+            await self._ack()
 
     async def nack(self, delay_s: float | None = None) -> None:
         """Return the message for redelivery, after `delay_s` seconds when given."""
-        self._settle("nack")
-        await self._nack(delay_s)
+        if self._settle("nack"):
+            await self._nack(delay_s)
 
     async def dead_letter(self, reason: str) -> None:
-        self._settle("dead_letter")
-        await self._dead_letter(reason)
+        if self._settle("dead_letter"):
+            await self._dead_letter(reason)
 
     async def extend_lease(self, seconds: float) -> None:  # noqa: B027 - optional: a no-op by design
         """Keep the message invisible to others for `seconds` more (no-op where unsupported)."""
@@ -138,8 +157,9 @@ class Backend(ABC):
 
     @property
     def display_url(self) -> str:
-        """Where this backend points, with any password masked."""
-        return self.name
+        """Where this backend points (its `url` option, where it has one), with any password masked."""
+        url = getattr(self.options, "url", None)
+        return mask_url(url.get_secret_value()) if isinstance(url, SecretStr) else self.name
 
     @abstractmethod
     async def connect(self) -> None: ...

@@ -37,9 +37,8 @@ from pydantic import Field
 
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.backends.gcp_pubsub_topics import PubSubTopics, errors
-from openhqm.backends.kit import Admit, Background, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, PrefetchBuffer, Wire, admission, within_limit
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
-from openhqm.envelope import new_id
 from openhqm.errors import BackendError
 from openhqm.policies import Reconnect
 
@@ -92,14 +91,13 @@ class PubSubDelivery(Delivery):
                 or Wire.NOT_BEFORE in attributes):
             # Pub/Sub would not count this redelivery as we need (no policy, or deliveries spent on a
             # not-before wait), or cannot wait that long: a copy carries the count instead.
-            copy = Wire.carried(attributes, Wire.NOT_BEFORE)
-            copy |= redelivery(self.attempt, delay_s, time.time())
-            await self._backend.repost(self.queue, self._message, copy)
+            await self._backend.repost(self.queue, self._message,
+                                       Wire.retried(attributes, self.attempt, delay_s, time.time()))
         else:
             await self._backend.set_deadline(self.queue, self._message, max(0.0, delay_s or 0.0))
 
     async def _dead_letter(self, reason: str) -> None:
-        copy = {Wire.ID: self.message_id, Wire.REASON: Wire.reason(reason)}
+        copy = Wire.dead_lettered(self._message.attributes, reason) | {Wire.ID: self.message_id}
         await self._backend.topics.publish(dead_letter_queue(self.queue), self.body, copy, self.key)
         await self._backend.topics.acknowledge(self.queue, self._message)
 
@@ -173,11 +171,8 @@ class PubSubBackend(Backend):
     name = "pubsub"
     options_model = PubSubOptions
     options: PubSubOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NATIVE,
-        dead_letter=Support.EMULATED, lease_extension=True, durable=True, shared_between_processes=True,
-        max_message_bytes=10_000_000, depth=False,
-    )
+    capabilities = Capabilities(delay=Support.EMULATED, ordering_key=Support.NATIVE, lease_extension=True,
+                                max_message_bytes=10_000_000, depth=False)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -216,10 +211,7 @@ class PubSubBackend(Backend):
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
-        attributes = {Wire.ID: message_id or new_id()}
-        if delay_s and delay_s > 0:
-            attributes[Wire.NOT_BEFORE] = Wire.time(time.time() + delay_s)
-        await self.topics.publish(queue, body, attributes, key)
+        await self.topics.publish(queue, body, Wire.published(message_id, delay_s, time.time()), key)
 
     async def repost(self, queue: str, message: Message, attributes: dict[str, str]) -> None:
         """Publish a copy of `message` with `attributes`, then ack it: a fresh delivery count."""
@@ -270,7 +262,11 @@ class PubSubBackend(Backend):
         not_before = Wire.number(message.attributes.get(Wire.NOT_BEFORE))
         decision = admission(not_before, time.time(), max_hold_s=MAX_ACK_DEADLINE_S)
         if decision.action is Admit.DELIVER:
-            return await self._within_limit(PubSubDelivery(self, queue, message), message.delivery_attempt)
+            # Its last delivery (Pub/Sub's policy then forwards it to Q.dlq, the emulator drops it) is
+            # dead-lettered here, with a reason, so both end the same way and the bridge sees it.
+            limit = self.options.max_delivery_attempts
+            return await within_limit(PubSubDelivery(self, queue, message), message.delivery_attempt, limit - 1,
+                                      f"queue.pubsub.max_delivery_attempts is {limit}")
         try:
             # No native delay: a message comes back at once, so a re-post follows a first hold of the
             # longest deadline, and waits never use up the dead-letter policy's delivery attempts.
@@ -280,19 +276,6 @@ class PubSubBackend(Backend):
                 await self.set_deadline(queue, message, min(decision.wait_s, MAX_ACK_DEADLINE_S))
         except BackendError as exc:
             log.warning("pubsub.delay_failed", queue=queue, error=str(exc))  # it comes back after its lease
-        return None
-
-    async def _within_limit(self, delivery: PubSubDelivery, delivered: int | None) -> PubSubDelivery | None:
-        """The delivery, or None on its `max_delivery_attempts`-th: the last one Pub/Sub makes, after
-        which its policy forwards the message to Q.dlq (the emulator drops it instead). The backend
-        moves it then itself, with a reason, so both end the same way and the bridge sees it."""
-        limit = self.options.max_delivery_attempts
-        if delivered is None or delivered < limit:
-            return delivery
-        try:
-            await delivery.dead_letter(f"delivered {delivered} times; queue.pubsub.max_delivery_attempts is {limit}")
-        except BackendError as exc:  # it comes back after its lease and is moved then
-            log.warning("pubsub.dead_letter_failed", queue=delivery.queue, error=str(exc))
         return None
 
     # -- settling ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from google.cloud.pubsub_v1.subscriber.message import Message
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
-from openhqm.backends.kit import ErrorMap
+from openhqm.backends.kit import ErrorMap, connected, percent_encoded
 from openhqm.constants import DEAD_LETTER_SUFFIX, dead_letter_queue
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError, OpenHQMError
 
@@ -61,8 +61,7 @@ def resource_id(queue: str) -> str:
     Every character outside [A-Za-z0-9-_.~+] becomes %XX (UTF-8); an id that would not start with a
     letter, or would start with "goog", gets the prefix "q%-" (never produced by the encoding).
     """
-    encoded = "".join(c if _ALLOWED.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode())
-                      for c in queue)
+    encoded = percent_encoded(queue, _ALLOWED)
     if not encoded[:1].isalpha() or not encoded.isascii() or encoded.lower().startswith("goog"):
         encoded = "q%-" + encoded
     if len(encoded) > 255 or len(encoded) < 3:
@@ -126,15 +125,11 @@ class PubSubTopics:
 
     @property
     def publisher(self) -> pubsub_v1.PublisherClient:
-        if self._publisher is None:
-            raise BackendUnavailable("pubsub backend is not connected")
-        return self._publisher
+        return connected("pubsub", self._publisher)
 
     @property
     def subscriber(self) -> pubsub_v1.SubscriberClient:
-        if self._subscriber is None:
-            raise BackendUnavailable("pubsub backend is not connected")
-        return self._subscriber
+        return connected("pubsub", self._subscriber)
 
     async def call(self, func: Callable[..., T], /, **kwargs: Any) -> T:
         """A blocking client call, off the event loop, bounded by `timeout_s` unless given a timeout."""

@@ -49,20 +49,18 @@ from pydantic import Field, SecretStr, model_validator
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.backends.kafka_consumer import ERRORS, FetchedRecord, GroupConsumer, Headers, delay_topic
 from openhqm.backends.kafka_send import send_within
-from openhqm.backends.kit import Wire, redelivery
+from openhqm.backends.kit import Wire, connected, redelivery
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
-from openhqm.envelope import new_id
 from openhqm.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
 
 
-def record_headers(message_id: str, ours: dict[str, str],
-                   copied: Sequence[tuple[str, bytes]] = ()) -> Headers:
+def record_headers(ours: dict[str, str], copied: Sequence[tuple[str, bytes]] = ()) -> Headers:
     """openhqm's headers, after the foreign headers of the record being copied (kept for other readers)."""
     kept = [(name, value) for name, value in copied if not name.lower().startswith(Wire.PREFIX)]
-    return [*kept, (Wire.ID, message_id.encode()), *((name, value.encode()) for name, value in ours.items())]
+    return [*kept, *((name, value.encode()) for name, value in ours.items())]
 
 
 class KafkaOptions(BackendOptions):
@@ -95,11 +93,7 @@ class KafkaBackend(Backend):
     name = "kafka"
     options_model: ClassVar[type[BackendOptions]] = KafkaOptions
     options: KafkaOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NATIVE,
-        dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
-        max_message_bytes=1_000_000,
-    )
+    capabilities = Capabilities(delay=Support.EMULATED, ordering_key=Support.NATIVE, max_message_bytes=1_000_000)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -182,9 +176,7 @@ class KafkaBackend(Backend):
                 await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
 
     def _connected(self) -> tuple[Any, Any, Any]:
-        if self.closed or self._clients is None:
-            raise BackendUnavailable("kafka backend is not connected")
-        return self._clients
+        return connected("kafka", None if self.closed else self._clients)
 
     # -- topics --
 
@@ -224,10 +216,10 @@ class KafkaBackend(Backend):
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
         # `priority` is dropped: a partition is a log (Capabilities.priority is NONE).
-        ours = {Wire.NOT_BEFORE: Wire.time(time.time() + delay_s)} if delay_s and delay_s > 0 else {}
-        topic = delay_topic(queue) if ours else queue
+        ours = Wire.published(message_id, delay_s, time.time())  # the key is the record's own
+        topic = delay_topic(queue) if Wire.NOT_BEFORE in ours else queue
         await self.produce(queue, topic, body, key=key.encode() if key is not None else None,
-                           headers=record_headers(message_id or new_id(), ours))
+                           headers=record_headers(ours))
 
     async def produce(self, queue: str, topic: str, body: bytes, *, key: bytes | None,
                       headers: Headers, timeout_s: float | None = None) -> Any:
@@ -329,4 +321,4 @@ class KafkaDelivery(Delivery):
         await self._consumer.settle(self._item, dlq, dlq, self._headers({Wire.REASON: Wire.reason(reason)}))
 
     def _headers(self, ours: dict[str, str]) -> Headers:
-        return record_headers(self.message_id, ours, self._item.record.headers)
+        return record_headers({Wire.ID: self.message_id} | ours, self._item.record.headers)

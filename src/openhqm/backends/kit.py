@@ -2,8 +2,11 @@
 
 - `Wire`: the message headers/attributes/properties openhqm writes beside a body, one spelling,
   one unit (seconds since the epoch for times, decimal strings on the wire).
-- `ErrorMap`: the one place where a driver's exceptions become openhqm's, per backend a table.
-- `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays.
+- `ErrorMap`: the one place where a driver's exceptions become openhqm's, per backend a table;
+  `connected`: the one error for a call before connect() or after close().
+- `percent_encoded`: queue names made into the resource names a broker accepts.
+- `admission`: the pure "deliver, hold or re-post" decision of brokers without (long enough) delays;
+  `within_limit`: the dead letter of a message past the broker's delivery limit.
 - `PrefetchBuffer`: messages fetched ahead, handed back to the broker when the consumer closes.
 - `Background` (from `openhqm/background.py`, shared with the listener): tasks started on the side,
   which close() waits for.
@@ -17,15 +20,24 @@ import asyncio
 import collections
 import contextlib
 import enum
+import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import structlog
 
 from openhqm.background import Background as Background  # re-exported: the backends take it from the kit
+from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
 from openhqm.redact import mask_url
 
+if TYPE_CHECKING:
+    from openhqm.backends.base import Delivery
+
+log = structlog.get_logger(__name__)
 V = TypeVar("V")
+D = TypeVar("D", bound="Delivery")
 MAX_REASON_CHARS = 1000  # a dead-letter reason travels in a header: bounded
 
 
@@ -65,10 +77,6 @@ class Wire:
         return " ".join(text.split())[:MAX_REASON_CHARS] or "-"
 
     @staticmethod
-    def own(headers: Mapping[str, Any]) -> bool:
-        return any(name.lower().startswith(Wire.PREFIX) for name in headers)
-
-    @staticmethod
     def get(headers: Mapping[str, V] | None, name: str) -> V | None:
         """A header by its `Wire` name, whatever its case (NATS keeps the case it was sent with)."""
         return next((value for key, value in (headers or {}).items() if key.lower() == name), None)
@@ -78,6 +86,30 @@ class Wire:
         """The headers a copy of a message keeps: all but the `dropped` Wire names, in any case
         (foreign headers travel on, for whoever else reads the queue)."""
         return {key: value for key, value in headers.items() if key.lower() not in dropped}
+
+    @staticmethod
+    def published(message_id: str | None, delay_s: float | None, now: float, key: str | None = None
+                  ) -> dict[str, str]:
+        """The headers of a first publish: its id (a new one unless given), its key, its due time."""
+        headers = {Wire.ID: message_id or new_id()}
+        if key is not None:
+            headers[Wire.KEY] = key
+        if delay_s is not None and delay_s > 0:
+            headers[Wire.NOT_BEFORE] = Wire.time(now + delay_s)
+        return headers
+
+    @staticmethod
+    def retried(headers: Mapping[str, V], attempt: int, delay_s: float | None, now: float) -> dict[str, V | str]:
+        """The headers of the copy a `nack(delay_s)` publishes: the original's, with the next attempt,
+        due after the delay (an earlier due time is spent)."""
+        return Wire.carried(headers, Wire.NOT_BEFORE, Wire.ATTEMPT) | redelivery(attempt, delay_s, now)
+
+    @staticmethod
+    def dead_lettered(headers: Mapping[str, V], reason: str) -> dict[str, V | str]:
+        """The headers of a dead letter's copy: the original's with the reason, due now, and starting
+        over at attempt 1 when replayed."""
+        kept = Wire.carried(headers, Wire.NOT_BEFORE, Wire.ATTEMPT, Wire.REASON)
+        return kept | {Wire.REASON: Wire.reason(reason)}
 
 
 Rule = tuple[type[BaseException] | tuple[type[BaseException], ...], type[BackendError]]
@@ -166,7 +198,33 @@ def redelivery(attempt: int, delay_s: float | None, now: float) -> dict[str, str
     return headers
 
 
+async def within_limit(delivery: D, delivered: int | None, allowed: int, limit: str) -> D | None:
+    """`delivery`, or None past `allowed` deliveries: then it is moved to the dead-letter queue with a
+    reason naming the `limit` setting (the broker's own limit would strand or drop it instead). A move
+    that fails is logged: the message comes back after its lease, and is moved then."""
+    if delivered is None or delivered <= allowed:
+        return delivery
+    try:
+        await delivery.dead_letter(f"delivered {delivered} times; {limit}")
+    except BackendError as exc:
+        log.warning("dead_letter_over_limit_failed", queue=delivery.queue, error=str(exc))
+    return None
+
+
 T = TypeVar("T")
+
+
+def percent_encoded(name: str, safe: re.Pattern[str]) -> str:
+    """`name` with each character `safe` does not match written as %XX (its UTF-8 bytes): a queue name
+    made into a broker's resource name, still distinct for distinct queues."""
+    return "".join(c if safe.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+
+
+def connected(broker: str, part: T | None) -> T:
+    """`part` of a connection (a client, a channel), or BackendUnavailable while there is none."""
+    if part is None:
+        raise BackendUnavailable(f"{broker} backend is not connected")
+    return part
 
 
 class PrefetchBuffer(Generic[T]):

@@ -30,13 +30,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Background, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Background, Wire, admission, connected
 from openhqm.backends.mqtt_session import NEVER_EXPIRE, Broker, Session, headers_of
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
 from openhqm.policies import Reconnect
-from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from openhqm.config import Settings
@@ -82,12 +81,11 @@ class MQTTDelivery(Delivery):
         """The copy a nack publishes (attempt + 1), then the PUBACK; retried on its own by the consumer
         when a redelivery is counted, where no nack (and no settled state) is involved."""
         await self._consumer.replace(self.mid, self.queue, self.body,
-                                     self.headers | redelivery(self.attempt, delay_s, time.time()))
+                                     Wire.retried(self.headers, self.attempt, delay_s, time.time()))
 
     async def _dead_letter(self, reason: str) -> None:
-        headers = {name: value for name, value in self.headers.items() if name in (Wire.ID, Wire.KEY)}
         await self._consumer.replace(self.mid, dead_letter_queue(self.queue), self.body,
-                                     headers | {Wire.REASON: Wire.reason(reason)})
+                                     Wire.dead_lettered(self.headers, reason))
 
 
 class _Consumer(Session):
@@ -205,16 +203,12 @@ class MQTTBackend(Backend):
     name = "mqtt"
     options_model = MQTTOptions
     options: MQTTOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NONE,
-        dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
-        depth=False,
-    )
+    capabilities = Capabilities(delay=Support.EMULATED, depth=False)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._url = self.options.url.get_secret_value()
-        self.broker = Broker.parse(self._url, keepalive_s=self.options.keepalive_s, timeout_s=self.options.timeout_s)
+        self.broker = Broker.parse(self.options.url.get_secret_value(), keepalive_s=self.options.keepalive_s,
+                                   timeout_s=self.options.timeout_s)
         self.client_id = self.options.client_id or f"openhqm-{socket.gethostname()}"
         self.expiry_s = self.options.session_expiry_s or NEVER_EXPIRE  # of every persistent session
         self._validate_topic_part("queue.mqtt.topic_prefix", self.options.topic_prefix)
@@ -223,10 +217,6 @@ class MQTTBackend(Backend):
         self.consumers: set[_Consumer] = set()
         self.background = Background()  # consumers closing themselves after their session was lost
         self._session_locks: dict[str, asyncio.Lock] = {}
-
-    @property
-    def display_url(self) -> str:
-        return mask_url(self._url)
 
     @staticmethod
     def _validate_topic_part(what: str, value: str, *, levels: bool = True) -> None:
@@ -267,18 +257,13 @@ class MQTTBackend(Backend):
             await publisher.close()
 
     def _connection(self) -> Session:
-        if self._publisher is None or self._publisher.closed:
-            raise BackendUnavailable("mqtt backend is not connected")
-        return self._publisher
+        publisher = self._publisher
+        return connected("mqtt", None if publisher is None or publisher.closed else publisher)
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
-        # A first attempt, due after delay_s: the headers a nack of "attempt 0" would give its copy.
-        headers = {Wire.ID: message_id or new_id()} | redelivery(0, delay_s, time.time())
-        if key is not None:
-            headers[Wire.KEY] = key
-        await self.send(queue, body, headers)
+        await self.send(queue, body, Wire.published(message_id, delay_s, time.time(), key))
 
     async def send(self, queue: str, body: bytes, headers: dict[str, str]) -> None:
         """Publish with openhqm's headers; where nobody subscribes, hold it in a session or refuse."""

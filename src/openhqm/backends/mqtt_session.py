@@ -185,8 +185,9 @@ class Session:
 
     def _drop_unacked(self) -> None:
         """In paho's thread, under paho's lock on its queue: every publish handed to paho is either PUBACKed
-        (on_publish) or dropped here and fails, never both, and never sent again once it failed."""
-        mids = drop_out_messages(self._client)
+        (on_publish) or dropped here and fails, never both, and never sent again once it failed: paho
+        forgets the QoS 1 publishes it held unacked, which it would send again on the next connection."""
+        mids = [message.mid for message in self._client.drop_out_messages()]
         if mids:
             self._call(self._lose, mids)
 
@@ -259,18 +260,6 @@ class Session:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BackendUnavailable("mqtt backend is closed"))
-
-
-def drop_out_messages(client: mqtt.Client) -> list[int]:
-    """The ids of the QoS 1 publishes paho held unacked, which it now forgets (it would send them again on
-    the next connection). paho 2.2 has a public call; earlier 2.x, the same under its private lock."""
-    drop: Callable[[], list[mqtt.MQTTMessage]] | None = getattr(client, "drop_out_messages", None)
-    if drop is not None:
-        return [message.mid for message in drop()]
-    with client._out_message_mutex:
-        mids = list(client._out_messages)
-        client._out_messages.clear()
-    return mids
 
 
 def headers_of(message: mqtt.MQTTMessage) -> dict[str, str]:

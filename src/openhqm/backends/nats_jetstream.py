@@ -36,10 +36,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Closing, Wire, admission
+from openhqm.backends.kit import Admit, Closing, Wire, admission, connected, percent_encoded, within_limit
 from openhqm.backends.nats_pull import JetStreamMissing, Puller, errors
 from openhqm.constants import DEAD_LETTER_SUFFIX, DEFAULT_PRIORITY, dead_letter_queue
-from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
 from openhqm.policies import Reconnect
 from openhqm.redact import mask_url
@@ -64,7 +63,7 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 def subject_token(part: str) -> str:
     if not part:
         return "%"
-    return "".join(c if _TOKEN_SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in part)
+    return percent_encoded(part, _TOKEN_SAFE)
 
 
 def queue_subject(prefix: str, queue: str) -> str:
@@ -88,39 +87,32 @@ def _copied_headers(msg: Msg, *dropped: str) -> dict[str, str]:
     return Wire.carried({k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}, *dropped)
 
 
+def _message_id(msg: Msg) -> str:
+    """Ours, else the publisher's dedup id, else the message's place in the stream."""
+    meta = msg.metadata
+    return (Wire.get(msg.headers, Wire.ID) or (msg.headers or {}).get(MSG_ID_HEADER)
+            or f"{meta.stream}:{meta.sequence.stream}")
+
+
 class NATSDelivery(Delivery):
     def __init__(self, backend: NATSJetStreamBackend, queue: str, msg: Msg) -> None:
-        meta = msg.metadata
-        message_id = (Wire.get(msg.headers, Wire.ID) or (msg.headers or {}).get(MSG_ID_HEADER)
-                      or f"{meta.stream}:{meta.sequence.stream}")
-        super().__init__(queue, msg.data, attempt=meta.num_delivered, message_id=message_id,
+        super().__init__(queue, msg.data, attempt=msg.metadata.num_delivered, message_id=_message_id(msg),
                          key=Wire.get(msg.headers, Wire.KEY))
         self._backend = backend
         self._msg = msg
         # The puller hands out only messages with at least half their ack_wait left (max_age_s).
-        self._lease_until = time.monotonic() + backend.options.ack_wait_s / 2
-
-    def _late(self) -> bool:
-        """Past this delivery's ack_wait: JetStream may have given the message to another consumer, and
-        an ack now would delete that live copy (a late nak would add a copy), so it changes nothing."""
-        if time.monotonic() < self._lease_until:
-            return False
-        log.warning("nats.late_settle", queue=self.queue, message_id=self.message_id)
-        return True
+        self.lease_until = time.monotonic() + backend.options.ack_wait_s / 2
 
     async def _ack(self) -> None:
-        if not self._late():
-            with errors("ack"):
-                await self._msg.ack_sync(timeout=API_TIMEOUT_S)
+        with errors("ack"):
+            await self._msg.ack_sync(timeout=API_TIMEOUT_S)
 
     async def _nack(self, delay_s: float | None) -> None:
-        if not self._late():
-            with errors("nak"):
-                await self._msg.nak(delay=delay_s if delay_s and delay_s > 0 else None)
+        with errors("nak"):
+            await self._msg.nak(delay=delay_s if delay_s and delay_s > 0 else None)
 
     async def _dead_letter(self, reason: str) -> None:
-        if not self._late():
-            await self._backend._dead_letter(self.queue, self._msg, self.message_id, reason)
+        await self._backend._dead_letter(self.queue, self._msg, self.message_id, reason)
 
     async def extend_lease(self, seconds: float) -> None:
         """Restart the ack_wait_s timer (JetStream cannot extend by an arbitrary amount)."""
@@ -128,18 +120,14 @@ class NATSDelivery(Delivery):
             started = time.monotonic()
             with errors("in progress"):
                 await self._msg.in_progress()
-            self._lease_until = started + self._backend.options.ack_wait_s
+            self.lease_until = started + self._backend.options.ack_wait_s
 
 
 class NATSJetStreamBackend(Backend):
     name = "nats"
     options_model = NATSOptions
     options: NATSOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.EMULATED, ordering_key=Support.NONE, dead_letter=Support.EMULATED,
-        lease_extension=True, durable=True, shared_between_processes=True,
-        max_message_bytes=MAX_MESSAGE_BYTES, max_delay_s=None,
-    )
+    capabilities = Capabilities(delay=Support.EMULATED, lease_extension=True, max_message_bytes=MAX_MESSAGE_BYTES)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -157,22 +145,14 @@ class NATSJetStreamBackend(Backend):
     def lease_s(self) -> float | None:
         return self.options.ack_wait_s
 
-    @property
-    def display_url(self) -> str:
-        return mask_url(self.options.url.get_secret_value())
-
     def subject(self, queue: str) -> str:
         return queue_subject(self.prefix, queue)
 
     def _connection(self) -> NATS:
-        if self._nc is None:
-            raise BackendUnavailable("nats backend is not connected")
-        return self._nc
+        return connected("nats", self._nc)
 
     def _jetstream(self) -> JetStreamContext:
-        if self._js is None:
-            raise BackendUnavailable("nats backend is not connected")
-        return self._js
+        return connected("nats", self._js)
 
     async def connect(self) -> None:
         if self._nc is not None:
@@ -269,14 +249,9 @@ class NATSJetStreamBackend(Backend):
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
-        subject = self.subject(queue)
-        headers: dict[str, str] = {}
-        if key is not None:
-            headers[Wire.KEY] = key
-        if delay_s and delay_s > 0:
-            headers[Wire.NOT_BEFORE] = Wire.time(time.time() + delay_s)
-            subject = f"{subject}.{DELAYED_TOKEN}"
-        await self._publish(subject, body, headers, message_id or new_id())
+        headers = Wire.published(message_id, delay_s, time.time(), key)
+        subject = self.subject(queue) + (f".{DELAYED_TOKEN}" if Wire.NOT_BEFORE in headers else "")
+        await self._publish(subject, body, headers, headers[Wire.ID])
 
     async def _publish(self, subject: str, body: bytes, headers: dict[str, str], message_id: str) -> None:
         """Publish and wait for the stream's ack. The dedup id is scoped by subject, because the
@@ -295,7 +270,7 @@ class NATSJetStreamBackend(Backend):
                                      f"to {subject} (nats-py is reconnecting)")
 
     async def _dead_letter(self, queue: str, msg: Msg, message_id: str, reason: str) -> None:
-        headers = {**_copied_headers(msg, Wire.ID, Wire.NOT_BEFORE, Wire.REASON), Wire.REASON: Wire.reason(reason)}
+        headers = Wire.dead_lettered(_copied_headers(msg), reason)
         await self._forward(msg, self.subject(dead_letter_queue(queue)), message_id, headers)
 
     async def _forward(self, msg: Msg, subject: str, message_id: str, headers: dict[str, str]) -> None:
@@ -339,16 +314,9 @@ class NATSJetStreamBackend(Backend):
             await puller.stop()
 
     async def _admit(self, queue: str, msg: Msg) -> NATSDelivery | None:
-        delivery = NATSDelivery(self, queue, msg)
-        limit = self.options.max_deliver
-        if delivery.attempt <= limit or queue.endswith(DEAD_LETTER_SUFFIX):
-            return delivery
-        try:
-            await self._dead_letter(queue, msg, delivery.message_id,
-                                    f"delivered {delivery.attempt} times; queue.nats.max_deliver is {limit}")
-        except BackendError as exc:  # it comes back after ack_wait_s and is moved then
-            log.warning("nats could not dead-letter a message over max_deliver", queue=queue, error=str(exc))
-        return None
+        delivery, limit = NATSDelivery(self, queue, msg), self.options.max_deliver
+        delivered = None if queue.endswith(DEAD_LETTER_SUFFIX) else delivery.attempt
+        return await within_limit(delivery, delivered, limit, f"queue.nats.max_deliver is {limit}")
 
     async def _move_due(self, queue: str) -> None:
         """Hand the queue's delayed messages over to it once they are due (the delay emulation)."""
@@ -364,8 +332,8 @@ class NATSJetStreamBackend(Backend):
                         with errors("nak"):
                             await msg.nak(delay=decision.wait_s)
                     else:
-                        message_id = Wire.get(msg.headers, Wire.ID) or f"{self.stream}:{msg.metadata.sequence.stream}"
-                        await self._forward(msg, subject, message_id, _copied_headers(msg, Wire.ID, Wire.NOT_BEFORE))
+                        headers = _copied_headers(msg, Wire.ID, Wire.NOT_BEFORE)
+                        await self._forward(msg, subject, _message_id(msg), headers)
                 except BackendError as exc:  # it comes back after ack_wait_s
                     log.warning("nats delay mover failed", queue=queue, error=str(exc))
 

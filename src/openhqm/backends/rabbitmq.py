@@ -39,7 +39,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 from pydantic import Field, SecretStr
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Wire, admission
+from openhqm.backends.kit import Admit, Wire, admission, connected
 from openhqm.backends.rabbitmq_consumer import (
     CLEANUP_TIMEOUT_S,
     Consumer,
@@ -52,7 +52,6 @@ from openhqm.backends.rabbitmq_consumer import (
 from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
-from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -103,11 +102,7 @@ class RabbitMQBackend(Backend):
     name = "rabbitmq"
     options_model = RabbitMQOptions
     options: RabbitMQOptions
-    capabilities = Capabilities(
-        priority=Support.NATIVE, delay=Support.EMULATED, ordering_key=Support.NONE,
-        dead_letter=Support.EMULATED, lease_extension=False, durable=True, shared_between_processes=True,
-        max_message_bytes=MAX_MESSAGE_BYTES, max_delay_s=None,
-    )
+    capabilities = Capabilities(priority=Support.NATIVE, delay=Support.EMULATED, max_message_bytes=MAX_MESSAGE_BYTES)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -122,10 +117,6 @@ class RabbitMQBackend(Backend):
         self._changed = asyncio.Event()  # set (and replaced) when the connection or a channel goes or comes
         self._lost_at: float | None = None  # loop time the connection dropped; None while it is up
         self._bounded: set[asyncio.Timeout] = set()  # the calls under way in _unless_down
-
-    @property
-    def display_url(self) -> str:
-        return mask_url(self.options.url.get_secret_value())
 
     async def connect(self) -> None:
         if self._connection is not None:
@@ -201,9 +192,7 @@ class RabbitMQBackend(Backend):
             self._bounded.discard(bound)
 
     def _channels(self) -> tuple[AbstractRobustChannel, AbstractRobustChannel]:
-        if self._publisher is None or self._admin is None:
-            raise BackendUnavailable("rabbitmq backend is not connected (call connect() first)")
-        return self._publisher, self._admin
+        return connected("rabbitmq", self._publisher), connected("rabbitmq", self._admin)
 
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
@@ -279,13 +268,14 @@ class RabbitMQBackend(Backend):
         count = declared.declaration_result.message_count
         return count or 0
 
-    def _delay_queues(self, queue: str) -> list[tuple[str, dict[str, Any]]]:
-        """The delay queues of `queue` that may still hold messages this process sent."""
+    def _queues_of(self, queue: str) -> list[tuple[str, dict[str, Any]]]:
+        """`queue` and the delay queues of it that may still hold messages this process sent."""
         now = time.monotonic()
         known = self._delayed[queue]
         for ttl_ms in [t for t, until in known.items() if until < now]:
             del known[ttl_ms]
-        return [(delay_queue(queue, ttl_ms), _delay_arguments(queue, ttl_ms)) for ttl_ms in sorted(known)]
+        delay_queues = [(delay_queue(queue, ttl_ms), _delay_arguments(queue, ttl_ms)) for ttl_ms in sorted(known)]
+        return [(queue, QUEUE_ARGUMENTS), *delay_queues]
 
     async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
         consumer = await self._start_consumer(queue, prefetch)
@@ -304,10 +294,9 @@ class RabbitMQBackend(Backend):
             await consumer.stop()
 
     async def _start_consumer(self, queue: str, prefetch: int) -> Consumer:
-        if self._connection is None:
-            raise BackendUnavailable("rabbitmq backend is not connected (call connect() first)")
+        connection = connected("rabbitmq", self._connection)
         with errors(f"consume from {queue!r}"):
-            channel = await self._connection.channel(publisher_confirms=False)
+            channel = await connection.channel(publisher_confirms=False)
             try:
                 await channel.set_qos(prefetch_count=prefetch)
                 amqp_queue = await channel.declare_queue(queue, durable=True, arguments=QUEUE_ARGUMENTS)
@@ -335,15 +324,12 @@ class RabbitMQBackend(Backend):
     async def depth(self, queue: str) -> int:
         """Ready messages, plus those in the delay queues this process sent to (AMQP cannot list
         queues, and only this process knows which delay queues it used)."""
-        count = await self._declare(queue, QUEUE_ARGUMENTS)
-        for name, arguments in self._delay_queues(queue):
-            count += await self._declare(name, arguments)
-        return count
+        return sum([await self._declare(name, arguments) for name, arguments in self._queues_of(queue)])
 
     async def purge(self, queue: str) -> int:
         _, admin = self._channels()
         total = 0
-        for name, arguments in [(queue, QUEUE_ARGUMENTS), *self._delay_queues(queue)]:
+        for name, arguments in self._queues_of(queue):
             await self._declare(name, arguments)  # so the purge cannot fail with 404
             with errors(f"purge {name!r}"):
                 channel = await admin.get_underlay_channel()

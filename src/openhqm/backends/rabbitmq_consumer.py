@@ -18,7 +18,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue, DeliveryMode
 
 from openhqm.backends.base import Delivery
-from openhqm.backends.kit import ErrorMap, PrefetchBuffer, Wire, redelivery
+from openhqm.backends.kit import ErrorMap, PrefetchBuffer, Wire
 from openhqm.constants import dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable
@@ -145,28 +145,22 @@ class RabbitMQDelivery(Delivery):
                 f" the broker has returned it to {self.queue!r}")
 
     async def _ack(self) -> None:
-        try:
-            self._require_open()
-            with errors(f"ack on {self.queue!r}"):
-                await self._message.ack()
-        finally:
-            await self._consumer.settled()
+        await self._move(None, {}, None)
 
     async def _nack(self, delay_s: float | None) -> None:
-        headers = copied_headers(self._message) | redelivery(self.attempt, delay_s, time.time())
+        headers = Wire.retried(copied_headers(self._message), self.attempt, delay_s, time.time())
         await self._move(self.queue, headers, delay_s)
 
     async def _dead_letter(self, reason: str) -> None:
-        headers = copied_headers(self._message)
-        headers.pop(Wire.ATTEMPT, None)  # a replayed dead letter starts over at attempt 1
-        headers[Wire.REASON] = Wire.reason(reason)
-        await self._move(dead_letter_queue(self.queue), headers, None)
+        await self._move(dead_letter_queue(self.queue), Wire.dead_lettered(copied_headers(self._message), reason), None)
 
-    async def _move(self, queue: str, headers: dict[str, Any], delay_s: float | None) -> None:
-        """Publish a copy (confirmed), then ack the original: a crash in between duplicates, never loses."""
+    async def _move(self, queue: str | None, headers: dict[str, Any], delay_s: float | None) -> None:
+        """Publish a copy to `queue` (confirmed; none for an ack), then ack the original: a crash in
+        between duplicates, never loses."""
         try:
             self._require_open()
-            await self._consumer.send(queue, copy_of(self._message, self.message_id, headers), delay_s)
+            if queue is not None:
+                await self._consumer.send(queue, copy_of(self._message, self.message_id, headers), delay_s)
             with errors(f"ack on {self.queue!r}"):
                 await self._message.ack()
         finally:

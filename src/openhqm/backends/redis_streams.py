@@ -45,13 +45,12 @@ from redis.backoff import ExponentialBackoff
 
 from openhqm.backends import redis_streams_lua as lua
 from openhqm.backends.base import HEALTH_TIMEOUT_S, Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Closing, PrefetchBuffer
+from openhqm.backends.kit import Closing, PrefetchBuffer, connected
 from openhqm.backends.redis_streams_lua import GROUP, Entry, GroupLost, Keys, errors
 from openhqm.constants import DEFAULT_PRIORITY, MAX_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
 from openhqm.errors import BackendError, BackendUnavailable, ConfigError
 from openhqm.policies import Reconnect
-from openhqm.redact import mask_url
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -121,11 +120,8 @@ class RedisStreamsBackend(Backend):
     name = "redis"
     options_model = RedisStreamsOptions
     options: RedisStreamsOptions
-    capabilities = Capabilities(
-        priority=Support.EMULATED, delay=Support.EMULATED, ordering_key=Support.NONE,
-        dead_letter=Support.EMULATED, lease_extension=True, durable=True, shared_between_processes=True,
-        max_message_bytes=512 * 1024 * 1024,
-    )
+    capabilities = Capabilities(priority=Support.EMULATED, delay=Support.EMULATED, lease_extension=True,
+                                max_message_bytes=512 * 1024 * 1024)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -142,10 +138,6 @@ class RedisStreamsBackend(Backend):
     @property
     def lease_s(self) -> float | None:
         return self.options.lease_s
-
-    @property
-    def display_url(self) -> str:
-        return mask_url(self.options.url.get_secret_value())
 
     def _pool(self, pool_class: type[aioredis.ConnectionPool], max_connections: int) -> aioredis.ConnectionPool:
         try:
@@ -208,16 +200,13 @@ class RedisStreamsBackend(Backend):
 
     def _clients(self) -> tuple[aioredis.Redis, aioredis.Redis]:
         """The clients for commands and for blocking reads."""
-        if self._redis is None or self._blocking is None:
-            raise BackendUnavailable("redis backend is not connected")
-        return self._redis, self._blocking
+        return connected("redis", self._redis), connected("redis", self._blocking)
 
     async def _call(self, script: str, keys: Sequence[str], args: Sequence[Any], action: str) -> Any:
-        if not self._scripts:
-            raise BackendUnavailable("redis backend is not connected")
+        scripts = connected("redis", self._scripts or None)
         with errors(action):
             async with asyncio.timeout(_COMMAND_TIMEOUT_S):
-                return await self._scripts[script](keys=list(keys), args=list(args))
+                return await scripts[script](keys=list(keys), args=list(args))
 
     async def _blocking_read(self, command: Callable[[aioredis.Redis], Awaitable[T]], block_s: float,
                              action: str) -> T | None:

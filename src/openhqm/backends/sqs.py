@@ -35,7 +35,7 @@ import structlog
 from pydantic import Field
 
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
-from openhqm.backends.kit import Admit, Closing, PrefetchBuffer, Wire, admission, redelivery
+from openhqm.backends.kit import Admit, Closing, PrefetchBuffer, Wire, admission
 from openhqm.backends.sqs_queues import QueueGone, SQSQueues, sqs_queue_name
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
@@ -113,41 +113,27 @@ class SQSDelivery(Delivery):
         self._backend = backend
         self._attributes = attributes
         self._handle: str = self._message["ReceiptHandle"]
-        self._lease_until = backend._lease_end(self._received_at)
+        # Past it, a settle changes nothing (`Delivery._late`): moto deletes even by a stale receipt handle.
+        self.lease_until = backend._lease_end(self._received_at)
 
     def _visibility_budget(self) -> int:
         """Seconds of invisibility this receive can still get (SQS counts 12 h from the receive)."""
         return max(0, int(HOLD_MAX_S - (time.monotonic() - self._received_at)))
 
-    def _late(self) -> bool:
-        """Past this receive's lease: the message may be another consumer's now, and a settle by this
-        receipt handle could change that live copy (moto deletes by it), so it changes nothing."""
-        if time.monotonic() < self._lease_until:
-            return False
-        log.warning("sqs.late_settle", queue=self.queue, message_id=self.message_id)
-        return True
-
     async def _ack(self) -> None:
-        if not self._late():
-            await self._backend.queues.delete(self._url, self._handle)
+        await self._backend.queues.delete(self._url, self._handle)
 
     async def _nack(self, delay_s: float | None) -> None:
-        if self._late():
-            return
         seconds = math.ceil(max(0.0, delay_s or 0.0))
         if seconds <= self._visibility_budget():
             await self._backend.queues.set_visibility(self._url, self._handle, seconds, missing_ok=True)
             return
-        await self._backend._repost(self.queue, self._url, self._message, self._attributes,
-                                    redelivery(self.attempt, delay_s, time.time()))
+        await self._backend._repost(self.queue, self._url, self._message,
+                                    Wire.retried(self._attributes, self.attempt, delay_s, time.time()))
 
     async def _dead_letter(self, reason: str) -> None:
-        if self._late():
-            return
-        copy = Wire.carried(self._attributes, Wire.NOT_BEFORE, Wire.ATTEMPT)
-        copy[Wire.REASON] = Wire.reason(reason)
-        await self._backend._send(dead_letter_queue(self.queue), self._message["Body"], copy,
-                                  dedup_id=self.message_id)
+        await self._backend._send(dead_letter_queue(self.queue), self._message["Body"],
+                                  Wire.dead_lettered(self._attributes, reason), dedup_id=self.message_id)
         await self._backend.queues.delete(self._url, self._handle)
 
     async def extend_lease(self, seconds: float) -> None:
@@ -155,18 +141,15 @@ class SQSDelivery(Delivery):
         if self.settled is None and not self._late():
             now, visibility = time.monotonic(), min(math.ceil(seconds), self._visibility_budget())
             await self._backend.queues.set_visibility(self._url, self._handle, visibility)
-            self._lease_until = now + visibility
+            self.lease_until = now + visibility
 
 
 class SQSBackend(Backend):
     name = "sqs"
     options_model = SQSOptions
     options: SQSOptions
-    capabilities = Capabilities(
-        priority=Support.NONE, delay=Support.NATIVE, ordering_key=Support.NONE, dead_letter=Support.NATIVE,
-        lease_extension=True, durable=True, shared_between_processes=True,
-        max_message_bytes=MAX_MESSAGE_BYTES, max_delay_s=None,
-    )
+    capabilities = Capabilities(delay=Support.NATIVE, dead_letter=Support.NATIVE, lease_extension=True,
+                                max_message_bytes=MAX_MESSAGE_BYTES)
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -220,16 +203,11 @@ class SQSBackend(Backend):
     async def publish(self, queue: str, body: bytes, *, priority: int = DEFAULT_PRIORITY,
                       delay_s: float | None = None, key: str | None = None,
                       message_id: str | None = None) -> None:
-        message_id = message_id or new_id()
         text, encoding = _encode_body(body)
-        attributes = {Wire.ID: message_id}
+        attributes = Wire.published(message_id, delay_s, time.time(), key)
         if encoding is not None:
             attributes[ENCODING_ATTR] = encoding
-        if key is not None:
-            attributes[Wire.KEY] = key
-        if delay_s is not None and delay_s > 0:
-            attributes[Wire.NOT_BEFORE] = Wire.time(time.time() + delay_s)
-        await self._send(queue, text, attributes, dedup_id=message_id)
+        await self._send(queue, text, attributes, dedup_id=attributes[Wire.ID])
 
     async def _send(self, queue: str, text: str, attributes: dict[str, str], *, dedup_id: str) -> None:
         """SendMessage with openhqm's attributes; a not-before time SQS can hold becomes DelaySeconds."""
@@ -249,10 +227,8 @@ class SQSBackend(Backend):
                                         for name, value in attributes.items()}
         await self.queues.on_queue(queue, "send_message", **request)
 
-    async def _repost(self, queue: str, url: str, message: dict[str, Any], attributes: dict[str, str],
-                      headers: dict[str, str]) -> None:
-        """Send `message` again with `headers` (its next attempt and due time), then delete it."""
-        copy = Wire.carried(attributes, Wire.NOT_BEFORE, Wire.ATTEMPT) | headers
+    async def _repost(self, queue: str, url: str, message: dict[str, Any], copy: dict[str, str]) -> None:
+        """Send `message` again with the attributes `copy` (its next attempt and due time), then delete it."""
         # A fresh deduplication id: on a FIFO queue the original's would swallow the copy.
         await self._send(queue, message["Body"], copy, dedup_id=new_id())
         await self.queues.delete(url, message["ReceiptHandle"])
@@ -326,8 +302,7 @@ class SQSBackend(Backend):
                 hold_s = min(math.ceil(decision.wait_s), HOLD_MAX_S)
                 await self.queues.set_visibility(url, message["ReceiptHandle"], hold_s)
             else:
-                due = {Wire.ATTEMPT: str(attempt), Wire.NOT_BEFORE: attributes[Wire.NOT_BEFORE]}
-                await self._repost(queue, url, message, attributes, due)
+                await self._repost(queue, url, message, attributes | {Wire.ATTEMPT: str(attempt)})
         except BackendError as exc:
             log.warning("sqs could not defer an early message; it returns after its visibility timeout",
                         queue=queue, error=str(exc))

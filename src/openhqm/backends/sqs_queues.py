@@ -25,7 +25,7 @@ import structlog
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from botocore import exceptions as boto  # type: ignore[import-untyped]
 
-from openhqm.backends.kit import ErrorMap
+from openhqm.backends.kit import ErrorMap, connected
 from openhqm.constants import DEAD_LETTER_SUFFIX, dead_letter_queue
 from openhqm.errors import BackendError, BackendUnavailable, OpenHQMError
 
@@ -123,10 +123,9 @@ class SQSQueues:
         await self._stack.aclose()
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        if self._client is None:
-            raise BackendUnavailable("sqs backend is not connected")
+        client = connected("sqs", self._client)
         with errors(operation.replace("_", " ")):
-            response: dict[str, Any] = await getattr(self._client, operation)(**kwargs)
+            response: dict[str, Any] = await getattr(client, operation)(**kwargs)
         return response
 
     async def on_queue(self, queue: str, operation: str, **kwargs: Any) -> dict[str, Any]:
