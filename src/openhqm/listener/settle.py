@@ -6,7 +6,9 @@ the store refuses the repeated move out of a terminal state.
 `OneTransactionSettle`: where the SQLite queue and the SQLite result store share one file (the default
 of `openhqm serve`, the same condition as the submit's `OneTransaction`), the transition, the dead letter
 and the ack are one operation of one transaction: the message is gone in the commit that makes the
-record terminal, and a failed write leaves both as they were (the message leased, back after its lease).
+record terminal, and a failed write leaves both as they were (the delivery unsettled, for the pool to
+give back; with a dead letter, the broker's dead-letter queue takes the message, as when the store
+refuses it in two writes).
 
 Either way the ack follows a transition that returned, whether it moved the record or found it final
 already (cancelled while it ran, or finished by an earlier delivery of the message): the reply needs
