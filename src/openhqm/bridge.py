@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from openhqm.app import OpenHQM
-from openhqm.backends.base import Backend, Health
+from openhqm.backends.base import Backend, Delivery, Health
 from openhqm.envelope import Envelope, Reply
 from openhqm.flow.ledger import Ledger
 from openhqm.forward import CallbackSender, check_callback_url
@@ -113,8 +113,10 @@ class Bridge:
         return await self.fanout.children(parent)
 
     # replies
-    async def apply_reply(self, reply: Reply) -> RequestRecord | None:
-        return await self.replies.apply(reply)
+    async def finish_reply(self, reply: Reply, delivery: Delivery, dead_letter: DeadLetterRecord | None) -> bool:
+        """Store a local worker's reply and ack its delivery; False when the store refused `dead_letter`
+        and the broker's dead-letter queue took the message instead."""
+        return (await self.replies.finish(reply, delivery, dead_letter)).stored
 
     async def consume_replies(self) -> None:
         await self.replies.consume()

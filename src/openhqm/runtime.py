@@ -16,7 +16,8 @@ The three commands are three selections of it:
     openhqm worker    Runtime(app, workers=True, probes=True)
 
 How a finished job's reply reaches the result store is decided here, once (worker/replies.py): with
-the listener in the same process the bridge applies it directly; otherwise it is published to the
+the listener in the same process the bridge stores it and acks the delivery, in one transaction where
+the SQLite queue and store share their file (listener/settle.py); otherwise it is published to the
 response queue that a listener consumes. So is eager dispatch: with the listener and the pool in one
 process, on a backend that can write a message already leased (`capabilities.eager_dispatch`), a
 submit that finds a free slot hands its request to the pool in memory (listener/intake.py).
@@ -85,10 +86,10 @@ class Runtime:
     @property
     def replies(self) -> ReplyRoute:
         """Where this process's workers send replies: to the bridge beside them, or over the broker."""
-        broker = BrokerReplies(self.backend)
+        broker = BrokerReplies(self.backend, self.store)
         if self.bridge is None:
             return broker
-        return LocalReplies(self.bridge.response_queue, self.bridge.apply_reply, broker)
+        return LocalReplies(self.bridge.response_queue, self.bridge.finish_reply, broker)
 
     async def __aenter__(self) -> Runtime:
         if self._stack is not None:

@@ -25,7 +25,7 @@ from pydantic import Field
 from openhqm.backends.base import Backend, BackendOptions, Capabilities, Delivery, Support
 from openhqm.constants import DEFAULT_PRIORITY, dead_letter_queue
 from openhqm.envelope import new_id
-from openhqm.errors import BackendUnavailable
+from openhqm.errors import AlreadySettled, BackendUnavailable
 from openhqm.sqlite_db import SQLiteDB, shared_db
 
 if TYPE_CHECKING:
@@ -110,9 +110,23 @@ class SQLiteDelivery(Delivery):
         return self._seq, self.attempt
 
     async def _ack(self) -> None:
-        await self._backend._db.run(lambda c: c.execute(
-            "DELETE FROM queue_messages WHERE seq = ? AND deliveries = ?", self._mine()))
-        if self.key is not None:
+        await self._backend._db.run(self._delete)
+
+    def ack_op(self) -> Callable[[sqlite3.Connection], None]:
+        """The ack as an operation of the shared connection, so the result store can write the request's
+        final state in its transaction (listener/settle.py); `acked()` once that has committed. Until
+        then the delivery is unsettled: a failed transaction leaves it as it was, for its caller to
+        settle otherwise."""
+        if self.settled is not None:
+            raise AlreadySettled(f"delivery {self.message_id} was already settled by {self.settled}")
+        return self._delete
+
+    def acked(self) -> None:
+        self._settle("ack")
+
+    def _delete(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM queue_messages WHERE seq = ? AND deliveries = ?", self._mine())
+        if self.key is not None:  # the key's next message is deliverable now (woken after the commit)
             self._backend._db.notify(self.queue)
 
     async def _nack(self, delay_s: float | None) -> None:

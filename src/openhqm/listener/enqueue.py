@@ -101,7 +101,14 @@ class OneTransaction:
         return await backend.db.run(both)
 
 
-def writes_for(backend: Backend, store: ResultStore) -> Writes:
+def sharing_one_file(backend: Backend, store: ResultStore) -> tuple[SQLiteBackend, SQLiteResultStore] | None:
+    """The SQLite queue and the SQLite store when they share one file (one connection): then a write of
+    both is one transaction (here, and the reply's in listener/settle.py)."""
     if isinstance(backend, SQLiteBackend) and isinstance(store, SQLiteResultStore) and backend.db is store.db:
-        return OneTransaction(backend, store)
-    return SeparateWrites(backend, store)
+        return backend, store
+    return None
+
+
+def writes_for(backend: Backend, store: ResultStore) -> Writes:
+    shared = sharing_one_file(backend, store)
+    return SeparateWrites(backend, store) if shared is None else OneTransaction(*shared)

@@ -1,6 +1,7 @@
 """Replies: a worker's result is stored (waking whoever waits), then its callback is sent.
 
-A reply is acked only after it is stored. Every HTTP attempt of the callback is kept on the request
+A reply is acked only after it is stored: in the same transaction where the queue and the store share
+a SQLite file (listener/settle.py), else right after. Every HTTP attempt of the callback is kept on the request
 (`callbacks`, the latest 20) and a failed delivery's reason in `callback_error`; it is never retried
 beyond the callback policy, but an operator can deliver it again (`resend_callback`).
 """
@@ -10,18 +11,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from openhqm import stages
 from openhqm.backends.base import Backend, Delivery
 from openhqm.background import Background
-from openhqm.constants import Status
 from openhqm.envelope import Reply, decode_reply
 from openhqm.errors import Conflict, UndecodableMessage
 from openhqm.forward import CallbackSender, CallbackTry
+from openhqm.listener.settle import Settled, settle_for
 from openhqm.logging import get_logger
 from openhqm.policies import Reconnect
-from openhqm.results.base import MAX_CALLBACK_ATTEMPTS_KEPT, CallbackAttempt, RequestRecord, ResultStore
+from openhqm.results.base import (
+    MAX_CALLBACK_ATTEMPTS_KEPT,
+    CallbackAttempt,
+    DeadLetterRecord,
+    RequestRecord,
+    ResultStore,
+)
 from openhqm.views import result_json
 
 log = get_logger("openhqm.listener")
@@ -35,22 +41,29 @@ class Replies:
         self.store = store
         self.response_queue = response_queue
         self.callbacks = callbacks
+        self.settle = settle_for(backend, store)
         self.deliveries = Background()  # callbacks on their way
         # Settles a fan-out parent once its child ended (listener/fanout.py; the bridge plugs it in).
         self.child_finished: Callable[[str, RequestRecord | None], Awaitable[None]] | None = None
 
     async def apply(self, reply: Reply) -> RequestRecord | None:
-        extra: dict[str, Any] = {} if reply.attempt_history is None else {"attempt_history": reply.attempt_history}
-        record = await self.store.transition(
-            reply.correlation_id, Status(reply.status), result=reply.result, error=reply.error,
-            attempts=reply.attempts, processing_time_ms=reply.processing_time_ms,
-            raw_response=reply.raw_response, completed_at=reply.completed_at, **extra)
+        """Store a reply that no delivery brought (a dead letter the bridge found)."""
+        return (await self.finish(reply)).record
+
+    async def finish(self, reply: Reply, delivery: Delivery | None = None,
+                     dead_letter: DeadLetterRecord | None = None) -> Settled:
+        """Store `reply` (after the attempt's `dead_letter`, when given) and ack `delivery`: the one place a
+        reply ends its request, whether a worker beside the listener or the response queue brought it."""
+        settled = await self.settle(reply, delivery, dead_letter)
+        if not settled.stored:
+            return settled
+        record = settled.record
         stages.mark(reply.correlation_id, "stored")
         if record is not None and record.terminal:
             self._deliver_callback(record)
         if self.child_finished is not None and (record is None or record.parent_id is not None):
             await self.child_finished(reply.correlation_id, record)
-        return record
+        return settled
 
     async def consume(self) -> None:
         """Store each worker reply and wake whoever waits for it; ack only after it is stored.
@@ -86,8 +99,7 @@ class Replies:
                 log.warning("undecodable reply dead-lettered", error=str(exc))
                 await delivery.dead_letter(str(exc))
                 return
-            await self.apply(reply)
-            await delivery.ack()
+            await self.finish(reply, delivery)
         except Exception as exc:  # not settled: the broker hands it out again after its lease
             log.warning("reply not stored; it is delivered again", message_id=delivery.message_id, error=str(exc))
 

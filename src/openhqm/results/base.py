@@ -35,6 +35,18 @@ from openhqm.results.series import FinishedMinute
 SCHEDULE_STATE = "schedule"  # the kind under which API schedules are kept (listener/scheduler.py)
 
 
+def transition_changes(status: Status, fields: dict[str, Any]) -> dict[str, Any]:
+    """What a move to `status` writes on the record besides `fields`."""
+    now = time.time()
+    changes = {"status": str(status), "updated_at": now, **fields}
+    if status in TERMINAL:
+        changes.setdefault("completed_at", now)
+    if status in TERMINAL or status == Status.PROCESSING:  # no longer waiting for anything
+        changes.setdefault("waiting_on", None)
+        changes.setdefault("next_attempt_at", None)
+    return changes
+
+
 class ResultStore(ABC):
     name: str = "abstract"
     tells_oldest_unfinished: bool = False  # whether oldest_unfinished() can answer (else always None)
@@ -150,19 +162,17 @@ class ResultStore(ABC):
     async def transition(self, correlation_id: str, status: Status, *,
                          allowed_from: Iterable[str] | None = None, **fields: Any) -> RequestRecord | None:
         """Move a record to `status`; returns the new record, or None when the move is not allowed."""
-        now = time.time()
-        changes = {"status": str(status), "updated_at": now, **fields}
-        if status in TERMINAL:
-            changes.setdefault("completed_at", now)
-        if status in TERMINAL or status == Status.PROCESSING:  # no longer waiting for anything
-            changes.setdefault("waiting_on", None)
-            changes.setdefault("next_attempt_at", None)
-        record = await self._transition(correlation_id, changes, allowed_from)
+        record = await self._transition(correlation_id, transition_changes(status, fields), allowed_from)
+        self.moved(record)
+        return record
+
+    def moved(self, record: RequestRecord | None) -> None:
+        """Tell listeners, readers and (once terminal) waiters what a transition made of the record (None:
+        refused). For a transition written by another path too (listener/settle.py)."""
         if record is not None:
             self.emit(record)
             if record.terminal:
-                self._wake(correlation_id, record)
-        return record
+                self._wake(record.correlation_id, record)
 
     async def amend(self, correlation_id: str, status: str, **fields: Any) -> RequestRecord | None:
         """Change fields other than the status while the record is still in `status`. Not a transition:

@@ -188,6 +188,13 @@ class SQLiteResultStore(ResultStore):
 
     async def _transition(self, correlation_id: str, changes: dict[str, Any],
                           allowed_from: Iterable[str] | None) -> RequestRecord | None:
+        return self.counted(await self._db.run(self.transition_op(correlation_id, changes, allowed_from)))
+
+    def transition_op(self, correlation_id: str, changes: dict[str, Any],
+                      allowed_from: Iterable[str] | None) -> Callable[[sqlite3.Connection], RequestRecord | None]:
+        """The transition as an operation of the shared connection (listener/settle.py acks the queue's
+        message in the same transaction): the record as moved, or None when the move is not allowed.
+        Anything it raises, it raises before it has written."""
         allowed = None if allowed_from is None else set(allowed_from)
 
         def op(conn: sqlite3.Connection) -> RequestRecord | None:
@@ -203,7 +210,11 @@ class SQLiteResultStore(ResultStore):
                          (updated.status, updated.completed_at, _encode(updated), correlation_id))
             return updated
 
-        updated = await self._db.run(op)
+        return op
+
+    def counted(self, updated: RequestRecord | None) -> RequestRecord | None:
+        """Count a transition's terminal move, once committed, for the other store objects of this
+        process (their watch, see _changes_elsewhere)."""
         if updated is not None and updated.terminal:
             self._db.finished_requests += 1
             self._finished_here += 1
@@ -244,9 +255,16 @@ class SQLiteResultStore(ResultStore):
         return [_decode_record(r[0]) for r in rows]
 
     async def add_dead_letter(self, record: DeadLetterRecord) -> None:
-        await self._db.run(lambda c: c.execute(
-            "INSERT OR REPLACE INTO dead_letters (id, dead_lettered_at, data) VALUES (?, ?, ?)",
-            (record.id, record.dead_lettered_at, _encode(record))))
+        await self._db.run(self.dead_letter_op(record))
+
+    def dead_letter_op(self, record: DeadLetterRecord) -> Callable[[sqlite3.Connection], None]:
+        """Adding a dead letter as an operation of the shared connection (listener/settle.py)."""
+        row = (record.id, record.dead_lettered_at, _encode(record))
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO dead_letters (id, dead_lettered_at, data) VALUES (?, ?, ?)", row)
+
+        return insert
 
     async def list_dead_letters(self, limit: int = 100) -> list[DeadLetterRecord]:
         rows = await self._db.read(lambda c: c.execute(

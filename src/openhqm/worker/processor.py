@@ -1,9 +1,10 @@
 """What happens to one delivery: decode, skip if cancelled or expired, run, reply, settle.
 
-The reply reaches the broker before the request is acked, so a crash in between repeats the work
-(at-least-once) but never loses the result. Dead letters are recorded in the result store, the one
-index that list/inspect/replay use; if that write fails the broker's own `.dlq` queue takes it.
-"""
+The reply is durably accepted (stored, or published to the response queue) before the request is
+acked, so a crash in between repeats the work (at-least-once) but never loses the result; where the
+SQLite queue and store share their file, both are one transaction (listener/settle.py). Dead letters
+are recorded in the result store, the one index that list/inspect/replay use; if that write fails the
+broker's own `.dlq` queue takes it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from openhqm.constants import Status
 from openhqm.envelope import AttemptEntry, Envelope, Reply, decode_envelope, encode, new_id
 from openhqm.errors import DeadLetter, JobCancelled, LimitWait, RequestRejected, Retry, UndecodableMessage
 from openhqm.flow.limiter import Limiter
+from openhqm.listener.settle import kept
 from openhqm.logging import get_logger
 from openhqm.policies import RetryPolicy
 from openhqm.redact import mask_secrets, secret_values
@@ -74,7 +76,7 @@ class Processor:
         self.target = target
         self.queue = queue
         self.settings = app.settings.worker
-        self.replies = replies or BrokerReplies(backend)  # chosen by the runtime (worker/replies.py)
+        self.replies = replies or BrokerReplies(backend, store)  # chosen by the runtime (worker/replies.py)
         self.retry = self.settings.retry.policy()  # for targets without a policy of their own
         self._secrets = secret_values(app.settings)  # masked in stored tracebacks
 
@@ -297,26 +299,21 @@ class Processor:
                                   traceback=trace)
         metrics.child(metrics.MESSAGES, self.queue, "dead_lettered",
                       *metrics.target_labels(envelope, self.target.routing)).inc()
-        try:
-            await self.store.add_dead_letter(record)
-        except Exception:
-            log.exception("result store refused the dead letter; using the broker's dead-letter queue")
-            await delivery.dead_letter(f"{reason}: {detail}")
+        if envelope is None:
+            if await kept(self.store, delivery, record):
+                await delivery.ack()
             return
-        if envelope is not None:
-            await self._finish(delivery, envelope, Reply(
+        if await self._finish(delivery, envelope, Reply(
                 correlation_id=correlation_id, status=Status.FAILED, error=last_error or detail, attempts=attempt,
-                attempt_history=history))
+                attempt_history=history), dead_letter=record):
             metrics.child(metrics.MESSAGES, self.queue, "failed",
                           *metrics.target_labels(envelope, self.target.routing)).inc()
-        else:
-            await delivery.ack()
 
-    async def _finish(self, delivery: Delivery, envelope: Envelope, reply: Reply) -> None:
-        """Store or publish the reply (durably accepted) and only then ack the request."""
-        if envelope.reply_to:
-            await self.replies.send(envelope.reply_to, reply, envelope.priority)
-        await delivery.ack()
+    async def _finish(self, delivery: Delivery, envelope: Envelope, reply: Reply,
+                      dead_letter: DeadLetterRecord | None = None) -> bool:
+        """Store or publish the reply (durably accepted) and only then ack the request, the way the
+        runtime chose (worker/replies.py); False when the store refused `dead_letter`."""
+        return await self.replies.finish(delivery, envelope.reply_to, reply, envelope.priority, dead_letter)
 
     async def give_back(self, delivery: Delivery) -> None:
         """Return an unfinished delivery to the queue (shutdown): it runs again elsewhere."""
