@@ -22,6 +22,8 @@ PortOpt = Annotated[int | None, typer.Option(help="server.port")]
 QueueTypeOpt = Annotated[str | None, typer.Option("--queue-type", help="queue.type")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="data_dir")]
 ConcurrencyOpt = Annotated[int | None, typer.Option(help="worker.concurrency")]
+EngineOpt = Annotated[str | None, typer.Option(
+    "--engine", help="server.engine: the HTTP server, uvicorn (default) or granian (the granian extra)")]
 ProcessesOpt = Annotated[int | None, typer.Option(
     "--processes", help="server.processes: processes serving the one port, each a whole server (default 1)")]
 

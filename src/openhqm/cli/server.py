@@ -19,6 +19,7 @@ from openhqm.cli.common import (
     ConcurrencyOpt,
     ConfigOpt,
     DataDirOpt,
+    EngineOpt,
     HostOpt,
     PortOpt,
     ProcessesOpt,
@@ -157,19 +158,21 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
 
 
 def serve(config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None, queue_type: QueueTypeOpt = None,
-          data_dir: DataDirOpt = None, concurrency: ConcurrencyOpt = None, processes: ProcessesOpt = None) -> None:
+          data_dir: DataDirOpt = None, concurrency: ConcurrencyOpt = None, processes: ProcessesOpt = None,
+          engine: EngineOpt = None) -> None:
     """Listener and workers in one process (or in each of --processes): the quick start, on the
     embedded SQLite queue by default."""
     settings = settings_from(config, **{"server.host": host, "server.port": port, "queue.type": queue_type,
                                         "data_dir": data_dir, "worker.concurrency": concurrency,
-                                        "server.processes": processes})
+                                        "server.processes": processes, "server.engine": engine})
     _run_server(settings, run_workers=True)
 
 
 def listener(config: ConfigOpt = None, host: HostOpt = None, port: PortOpt = None,
-             processes: ProcessesOpt = None) -> None:
+             processes: ProcessesOpt = None, engine: EngineOpt = None) -> None:
     """The HTTP API only; workers run elsewhere (`openhqm worker`)."""
-    settings = settings_from(config, **{"server.host": host, "server.port": port, "server.processes": processes})
+    settings = settings_from(config, **{"server.host": host, "server.port": port, "server.processes": processes,
+                                        "server.engine": engine})
     _run_server(settings, run_workers=False)
 
 
