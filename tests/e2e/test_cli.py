@@ -45,6 +45,13 @@ def test_a_taken_port_is_reported_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_an_unknown_server_engine_is_reported_in_one_line(tmp_path: Path) -> None:
+    result = openhqm("serve", "--engine", "gunicorn", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "server.engine" in result.stderr and "'uvicorn' or 'granian'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_an_unwritable_data_dir_is_reported_in_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
