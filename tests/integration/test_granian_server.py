@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 
 from openhqm.errors import MissingDependency
 from openhqm.http import granian_server
@@ -109,3 +110,18 @@ def test_granian_missing_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "granian.server", None)  # as if the extra were not installed
     with pytest.raises(MissingDependency, match=r"openhqm\[granian\]"):
         granian_server.require_granian()
+
+
+async def test_an_open_event_stream_ends_at_the_stop_instead_of_holding_the_drain(tmp_path: Path) -> None:
+    sample = Sample()
+    async with on_granian(sample, tmp_path) as served, httpx.AsyncClient(base_url=served.url, timeout=30) as http:
+        submitted = await http.post("/api/v1/submit", json={"payload": 1, "metadata": {"delay_s": 600}})
+        path = f"/api/v1/requests/{submitted.json()['correlation_id']}/events"
+        async with aconnect_sse(http, "GET", path) as source:
+            events = source.aiter_sse()
+            first = await anext(events)  # SCHEDULED: the stream is open and would stay open
+            assert first.event == "status"
+            stopping = asyncio.create_task(served.stopped())
+            rest = [event async for event in events]  # ends when the server says so, without an error
+        assert all(event.event != "status" for event in rest)
+        await stopping
