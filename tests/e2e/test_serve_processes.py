@@ -43,9 +43,11 @@ def worker_pid(worker_id: str) -> int:
     return int(worker_id.split("-")[-2])  # host-pid-random (worker/identity.py)
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[OpenHQMProcess]:
-    server = OpenHQMProcess("serve", tmp_path, {**TWO, "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log")}).start()
+@pytest.fixture(params=["uvicorn", pytest.param("granian", marks=needs_granian)])
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OpenHQMProcess]:
+    """`serve --processes 2` on each server engine."""
+    server = OpenHQMProcess("serve", tmp_path, {**TWO, "OPENHQM_TEST_RUN_LOG": str(tmp_path / "runs.log"),
+                                                "OPENHQM_SERVER__ENGINE": request.param}).start()
     yield server
     server.stop()
 

@@ -29,10 +29,11 @@ from openhqm.cli.common import (
 )
 from openhqm.config import Settings
 from openhqm.errors import ConfigError, MissingDependency
-from openhqm.logging import configure_logging
+from openhqm.logging import configure_logging, get_logger
 from openhqm.tracing import configure_tracing
 
 CONNECT_TIMEOUT_S = 30.0
+log = get_logger("openhqm.listener")
 
 
 def check_port(host: str, port: int) -> None:
@@ -150,9 +151,12 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
             fail(str(exc))
     if settings.server.engine == "granian":
         from openhqm.http import granian_server
-        from openhqm.http.shared_port import shared_socket
+        from openhqm.http.shared_port import bound_port, shared_socket
 
-        granian_server.run(api, settings, shared_socket(settings.server.host, settings.server.port, shared=False))
+        sock = shared_socket(settings.server.host, settings.server.port, shared=False)
+        host = f"[{settings.server.host}]" if ":" in settings.server.host else settings.server.host
+        url = f"http://{host}:{bound_port(sock)}"  # the port 0 became, for whoever reads the log
+        granian_server.run(api, settings, sock, on_listening=lambda: log.info("serving", url=url, engine="granian"))
         return
     uvicorn.run(api, **server_options(settings))
 

@@ -74,12 +74,10 @@ async def serve(api: FastAPI, settings: Settings, sock: socket.socket,
 
     if stop is None:
         stop = drain_on_signals()
-    host, port = sock.getsockname()[:2]
     async with api.router.lifespan_context(api):
         sock.listen(settings.server.backlog)
         server = embedded_server(api, settings, sock)
         serving = asyncio.create_task(server.serve())
-        log.info("serving", url=f"http://{host}:{port}", engine="granian")
         on_listening()
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait((stopping, serving), return_when=asyncio.FIRST_COMPLETED)
