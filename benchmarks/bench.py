@@ -283,6 +283,8 @@ def main() -> None:
                         help="trace 1 in N submits in serve (OPENHQM_STAGE_SAMPLE) and print where they waited: "
                              "p50/p90/p99 of the gap between consecutive hops, per scenario")
     args = parser.parse_args()
+    if args.profile and not shutil.which("py-spy"):
+        parser.error("--profile needs py-spy on PATH (pip install -e '.[bench]')")
     if args.load == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not on PATH (Debian/Ubuntu: apt-get install wrk); or use --load aiohttp")
 
