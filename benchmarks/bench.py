@@ -283,8 +283,8 @@ def main() -> None:
                         help="trace 1 in N submits in serve (OPENHQM_STAGE_SAMPLE) and print where they waited: "
                              "p50/p90/p99 of the gap between consecutive hops, per scenario")
     args = parser.parse_args()
-    if args.profile and not shutil.which("py-spy"):
-        parser.error("--profile needs py-spy on PATH (pip install -e '.[bench]')")
+    if args.profile and not py_spy():
+        parser.error("--profile needs py-spy (pip install -e '.[bench]')")
     if args.load == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not on PATH (Debian/Ubuntu: apt-get install wrk); or use --load aiohttp")
 
@@ -318,7 +318,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{hqm_port}"
         wait_serving(base, args.processes)
         if args.profile:
-            procs.start(["py-spy", "record", "--rate", "200", "--format", "speedscope", "--nonblocking",
+            procs.start([py_spy(), "record", "--rate", "200", "--format", "speedscope", "--nonblocking",
                          *(["--subprocesses"] if args.processes > 1 else []),
                          "--pid", str(openhqm_pids[0]), "--output", os.path.abspath(args.profile)])
         if args.consoles and not shutil.which("curl"):
@@ -361,6 +361,12 @@ def main() -> None:
         procs.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     report(results, args)
+
+
+def py_spy() -> str:
+    """py-spy on PATH, or beside this Python (a venv's bin run without activating it); "" if neither."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else "")
 
 
 def finished_request(submit: str) -> str:
