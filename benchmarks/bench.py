@@ -67,7 +67,7 @@ class Processes:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # by PID, the ones this script started, the profiler first
-            proc.send_signal(signal.SIGINT if proc.args[0] == "py-spy" else signal.SIGTERM)
+            proc.send_signal(signal.SIGINT if Path(proc.args[0]).name == "py-spy" else signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
