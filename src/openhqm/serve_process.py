@@ -1,10 +1,11 @@
 """One serving process of `serve --processes N` (`python -m openhqm.serve_process`, started by
 supervisor.py): the whole `openhqm serve` (or `listener`) runtime, on the port its supervisor reserved.
 
-Its Order arrives pickled on stdin from the parent that started it. Once uvicorn listens it writes one
-byte to its ready pipe, and it keeps the pipe open until it exits, so the parent learns both from one
-descriptor. It asks Linux for SIGTERM should the parent die (a killed supervisor leaves no process
-serving unsupervised) and, like `openhqm serve`, drains on SIGTERM or SIGINT.
+Its Order arrives pickled on stdin from the parent that started it. Once its server (uvicorn, or
+granian with `server.engine: granian`) listens it writes one byte to its ready pipe, and it keeps the
+pipe open until it exits, so the parent learns both from one descriptor. It asks Linux for SIGTERM
+should the parent die (a killed supervisor leaves no process serving unsupervised) and, like
+`openhqm serve`, drains on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -75,13 +76,13 @@ def serve(order: Order) -> None:
     from openhqm.app import load_app
     from openhqm.http.app import create_app
     from openhqm.http.server_limits import server_options
-    from openhqm.http.shared_port import shared_socket
+    from openhqm.http.shared_port import bound_socket
 
     settings = order.settings
     configure_logging(settings.logging)
     configure_tracing(settings.tracing, "openhqm")
     api = create_app(load_app(settings), run_workers=order.run_workers)
-    sock = shared_socket(settings.server.host, order.port)
+    sock = bound_socket(settings.server.host, order.port, shared=True)
     if settings.server.engine == "granian":
         from openhqm.http import granian_server
 

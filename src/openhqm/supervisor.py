@@ -37,7 +37,7 @@ from pathlib import Path
 from types import FrameType
 
 from openhqm.config import Settings
-from openhqm.http.shared_port import bound_port, shared_socket
+from openhqm.http.shared_port import base_url, bound_port, bound_socket
 from openhqm.logging import get_logger
 from openhqm.serve_process import Order
 
@@ -251,7 +251,8 @@ def serve_processes(settings: Settings, run_workers: bool) -> int:
     from prometheus_client.multiprocess import mark_process_dead
 
     server = settings.server
-    with contextlib.closing(shared_socket(server.host, server.port)) as reserved, metrics_directory() as metrics:
+    reserved = bound_socket(server.host, server.port, shared=True)
+    with contextlib.closing(reserved), metrics_directory() as metrics:
         port = bound_port(reserved)
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
 
@@ -277,12 +278,12 @@ def serve_processes(settings: Settings, run_workers: bool) -> int:
             return proc, read_end
 
         def announce() -> None:
-            host = f"[{server.host}]" if ":" in server.host else server.host
+            url = base_url(server.host, port)
             if server.engine == "granian":
-                log.info("serving", url=f"http://{host}:{port}", engine="granian", processes=server.processes)
+                log.info("serving", url=url, engine="granian", processes=server.processes)
                 return
             logging.getLogger("uvicorn.error").info(
-                "Uvicorn running on http://%s:%d (%d processes; Press CTRL+C to quit)", host, port, server.processes)
+                "Uvicorn running on %s (%d processes; Press CTRL+C to quit)", url, server.processes)
 
         stop_timeout_s = 2 * settings.worker.shutdown_timeout_s + 5 + STOP_MARGIN_S
         supervisor = Supervisor(server.processes, spawn, stop_timeout_s,

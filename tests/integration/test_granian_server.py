@@ -18,7 +18,7 @@ from httpx_sse import aconnect_sse
 from openhqm.errors import MissingDependency
 from openhqm.http import granian_server
 from openhqm.http.app import create_app
-from openhqm.http.shared_port import bound_port, shared_socket
+from openhqm.http.shared_port import bound_port, bound_socket
 from tests.harness import Sample, settings
 
 pytest.importorskip("granian", reason="the granian extra is not installed")
@@ -52,7 +52,7 @@ async def on_granian(sample: Sample, tmp_path: Path, **server: object) -> AsyncI
     config = settings(tmp_path, server={"engine": "granian", **server})
     sample.app.settings = config
     api = create_app(sample.app, run_workers=True, settle_gc=False)
-    sock = shared_socket("127.0.0.1", 0, shared=False)
+    sock = bound_socket("127.0.0.1", 0, shared=False)
     listening = asyncio.Event()
     served = Served(f"http://127.0.0.1:{bound_port(sock)}", asyncio.Event(), asyncio.create_task(
         asyncio.sleep(0)))

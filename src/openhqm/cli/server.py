@@ -151,11 +151,10 @@ def _run_server(settings: Settings, run_workers: bool) -> None:
             fail(str(exc))
     if settings.server.engine == "granian":
         from openhqm.http import granian_server
-        from openhqm.http.shared_port import bound_port, shared_socket
+        from openhqm.http.shared_port import base_url, bound_port, bound_socket
 
-        sock = shared_socket(settings.server.host, settings.server.port, shared=False)
-        host = f"[{settings.server.host}]" if ":" in settings.server.host else settings.server.host
-        url = f"http://{host}:{bound_port(sock)}"  # the port 0 became, for whoever reads the log
+        sock = bound_socket(settings.server.host, settings.server.port, shared=False)
+        url = base_url(settings.server.host, bound_port(sock))  # the port 0 became, for whoever reads the log
         granian_server.run(api, settings, sock, on_listening=lambda: log.info("serving", url=url, engine="granian"))
         return
     uvicorn.run(api, **server_options(settings))
