@@ -53,10 +53,9 @@ async def on_granian(sample: Sample, tmp_path: Path, **server: object) -> AsyncI
     sample.app.settings = config
     api = create_app(sample.app, run_workers=True, settle_gc=False)
     sock = bound_socket("127.0.0.1", 0, shared=False)
-    listening = asyncio.Event()
-    served = Served(f"http://127.0.0.1:{bound_port(sock)}", asyncio.Event(), asyncio.create_task(
-        asyncio.sleep(0)))
-    served.serving = asyncio.create_task(granian_server.serve(api, config, sock, listening.set, served.stop))
+    listening, stop = asyncio.Event(), asyncio.Event()
+    served = Served(f"http://127.0.0.1:{bound_port(sock)}", stop,
+                    asyncio.create_task(granian_server.serve(api, config, sock, listening.set, stop)))
     try:
         await asyncio.wait_for(listening.wait(), 30)
         yield served
